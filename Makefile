@@ -1,0 +1,34 @@
+# hwq: `make demo` and `make test` each create .venv when it is missing, then do their job.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Every pip call is pinned by constraints.txt (torch==2.13.0 is the CPU wheel on this machine kind's disk).
+PIP_INSTALL := $(PIP) install --disable-pip-version-check -q -c constraints.txt
+
+.PHONY: demo test test-slow bench-mnist clean-venv
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -e '.[test]'
+	# finn-plus pins brevitas 0.13.0; its runtime dependencies come from pyproject.toml instead.
+	$(PIP_INSTALL) --no-deps finn-plus==1.6.1
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/hwq train --model tfc --dataset digits --wbits 1 --abits 1 --epochs 40 \
+		--out runs/demo-digits-tfc-w1a1 --overwrite
+	$(VENV)/bin/hwq export runs/demo-digits-tfc-w1a1
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow
+
+bench-mnist: $(VENV)/.installed
+	$(PY) scripts/bench_mnist_tfc.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,47 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Atomic file writes, so an interrupted run never leaves a half-written result behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` and then move the temporary file onto ``path`` in one step.
+
+    >>> write_atomic("out.txt", lambda p: p.write_text("hello"))  # doctest: +SKIP
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    return write_atomic(path, lambda p: p.write_text(text))
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Read a JSON file, turning a missing or malformed file into a one-line HwqError."""
+    from hwq.errors import HwqError
+
+    path = Path(path)
+    if not path.is_file():
+        raise HwqError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise HwqError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None

@@ -1,0 +1,114 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The ``hwq`` command. Each verb parses its arguments and calls one function of a stage; nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from hwq.errors import HwqError
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a quantized model into a run directory")
+    p.add_argument("--config", help="YAML file of training settings (flags below override it)")
+    p.add_argument("--model", help="tfc, sfc, lfc, cnv")
+    p.add_argument("--dataset", help="digits, mnist, cifar10")
+    p.add_argument("--quant", help="quantizer family (default: uniform)")
+    p.add_argument("--wbits", type=int, help="weight bit-width (1 = binary)")
+    p.add_argument("--abits", type=int, help="activation bit-width (1 = binary)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float, help="Adam learning rate")
+    p.add_argument("--schedule", help="cosine or constant")
+    p.add_argument("--loss", help="cross_entropy or sqr_hinge")
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--weight-decay", dest="weight_decay", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda or auto")
+    p.add_argument("--data-dir", dest="data_dir", help="data folder (default: $HWQ_DATA or ../shared/data)")
+    p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from hwq.train import TrainConfig, run_train
+
+    flags = {k: getattr(args, k) for k in (
+        "model", "dataset", "quant", "wbits", "abits", "epochs", "batch_size", "lr", "schedule", "loss",
+        "dropout", "weight_decay", "seed", "device", "data_dir")}
+    if args.resume:
+        base = TrainConfig.from_yaml(Path(args.out) / "config.yaml")
+    elif args.config:
+        base = TrainConfig.from_yaml(args.config)
+    else:
+        base = TrainConfig()
+    config = base.replace(**flags)
+    metrics = run_train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
+    print(f"{config.model}-w{config.wbits}a{config.abits} ({config.quant}) on {config.dataset}: "
+          f"test accuracy {100 * metrics['test_acc']:.2f}% after {metrics['epochs']} epochs "
+          f"({metrics['seconds']:.1f} s) -> {args.out}")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a trained run to QONNX and verify it against PyTorch")
+    p.add_argument("run", help="run directory written by 'hwq train'")
+    p.add_argument("--verify-samples", dest="verify_samples", type=int, default=500,
+                   help="held-out test images to compare on (default 500)")
+    p.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from hwq.export import ExportConfig, run_export
+
+    report = run_export(args.run, ExportConfig(verify_samples=args.verify_samples))
+    v = report["verification"]
+    print(f"exported {Path(args.run) / report['outputs']['onnx']}: verified on {v['n']} {v['dataset']} test images, "
+          f"argmax match {100 * v['argmax_match']:.2f}%, max |diff| {v['max_abs_diff']:.2e}, "
+          f"QONNX accuracy {100 * v['qonnx_accuracy']:.2f}%")
+    return 0
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list models, quantizer families and datasets")
+    p.set_defaults(func=_models)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from hwq.data import DATASETS
+    from hwq.models import MODELS
+    from hwq.quant import FAMILIES
+
+    print(json.dumps({"models": sorted(MODELS), "quant": {name: {"wbits": list(f.weight_bits),
+          "abits": list(f.act_bits)} for name, f in sorted(FAMILIES.items())}, "datasets": list(DATASETS)},
+          indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hwq", description="quantization-aware training to FPGA accelerators")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    for add in (_add_train, _add_export, _add_models):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
+    try:
+        return args.func(args)
+    except HwqError as err:
+        print(f"hwq {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The export stage: a trained run -> ``model.onnx`` (QONNX, cleaned up) plus ``export.json``.
+
+The export is verified, not trusted: the QONNX graph is executed with qonnx on held-out test images and its
+outputs are compared with the PyTorch model's. A mismatch is a VerificationError, and ``export.json`` still
+records what was measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hwq._io import write_atomic, write_json
+from hwq.data import Dataset, load_dataset
+from hwq.errors import VerificationError
+from hwq.train.loop import MODEL_FILE, load_trained_model
+
+ONNX_FILE, EXPORT_FILE = "model.onnx", "export.json"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    #: Held-out test images to verify on (the first ``n`` of the test split; fewer if the split is smaller).
+    verify_samples: int = 500
+    #: Largest allowed |logit difference|; the graphs compute the same integer sums, only float order differs.
+    atol: float = 1e-4
+    #: Images per qonnx execution (the graph's batch dimension is set to this for verification only).
+    batch: int = 100
+
+
+def export_qonnx_model(model: nn.Module, path: str | Path) -> "ModelWrapper":  # noqa: F821
+    """Export ``model`` (eval mode, with an ``input_shape`` attribute) to a cleaned-up QONNX file."""
+    from brevitas.export import export_qonnx
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.util.cleanup import cleanup_model
+
+    example = torch.zeros(1, *model.input_shape)
+
+    def write(tmp: Path) -> None:
+        # The TorchScript exporter (dynamo=False) writes MatMul nodes, the form FINN's conversion expects.
+        export_qonnx(model.cpu().eval(), input_t=example, export_path=str(tmp), dynamo=False)
+        cleanup_model(ModelWrapper(str(tmp))).save(str(tmp))
+
+    write_atomic(path, write)
+    return ModelWrapper(str(path))
+
+
+def execute_qonnx(model_wrapper, inputs: np.ndarray, batch: int = 100) -> np.ndarray:
+    """Run a batch-1 QONNX graph on many inputs with qonnx's executor, ``batch`` at a time."""
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.change_batchsize import ChangeBatchSize
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    in_name = model_wrapper.graph.input[0].name
+    out_name = model_wrapper.graph.output[0].name
+    sized: dict[int, Any] = {}
+    outputs = []
+    for start in range(0, len(inputs), batch):
+        chunk = inputs[start:start + batch].astype(np.float32)
+        if len(chunk) not in sized:
+            sized[len(chunk)] = model_wrapper.transform(ChangeBatchSize(len(chunk))).transform(InferShapes())
+        outputs.append(execute_onnx(sized[len(chunk)], {in_name: chunk})[out_name])
+    return np.concatenate(outputs)
+
+
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray, atol: float) -> dict[str, Any]:
+    """Compare two logit arrays: max |diff|, argmax agreement, and which disagreements are genuine.
+
+    A differing argmax is forgiven only when the reference's top two logits are within ``atol`` (a tie that
+    float summation order may break either way).
+    """
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    ref_top, cand_top = reference.argmax(1), candidate.argmax(1)
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    tied = (top2[:, 1] - top2[:, 0]) <= atol
+    differ = ref_top != cand_top
+    genuine = np.flatnonzero(differ & ~tied)
+    return {
+        "n": int(len(reference)),
+        "argmax_match": float(np.mean(~differ)),
+        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+        "atol": atol,
+        "ties_broken_differently": int(np.sum(differ & tied)),
+        "first_mismatch": int(genuine[0]) if len(genuine) else None,
+        "passed": bool(diff.max() <= atol and len(genuine) == 0) if diff.size else True,
+    }
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_export(run_dir: str | Path, config: ExportConfig = ExportConfig()) -> dict[str, Any]:
+    """Export ``run_dir``'s trained model to ``run_dir/model.onnx`` and verify it; returns ``export.json``.
+
+    >>> report = run_export("runs/demo")            # doctest: +SKIP
+    >>> report["verification"]["argmax_match"]       # doctest: +SKIP
+    1.0
+    """
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    model, train_config, spec = load_trained_model(run_dir)
+    onnx_path = run_dir / ONNX_FILE
+    wrapper = export_qonnx_model(model, onnx_path)
+
+    dataset = load_dataset(train_config.dataset, train_config.data_dir)
+    n = min(config.verify_samples, len(dataset.test_x))
+    images = Dataset.to_float(dataset.test_x[:n]).reshape(n, *model.input_shape)
+    with torch.no_grad():
+        reference = model(images).numpy()
+    candidate = execute_qonnx(wrapper, images.numpy(), config.batch)
+    verification = compare_outputs(reference, candidate, config.atol)
+    labels = dataset.test_y[:n].numpy()
+    report = {
+        "stage": "export",
+        "source": {"run": str(run_dir), "weights": MODEL_FILE, "weights_sha256": _sha256(run_dir / MODEL_FILE)},
+        "outputs": {"onnx": ONNX_FILE, "onnx_sha256": _sha256(onnx_path)},
+        "model_spec": {**spec.__dict__, "image_shape": list(spec.image_shape)},
+        "input_shape": [1, *model.input_shape],
+        "ops": sorted({node.op_type for node in wrapper.graph.node}),
+        "verification": {
+            "dataset": dataset.name, "split": "test", "first_index": 0, **verification,
+            "qonnx_accuracy": float(np.mean(candidate.argmax(1) == labels)),
+            "torch_accuracy": float(np.mean(reference.argmax(1) == labels)),
+        },
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    write_json(run_dir / EXPORT_FILE, report)
+    if not verification["passed"]:
+        where = verification["first_mismatch"]
+        raise VerificationError(
+            f"{onnx_path}: QONNX output differs from PyTorch (max |diff| {verification['max_abs_diff']:.3g} "
+            f"> atol {config.atol}" + (f"; first differing class at test image {where}" if where is not None else "")
+            + f"); details in {run_dir / EXPORT_FILE}"
+        )
+    return report

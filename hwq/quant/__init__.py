@@ -1,0 +1,18 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Quantizers as Brevitas components, grouped into pluggable families (``--quant``)."""
+
+from hwq.quant.family import (
+    FAMILIES,
+    FloatFamily,
+    INPUT_SPEC,
+    UniformFamily,
+    clip_latent_weights,
+    get_family,
+    register_family,
+)
+from hwq.quant.spec import QuantSpec, Role, Scaling
+
+__all__ = [
+    "FAMILIES", "FloatFamily", "INPUT_SPEC", "QuantSpec", "Role", "Scaling", "UniformFamily",
+    "clip_latent_weights", "get_family", "register_family",
+]

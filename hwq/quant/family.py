@@ -1,0 +1,156 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Quantizer families: how a model's layers are quantized.
+
+Models never name a quantizer. They ask a family for layers (``family.linear(...)``, ``family.act(...)``),
+so a new scheme (N2UQ, BiTAT) is a subclass that overrides what differs and registers itself:
+
+>>> @register_family
+... class MyFamily(UniformFamily):
+...     name = "mine"
+>>> get_family("mine").name
+'mine'
+"""
+
+from __future__ import annotations
+
+import torch
+from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear
+from torch import nn
+
+from hwq.errors import ConfigError
+from hwq.quant.brevitas_map import to_injector
+from hwq.quant.spec import MAX_BITS, MIN_BITS, QuantSpec, Role, Scaling
+
+#: The pixels arrive as ``uint8 / 255``: an unsigned 8-bit grid with step 1/255 holds them exactly.
+INPUT_SPEC = QuantSpec(Role.INPUT, bits=8, signed=False, narrow_range=False, scaling=Scaling.CONST, max_val=1.0)
+
+#: Binary latent weights are kept in [-1, 1] after every step (BinaryConnect), so a weight can flip sign
+#: again after a few updates instead of drifting far from zero.
+BINARY_LATENT_CLIP = 1.0
+
+
+class UniformFamily:
+    """The default family: bipolar at 1 bit, uniform k-bit with a learned scale at 2..8 bits.
+
+    Weights use a symmetric (narrow) grid, activations the full signed grid. A 1-bit weight or activation is
+    ``sign(x)`` with a straight-through gradient, which FINN maps to XNOR-popcount.
+    """
+
+    name = "uniform"
+    weight_bits: tuple[int, ...] = tuple(range(MIN_BITS, MAX_BITS + 1))
+    act_bits: tuple[int, ...] = tuple(range(MIN_BITS, MAX_BITS + 1))
+
+    def __init__(self, options: dict | None = None) -> None:
+        #: Family settings from the run's ``model_options`` (a family reads the keys it knows).
+        self.options = dict(options or {})
+
+    def check_bits(self, wbits: int, abits: int) -> None:
+        """Raise a ConfigError naming the flag when a bit-width is outside this family's range."""
+        for flag, bits, allowed in (("wbits", wbits, self.weight_bits), ("abits", abits, self.act_bits)):
+            if bits not in allowed:
+                raise ConfigError(
+                    f"--{flag} {bits!r} is not supported by the '{self.name}' quantizer family; "
+                    f"expected one of {', '.join(map(str, allowed))}"
+                )
+
+    # --- specs -------------------------------------------------------------------------------------------
+    def weight_spec(self, bits: int) -> QuantSpec:
+        if bits == 1:
+            return QuantSpec(Role.WEIGHT, 1)
+        return QuantSpec(Role.WEIGHT, bits, narrow_range=True, scaling=Scaling.LEARNED)
+
+    def act_spec(self, bits: int) -> QuantSpec:
+        if bits == 1:
+            return QuantSpec(Role.ACT, 1)
+        return QuantSpec(Role.ACT, bits, narrow_range=False, scaling=Scaling.LEARNED)
+
+    # --- layers ------------------------------------------------------------------------------------------
+    def input_quant(self) -> nn.Module:
+        """The 8-bit quantizer in front of the first layer."""
+        return QuantIdentity(act_quant=to_injector(INPUT_SPEC))
+
+    def linear(self, in_features: int, out_features: int, bits: int) -> nn.Module:
+        layer = QuantLinear(in_features, out_features, bias=False, weight_quant=to_injector(self.weight_spec(bits)))
+        return self._init_weights(layer, bits)
+
+    def conv2d(
+        self, in_channels: int, out_channels: int, kernel_size: int, bits: int,
+        stride: int = 1, padding: int = 0, groups: int = 1,
+    ) -> nn.Module:
+        layer = QuantConv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups, bias=False,
+            weight_quant=to_injector(self.weight_spec(bits)),
+        )
+        return self._init_weights(layer, bits)
+
+    def act(self, bits: int, channels: int) -> nn.Module:
+        """The activation quantizer after a layer's normalisation (``channels`` for per-channel families)."""
+        return QuantIdentity(act_quant=to_injector(self.act_spec(bits)))
+
+    def _init_weights(self, layer: nn.Module, bits: int) -> nn.Module:
+        if bits == 1:
+            # FINN's bnn_pynq init: latent weights spread over the clip range.
+            torch.nn.init.uniform_(layer.weight, -BINARY_LATENT_CLIP, BINARY_LATENT_CLIP)
+            layer.latent_clip = BINARY_LATENT_CLIP
+        return layer
+
+
+class FloatFamily(UniformFamily):
+    """Full precision, for teachers and baselines: plain ``nn.Linear``/``nn.Conv2d`` and ReLU.
+
+    Bit-widths are accepted and ignored. ``model_options: {float_act: hardtanh}`` picks the activation
+    that binary networks approximate instead. Not deployable: FINN needs quantized tensors.
+    """
+
+    name = "float"
+
+    def check_bits(self, wbits: int, abits: int) -> None:
+        return None
+
+    def input_quant(self) -> nn.Module:
+        return nn.Identity()
+
+    def linear(self, in_features: int, out_features: int, bits: int) -> nn.Module:
+        return nn.Linear(in_features, out_features, bias=False)
+
+    def conv2d(
+        self, in_channels: int, out_channels: int, kernel_size: int, bits: int,
+        stride: int = 1, padding: int = 0, groups: int = 1,
+    ) -> nn.Module:
+        return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
+                         bias=False)
+
+    def act(self, bits: int, channels: int) -> nn.Module:
+        kind = self.options.get("float_act", "relu")
+        if kind not in ("relu", "hardtanh"):
+            raise ConfigError(f"model_options.float_act: expected relu or hardtanh, got '{kind}'")
+        return nn.ReLU() if kind == "relu" else nn.Hardtanh()
+
+
+FAMILIES: dict[str, type[UniformFamily]] = {}
+
+
+def register_family(cls: type[UniformFamily]) -> type[UniformFamily]:
+    """Class decorator: make a family available as ``--quant <cls.name>``."""
+    FAMILIES[cls.name] = cls
+    return cls
+
+
+register_family(UniformFamily)
+register_family(FloatFamily)
+
+
+def get_family(name: str, options: dict | None = None) -> UniformFamily:
+    """An instance of the family called ``name``, configured with ``options``."""
+    if name not in FAMILIES:
+        raise ConfigError(f"unknown quantizer family '{name}'; known: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name](options)
+
+
+def clip_latent_weights(model: nn.Module) -> None:
+    """Clamp the latent weights of every layer that asked for it (``layer.latent_clip``)."""
+    with torch.no_grad():
+        for module in model.modules():
+            clip = getattr(module, "latent_clip", None)
+            if clip is not None:
+                module.weight.clamp_(-clip, clip)

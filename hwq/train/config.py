@@ -1,0 +1,128 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The training configuration: one dataclass, each field with its unit and the reason for its default.
+
+It round-trips through YAML (``runs/NAME/config.yaml``); unknown or mistyped fields are errors naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hwq.errors import ConfigError
+
+
+class Loss(str, Enum):
+    CROSS_ENTROPY = "cross_entropy"
+    #: FINN's bnn_pynq recipe: squared hinge on +-1 targets.
+    SQR_HINGE = "sqr_hinge"
+
+
+class Schedule(str, Enum):
+    COSINE = "cosine"
+    CONSTANT = "constant"
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (``hwq train`` flags and YAML keys have the same names)."""
+
+    model: str = "tfc"
+    dataset: str = "digits"
+    #: Quantizer family: ``uniform`` (binary at 1 bit, learned-scale uniform above); later families register more.
+    quant: str = "uniform"
+    wbits: int = 1
+    abits: int = 1
+    epochs: int = 10
+    #: FINN's bnn_pynq recipe uses 100.
+    batch_size: int = 100
+    #: Adam's learning rate; 0.02 is FINN's bnn_pynq value for binary networks, whose latent weights are clipped.
+    lr: float = 0.02
+    schedule: Schedule = Schedule.COSINE
+    #: Adam weight decay; 0 because decay pulls binary latent weights to zero, where their signs flip at random.
+    weight_decay: float = 0.0
+    loss: Loss = Loss.CROSS_ENTROPY
+    #: Dropout on the input and after each hidden layer (FINN's MLPs use 0.2).
+    dropout: float = 0.2
+    seed: int = 0
+    #: ``cpu``, ``cuda`` or ``auto`` (cuda when available). Determinism is promised on the CPU only.
+    device: str = "cpu"
+    #: Data folder; None means ``$HWQ_DATA`` or ``../shared/data``. Not needed for digits.
+    data_dir: str | None = None
+    #: Options passed to the model builder and quantizer family (for families added later).
+    model_options: dict[str, Any] = field(default_factory=dict)
+    #: Run directory of a trained (e.g. full-precision) model to distil from; None trains on labels alone.
+    teacher: str | None = None
+    #: Weight of the distillation term: loss = (1 - w) * task loss + w * T^2 * KL(teacher || student).
+    #: 1.0 (distillation alone) is the N2UQ/ReActNet recipe.
+    distill_weight: float = 1.0
+    #: Softmax temperature T of the distillation term.
+    distill_temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name, enum in (("schedule", Schedule), ("loss", Loss)):
+            value = getattr(self, name)
+            try:
+                setattr(self, name, enum(value))
+            except ValueError:
+                raise ConfigError(
+                    f"{name}: '{value}' is not one of {', '.join(e.value for e in enum)}"
+                ) from None
+        for name in ("epochs", "batch_size", "wbits", "abits", "seed"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: expected an integer, got {getattr(self, name)!r}")
+        if self.epochs < 0:
+            raise ConfigError(f"epochs: expected >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: expected >= 1, got {self.batch_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout: expected a fraction in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ConfigError(f"distill_weight: expected a fraction in [0, 1], got {self.distill_weight}")
+        if self.distill_temperature <= 0:
+            raise ConfigError(f"distill_temperature: expected > 0, got {self.distill_temperature}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ConfigError(f"device: expected cpu, cuda or auto, got '{self.device}'")
+
+    # --- YAML --------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["schedule"] = self.schedule.value
+        out["loss"] = self.loss.value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        """Read a config; a recipe may nest the training settings under a ``train:`` key."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of training settings")
+        if isinstance(data.get("train"), dict):
+            data = data["train"]
+        return cls.from_dict(data, source=str(path))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes`` applied (None values are ignored, as for unset CLI flags)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
