@@ -30,6 +30,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda or auto")
     p.add_argument("--data-dir", dest="data_dir", help="data folder (default: $HWQ_DATA or ../shared/data)")
+    p.add_argument("--teacher", help="run directory of a trained model to distil from")
+    p.add_argument("--distill-weight", dest="distill_weight", type=float)
+    p.add_argument("--distill-temperature", dest="distill_temperature", type=float)
+    p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="model/quantizer option (repeatable; VALUE is read as YAML, e.g. width=0.5)")
     p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
@@ -42,19 +47,36 @@ def _train(args: argparse.Namespace) -> int:
 
     flags = {k: getattr(args, k) for k in (
         "model", "dataset", "quant", "wbits", "abits", "epochs", "batch_size", "lr", "schedule", "loss",
-        "dropout", "weight_decay", "seed", "device", "data_dir")}
+        "dropout", "weight_decay", "seed", "device", "data_dir", "teacher", "distill_weight",
+        "distill_temperature")}
     if args.resume:
         base = TrainConfig.from_yaml(Path(args.out) / "config.yaml")
     elif args.config:
         base = TrainConfig.from_yaml(args.config)
     else:
         base = TrainConfig()
+    if args.options:
+        flags["model_options"] = {**base.model_options, **_parse_options(args.options)}
     config = base.replace(**flags)
     metrics = run_train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
     print(f"{config.model}-w{config.wbits}a{config.abits} ({config.quant}) on {config.dataset}: "
           f"test accuracy {100 * metrics['test_acc']:.2f}% after {metrics['epochs']} epochs "
           f"({metrics['seconds']:.1f} s) -> {args.out}")
     return 0
+
+
+def _parse_options(items: list[str]) -> dict:
+    import yaml
+
+    from hwq.errors import ConfigError
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option '{item}': expected KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    return options
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:

@@ -42,7 +42,7 @@ def read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
     expected = int(np.prod(dims))
     if len(raw) - header != expected:
         raise DataError(f"{path}: header says {dims} ({expected} bytes) but {len(raw) - header} bytes follow")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
 def load_mnist(folder: Path) -> Dataset:
