@@ -8,6 +8,7 @@ records what was measured.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from dataclasses import dataclass
@@ -42,11 +43,16 @@ def export_qonnx_model(model: nn.Module, path: str | Path) -> "ModelWrapper":  #
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.util.cleanup import cleanup_model
 
+    from hwq.export.multithreshold import multithreshold_export, needs_multithreshold
+
     example = torch.zeros(1, *model.input_shape)
 
     def write(tmp: Path) -> None:
+        # Threshold activations (N2UQ) are swapped for exact MultiThreshold stand-ins during the export only.
+        swap = multithreshold_export(model) if needs_multithreshold(model) else contextlib.nullcontext()
         # The TorchScript exporter (dynamo=False) writes MatMul nodes, the form FINN's conversion expects.
-        export_qonnx(model.cpu().eval(), input_t=example, export_path=str(tmp), dynamo=False)
+        with swap:
+            export_qonnx(model.cpu().eval(), input_t=example, export_path=str(tmp), dynamo=False)
         cleanup_model(ModelWrapper(str(tmp))).save(str(tmp))
 
     write_atomic(path, write)
@@ -98,6 +104,21 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def verify_qonnx(
+    onnx_path: str | Path, model: nn.Module, images: torch.Tensor, config: ExportConfig = ExportConfig(),
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Execute ``onnx_path`` with qonnx on ``images`` (model inputs) and compare with ``model``.
+
+    Returns the comparison (see :func:`compare_outputs`) and both outputs; raising is left to the caller.
+    """
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    with torch.no_grad():
+        reference = model.eval()(images).numpy()
+    candidate = execute_qonnx(ModelWrapper(str(onnx_path)), images.numpy(), config.batch)
+    return compare_outputs(reference, candidate, config.atol), reference, candidate
+
+
 def run_export(run_dir: str | Path, config: ExportConfig = ExportConfig()) -> dict[str, Any]:
     """Export ``run_dir``'s trained model to ``run_dir/model.onnx`` and verify it; returns ``export.json``.
 
@@ -114,10 +135,7 @@ def run_export(run_dir: str | Path, config: ExportConfig = ExportConfig()) -> di
     dataset = load_dataset(train_config.dataset, train_config.data_dir)
     n = min(config.verify_samples, len(dataset.test_x))
     images = Dataset.to_float(dataset.test_x[:n]).reshape(n, *model.input_shape)
-    with torch.no_grad():
-        reference = model(images).numpy()
-    candidate = execute_qonnx(wrapper, images.numpy(), config.batch)
-    verification = compare_outputs(reference, candidate, config.atol)
+    verification, reference, candidate = verify_qonnx(onnx_path, model, images, config)
     labels = dataset.test_y[:n].numpy()
     report = {
         "stage": "export",
@@ -135,10 +153,15 @@ def run_export(run_dir: str | Path, config: ExportConfig = ExportConfig()) -> di
     }
     write_json(run_dir / EXPORT_FILE, report)
     if not verification["passed"]:
-        where = verification["first_mismatch"]
-        raise VerificationError(
-            f"{onnx_path}: QONNX output differs from PyTorch (max |diff| {verification['max_abs_diff']:.3g} "
-            f"> atol {config.atol}" + (f"; first differing class at test image {where}" if where is not None else "")
-            + f"); details in {run_dir / EXPORT_FILE}"
-        )
+        raise mismatch_error(onnx_path, verification, run_dir / EXPORT_FILE)
     return report
+
+
+def mismatch_error(onnx_path: Path, verification: dict[str, Any], details: Path) -> VerificationError:
+    """The one-line error for a failed comparison."""
+    where = verification["first_mismatch"]
+    return VerificationError(
+        f"{onnx_path}: QONNX output differs from PyTorch (max |diff| {verification['max_abs_diff']:.3g}, "
+        f"atol {verification['atol']}" + (f"; first differing class at test image {where}" if where is not None
+                                          else "") + f"); details in {details}"
+    )

@@ -169,6 +169,8 @@ def run_train(
     spec = model_spec_for(config, dataset)
     torch.manual_seed(config.seed)
     model = build_model(spec).to(device)
+    if config.init_from and not resume:
+        load_init_weights(model, config.init_from)
     optimizer = make_optimizer(model, config)
     teacher = None
     if config.teacher:
@@ -180,7 +182,7 @@ def run_train(
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start_epoch = int(state["epoch"])
-        history = read_json(out_dir / METRICS_FILE, "metrics file").get("history", [])[:start_epoch]
+        history = list(state.get("history", []))[:start_epoch]
     write_atomic(out_dir / CONFIG_FILE, lambda p: p.write_text(config.to_yaml()))
     _log(out_dir, f"# {'resume' if resume else 'start'} {time.strftime('%Y-%m-%d %H:%M:%S')} "
                   f"epochs {start_epoch}->{config.epochs} device {device} config {config.to_dict()}")
@@ -236,7 +238,7 @@ def run_train(
             _log(out_dir, f"epoch {epoch + 1} " + " ".join(f"{k} {v}" for k, v in record.items() if k != "epoch"))
             save_checkpoint(out_dir / CHECKPOINT_FILE, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                "rng": torch.get_rng_state(),
+                "rng": torch.get_rng_state(), "history": history,
             })
             metrics = _metrics(config, spec, dataset, history, epoch + 1, time.perf_counter() - started, device)
             write_json(out_dir / METRICS_FILE, metrics)
@@ -272,6 +274,22 @@ def _metrics(
         "versions": _versions(),
         "history": history,
     }
+
+
+def load_init_weights(model: nn.Module, run_dir: str | Path) -> int:
+    """Copy ``run_dir/model.pt`` entries whose names and shapes match into ``model``; returns how many.
+
+    A full-precision run and its binary counterpart share parameter names (``features.2.weight``), so this starts
+    quantization-aware training from trained weights. Nothing matching is an error, not a silent random start.
+    """
+    path = Path(run_dir) / MODEL_FILE
+    state = load_checkpoint(path)
+    own = model.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matching:
+        raise CheckpointError(f"{path}: no weights match the model's parameter names and shapes (init_from)")
+    model.load_state_dict(matching, strict=False)
+    return len(matching)
 
 
 def load_trained_model(run_dir: str | Path) -> tuple[nn.Module, TrainConfig, ModelSpec]:

@@ -1,0 +1,124 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Export: the QONNX graph computes what the trained PyTorch model computes, and a planted fault is caught."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from hwq.cli import main
+from hwq.data import Dataset, load_dataset
+from hwq.errors import VerificationError
+from hwq.export import ExportConfig, compare_outputs, run_export, verify_qonnx
+from hwq.train import load_trained_model
+
+
+@pytest.fixture(scope="module")
+def exported_w1a1(exported_tfc_w1a1):
+    return exported_tfc_w1a1, json.loads((exported_tfc_w1a1 / "export.json").read_text())
+
+
+def test_w1a1_export_is_verified(exported_w1a1):
+    run, report = exported_w1a1
+    v = report["verification"]
+    assert (run / "model.onnx").is_file()
+    assert v["n"] == 360 and v["argmax_match"] == 1.0 and v["passed"] is True
+    assert v["max_abs_diff"] <= v["atol"]
+    assert v["qonnx_accuracy"] == v["torch_accuracy"] >= 0.85
+    assert "BipolarQuant" in report["ops"] and "MatMul" in report["ops"]
+    assert report["input_shape"] == [1, 64]
+
+
+def test_w2a2_export_is_verified(digits_tfc_w2a2, tmp_path):
+    run = tmp_path / "w2a2"
+    shutil.copytree(digits_tfc_w2a2, run)
+    report = run_export(run, ExportConfig(verify_samples=200))
+    v = report["verification"]
+    assert v["n"] == 200 and v["argmax_match"] == 1.0 and v["max_abs_diff"] <= v["atol"]
+    assert "Quant" in report["ops"] and "BipolarQuant" not in report["ops"]
+
+
+def _flip_weight_signs(onnx_path, out_path) -> str:
+    """Plant a fault: negate the first large float initializer (a layer's latent weights)."""
+    model = onnx.load(str(onnx_path))
+    for init in model.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.ndim == 2 and array.size >= 640:
+            init.CopyFrom(numpy_helper.from_array(-array, init.name))
+            onnx.save(model, str(out_path))
+            return init.name
+    raise AssertionError("no weight initializer found")
+
+
+def test_planted_fault_is_caught(exported_w1a1, tmp_path):
+    run, _ = exported_w1a1
+    faulty = tmp_path / "faulty.onnx"
+    _flip_weight_signs(run / "model.onnx", faulty)
+    model, _, _ = load_trained_model(run)
+    images = Dataset.to_float(load_dataset("digits").test_x[:50]).reshape(50, -1)
+    verification, _, _ = verify_qonnx(faulty, model, images)
+    assert verification["passed"] is False and verification["argmax_match"] < 1.0
+    assert verification["first_mismatch"] is not None
+
+
+def test_compare_outputs_forgives_only_ties():
+    ref = np.array([[1.0, 1.0, 0.0], [3.0, 1.0, 0.0]])
+    tie_broken = np.array([[1.0, 1.00001, 0.0], [3.0, 1.0, 0.0]])
+    result = compare_outputs(ref, tie_broken, atol=1e-4)
+    assert result["passed"] and result["ties_broken_differently"] == 1 and result["argmax_match"] == 0.5
+    wrong = np.array([[1.0, 1.0, 0.0], [1.0, 3.0, 0.0]])
+    result = compare_outputs(ref, wrong, atol=1e-4)
+    assert not result["passed"] and result["first_mismatch"] == 1
+
+
+def test_export_mismatch_raises_and_keeps_the_report(digits_tfc_w1a1, tmp_path, monkeypatch):
+    """run_export on a graph that disagrees: VerificationError naming the file, export.json still written."""
+    import hwq.export.qonnx_export as qe
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_tfc_w1a1, run)
+    real_export = qe.export_qonnx_model
+
+    def export_then_corrupt(model, path):
+        real_export(model, path)
+        _flip_weight_signs(path, path)
+        from qonnx.core.modelwrapper import ModelWrapper
+
+        return ModelWrapper(str(path))
+
+    monkeypatch.setattr(qe, "export_qonnx_model", export_then_corrupt)
+    with pytest.raises(VerificationError, match=r"model\.onnx: QONNX output differs from PyTorch"):
+        run_export(run, ExportConfig(verify_samples=100))
+    assert json.loads((run / "export.json").read_text())["verification"]["passed"] is False
+
+
+def test_cli_export(exported_w1a1, capsys):
+    run, _ = exported_w1a1
+    assert main(["export", str(run), "--verify-samples", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "argmax match 100.00%" in out and "verified on 50 digits test images" in out
+
+
+def test_cnv_export_is_verified(tmp_path):
+    """CNV (conv, max-pool, flatten) exports and verifies too; untrained weights suffice for equality."""
+    from hwq.export import export_qonnx_model
+    from hwq.models import ModelSpec, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("cnv", 1, 1, image_shape=(3, 32, 32))).eval()
+    # Freshly initialised batch norms (mean 0, var 1) put every sign threshold exactly on an integer sum,
+    # where float summation order decides the sign; trained statistics do not, so give it some.
+    for bn in model.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+            bn.running_mean.uniform_(-3.0, 3.0).add_(0.25)
+            bn.running_var.uniform_(0.5, 4.0)
+    export_qonnx_model(model, tmp_path / "cnv.onnx")
+    images = torch.rand(4, 3, 32, 32).mul(255).round().div(255)
+    verification, _, _ = verify_qonnx(tmp_path / "cnv.onnx", model, images, ExportConfig(batch=4))
+    assert verification["passed"] and verification["argmax_match"] == 1.0

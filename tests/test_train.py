@@ -1,0 +1,166 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Training: accuracy on digits, determinism, resume, safe checkpoints, configs and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hwq.cli import main
+from hwq.errors import CheckpointError, ConfigError
+from hwq.train import TrainConfig, load_trained_model, run_train
+from hwq.train.checkpoint import load_checkpoint
+from hwq.train.loop import distillation_loss
+
+
+def test_tfc_w1a1_learns_digits(digits_tfc_w1a1):
+    metrics = json.loads((digits_tfc_w1a1 / "metrics.json").read_text())
+    assert metrics["test_acc"] >= 0.85
+    assert 0.0 <= metrics["test_acc"] <= 1.0
+    assert metrics["epochs"] == 20 and metrics["complete"] is True
+    assert metrics["config"]["wbits"] == 1 and metrics["config"]["model"] == "tfc"
+    assert len(metrics["history"]) == 20
+    # the accuracy in the file is the accuracy of the saved weights
+    model, config, _ = load_trained_model(digits_tfc_w1a1)
+    from hwq.data import load_dataset
+    from hwq.train import evaluate
+
+    ds = load_dataset("digits")
+    assert evaluate(model, ds.test_x, ds.test_y) == pytest.approx(metrics["test_acc"])
+
+
+def test_binary_latent_weights_stay_clipped(digits_tfc_w1a1):
+    model, _, _ = load_trained_model(digits_tfc_w1a1)
+    for layer in model.modules():
+        if getattr(layer, "latent_clip", None):
+            assert float(layer.weight.abs().max()) <= 1.0
+
+
+def _weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "model.pt")
+
+
+def test_training_is_deterministic_on_cpu(tmp_path):
+    config = TrainConfig(epochs=2, wbits=2, abits=2)
+    run_train(config, tmp_path / "a", progress=False)
+    run_train(config, tmp_path / "b", progress=False)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = TrainConfig(epochs=2, wbits=2, abits=2, seed=1)
+    run_train(c, tmp_path / "c", progress=False)
+    assert not all(torch.equal(a[k], _weights(tmp_path / "c")[k]) for k in a)
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    run_train(TrainConfig(epochs=3), tmp_path / "straight", progress=False)
+    interrupted = tmp_path / "interrupted"
+    _train_epochs_then_stop(interrupted, epochs=3, stop_after=1)
+    assert load_checkpoint(interrupted / "checkpoint.pt")["epoch"] == 1
+    run_train(TrainConfig(epochs=3), interrupted, resume=True, progress=False)
+    straight, resumed = _weights(tmp_path / "straight"), _weights(interrupted)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    history = json.loads((interrupted / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert "# resume" in (interrupted / "train.log").read_text()
+
+
+def _train_epochs_then_stop(out, epochs: int, stop_after: int) -> None:
+    """Run a ``epochs``-epoch schedule but stop after ``stop_after`` epochs, as an interrupted run would."""
+    from hwq.train import loop
+
+    class Stop(Exception):
+        pass
+
+    original = loop.save_checkpoint
+
+    def save_then_maybe_stop(path, state):
+        original(path, state)
+        if path.name == loop.CHECKPOINT_FILE and state["epoch"] == stop_after:
+            raise Stop
+
+    loop.save_checkpoint = save_then_maybe_stop
+    try:
+        with pytest.raises(Stop):
+            run_train(TrainConfig(epochs=epochs), out, progress=False)
+    finally:
+        loop.save_checkpoint = original
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    run_train(TrainConfig(epochs=1), tmp_path, progress=False)
+    before = (tmp_path / "model.pt").read_bytes()
+    with pytest.raises(CheckpointError, match="already holds a training run; pass --resume .* or --overwrite"):
+        run_train(TrainConfig(epochs=1, seed=5), tmp_path, progress=False)
+    assert (tmp_path / "model.pt").read_bytes() == before
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, digits_tfc_w1a1):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_tfc_w1a1, run)
+    (run / "model.pt").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match=r"model\.pt: not a readable hwq checkpoint"):
+        load_trained_model(run)
+    truncated = (digits_tfc_w1a1 / "model.pt").read_bytes()[:200]
+    (run / "model.pt").write_bytes(truncated)
+    with pytest.raises(CheckpointError, match=r"model\.pt: not a readable hwq checkpoint"):
+        load_trained_model(run)
+
+
+def test_checkpoint_with_code_is_refused(tmp_path):
+    # weights_only loading: a pickle that would construct an arbitrary object is rejected, not executed
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"evil\.pt: not a readable hwq checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_config_yaml_round_trip_and_errors(tmp_path):
+    config = TrainConfig(model="sfc", wbits=2, abits=2, epochs=7, lr=0.01)
+    path = tmp_path / "c.yaml"
+    path.write_text(config.to_yaml())
+    assert TrainConfig.from_yaml(path) == config
+    path.write_text("train:\n  model: lfc\n  epochs: 3\n")
+    assert TrainConfig.from_yaml(path).model == "lfc"
+    path.write_text("modle: tfc\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: unknown field\(s\) modle"):
+        TrainConfig.from_yaml(path)
+    with pytest.raises(ConfigError, match="schedule: 'linear' is not one of cosine, constant"):
+        TrainConfig(schedule="linear")
+    with pytest.raises(ConfigError, match="epochs: expected an integer"):
+        TrainConfig(epochs="3")
+
+
+def test_distillation_loss():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+    assert float(distillation_loss(logits, logits, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    student = logits.clone().requires_grad_(True)
+    teacher = torch.tensor([[0.0, 3.0, 0.0], [0.0, 1.0, 0.0]])
+    loss = distillation_loss(student, teacher, 1.0)
+    assert float(loss) > 0
+    loss.backward()
+    # gradient descent moves the first student row's mass towards the teacher's class 1
+    assert student.grad[0, 1] < 0 < student.grad[0, 0]
+
+
+def test_cli_train_and_errors(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert (out / "metrics.json").is_file() and (out / "config.yaml").is_file()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: tfc\nwbits: 2\nabits: 2\nepochs: 1\n")
+    assert main(["train", "--config", str(cfg), "--abits", "3", "--out", str(tmp_path / "y"), "--no-progress"]) == 0
+    assert TrainConfig.from_yaml(tmp_path / "y" / "config.yaml").abits == 3
+    for argv, message in [
+        (["train", "--model", "nope", "--out", str(tmp_path / "x")], "unknown model 'nope'"),
+        (["train", "--wbits", "9", "--out", str(tmp_path / "x")], "--wbits 9 is not supported"),
+        (["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "x")],
+         "none/mnist: data folder for mnist not found"),
+        (["export", str(tmp_path / "missing")], "missing: run directory not found"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
