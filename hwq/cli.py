@@ -33,6 +33,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", help="run directory of a trained model to distil from")
     p.add_argument("--distill-weight", dest="distill_weight", type=float)
     p.add_argument("--distill-temperature", dest="distill_temperature", type=float)
+    p.add_argument("--init-from", dest="init_from", help="run directory whose trained weights initialise the model")
     p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="model/quantizer option (repeatable; VALUE is read as YAML, e.g. width=0.5)")
     p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
@@ -48,7 +49,7 @@ def _train(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in (
         "model", "dataset", "quant", "wbits", "abits", "epochs", "batch_size", "lr", "schedule", "loss",
         "dropout", "weight_decay", "seed", "device", "data_dir", "teacher", "distill_weight",
-        "distill_temperature")}
+        "distill_temperature", "init_from")}
     if args.resume:
         base = TrainConfig.from_yaml(Path(args.out) / "config.yaml")
     elif args.config:
@@ -114,10 +115,58 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build", help="build an exported run into a FINN dataflow accelerator for a board")
+    p.add_argument("run", help="run directory holding model.onnx from 'hwq export'")
+    p.add_argument("--board", default="pynq-z2", help="board name (see 'hwq boards'; default pynq-z2)")
+    fold = p.add_mutually_exclusive_group()
+    fold.add_argument("--target-fps", dest="target_fps", type=float,
+                      help="frames/s to fold for (default: the fastest folding that fits the board)")
+    fold.add_argument("--folding", dest="folding_file", help="folding file in FINN's JSON format")
+    p.add_argument("--out", dest="out_dir", help="build directory (default RUN/build-BOARD)")
+    p.add_argument("--verify-samples", dest="verify_samples", type=int,
+                   help="held-out test images for the bit-exactness gate (default 100)")
+    p.add_argument("--data-dir", dest="data_dir", help="data folder (default: the run's, $HWQ_DATA or ../shared/data)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=_build)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from hwq.dataflow import BuildConfig, run_build
+
+    config = BuildConfig().replace(board=args.board, target_fps=args.target_fps, folding_file=args.folding_file,
+                                   out_dir=args.out_dir, verify_samples=args.verify_samples,
+                                   data_dir=args.data_dir)
+    m = run_build(args.run, config, progress=args.progress)
+    t, v = m["estimates"]["total"], m["bit_exact"]
+    skipped = sorted(k for k, s in m["vendor"].items() if s["status"] == "skipped")
+    print(f"built {args.run} for {m['board']['name']}: estimated {t['estimated_fps']:,.0f} fps, "
+          f"{t['estimated_latency_us']:.2f} us at {t['clock_mhz']:g} MHz, {t['LUT']:,} LUT, {t['BRAM_18K']} BRAM18, "
+          f"{t['DSP']} DSP; bit-exact on {v['n']} test images; "
+          f"vendor steps skipped: {', '.join(skipped) or 'none'}")
+    return 0
+
+
+def _add_boards(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("boards", help="list the boards hwq can build for")
+    p.set_defaults(func=_boards)
+
+
+def _boards(args: argparse.Namespace) -> int:
+    from hwq.boards import known_boards, load_board
+
+    for name in known_boards():
+        b = load_board(name)
+        r = b.resources
+        print(f"{name:<12} {b.part:<22} {b.clock_mhz:>5g} MHz  {b.shell:<5}  LUT {r.lut:>9,}  BRAM18 {r.bram18:>5}  "
+              f"DSP {r.dsp:>5}  URAM {r.uram:>4}  power: {b.power.get('kind', 'none')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hwq", description="quantization-aware training to FPGA accelerators")
     sub = parser.add_subparsers(dest="verb", required=True)
-    for add in (_add_train, _add_export, _add_models):
+    for add in (_add_train, _add_export, _add_models, _add_build, _add_boards):
         add(sub)
     return parser
 

@@ -17,6 +17,10 @@ import numpy as np
 from hwq.data.dataset import Dataset, as_tensors
 from hwq.errors import DataError
 
+#: The zips list images class by class; the test split is put in a fixed shuffled order, so that "the first n
+#: test images" (export verification, build gates, on-device accuracy) cover every class.
+TEST_ORDER_SEED = 0
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 COUNTS = {"train": 50000, "test": 10000}
 
@@ -80,4 +84,6 @@ def load_cifar10(folder: Path) -> Dataset:
     """The standard 50,000 / 10,000 split of CIFAR-10 (JPEG copy), images ``(N, 3, 32, 32)``."""
     train_x, train_y = _load_split(folder, "train")
     test_x, test_y = _load_split(folder, "test")
+    order = np.random.default_rng(TEST_ORDER_SEED).permutation(len(test_x))
+    test_x, test_y = test_x[order], test_y[order]
     return as_tensors("cifar10", train_x, train_y, test_x, test_y, CLASSES)

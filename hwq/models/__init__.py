@@ -4,3 +4,5 @@
 from hwq.models.registry import MODELS, ModelSpec, build_model, register_model
 
 __all__ = ["MODELS", "ModelSpec", "build_model", "register_model"]
+from hwq.models import mobilenet  # noqa: E402,F401  (registers mobilenet, mobilenet_tiny)
+from hwq.models import resnet  # noqa: E402,F401  (registers resnet20)

@@ -16,3 +16,5 @@ __all__ = [
     "FAMILIES", "FloatFamily", "INPUT_SPEC", "QuantSpec", "Role", "Scaling", "UniformFamily",
     "clip_latent_weights", "get_family", "register_family",
 ]
+from hwq.quant import bitat  # noqa: E402,F401  (registers --quant bitat)
+from hwq.quant import n2uq  # noqa: E402,F401  (registers --quant n2uq)

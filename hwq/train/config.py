@@ -63,6 +63,9 @@ class TrainConfig:
     distill_weight: float = 1.0
     #: Softmax temperature T of the distillation term.
     distill_temperature: float = 1.0
+    #: Run directory of a trained model whose ``model.pt`` initialises this one before training (entries whose
+    #: names and shapes match; e.g. a full-precision run before binarizing it); None starts from random weights.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         for name, enum in (("schedule", Schedule), ("loss", Loss)):

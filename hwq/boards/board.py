@@ -1,0 +1,151 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Reading and validating ``boards/*.yaml``.
+
+A board file names the FPGA part, the clock the build targets, the device resources, the shell kind (a Zynq
+board's PYNQ shell or an Alveo card's Vitis platform), and the serial and power-sensor facts the measurement
+harness needs. Unknown or missing fields are errors naming the file and field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hwq.errors import ConfigError
+
+#: ``boards/`` beside the package (the repository root), where the YAML files live.
+BOARDS_DIR = Path(__file__).resolve().parents[2] / "boards"
+
+SHELLS = ("zynq", "alveo")
+POWER_KINDS = ("none", "pmbus", "ina", "xrt")
+
+
+class BoardError(ConfigError):
+    """A board is unknown or its YAML file is invalid."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Device resources (counts of primitives on the part)."""
+
+    lut: int
+    ff: int
+    #: 18 Kb block RAMs (a 36 Kb BRAM counts as two), the unit of FINN's estimates.
+    bram18: int
+    dsp: int
+    uram: int
+
+
+@dataclass(frozen=True)
+class Board:
+    """One board, as read from ``boards/<name>.yaml``."""
+
+    #: Lower-case key used on the command line (``--board pynq-z2``); the file's stem.
+    name: str
+    #: Human-readable name.
+    title: str
+    #: Xilinx part number passed to FINN.
+    part: str
+    #: The clock the accelerator is built for (MHz); estimates of FPS and latency use it.
+    clock_mhz: float
+    #: ``zynq`` (PYNQ shell, Vivado) or ``alveo`` (Vitis platform).
+    shell: str
+    #: FINN's board key (``Pynq-Z2``, ``U250``, ...) for the vendor steps.
+    finn_board: str
+    resources: Resources
+    #: Serial console facts: ``port_hint`` (e.g. /dev/ttyUSB1), ``baud``, ``adapter``; empty for PCIe cards.
+    serial: dict[str, Any] = field(default_factory=dict)
+    #: Power sensing: ``kind`` (none, pmbus, ina, xrt), ``sensors`` (list of rails), ``notes``.
+    power: dict[str, Any] = field(default_factory=dict)
+    #: Vitis platform for Alveo cards (None on Zynq boards).
+    platform: str | None = None
+    #: Free text: where a fact comes from, what is still to be confirmed on hardware.
+    notes: str = ""
+
+    @property
+    def clock_period_ns(self) -> float:
+        return 1000.0 / self.clock_mhz
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "title": self.title, "part": self.part, "clock_mhz": self.clock_mhz,
+            "shell": self.shell, "finn_board": self.finn_board, "resources": vars(self.resources),
+            "serial": self.serial, "power": self.power, "platform": self.platform, "notes": self.notes,
+        }
+
+
+def known_boards(boards_dir: str | Path = BOARDS_DIR) -> list[str]:
+    """Names of the boards described in ``boards_dir`` (sorted)."""
+    return sorted(p.stem for p in Path(boards_dir).glob("*.yaml"))
+
+
+def load_board(name: str, boards_dir: str | Path = BOARDS_DIR) -> Board:
+    """Load and validate ``boards_dir/<name>.yaml`` (the name is case-insensitive).
+
+    >>> load_board("zcu104").resources.uram
+    96
+    >>> load_board("nope")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    BoardError: unknown board 'nope'; known: ...
+    """
+    path = Path(boards_dir) / f"{name.lower()}.yaml"
+    if not path.is_file():
+        raise BoardError(f"unknown board '{name}'; known: {', '.join(known_boards(boards_dir)) or '(none)'}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise BoardError(f"{path}: not valid YAML ({err})") from None
+    return board_from_dict(data, path)
+
+
+_REQUIRED = {"title": str, "part": str, "clock_mhz": (int, float), "shell": str, "finn_board": str,
+             "resources": dict}
+_OPTIONAL = {"serial": dict, "power": dict, "platform": (str, type(None)), "notes": str}
+_RESOURCES = ("lut", "ff", "bram18", "dsp", "uram")
+
+
+def board_from_dict(data: Any, path: Path) -> Board:
+    """Validate the parsed YAML of a board file; errors name ``path`` and the field."""
+    if not isinstance(data, dict):
+        raise BoardError(f"{path}: expected a mapping of board fields")
+    unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
+    if unknown:
+        raise BoardError(f"{path}: unknown field(s) {', '.join(unknown)}")
+    for key, kind in {**_REQUIRED, **_OPTIONAL}.items():
+        if key not in data:
+            if key in _REQUIRED:
+                raise BoardError(f"{path}: missing field '{key}'")
+            continue
+        if not isinstance(data[key], kind) or isinstance(data[key], bool):
+            raise BoardError(f"{path}: field '{key}' has the wrong type ({type(data[key]).__name__})")
+    if data["clock_mhz"] <= 0:
+        raise BoardError(f"{path}: field 'clock_mhz' must be > 0, got {data['clock_mhz']}")
+    if data["shell"] not in SHELLS:
+        raise BoardError(f"{path}: field 'shell' must be one of {', '.join(SHELLS)}, got '{data['shell']}'")
+    res = data["resources"]
+    missing = [k for k in _RESOURCES if k not in res]
+    extra = sorted(set(res) - set(_RESOURCES))
+    if missing or extra:
+        raise BoardError(f"{path}: field 'resources' needs exactly {', '.join(_RESOURCES)}"
+                         + (f" (missing {', '.join(missing)})" if missing else "")
+                         + (f" (unknown {', '.join(extra)})" if extra else ""))
+    for key in _RESOURCES:
+        if not isinstance(res[key], int) or isinstance(res[key], bool) or res[key] < 0:
+            raise BoardError(f"{path}: field 'resources.{key}' must be a non-negative integer, got {res[key]!r}")
+    power = data.get("power", {"kind": "none"})
+    if power.get("kind") not in POWER_KINDS:
+        raise BoardError(f"{path}: field 'power.kind' must be one of {', '.join(POWER_KINDS)}, "
+                         f"got {power.get('kind')!r}")
+    serial = data.get("serial", {})
+    if serial and not isinstance(serial.get("baud"), int):
+        raise BoardError(f"{path}: field 'serial.baud' must be an integer")
+    if data["shell"] == "alveo" and not data.get("platform"):
+        raise BoardError(f"{path}: field 'platform' is required for an alveo shell")
+    return Board(
+        name=path.stem, title=data["title"], part=data["part"], clock_mhz=float(data["clock_mhz"]),
+        shell=data["shell"], finn_board=data["finn_board"], resources=Resources(**res),
+        serial=serial, power=power, platform=data.get("platform"), notes=data.get("notes", ""),
+    )

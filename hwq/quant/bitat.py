@@ -1,0 +1,298 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""BiTAT: binarization with a task-dependent aggregated transformation (Park et al., 2022), as ``--quant bitat``.
+
+Each weight layer is a Brevitas binary layer (so the deployed network is a plain W1A1 network, exported like
+any other) that also carries, for training only:
+
+* the input correlation ``C = E[x x^T]`` (running average) and its orthonormal eigenbasis ``U`` (optionally
+  rotated further by a learned Cayley transform, ``bitat_transform: cayley``);
+* an importance vector ``s > 0`` (softplus, mean 1), initialised from the eigenvalues when the layer is binarized
+  and trained with the task loss through a zero-valued probe (see :meth:`_BiTATWeights._probe`);
+* the importance-weighted binarization penalty ``(w - alpha b)^T U diag(s) U^T (w - alpha b)``.
+
+Layers (and the activation after each) start in full precision and switch to binary bottom-to-top, epoch by
+epoch (:mod:`hwq.train.progressive`), never back. Decisions and ablations: ``docs/bitat.md``.
+
+>>> from hwq.models import ModelSpec, build_model
+>>> model = build_model(ModelSpec("tfc", 1, 1, quant="bitat", image_shape=(1, 8, 8)))
+>>> [bool(m.binary) for m in bitat_layers(model)]   # all full precision until the first epoch starts
+[False, False, False, False]
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear
+from torch import nn
+
+from hwq.errors import ConfigError
+from hwq.quant import bitat_transform as T
+from hwq.quant.brevitas_map import to_injector
+from hwq.quant.family import UniformFamily, register_family
+
+if TYPE_CHECKING:
+    from hwq.train.progressive import ProgressivePlan
+
+TRANSFORMS = ("eigen", "cayley", "none")
+#: Weight of the running average of ``E[x x^T]`` given to each new batch.
+CORR_MOMENTUM = 0.1
+
+
+class _Unit:
+    """Where a layer sits in the progressive order (a plain object shared by a layer and its activation)."""
+
+    def __init__(self, index: int, plan: ProgressivePlan, units: list) -> None:
+        self.index, self.plan, self.units = index, plan, units
+
+    def should_be_binary(self, epoch: int, epochs: int) -> bool:
+        return self.plan.start_epoch(self.index, len(self.units), epochs) <= epoch
+
+
+class _BiTATWeights:
+    """Mixin for a Brevitas binary weight layer; ``_setup`` after the layer's own ``__init__``."""
+
+    def _setup(self, groups: int, n: int, unit: _Unit, transform: str, importance: bool, penalty: float,
+               power: float) -> None:
+        rows = self.weight.shape[0] // groups
+        self.bitat_groups, self.bitat_rows, self.bitat_n = groups, rows, n
+        self._unit, self.transform, self.penalty_weight, self.importance_power = unit, transform, penalty, power
+        self.use_importance = importance
+        # Buffers, so a checkpoint resumes the schedule and the statistics exactly.
+        self.register_buffer("binary", torch.tensor(False))
+        self.register_buffer("corr", torch.zeros(groups, n, n))
+        self.register_buffer("corr_seen", torch.tensor(False))
+        self.register_buffer("basis", torch.eye(n).repeat(groups, 1, 1))
+        #: False until the basis and importance were initialised from real inputs (a layer may switch to binary
+        #: before it has seen any: then the first training batch after the switch initialises them).
+        self.register_buffer("transform_ready", torch.tensor(False))
+        self.importance_raw = nn.Parameter(T.inverse_softplus(torch.ones(groups, n)), requires_grad=importance)
+        if transform == "cayley":
+            self.rotation_raw = nn.Parameter(torch.zeros(groups, n, n))
+
+    # --- the transformation ------------------------------------------------------------------------------
+    def transform_basis(self) -> torch.Tensor:
+        """``U`` per group, ``(G, n, n)``: the eigenbasis, times the learned rotation in the Cayley variant."""
+        if self.transform == "cayley":
+            return self.basis @ T.cayley(self.rotation_raw)
+        return self.basis
+
+    def importance(self) -> torch.Tensor:
+        """``s`` per group, ``(G, n)``, positive with mean 1 (all ones in the no-importance ablation)."""
+        if not self.use_importance:
+            return torch.ones_like(self.importance_raw)
+        return T.normalized_importance(self.importance_raw)
+
+    def grouped_weight(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.weight if weight is None else weight
+        return w.reshape(self.bitat_groups, self.bitat_rows, self.bitat_n)
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        """Fold a batch of inputs into the running ``E[x x^T]``."""
+        corr = T.correlation(self._patches(x.detach().float()))
+        if not bool(self.corr_seen):
+            self.corr.copy_(corr)
+            self.corr_seen.fill_(True)
+        else:
+            self.corr.lerp_(corr, CORR_MOMENTUM)
+        if bool(self.binary) and not bool(self.transform_ready):
+            self._init_transform()
+
+    @torch.no_grad()
+    def refresh_basis(self) -> torch.Tensor:
+        """Recompute the eigenbasis from the current correlation; returns the eigenvalues."""
+        u, lam = T.eigenbasis(self.corr, identity=self.transform == "none")
+        if self.transform != "cayley":
+            # The Cayley variant keeps its starting basis (set at the switch): the learned rotation is relative
+            # to it.
+            self.basis.copy_(u)
+        return lam
+
+    @torch.no_grad()
+    def binarize(self) -> None:
+        """Switch to binary (once): fix the basis from the inputs seen so far and initialise ``s`` from it."""
+        if bool(self.binary):
+            return
+        self.binary.fill_(True)
+        if bool(self.corr_seen):
+            self._init_transform()
+
+    @torch.no_grad()
+    def _init_transform(self) -> None:
+        self.basis.copy_(T.eigenbasis(self.corr, identity=self.transform == "none")[0])
+        lam = torch.diagonal(self.basis.transpose(1, 2) @ self.corr @ self.basis, dim1=1, dim2=2)
+        if self.use_importance:
+            s = T.importance_from_eigenvalues(lam, self.importance_power, floor=0.05, ceil=20.0)
+            self.importance_raw.copy_(T.inverse_softplus(s))
+        self.transform_ready.fill_(True)
+
+    # --- hooks called by the train loop ------------------------------------------------------------------
+    def hwq_on_epoch_start(self, epoch: int, epochs: int) -> None:
+        if not bool(self.binary):
+            if self._unit.should_be_binary(epoch, epochs):
+                self.binarize()
+        elif self.transform == "eigen" and bool(self.transform_ready):
+            self.refresh_basis()  # follow the inputs as the layers below keep training
+
+    def hwq_extra_loss(self) -> torch.Tensor:
+        """``penalty_weight *`` the importance-weighted binarization error (zero before the switch)."""
+        if not (self.training and bool(self.binary) and self.penalty_weight):
+            return self.weight.new_zeros(())
+        with torch.no_grad():  # s and U are trained by the task loss only (see docs/bitat.md)
+            u, s = self.transform_basis(), self.importance()
+        return self.penalty_weight * T.weighted_binarization_error(self.grouped_weight(), u, s)
+
+    # --- forward -----------------------------------------------------------------------------------------
+    def _probe(self) -> torch.Tensor | float:
+        """A zero-valued term whose gradient trains ``s`` (and the rotation) with the task loss.
+
+        Its value is ``W M - W M`` with ``M = U diag(s) U^T``; its gradient w.r.t. ``s_j`` is the loss change if
+        the latent weights' component along ``u_j`` were scaled, so ``s_j`` grows where the task uses it.
+        """
+        if not (self.use_importance or self.transform == "cayley"):
+            return 0.0
+        u, s = self.transform_basis(), self.importance()
+        wu = self.grouped_weight().detach() @ u
+        wm = (wu * s.unsqueeze(1)) @ u.transpose(1, 2)
+        return (wm - wm.detach()).reshape(self.weight.shape)
+
+    def _bitat_forward(self, x: torch.Tensor, plain_forward) -> torch.Tensor:
+        if self.training:
+            self.observe(x)
+        if not bool(self.binary):
+            return self._run(x, self.weight)
+        if not self.training:
+            return plain_forward(x)  # the exact Brevitas path that export traces
+        return self._run(x, self.quant_weight().value + self._probe())
+
+    def orthonormality_error(self) -> float:
+        return T.orthonormality_error(self.transform_basis().detach())
+
+
+class BiTATLinear(_BiTATWeights, QuantLinear):
+    """A binary ``QuantLinear`` with BiTAT's training-time state."""
+
+    def _patches(self, x: torch.Tensor) -> torch.Tensor:
+        return T.patches(x, 1)
+
+    def _run(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._bitat_forward(x, super().forward)
+
+
+class BiTATConv2d(_BiTATWeights, QuantConv2d):
+    """A binary ``QuantConv2d`` (any ``groups``, e.g. depthwise) with BiTAT's training-time state."""
+
+    def _patches(self, x: torch.Tensor) -> torch.Tensor:
+        return T.patches(x, self.groups, self.kernel_size, self.stride, self.padding, self.dilation)
+
+    def _run(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._bitat_forward(x, super().forward)
+
+
+class BiTATAct(nn.Module):
+    """``hardtanh`` (what ``sign`` approximates) until its unit switches, then a Brevitas binary activation."""
+
+    def __init__(self, quant: nn.Module, unit: _Unit) -> None:
+        super().__init__()
+        self.quant, self._unit = quant, unit
+        self.register_buffer("binary", torch.tensor(False))
+
+    def hwq_on_epoch_start(self, epoch: int, epochs: int) -> None:
+        if self._unit.should_be_binary(epoch, epochs):
+            self.binary.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quant(x) if bool(self.binary) else F.hardtanh(x)
+
+
+@register_family
+class BiTATFamily(UniformFamily):
+    """W1A1 only. Options (``--option KEY=VALUE``): ``bitat_transform`` eigen|cayley|none,
+    ``bitat_importance`` (false: s = 1), ``bitat_progressive`` (false: all binary at once), ``bitat_penalty``
+    (weight of the penalty), ``bitat_importance_power``, ``bitat_final``, ``bitat_warmup``, ``bitat_stages``."""
+
+    name = "bitat"
+    weight_bits = (1,)
+    act_bits = (1,)
+
+    def __init__(self, options: dict | None = None) -> None:
+        # Imported here: hwq.train imports the model registry, which imports this package.
+        from hwq.train.progressive import ProgressivePlan
+
+        super().__init__(options)
+        o = self.options
+        self.transform = o.get("bitat_transform", "eigen")
+        if self.transform not in TRANSFORMS:
+            raise ConfigError(f"model_options.bitat_transform: expected one of {', '.join(TRANSFORMS)}, "
+                              f"got '{self.transform}'")
+        self.use_importance = _flag(o, "bitat_importance", True)
+        self.penalty = _number(o, "bitat_penalty", 1e-2)
+        self.power = _number(o, "bitat_importance_power", 0.5)
+        self.plan = ProgressivePlan(
+            enabled=_flag(o, "bitat_progressive", True), final_fraction=_number(o, "bitat_final", 0.25),
+            warmup_fraction=_number(o, "bitat_warmup", 0.0), stages=o.get("bitat_stages"),
+        )
+        #: Units in construction order, which is the forward order of the sequential models hwq builds.
+        self.units: list[_Unit] = []
+
+    def _new_unit(self) -> _Unit:
+        unit = _Unit(len(self.units), self.plan, self.units)
+        self.units.append(unit)
+        return unit
+
+    def _settings(self) -> dict:
+        return dict(transform=self.transform, importance=self.use_importance, penalty=self.penalty,
+                    power=self.power)
+
+    def linear(self, in_features: int, out_features: int, bits: int) -> nn.Module:
+        layer = BiTATLinear(in_features, out_features, bias=False, weight_quant=to_injector(self.weight_spec(bits)))
+        layer._setup(1, in_features, self._new_unit(), **self._settings())
+        return self._init_weights(layer, bits)
+
+    def conv2d(self, in_channels: int, out_channels: int, kernel_size: int, bits: int,
+               stride: int = 1, padding: int = 0, groups: int = 1) -> nn.Module:
+        layer = BiTATConv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
+                            bias=False, weight_quant=to_injector(self.weight_spec(bits)))
+        layer._setup(groups, in_channels // groups * kernel_size * kernel_size, self._new_unit(), **self._settings())
+        return self._init_weights(layer, bits)
+
+    def act(self, bits: int, channels: int) -> nn.Module:
+        if not self.units:
+            raise ConfigError("bitat: an activation must follow a weight layer (it switches with that layer)")
+        return BiTATAct(QuantIdentity(act_quant=to_injector(self.act_spec(bits))), self.units[-1])
+
+
+def _flag(options: dict, key: str, default: bool) -> bool:
+    value = options.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"model_options.{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _number(options: dict, key: str, default: float) -> float:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"model_options.{key}: expected a non-negative number, got {value!r}")
+    return float(value)
+
+
+def bitat_layers(model: nn.Module) -> list[_BiTATWeights]:
+    """The model's BiTAT weight layers, input side first."""
+    return [m for m in model.modules() if isinstance(m, _BiTATWeights)]
+
+
+def check_deployable(model: nn.Module) -> None:
+    """Raise a ConfigError unless every BiTAT layer and activation is binary (a plain W1A1 network)."""
+    names = [name for name, m in model.named_modules() if isinstance(m, (_BiTATWeights, BiTATAct))
+             and not bool(m.binary)]
+    if names:
+        raise ConfigError(f"bitat: layers still in full precision ({', '.join(names)}); train for more epochs")

@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+# SPDX-License-Identifier: BSD-3-Clause
+"""Benchmark: BiTAT W1A1 vs full precision vs plain binarization (sign + STE), with BiTAT's ablations.
+
+Suites: ``cifar10`` (the compact ``mobilenet`` backbone) and ``mnist`` (TFC). Per suite, a full-precision model
+(hardtanh activations, what ``sign`` approximates) is trained first; every binary run then starts from its weights
+(``--init-from``) and distils from it, with the same epochs, learning rate and seed; ``plain_scratch`` (random
+init) shows what the initialisation alone contributes. Runs are separate ``hwq train`` processes, ``--jobs`` at a
+time (several small runs share one GPU well). Writes ``<results>.json`` and ``<results>.md``.
+
+    python scripts/bench_bitat.py --device cuda --jobs 8                    # both suites, default epochs
+    python scripts/bench_bitat.py --device cpu --suites mnist --epochs 1 --fp-epochs 1 --limit-note tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+#: name -> (quant family, model options, starts from the full-precision weights)
+METHODS = {
+    "plain": ("uniform", {}, True),
+    "plain_scratch": ("uniform", {}, False),
+    "bitat": ("bitat", {}, True),
+    "bitat_no_transform": ("bitat", {"bitat_transform": "none"}, True),
+    "bitat_no_importance": ("bitat", {"bitat_importance": False}, True),
+    "bitat_no_progressive": ("bitat", {"bitat_progressive": False}, True),
+}
+SUITES = {
+    # model, dataset, model options, batch size: CIFAR-10 uses 200 so a small backbone keeps a GPU busy.
+    "cifar10": ("mobilenet", "cifar10", {"width": 0.5}, 200),
+    "mnist": ("tfc", "mnist", {}, 100),
+    # Smoke tests on the bundled 8x8 digits (no data folder, seconds on a CPU).
+    "digits": ("tfc", "digits", {}, 100),
+    "digits_mobilenet": ("mobilenet_tiny", "digits", {"width": 0.5}, 100),
+}
+
+
+def train_command(args, suite: str, method: str, out: Path, fp_run: Path | None) -> list[str]:
+    model, dataset, options, batch = SUITES[suite]
+    cmd = [sys.executable, "-m", "hwq", "train", "--model", model, "--dataset", dataset, "--wbits", "1",
+           "--abits", "1", "--batch-size", str(batch), "--seed", str(args.seed), "--device", args.device,
+           "--out", str(out), "--overwrite", "--no-progress"]
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
+    if method == "fp":
+        cmd += ["--quant", "float", "--epochs", str(args.fp_epochs), "--lr", str(args.fp_lr)]
+        options = {**options, "float_act": "hardtanh"}
+    else:
+        quant, extra, from_fp = METHODS[method]
+        cmd += ["--quant", quant, "--epochs", str(args.epochs), "--lr", str(args.lr)]
+        options = {**options, **extra}
+        if from_fp:
+            cmd += ["--init-from", str(fp_run)]
+        if args.distill:
+            cmd += ["--teacher", str(fp_run), "--distill-weight", str(args.distill_weight)]
+    for key, value in options.items():
+        cmd += ["--option", f"{key}={json.dumps(value)}"]
+    return cmd
+
+
+def run(cmd: list[str], log: Path, slots: threading.Semaphore) -> float:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with slots, log.open("w") as out:
+        started = time.perf_counter()
+        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {done.returncode}); see {log}")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", help="cpu, cuda or auto")
+    parser.add_argument("--suites", default="cifar10,mnist")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--epochs", type=int, default=12, help="epochs of every binary run")
+    parser.add_argument("--fp-epochs", dest="fp_epochs", type=int, default=12)
+    parser.add_argument("--lr", type=float, default=2e-3, help="Adam lr of the binary runs (fine-tuning)")
+    parser.add_argument("--fp-lr", dest="fp_lr", type=float, default=5e-3)
+    parser.add_argument("--no-distill", dest="distill", action="store_false")
+    parser.add_argument("--distill-weight", dest="distill_weight", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1, help="training processes at a time")
+    parser.add_argument("--export", action="store_true", help="also export + verify the BiTAT runs (CPU, slow)")
+    parser.add_argument("--data-dir", dest="data_dir", default=None)
+    parser.add_argument("--runs", default="runs/bench-bitat")
+    parser.add_argument("--results", default="benchmarks/bitat")
+    parser.add_argument("--limit-note", dest="note", default="", help="free text stored with the results")
+    args = parser.parse_args()
+    suites = [s for s in args.suites.split(",") if s]
+    methods = [m for m in args.methods.split(",") if m]
+    runs = Path(args.runs)
+
+    from hwq.data import load_dataset
+    for suite in suites:  # decode/cache the data once, before parallel processes race to do it
+        load_dataset(SUITES[suite][1], args.data_dir)
+
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    slots = threading.Semaphore(max(1, args.jobs))  # at most --jobs training processes at any time
+
+    def pipeline(suite: str, pool: ThreadPoolExecutor) -> None:
+        fp_run = runs / suite / "fp"
+        seconds[f"{suite}/fp"] = run(train_command(args, suite, "fp", fp_run, None), runs / suite / "fp.log", slots)
+        jobs = {m: pool.submit(run, train_command(args, suite, m, runs / suite / m, fp_run),
+                               runs / suite / f"{m}.log", slots) for m in methods}
+        for method, job in jobs.items():
+            seconds[f"{suite}/{method}"] = job.result()
+
+    # One thread per suite and per run (threads only wait; the semaphore bounds the processes).
+    with ThreadPoolExecutor(max_workers=len(suites) * (len(methods) + 1)) as pool:
+        for done in [pool.submit(pipeline, suite, pool) for suite in suites]:
+            done.result()
+
+    results = {"benchmark": "BiTAT W1A1 vs full precision vs plain binarization", "note": args.note,
+               "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "args": vars(args),
+               "wall_seconds": round(time.perf_counter() - started, 1), "suites": {},
+               "machine": _machine(args.device)}
+    for suite in suites:
+        rows = {}
+        for method in ["fp", *methods]:
+            metrics = json.loads((runs / suite / method / "metrics.json").read_text())
+            rows[method] = {"test_acc": metrics["test_acc"], "epochs": metrics["epochs"],
+                            "seconds": round(seconds[f"{suite}/{method}"], 1),
+                            "history_test_acc": [h["test_acc"] for h in metrics["history"]]}
+            if args.export and method.startswith("bitat"):
+                from hwq.export import run_export
+                rows[method]["export"] = run_export(runs / suite / method)["verification"]
+        fp, plain = rows["fp"]["test_acc"], rows.get("plain", {}).get("test_acc")
+        for row in rows.values():  # the claim: BiTAT recovers most of the gap between plain and full precision
+            row["gap_recovered"] = (None if plain is None or fp == plain
+                                    else round((row["test_acc"] - plain) / (fp - plain), 3))
+        results["suites"][suite] = {"model": SUITES[suite][0], "dataset": SUITES[suite][1], "rows": rows}
+
+    out = Path(args.results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(results))
+    print(markdown(results))
+
+
+def markdown(results: dict) -> str:
+    lines = [f"Command: `{results['command']}` ({results['machine']['device_name']}, "
+             f"{results['wall_seconds']} s wall)", ""]
+    for suite, data in results["suites"].items():
+        lines += [f"### {data['model']} on {data['dataset']}", "",
+                  "| method | test top-1 % | gap recovered (plain = 0, fp = 1) | epochs | seconds |",
+                  "| --- | --- | --- | --- | --- |"]
+        for method, row in data["rows"].items():
+            gap = "-" if row["gap_recovered"] is None else f"{row['gap_recovered']:.2f}"
+            lines.append(f"| {method} | {100 * row['test_acc']:.2f} | {gap} | {row['epochs']} | {row['seconds']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _machine(device: str) -> dict:
+    import torch
+
+    name = torch.cuda.get_device_name(0) if device != "cpu" and torch.cuda.is_available() else platform.processor()
+    return {"device": device, "device_name": name or "cpu", "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+if __name__ == "__main__":
+    main()
