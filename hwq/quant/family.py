@@ -69,8 +69,12 @@ class UniformFamily:
         """The 8-bit quantizer in front of the first layer."""
         return QuantIdentity(act_quant=to_injector(INPUT_SPEC))
 
+    def weight_quant(self, bits: int):
+        """The Brevitas weight quantizer (injector) for ``bits``; a family may override just this."""
+        return to_injector(self.weight_spec(bits))
+
     def linear(self, in_features: int, out_features: int, bits: int) -> nn.Module:
-        layer = QuantLinear(in_features, out_features, bias=False, weight_quant=to_injector(self.weight_spec(bits)))
+        layer = QuantLinear(in_features, out_features, bias=False, weight_quant=self.weight_quant(bits))
         return self._init_weights(layer, bits)
 
     def conv2d(
@@ -79,7 +83,7 @@ class UniformFamily:
     ) -> nn.Module:
         layer = QuantConv2d(
             in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups, bias=False,
-            weight_quant=to_injector(self.weight_spec(bits)),
+            weight_quant=self.weight_quant(bits),
         )
         return self._init_weights(layer, bits)
 

@@ -33,7 +33,6 @@ from brevitas.core.scaling import ScalingImplType
 from brevitas.core.stats import StatsOp
 from brevitas.core.stats.stats_op import register_stats_implementation
 from brevitas.inject.enum import ScalingPerOutputType
-from brevitas.nn import QuantConv2d, QuantLinear
 from brevitas.quant.solver import WeightQuantSolver
 from torch import nn
 
@@ -303,26 +302,12 @@ class N2UQFamily(UniformFamily):
                               f"got {value!r}")
         return value
 
-    def _weight_quant(self, bits: int):
+    def weight_quant(self, bits: int):
         per_channel = self._option("n2uq_weight_per_channel", True, (bool,))
         quant = L1ScaleWeight.let(bit_width=bits, signed=True, narrow_range=True, l1_gain=l1_clip_gain(bits))
         if not per_channel:
             quant = quant.let(scaling_per_output_channel=False, scaling_per_output_type=ScalingPerOutputType.TENSOR)
         return quant
-
-    def linear(self, in_features: int, out_features: int, bits: int) -> nn.Module:
-        layer = QuantLinear(in_features, out_features, bias=False, weight_quant=self._weight_quant(bits))
-        return self._init_weights(layer, bits)
-
-    def conv2d(
-        self, in_channels: int, out_channels: int, kernel_size: int, bits: int,
-        stride: int = 1, padding: int = 0, groups: int = 1,
-    ) -> nn.Module:
-        layer = QuantConv2d(
-            in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups, bias=False,
-            weight_quant=self._weight_quant(bits),
-        )
-        return self._init_weights(layer, bits)
 
     def act(self, bits: int, channels: int) -> nn.Module:
         per_channel = self._option("n2uq_per_channel", False, (bool,))
