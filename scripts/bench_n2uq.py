@@ -65,6 +65,8 @@ def plan(args: argparse.Namespace) -> list[Job]:
             for bits in BITS:
                 for family in FAMILIES:
                     config = dict(common, quant=family, wbits=bits, abits=bits)
+                    if family == "n2uq":  # the measured tables used per-class classifier scales (docs/n2uq.md)
+                        config["model_options"] = {"n2uq_classifier_per_channel": True}
                     if teacher:
                         config["teacher"] = str(Path(args.runs) / teacher)
                     jobs.append(Job(f"{model}-{dataset}-w{bits}a{bits}-{family}", config, teacher, args.export))

@@ -211,7 +211,9 @@ def test_export_is_bit_exact_on_held_out_digits(n2uq_digits_run):
     run, _ = n2uq_digits_run
     report = run_export(run)
     v = report["verification"]
-    assert v["passed"] and v["argmax_match"] == 1.0 and v["max_abs_diff"] < 1e-5 and v["n"] == 360
+    assert v["passed"] and v["max_abs_diff"] < 1e-5 and v["n"] == 360
+    # a single-scale classifier gives integer-valued logits, so exact ties occur; only those may differ
+    assert v["argmax_match"] * v["n"] + v["ties_broken_differently"] == v["n"]
     assert "MultiThreshold" in report["ops"]
     wrapper = ModelWrapper(str(run / "model.onnx"))
     nodes = multithreshold_nodes(wrapper)

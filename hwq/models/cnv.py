@@ -60,7 +60,7 @@ class CNV(nn.Module):
             if dropout:
                 fc.append(nn.Dropout(dropout))
             in_features = width_out
-        fc += [family.linear(in_features, num_classes, wbits), TensorNorm()]
+        fc += [family.classifier(in_features, num_classes, wbits), TensorNorm()]
         self.linear_features = nn.Sequential(*fc)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

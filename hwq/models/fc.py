@@ -34,7 +34,7 @@ class FC(nn.Module):
                 nn.Dropout(dropout),
             ]
             in_features = width
-        layers += [family.linear(in_features, num_classes, wbits), TensorNorm()]
+        layers += [family.classifier(in_features, num_classes, wbits), TensorNorm()]
         self.features = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -61,7 +61,7 @@ class MobileNet(nn.Module):
         self.features = nn.Sequential(*layers)
         head: list[nn.Module] = [nn.Dropout(dropout)] if dropout else []
         self.classifier = nn.Sequential(
-            *head, family.linear(out * height * width_px, num_classes, wbits), TensorNorm()
+            *head, family.classifier(out * height * width_px, num_classes, wbits), TensorNorm()
         )
 
     @staticmethod

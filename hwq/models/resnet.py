@@ -70,7 +70,7 @@ class ResNet20(nn.Module):
                 in_channels = out_channels
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(family.linear(in_channels, num_classes, wbits), TensorNorm())
+        self.classifier = nn.Sequential(family.classifier(in_channels, num_classes, wbits), TensorNorm())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))

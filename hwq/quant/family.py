@@ -77,6 +77,14 @@ class UniformFamily:
         layer = QuantLinear(in_features, out_features, bias=False, weight_quant=self.weight_quant(bits))
         return self._init_weights(layer, bits)
 
+    def classifier(self, in_features: int, num_classes: int, bits: int) -> nn.Module:
+        """The last layer, whose outputs go to label selection (arg-max).
+
+        FINN absorbs the final scale into its label selection only when it is one positive number, so a family
+        whose weights are scaled per output channel gives the classifier a single scale here.
+        """
+        return self.linear(in_features, num_classes, bits)
+
     def conv2d(
         self, in_channels: int, out_channels: int, kernel_size: int, bits: int,
         stride: int = 1, padding: int = 0, groups: int = 1,

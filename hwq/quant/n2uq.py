@@ -34,6 +34,7 @@ from brevitas.core.stats import StatsOp
 from brevitas.core.stats.stats_op import register_stats_implementation
 from brevitas.inject.enum import ScalingPerOutputType
 from brevitas.quant.solver import WeightQuantSolver
+from brevitas.nn import QuantLinear
 from torch import nn
 
 from hwq.errors import ConfigError
@@ -284,8 +285,10 @@ class N2UQFamily(UniformFamily):
     ``n2uq_range`` (output levels ``k * range / n``; default 2.0, the paper's), ``n2uq_per_channel`` (one
     threshold set per channel; default false, the paper's), ``n2uq_start`` and ``n2uq_gaps`` (initial start and
     gaps) or ``n2uq_thresholds`` (initial thresholds), ``n2uq_threshold_lr_scale`` (default 0.1, the paper's),
-    ``n2uq_weight_per_channel`` (default true; false gives one weight scale per layer, which lets FINN absorb
-    the last layer's scale into its label selection).
+    ``n2uq_weight_per_channel`` (default true; false gives one weight scale per layer), and
+    ``n2uq_classifier_per_channel`` (default false: the last layer keeps one scale, which FINN absorbs into its
+    label selection; true scales it per class as the other layers, which trains as the paper but does not map
+    to FINN).
 
     >>> from hwq.quant import get_family
     >>> get_family("n2uq").act(2, channels=64)
@@ -302,12 +305,19 @@ class N2UQFamily(UniformFamily):
                               f"got {value!r}")
         return value
 
-    def weight_quant(self, bits: int):
-        per_channel = self._option("n2uq_weight_per_channel", True, (bool,))
+    def weight_quant(self, bits: int, per_channel: bool | None = None):
+        if per_channel is None:
+            per_channel = self._option("n2uq_weight_per_channel", True, (bool,))
         quant = L1ScaleWeight.let(bit_width=bits, signed=True, narrow_range=True, l1_gain=l1_clip_gain(bits))
         if not per_channel:
             quant = quant.let(scaling_per_output_channel=False, scaling_per_output_type=ScalingPerOutputType.TENSOR)
         return quant
+
+    def classifier(self, in_features: int, num_classes: int, bits: int) -> nn.Module:
+        per_channel = self._option("n2uq_classifier_per_channel", False, (bool,))
+        per_channel = per_channel and self._option("n2uq_weight_per_channel", True, (bool,))
+        layer = QuantLinear(in_features, num_classes, bias=False, weight_quant=self.weight_quant(bits, per_channel))
+        return self._init_weights(layer, bits)
 
     def act(self, bits: int, channels: int) -> nn.Module:
         per_channel = self._option("n2uq_per_channel", False, (bool,))
