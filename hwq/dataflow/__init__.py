@@ -1,0 +1,12 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The build stage: QONNX -> FINN HW-layer graph -> verified, folded, estimated, code-generated accelerator.
+
+>>> from hwq.dataflow import BuildConfig, run_build
+>>> manifest = run_build("runs/tfc-digits", BuildConfig(board="pynq-z2"))   # doctest: +SKIP
+"""
+
+from hwq.dataflow.build import load_qonnx, run_build
+from hwq.dataflow.config import BuildConfig
+from hwq.dataflow.steps import STEPS
+
+__all__ = ["STEPS", "BuildConfig", "load_qonnx", "run_build"]

@@ -1,0 +1,225 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The build's two verification gates.
+
+**Bit-exactness**: the abstract HW-layer graph (before layer specialisation, when every layer still executes in
+Python) runs on held-out ``uint8`` test images next to the QONNX model (on ``pixels / 255``). The classes must be
+identical, and so must the integer outputs: each layer's integer output (a bipolar activation ``b`` in QONNX is
+``(b + 1) / 2`` in FINN's binary encoding; an XNOR popcount ``p`` over ``MW`` inputs is the dot product
+``2p - MW``). The first differing tensor is named.
+
+**Integer range**: every tensor must fit the datatype FINN declared for it. The values seen while running the
+HW graph are checked against the *final* graph's declarations (after folding and bit-width minimisation), and
+XNOR-popcount outputs are also checked against their exact range ``0..MW``, which catches finn-plus 1.6.1's
+INT7 declaration even when no test image reaches 64; thresholded XNOR-popcount layers must have thresholds in
+``0..MW+1`` and a threshold type (the HLS MVAU's comparison and accumulator type) holding ``0..MW``.
+
+>>> report = check_bit_exact(qonnx_model, hw_model, images)        # doctest: +SKIP
+>>> report["classes_match"], report["first_difference"]            # doctest: +SKIP
+(1.0, None)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from qonnx.core.datatype import DataType
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.core.onnx_exec import execute_onnx
+from qonnx.custom_op.registry import getCustomOp
+from qonnx.transformation.change_batchsize import ChangeBatchSize
+from qonnx.transformation.infer_shapes import InferShapes
+
+from hwq.dataflow.errors import BitExactnessError, IntegerRangeError
+from hwq.dataflow.passes import popcount_range_violations, popcount_threshold_violations
+
+#: HW layers whose outputs are compared with QONNX layer outputs (in graph order).
+COMPUTE_OPS = ("MVAU", "VVAU", "Thresholding")
+
+
+# --- running the graphs ------------------------------------------------------------------------------------------
+def run_hw_graph(model: ModelWrapper, images: np.ndarray, keep: list[str]) -> tuple[dict, dict]:
+    """Execute a FINN graph image by image; returns (``keep`` tensors stacked, observed (min, max) of every tensor)."""
+    in_name, shape = model.graph.input[0].name, model.get_tensor_shape(model.graph.input[0].name)
+    kept: dict[str, list] = {name: [] for name in keep}
+    ranges: dict[str, tuple[float, float]] = {}
+    for image in images:
+        ctx = execute_onnx(model, {in_name: image.reshape(shape).astype(np.float32)}, return_full_exec_context=True)
+        for name, value in ctx.items():
+            if name in kept:
+                kept[name].append(np.asarray(value))
+            value = np.asarray(value)
+            if value.size and np.issubdtype(value.dtype, np.number):
+                lo, hi = float(value.min()), float(value.max())
+                old = ranges.get(name, (lo, hi))
+                ranges[name] = (min(lo, old[0]), max(hi, old[1]))
+    return {k: np.concatenate(v) for k, v in kept.items()}, ranges
+
+
+def run_qonnx_graph(model: ModelWrapper, inputs: np.ndarray, keep: list[str], batch: int = 50,
+                    constant: tuple[str, ...] = ()) -> dict:
+    """Execute a QONNX graph in batches; returns the ``keep`` tensors stacked over all inputs (the ``constant``
+    ones, such as quantized weights, once)."""
+    in_name = model.graph.input[0].name
+    kept: dict[str, list] = {name: [] for name in keep}
+    keep = list(kept)
+    sized: dict[int, ModelWrapper] = {}
+    for start in range(0, len(inputs), batch):
+        chunk = inputs[start:start + batch].astype(np.float32)
+        if len(chunk) not in sized:
+            sized[len(chunk)] = model.transform(ChangeBatchSize(len(chunk))).transform(InferShapes())
+        ctx = execute_onnx(sized[len(chunk)], {in_name: chunk}, return_full_exec_context=True)
+        for name in keep:
+            kept[name].append(np.asarray(ctx[name]))
+    return {k: v[0] if k in constant else np.concatenate(v) for k, v in kept.items()}
+
+
+# --- which tensors correspond ------------------------------------------------------------------------------------
+def qonnx_layer_outputs(model: ModelWrapper) -> tuple[list[dict], dict | None]:
+    """QONNX activation-quantizer outputs (in order, without the input quantizer) and the final MatMul.
+
+    Each entry: ``tensor``, ``scale`` (to turn values into integers), ``bipolar``. The final MatMul entry has its
+    two inputs and their scales, so its integer dot product can be recomputed exactly.
+    """
+    initial = {i.name for i in model.graph.initializer}
+    graph_in = model.graph.input[0].name
+    acts = []
+    for node in model.graph.node:
+        if node.op_type in ("BipolarQuant", "Quant") and node.input[0] not in initial and node.input[0] != graph_in:
+            acts.append({"tensor": node.output[0], "scale": _scale_of(model, node),
+                         "bipolar": node.op_type == "BipolarQuant"})
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    final = None
+    if matmuls:
+        mm = matmuls[-1]
+        a, w = (model.find_producer(t) for t in mm.input)
+        if a is not None and w is not None and a.op_type.endswith("Quant") and w.op_type.endswith("Quant"):
+            final = {"tensor": mm.output[0], "inputs": list(mm.input), "scales": [_scale_of(model, a), _scale_of(model, w)]}
+    return acts, final
+
+
+def _scale_of(model: ModelWrapper, quant) -> np.ndarray:
+    scale = model.get_initializer(quant.input[1])
+    return np.asarray(1.0 if scale is None else scale, dtype=np.float64)
+
+
+def hw_layer_outputs(model: ModelWrapper) -> list[Any]:
+    """The compute layers (MVAU, VVAU, Thresholding) of a HW graph, in order."""
+    return [n for n in model.graph.node if n.op_type.split("_")[0] in COMPUTE_OPS]
+
+
+def _to_nhwc(x: np.ndarray) -> np.ndarray:
+    return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+
+
+# --- the gates -----------------------------------------------------------------------------------------------------
+def check_bit_exact(qonnx_model: ModelWrapper, hw_model: ModelWrapper, images: np.ndarray) -> dict[str, Any]:
+    """Compare the HW graph on ``uint8`` ``images`` (N, C, H, W) with the QONNX model on ``images / 255``.
+
+    Returns a report (also holding ``observed_ranges`` of every HW tensor, used by the integer-range gate);
+    raises :class:`BitExactnessError` naming the first differing tensor.
+    """
+    acts, final = qonnx_layer_outputs(qonnx_model)
+    layers = hw_layer_outputs(hw_model)
+    q_out, h_out = qonnx_model.graph.output[0].name, hw_model.graph.output[0].name
+    q_keep = [q_out] + [a["tensor"] for a in acts] + (final["inputs"] if final else [])
+    h_keep = [h_out] + [n.output[0] for n in layers]
+    q_in_shape = qonnx_model.get_tensor_shape(qonnx_model.graph.input[0].name)[1:]
+    ref = run_qonnx_graph(qonnx_model, images.reshape(len(images), *q_in_shape) / 255.0, q_keep,
+                          constant=tuple(final["inputs"][1:]) if final else ())
+    hw_images = images.astype(np.float32)
+    hw_shape = hw_model.get_tensor_shape(hw_model.graph.input[0].name)
+    if images.ndim == 4 and len(hw_shape) == 4 and tuple(hw_shape[1:]) == images.shape[2:] + images.shape[1:2]:
+        hw_images = hw_images.transpose(0, 2, 3, 1)  # the host-side NCHW -> NHWC Transpose
+    hw, ranges = run_hw_graph(hw_model, hw_images, h_keep)
+
+    pairs: list[tuple[str, str, np.ndarray, np.ndarray]] = []  # (qonnx tensor, hw tensor, expected, got)
+    layerwise = final is not None and len(acts) == len(layers) - 1
+    if layerwise:
+        for act, node in zip(acts, layers[:-1]):
+            value = ref[act["tensor"]]
+            expected = (value + 1) / 2 if act["bipolar"] else value / act["scale"]
+            pairs.append((act["tensor"], node.output[0], _to_nhwc(np.rint(expected)), hw[node.output[0]]))
+    if final is not None:
+        a, w = (ref[t] for t in final["inputs"])
+        a_int = np.rint(a / final["scales"][0]).astype(np.int64)
+        w_int = np.rint(w / final["scales"][1]).astype(np.int64)
+        dot = a_int.reshape(len(a_int), -1) @ w_int
+        last = getCustomOp(layers[-1])
+        if layers[-1].op_type.startswith("MVAU") and last.get_nodeattr("binaryXnorMode"):
+            dot = (dot + int(last.get_nodeattr("MW"))) // 2  # popcount = (dot + MW) / 2
+        pairs.append((final["tensor"] + " (as integers)", layers[-1].output[0], dot, hw[layers[-1].output[0]]))
+    ref_scores = ref[q_out].reshape(len(images), -1)
+    ref_classes = ref_scores.argmax(1)
+    hw_classes = hw[h_out].reshape(len(images), -1)[:, 0].astype(np.int64)
+    # An exact tie between the top scores may be broken either way (argmax takes the first index, the hardware's
+    # label selection has its own rule): a class the hardware picked is right when its score equals the maximum.
+    tie_scores = dot if final is not None else ref_scores
+    rows = np.arange(len(images))
+    tied = (ref_classes != hw_classes) & (tie_scores[rows, hw_classes] == tie_scores.max(1))
+    pairs.append((q_out + " (argmax)", h_out, np.where(tied, hw_classes, ref_classes), hw_classes))
+
+    first = None
+    compared = []
+    for q_name, h_name, expected, got in pairs:
+        got = got.reshape(expected.shape)
+        differ = (expected != got).reshape(len(images), -1)
+        bad = np.flatnonzero(differ.any(1))
+        compared.append({"qonnx": q_name, "hw": h_name, "images_differing": int(len(bad)),
+                         "values_differing": int(differ.sum()), "values": int(differ.size)})
+        if len(bad) and first is None:
+            first = {**compared[-1], "image": int(bad[0])}
+    report = {
+        "n": int(len(images)), "layerwise": layerwise, "integer_output_compared": final is not None,
+        "classes_match": float(np.mean(ref_classes == hw_classes)), "ties_broken_differently": int(tied.sum()),
+        "tensors": compared,
+        "first_difference": first, "passed": first is None,
+    }
+    report["observed_ranges"] = ranges
+    if first is not None:
+        raise BitExactnessError(
+            f"HW tensor '{first['hw']}' differs from QONNX tensor '{first['qonnx']}' on {first['images_differing']} "
+            f"of {len(images)} test images (first: image {first['image']}; {first['values_differing']} of "
+            f"{first['values']} values)")
+    return report
+
+
+def wrap_to_datatype(values: np.ndarray, dt: DataType) -> np.ndarray:
+    """What bit-accurate hardware holds when ``values`` are stored in ``dt`` (two's-complement wrap-around).
+
+    >>> wrap_to_datatype(np.array([63, 64]), DataType["INT7"])
+    array([ 63, -64])
+    """
+    bits = dt.bitwidth()
+    v = np.asarray(values).astype(np.int64) - int(dt.min())
+    return v % (1 << bits) + int(dt.min())
+
+
+def check_integer_ranges(model: ModelWrapper, observed: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """Check every integer-typed tensor of ``model`` against the values ``observed`` and, for XNOR popcounts,
+    against their exact range. Raises :class:`IntegerRangeError` naming the first tensor that does not fit."""
+    problems = [{**p, "source": "popcount range"} for p in popcount_range_violations(model)]
+    problems += [{**p, "source": p.pop("expected")} for p in popcount_threshold_violations(model)]
+    checked = 0
+    producers = {o: n.name for n in model.graph.node for o in n.output}
+    names = [t.name for t in model.graph.value_info] + [t.name for t in model.graph.output] \
+        + [t.name for t in model.graph.input] + [t.name for t in model.graph.initializer]
+    for name in names:
+        dt = model.get_tensor_datatype(name)
+        if not dt.is_integer():
+            continue
+        init = model.get_initializer(name)
+        lo, hi = (float(init.min()), float(init.max())) if init is not None and init.size else observed.get(name, (None, None))
+        if lo is None:
+            continue
+        checked += 1
+        if lo < dt.min() or hi > dt.max():
+            problems.append({"node": producers.get(name, "(initializer)"), "tensor": name, "declared": dt.name,
+                             "range": [lo, hi], "source": "observed values"})
+    report = {"tensors_checked": checked, "problems": problems, "passed": not problems}
+    if problems:
+        p = problems[0]
+        raise IntegerRangeError(
+            f"node '{p['node']}': tensor '{p['tensor']}' is declared {p['declared']} but holds "
+            f"{p['range'][0]:g}..{p['range'][1]:g} ({p['source']})")
+    return report
