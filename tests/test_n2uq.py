@@ -362,3 +362,21 @@ def test_finn_maps_n2uq_to_the_same_hw_layers_as_uniform_bit_exactly(tmp_path):
     untied = top2[:, 1] - top2[:, 0] > 1e-4  # exact ties may be broken either way by TopK
     classes = got[hw.graph.output[0].name].reshape(len(images), -1)[:, 0]
     np.testing.assert_array_equal(classes[untied], logits.argmax(1)[untied])
+
+
+def test_hwq_build_maps_a_default_n2uq_network(n2uq_digits_run, tmp_path):
+    """Default N2UQ options (per-channel hidden weight scales, one classifier scale) build with both gates."""
+    import shutil
+
+    from hwq.dataflow import BuildConfig, run_build
+
+    run = tmp_path / "run"
+    shutil.copytree(n2uq_digits_run[0], run)
+    run_export(run)
+    manifest = run_build(run, BuildConfig(board="pynq-z2", verify_samples=40), progress=False)
+    assert manifest["status"] == "done"
+    assert manifest["bit_exact"]["passed"] and manifest["bit_exact"]["n"] == 40
+    assert manifest["integer_range"]["passed"]
+    kinds = [layer["op_type"] for layer in manifest["estimates"]["layers"]]
+    assert sum(kind.startswith("MVAU") for kind in kinds) == 4 and any(k.startswith("LabelSelect") for k in kinds)
+    assert manifest["estimates"]["total"]["estimated_fps"] > 0
