@@ -261,6 +261,24 @@ def test_per_channel_resnet_exports_exactly(tmp_path):
     assert any(isinstance(m, N2UQAct) for m in model.modules())  # the export swap was undone
 
 
+def test_cnv_for_cifar10_exports_exactly(tmp_path):
+    """The CIFAR-10 network at its real input size: conv, max-pool and FC layers, N2UQ activations."""
+    from hwq.export import ExportConfig, verify_qonnx
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("cnv", 2, 2, quant="n2uq", image_shape=(3, 32, 32)))
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):  # batch-norm statistics from data, not the initial (0, 1)
+            model(torch.rand(32, 3, 32, 32))
+    model.eval()
+    wrapper = export_qonnx_model(model, tmp_path / "cnv.onnx")
+    assert len(multithreshold_nodes(wrapper)) == 8  # six convolutions and two hidden FC layers
+    images = torch.rand(4, 3, 32, 32).mul(255).round().div(255)
+    verification, _, _ = verify_qonnx(tmp_path / "cnv.onnx", model, images, ExportConfig(batch=4))
+    assert verification["passed"] and verification["max_abs_diff"] < 1e-4
+
+
 def test_uniform_export_has_no_multithreshold(tmp_path):
     model = build_model(ModelSpec("tfc", 2, 2, image_shape=DIGITS)).eval()
     assert not needs_multithreshold(model)
