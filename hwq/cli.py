@@ -163,10 +163,77 @@ def _boards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_emulate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("emulate", help="serve a build as an emulated board on a pseudo-terminal (path printed first)")
+    p.add_argument("build_dir", help="build directory written by 'hwq build'")
+    p.add_argument("--name", default="hwq-emulator", help="device name answered to 'name%%'")
+    p.add_argument("--drop-rate", dest="drop_rate", type=float, default=0.0, help="fault: reply bytes lost (0-1)")
+    p.add_argument("--garble-rate", dest="garble_rate", type=float, default=0.0,
+                   help="fault: reply bytes turned into line noise (0-1)")
+    p.add_argument("--reply-delay", dest="reply_delay_s", type=float, default=0.0, help="fault: seconds per reply")
+    p.add_argument("--reset-at", dest="reset_at_command", type=int, default=0,
+                   help="fault: reboot on the Nth command (0: never)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random faults")
+    p.set_defaults(func=_emulate)
+
+
+def _emulate(args: argparse.Namespace) -> int:
+    import signal
+
+    from hwq.device import BuildModel, Emulator, FaultConfig
+
+    faults = FaultConfig(drop_rate=args.drop_rate, garble_rate=args.garble_rate, reply_delay_s=args.reply_delay_s,
+                         reset_at_command=args.reset_at_command, seed=args.seed)
+    emu = Emulator(BuildModel.from_build_dir(args.build_dir), name=args.name, faults=faults)
+    print(emu.port, flush=True)
+    print(f"emulating {args.build_dir} on {emu.port} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: emu.request_stop())
+    try:
+        emu.serve()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emu.stop()
+    return 0
+
+
+def _add_measure(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("measure", help="measure a device over the MLPerf Tiny serial protocol")
+    p.add_argument("--port", required=True, help="serial device, pty path or pyserial URL (socket://host:port)")
+    p.add_argument("--mode", choices=("performance", "accuracy"), default="performance")
+    p.add_argument("--build", dest="build_dir", help="build directory (input layout, dataset, reference model)")
+    p.add_argument("--out", dest="out_dir", help="report folder (default BUILD/measure, else ./measure)")
+    p.add_argument("--baud", type=int, default=115200)
+    p.add_argument("--windows", type=int, default=5, help="timed windows (default 5, the median is reported)")
+    p.add_argument("--min-window-s", dest="min_window_s", type=float, default=10.0,
+                   help="device seconds per window (default 10, as MLPerf Tiny)")
+    p.add_argument("--warmup", type=int, default=10, help="warm-up inferences per window")
+    p.add_argument("--samples", type=int, help="accuracy: test images to send (default all)")
+    p.add_argument("--input-bytes", dest="input_bytes", type=int, help="performance without --build: input size")
+    p.add_argument("--data-dir", dest="data_dir", help="dataset folder")
+    p.add_argument("--timeout", dest="timeout_s", type=float, default=5.0, help="seconds per reply (default 5)")
+    p.set_defaults(func=_measure)
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from hwq.harness.measure import MeasureConfig, run_measure, summary_table
+
+    out = args.out_dir or (str(Path(args.build_dir) / "measure") if args.build_dir else "measure")
+    config = MeasureConfig(port=args.port, mode=args.mode, out_dir=out, build_dir=args.build_dir, baud=args.baud,
+                           windows=args.windows, min_window_s=args.min_window_s, warmup=args.warmup,
+                           samples=args.samples, input_bytes=args.input_bytes, data_dir=args.data_dir,
+                           timeout_s=args.timeout_s)
+    report = run_measure(config, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(summary_table(report))
+    print(f"report: {Path(out) / report['outputs']['results']}; transcript: {Path(out) / 'transcript.log'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hwq", description="quantization-aware training to FPGA accelerators")
     sub = parser.add_subparsers(dest="verb", required=True)
-    for add in (_add_train, _add_export, _add_models, _add_build, _add_boards):
+    for add in (_add_train, _add_export, _add_models, _add_build, _add_boards, _add_emulate,
+                _add_measure):
         add(sub)
     return parser
 

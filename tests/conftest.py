@@ -51,3 +51,13 @@ def exported_tfc_w1a1(digits_tfc_w1a1, tmp_path_factory):
 def trained_tfc_digits(exported_tfc_w1a1):
     """The exported binary digits TFC that the build tests start from (the run directory)."""
     return exported_tfc_w1a1
+
+
+@pytest.fixture(scope="session")
+def digits_tfc_build(exported_tfc_w1a1, tmp_path_factory):
+    """A FINN build of ``exported_tfc_w1a1`` for the Pynq-Z2 (the build directory: manifest.json, intermediate/)."""
+    from hwq.dataflow import BuildConfig, run_build
+
+    out = tmp_path_factory.mktemp("builds") / "build-pynq-z2"
+    run_build(exported_tfc_w1a1, BuildConfig(board="pynq-z2", out_dir=str(out), verify_samples=20), progress=False)
+    return out

@@ -1,0 +1,132 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""What a build directory says about the accelerator: its HW-layer graph, its input layout and its timing.
+
+The HW graph is the one saved after the build's bit-exactness gate (``verify_bit_exact``, or else
+``create_dataflow_partition``): every layer still executes in Python, bit-exact with the hardware. Its input is
+``uint8`` pixels in the accelerator's layout (NHWC for images; a leading NCHW->NHWC Transpose runs on the host).
+Timing comes from the manifest: the initiation interval is ``max_cycles`` (the slowest layer), the pipeline fill
+is ``critical_path_cycles``, both at the board clock.
+
+>>> model = BuildModel.from_build_dir("runs/tfc-digits/build-pynq-z2")      # doctest: +SKIP
+>>> model.classify(model.to_device_bytes(image))                           # doctest: +SKIP
+7
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from hwq._io import read_json
+from hwq.errors import HwqError
+
+#: Build steps whose saved graph is the abstract HW-layer graph, best first.
+HW_GRAPH_STEPS = ("verify_bit_exact", "create_dataflow_partition")
+
+
+@dataclass
+class BuildModel:
+    """The emulated accelerator: HW graph, input/output shapes, class count, cycles and clock."""
+
+    build_dir: Path
+    onnx_path: Path
+    manifest: dict
+    model: object                   # qonnx ModelWrapper
+    in_shape: tuple[int, ...]
+    num_classes: int
+    ii_cycles: int                  # initiation interval: cycles between results once the pipeline is full
+    fill_cycles: int                # cycles from first input to first result
+    clock_mhz: float
+
+    @classmethod
+    def from_build_dir(cls, build_dir: str | Path) -> BuildModel:
+        """Load ``build_dir`` (written by ``hwq build``); raises HwqError naming what is missing."""
+        from qonnx.core.modelwrapper import ModelWrapper
+
+        build_dir = Path(build_dir)
+        manifest = read_json(build_dir / "manifest.json", "build manifest")
+        steps = {s["name"]: s.get("onnx") for s in manifest.get("steps", [])}
+        onnx = next((build_dir / steps[s] for s in HW_GRAPH_STEPS if steps.get(s)), None)
+        if onnx is None or not onnx.is_file():
+            raise HwqError(f"{build_dir}/manifest.json: no HW-layer graph saved by step "
+                           f"{' or '.join(HW_GRAPH_STEPS)}")
+        total = manifest.get("estimates", {}).get("total", {})
+        for key in ("max_cycles", "critical_path_cycles", "clock_mhz"):
+            if not total.get(key):
+                raise HwqError(f"{build_dir}/manifest.json: estimates.total.{key} missing")
+        import finn.custom_op.fpgadataflow  # noqa: F401  (registers FINN's HW layers for execution)
+
+        model = ModelWrapper(str(onnx))
+        in_shape = tuple(model.get_tensor_shape(model.graph.input[0].name))
+        return cls(build_dir, onnx, manifest, model, in_shape, _num_classes(model),
+                   int(total["max_cycles"]), int(total["critical_path_cycles"]), float(total["clock_mhz"]))
+
+    @property
+    def input_bytes(self) -> int:
+        return int(np.prod(self.in_shape))
+
+    @property
+    def estimated_fps(self) -> float:
+        return self.clock_mhz * 1e6 / self.ii_cycles
+
+    def window_cycles(self, n: int) -> int:
+        """Cycles for ``n`` back-to-back inferences: pipeline fill, then one initiation interval each."""
+        return self.fill_cycles + (n - 1) * self.ii_cycles if n > 0 else 0
+
+    def to_device_bytes(self, image: np.ndarray) -> bytes:
+        """One ``uint8`` image (C, H, W) or flat vector as the accelerator's input bytes (NHWC for images)."""
+        x = np.asarray(image, dtype=np.uint8)
+        if x.ndim == 3 and len(self.in_shape) == 4 and tuple(self.in_shape[1:]) == x.shape[1:] + x.shape[:1]:
+            x = x.transpose(1, 2, 0)
+        if x.size != self.input_bytes:
+            raise HwqError(f"{self.onnx_path.name}: input has {x.size} values, the accelerator takes "
+                           f"{self.input_bytes}")
+        return np.ascontiguousarray(x).tobytes()
+
+    def classify(self, data: bytes) -> int:
+        """Execute the HW graph on one input (accelerator layout) and return the class it outputs."""
+        from qonnx.core.onnx_exec import execute_onnx
+
+        if len(data) != self.input_bytes:
+            raise HwqError(f"{self.onnx_path.name}: got {len(data)} input bytes, expected {self.input_bytes}")
+        x = np.frombuffer(data, dtype=np.uint8).astype(np.float32).reshape(self.in_shape)
+        name = self.model.graph.input[0].name
+        out = execute_onnx(self.model, {name: x})[self.model.graph.output[0].name]
+        return int(np.asarray(out).reshape(-1)[0])
+
+    def scores(self, data: bytes) -> list[float]:
+        """The output vector sent in ``m-results``: one-hot on the class (the accelerator returns top-1 only)."""
+        vec = [0.0] * self.num_classes
+        vec[self.classify(data)] = 1.0
+        return vec
+
+
+def _num_classes(model) -> int:
+    from qonnx.custom_op.registry import getCustomOp
+
+    for node in model.graph.node:
+        if node.op_type.startswith("LabelSelect"):
+            return int(getCustomOp(node).get_nodeattr("Labels"))
+    out = model.get_tensor_shape(model.graph.output[0].name)
+    return int(out[-1]) if out else 1
+
+
+class VirtualClock:
+    """A cycle counter at the board clock, read in whole microseconds (floored, like a hardware timer).
+
+    >>> clock = VirtualClock(100.0); clock.advance(250); clock.us()
+    2
+    """
+
+    def __init__(self, clock_mhz: float) -> None:
+        self.cycles = 0
+        self._mhz = Fraction(clock_mhz).limit_denominator(1_000_000)
+
+    def advance(self, cycles: int) -> None:
+        self.cycles += int(cycles)
+
+    def us(self) -> int:
+        return int(Fraction(self.cycles) / self._mhz)

@@ -1,0 +1,112 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""A device under test with typed verbs over a :class:`SerialTransport`.
+
+Each verb sends one command (``load`` several), parses the reply into a dataclass, and on a timeout, a garbled
+reply or an error line re-synchronises and retries (``retries`` times). A device reboot re-synchronises and then
+raises :class:`DeviceResetError`: the device has lost its input buffer, so the caller decides what to redo.
+
+>>> with Device.open("/dev/pts/3") as dut:                                   # doctest: +SKIP
+...     dut.name(), dut.load(bytes(64)), dut.infer(1000, 10).throughput_per_s
+('hwq-emulator', LoadProgress(expecting=64, done=True), 12500000.0)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from hwq.harness import protocol as P
+from hwq.harness.errors import DeviceError, DeviceResetError, DeviceTimeout, ProtocolError
+from hwq.harness.transport import DEFAULT_TIMEOUT_S, SerialTransport
+
+T = TypeVar("T")
+#: The reference host allows 30 s for ``infer``; a window is sized to last about 10 s of device time.
+INFER_TIMEOUT_S = 30.0
+
+
+class Device:
+    """Typed MLPerf Tiny verbs: ``name``, ``profile``, ``timestamp``, ``load``, ``infer``, ``results``."""
+
+    def __init__(self, transport: SerialTransport, retries: int = 2) -> None:
+        self.link, self.retries = transport, retries
+        self.recoveries: list[str] = []    # one line per recovered fault, for the report
+
+    @classmethod
+    def open(cls, port: str, baud: int = 115200, timeout_s: float = DEFAULT_TIMEOUT_S,
+             transcript: str | Path | None = None, retries: int = 2) -> Device:
+        """Open ``port`` (path or pyserial URL) and re-synchronise with whatever is on the other end."""
+        dev = cls(SerialTransport(port, baud, timeout_s, transcript), retries)
+        dev.link.resync()
+        return dev
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.link.close()
+
+    def _exchange(self, command: str, parse: Callable[[list[str]], T], timeout_s: float | None = None) -> T:
+        for attempt in range(self.retries + 1):
+            try:
+                return parse(self.link.command(command, timeout_s))
+            except DeviceResetError as err:
+                self.recoveries.append(f"{command}: {err}")
+                self.link.resync()
+                raise
+            except (DeviceTimeout, ProtocolError, DeviceError) as err:
+                if attempt == self.retries:
+                    raise
+                self.recoveries.append(f"{command}: {err} (retried)")
+                self.link.resync()
+        raise AssertionError("unreachable")
+
+    def name(self) -> str:
+        return self._exchange("name", P.parse_name).name
+
+    def profile(self) -> P.ProfileReply:
+        return self._exchange("profile", P.parse_profile)
+
+    def timestamp(self) -> int:
+        return self._exchange("timestamp", P.parse_timestamp).us
+
+    def results(self) -> P.Results:
+        return self._exchange("results", P.parse_results)
+
+    def load(self, data: bytes, chunk: int = P.DB_CHUNK_BYTES) -> P.LoadProgress:
+        """Upload ``data`` with ``db load N`` and ``db <hex>`` commands of ``chunk`` bytes; checks ``m-load-done``.
+
+        A fault in the middle restarts the whole upload (``db load`` resets the device's buffer).
+        """
+        if not data:
+            raise ProtocolError("load: no bytes to send")
+        for attempt in range(self.retries + 1):
+            try:
+                return self._load_once(data, chunk)
+            except (DeviceTimeout, ProtocolError, DeviceError) as err:
+                if attempt == self.retries:
+                    raise
+                self.recoveries.append(f"load {len(data)} bytes: {err} (restarted)")
+                self.link.resync()
+        raise AssertionError("unreachable")
+
+    def _load_once(self, data: bytes, chunk: int) -> P.LoadProgress:
+        start = P.parse_load(self.link.command(f"db load {len(data)}"))
+        if start.expecting != len(data):
+            raise ProtocolError(f"{self.link.port}: 'db load {len(data)}' answered expecting {start.expecting}")
+        progress = start
+        for i, cmd in enumerate(P.hex_chunks(data, chunk)):
+            progress = P.parse_load(self.link.command(cmd))
+            last = i == (len(data) - 1) // chunk
+            if progress.done != last:
+                raise ProtocolError(f"{self.link.port}: m-load-done {'missing' if last else 'early'} "
+                                    f"after {min(len(data), (i + 1) * chunk)} of {len(data)} bytes")
+        return P.LoadProgress(len(data), progress.done)
+
+    def infer(self, n: int, warmup: int = 0, timeout_s: float = INFER_TIMEOUT_S) -> P.InferResult:
+        """Run ``warmup`` untimed and ``n`` timed inferences on the loaded input."""
+        if n < 1 or warmup < 0:
+            raise ProtocolError(f"infer {n} {warmup}: need n >= 1 and warmup >= 0")
+        return self._exchange(f"infer {n} {warmup}", lambda lines: P.parse_infer(lines, n, warmup), timeout_s)

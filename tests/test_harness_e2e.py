@@ -1,0 +1,119 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""End to end: a digits TFC build served by the emulated board on a real pty, measured through pyserial.
+
+No mocks: the emulator opens a pseudo-terminal pair and the harness talks to the slave side with pyserial.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hwq.device import BuildModel, Emulator, FaultConfig
+from hwq.harness import Device
+from hwq.harness.errors import DeviceTimeout, PortError
+from hwq.harness.measure import MeasureConfig, run_measure, summary_table
+
+
+@pytest.fixture(scope="module")
+def build_model(digits_tfc_build):
+    return BuildModel.from_build_dir(digits_tfc_build)
+
+
+def _tolerance(model: BuildModel, window: dict) -> float:
+    """Relative difference allowed: the one pipeline fill, and 1 us of clock rounding over the window."""
+    n = window["n"]
+    return (model.fill_cycles - model.ii_cycles) / (n * model.ii_cycles) + 1.0 / window["elapsed_us"]
+
+
+def test_performance_equals_manifest_estimate(build_model, digits_tfc_build, tmp_path):
+    with Emulator(build_model) as emu:
+        report = run_measure(MeasureConfig(port=emu.port, mode="performance", build_dir=str(digits_tfc_build),
+                                           out_dir=str(tmp_path), min_window_s=1.0, timeout_s=2.0))
+    est = build_model.manifest["estimates"]["total"]["estimated_fps"]
+    assert report["status"] == "done" and len(report["windows"]) == 5
+    for w in report["windows"]:
+        assert abs(w["throughput_per_s"] - est) / est <= _tolerance(build_model, w)
+    s = report["summary"]
+    assert abs(s["throughput_median_per_s"] / est - 1) < 1e-5
+    assert abs(s["latency_median_us"] - 1e6 / est) < 1e-5 * (1e6 / est)
+    assert (tmp_path / "latency.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "measure-performance.json").read_text())["status"] == "done"
+    transcript = (tmp_path / "transcript.log").read_text()
+    assert " tx b'name%'" in transcript and "m-lap-us-" in transcript
+    assert "throughput_median_per_s" in summary_table(report)
+
+
+def test_accuracy_equals_host_model(build_model, digits_tfc_build, tmp_path):
+    with Emulator(build_model) as emu:
+        report = run_measure(MeasureConfig(port=emu.port, mode="accuracy", build_dir=str(digits_tfc_build),
+                                           out_dir=str(tmp_path), samples=40, timeout_s=2.0))
+    s = report["summary"]
+    assert s["samples"] == 40 and s["agreement"] == 1.0 and report["disagreements"] == []
+    assert s["device_accuracy"] == s["host_accuracy"] > 0.7
+
+
+def test_garbled_bytes_recovered(build_model, digits_tfc_build, tmp_path):
+    """Line noise in replies: detected (never parsed as data), re-synchronised, retried; results unchanged."""
+    faults = FaultConfig(garble_rate=0.0015, seed=3)
+    with Emulator(build_model, faults=faults) as emu:
+        report = run_measure(MeasureConfig(port=emu.port, mode="accuracy", build_dir=str(digits_tfc_build),
+                                           out_dir=str(tmp_path), samples=10, timeout_s=0.3))
+    assert report["status"] == "done" and report["summary"]["agreement"] == 1.0
+    assert report["recoveries"], "the injected noise should have needed at least one retry"
+
+
+def test_reset_mid_run_recovered(build_model, digits_tfc_build, tmp_path):
+    with Emulator(build_model, faults=FaultConfig(reset_at_command=16)) as emu:
+        report = run_measure(MeasureConfig(port=emu.port, mode="performance", build_dir=str(digits_tfc_build),
+                                           out_dir=str(tmp_path), min_window_s=0.5, timeout_s=1.0))
+    assert report["status"] == "done" and len(report["windows"]) == 5
+    assert any("rebooted" in r for r in report["recoveries"])
+    est = build_model.estimated_fps
+    assert abs(report["summary"]["throughput_median_per_s"] / est - 1) < 1e-5
+
+
+def test_slow_device_times_out_clearly(build_model):
+    with Emulator(build_model, faults=FaultConfig(reply_delay_s=0.5)) as emu:
+        t = time.monotonic()
+        with pytest.raises(DeviceTimeout, match=emu.port):
+            Device.open(emu.port, timeout_s=0.1).name()
+        assert time.monotonic() - t < 5
+
+
+def test_vanished_port_is_reported(build_model):
+    emu = Emulator(build_model).start()
+    dut = Device.open(emu.port, timeout_s=0.3, retries=0)
+    assert dut.name() == "hwq-emulator"
+    emu.stop()
+    t = time.monotonic()
+    with pytest.raises((PortError, DeviceTimeout)):
+        dut.name()
+    assert time.monotonic() - t < 3
+    dut.close()
+    with pytest.raises(PortError, match="/nonexistent/tty"):
+        Device.open("/nonexistent/tty")
+
+
+def test_cli_emulate_prints_port_first(digits_tfc_build, tmp_path):
+    """``hwq emulate`` in its own process: the pty path is its first line; a conformant exchange follows."""
+    proc = subprocess.Popen([sys.executable, "-m", "hwq", "emulate", str(digits_tfc_build)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = proc.stdout.readline().strip()
+        assert port.startswith("/dev/")
+        with Device.open(port, transcript=tmp_path / "t.log") as dut:
+            assert dut.name() == "hwq-emulator"
+            assert dut.load(bytes(64)).done
+            r = dut.infer(1000, 1)
+            assert r.elapsed_us > 0 and r.results.top1 in range(10)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert proc.returncode == 0
+    assert Path(tmp_path / "t.log").stat().st_size > 0
