@@ -1,0 +1,76 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The flow runner: all four stages on digits with the emulated board, up-to-date skipping, recipe errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from hwq.errors import ConfigError
+from hwq.flow import Recipe, run_flow
+
+
+def _recipe(tmp_path, **overrides) -> str:
+    recipe = {
+        "name": "test-flow", "run_dir": str(tmp_path / "run"),
+        "train": {"model": "tfc", "dataset": "digits", "wbits": 1, "abits": 1, "epochs": 3},
+        "export": {"verify_samples": 100},
+        "build": {"board": "pynq-z2", "verify_samples": 20},
+        "measure": {"emulate": True, "modes": ["performance", "accuracy"], "samples": 40, "min_window_s": 1.0},
+    }
+    recipe.update(overrides)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("flow")
+    path = _recipe(tmp_path)
+    lines: list[str] = []
+    report = run_flow(path, progress=False, echo=lines.append)
+    return tmp_path, path, report, lines
+
+
+def test_flow_runs_every_stage_and_reports(flow):
+    tmp_path, _, report, lines = flow
+    assert report["skipped"] == []
+    assert [line.split()[0] for line in lines[:4]] == ["train", "export", "build", "measure"]
+    assert json.loads((tmp_path / "run" / "flow.json").read_text()) == report
+    # the emulated board's throughput is the build's estimate, and its classes are the host model's
+    assert report["measured"]["measured_over_estimated"] == pytest.approx(1.0, abs=1e-4)
+    assert report["accuracy"]["device"] == report["accuracy"]["host_reference"]
+    assert report["accuracy"]["device_host_agreement"] == 1.0 and report["bit_exact"] is True
+    assert "estimated" in lines[-1] or "estimated" in "\n".join(lines)
+
+
+def test_second_run_skips_up_to_date_stages(flow):
+    _, path, first, _ = flow
+    again = run_flow(path, progress=False, echo=lambda _: None)
+    assert again["skipped"] == ["train", "export", "build", "measure"]
+    assert again["measured"] == first["measured"] and again["estimated"] == first["estimated"]
+
+
+def test_changed_training_reruns_what_depends_on_it(tmp_path):
+    path = _recipe(tmp_path, measure=None, build=None)
+    run_flow(path, progress=False, echo=lambda _: None)
+    changed = _recipe(tmp_path, measure=None, build=None,
+                      train={"model": "tfc", "dataset": "digits", "wbits": 1, "abits": 1, "epochs": 4})
+    report = run_flow(changed, progress=False, echo=lambda _: None)
+    assert report["skipped"] == []  # new weights, so the export is redone too
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 4
+
+
+@pytest.mark.parametrize("recipe,message", [
+    ({"train": {}}, "missing field 'run_dir'"),
+    ({"run_dir": "x", "train": {}, "bogus": 1}, r"unknown field\(s\) bogus"),
+    ({"run_dir": "x", "train": {}, "measure": {"emulate": False}}, "give a port, or emulate: true"),
+])
+def test_bad_recipes_are_clear_errors(tmp_path, recipe, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ConfigError, match=message):
+        Recipe.from_yaml(path)
