@@ -14,12 +14,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP_INSTALL) -e '.[test]'
 	# finn-plus pins brevitas 0.13.0; its runtime dependencies come from pyproject.toml instead.
 	$(PIP_INSTALL) --no-deps finn-plus==1.6.1
+	# Icarus Verilog for the RTL testbenches (hwq.rtl): from Debian, only where running as root (as CI does).
+	if [ "$$(id -u)" = 0 ] && ! command -v iverilog >/dev/null; then apt-get update -qq && apt-get install -y -qq iverilog; fi
 	touch $@
 
+# train + export + FINN build for a PYNQ-Z2 + measurement on the emulated board (flows/digits-demo.yaml)
 demo: $(VENV)/.installed
-	$(VENV)/bin/hwq train --model tfc --dataset digits --wbits 1 --abits 1 --epochs 40 \
-		--out runs/demo-digits-tfc-w1a1 --overwrite
-	$(VENV)/bin/hwq export runs/demo-digits-tfc-w1a1
+	$(VENV)/bin/hwq run flows/digits-demo.yaml
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"

@@ -128,12 +128,22 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                    help="held-out test images for the bit-exactness gate (default 100)")
     p.add_argument("--data-dir", dest="data_dir", help="data folder (default: the run's, $HWQ_DATA or ../shared/data)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--backend", choices=("finn", "open"), default="finn",
+                   help="finn (default): FINN flow and estimates; open: hwq's Verilog, cocotb/Icarus simulation, "
+                        "Yosys + nextpnr for an open board (docs/rtl.md)")
     p.set_defaults(func=_build)
 
 
 def _build(args: argparse.Namespace) -> int:
     from hwq.dataflow import BuildConfig, run_build
 
+    if args.backend == "open":
+        return _build_open(args)
+    from hwq.boards import load_board
+    from hwq.errors import ConfigError
+
+    if load_board(args.board).shell == "open":
+        raise ConfigError(f"board '{args.board}' is built by the open backend: add --backend open")
     config = BuildConfig().replace(board=args.board, target_fps=args.target_fps, folding_file=args.folding_file,
                                    out_dir=args.out_dir, verify_samples=args.verify_samples,
                                    data_dir=args.data_dir)
@@ -144,6 +154,20 @@ def _build(args: argparse.Namespace) -> int:
           f"{t['estimated_latency_us']:.2f} us at {t['clock_mhz']:g} MHz, {t['LUT']:,} LUT, {t['BRAM_18K']} BRAM18, "
           f"{t['DSP']} DSP; bit-exact on {v['n']} test images; "
           f"vendor steps skipped: {', '.join(skipped) or 'none'}")
+    return 0
+
+
+def _build_open(args: argparse.Namespace) -> int:
+    from hwq.rtl.build import OpenBuildConfig, run_open_build
+
+    settings = {k: getattr(args, k) for k in ("target_fps", "folding_file", "out_dir", "verify_samples", "data_dir")
+                if getattr(args, k) is not None}
+    m = run_open_build(args.run, OpenBuildConfig(board=args.board, **settings), progress=args.progress)
+    s, f, e = m["simulation"], m["measured"], m["finn_estimate"]
+    print(f"built {args.run} for {m['board']['name']} (open backend): bit-exact in RTL simulation on {s['n']} test "
+          f"images, {f['cycles_per_image']:g} cycles/image (folding bound {s['folding_bound_cycles']}), "
+          f"Fmax {f['fmax_mhz']:.1f} MHz -> {f['fps']:,.0f} fps, {f['lut']:,} LUT, {f['ff']:,} FF, {f['bram']} BRAM, "
+          f"{f['dsp']} DSP (FINN estimate for the same folding: {e['LUT']:,} LUT, {e['BRAM_18K']} BRAM18)")
     return 0
 
 
@@ -229,11 +253,25 @@ def _measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a flow recipe: train, export, build, measure (up-to-date stages skipped)")
+    p.add_argument("recipe", help="recipe YAML, e.g. flows/digits-demo.yaml")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from hwq.flow import run_flow
+
+    run_flow(args.recipe, progress=args.progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hwq", description="quantization-aware training to FPGA accelerators")
     sub = parser.add_subparsers(dest="verb", required=True)
     for add in (_add_train, _add_export, _add_models, _add_build, _add_boards, _add_emulate,
-                _add_measure):
+                _add_measure, _add_run):
         add(sub)
     return parser
 

@@ -74,3 +74,12 @@ def test_bad_recipes_are_clear_errors(tmp_path, recipe, message):
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(ConfigError, match=message):
         Recipe.from_yaml(path)
+
+
+def test_cli_run(flow, capsys):
+    from hwq.cli import main
+
+    _, path, _, _ = flow
+    assert main(["run", path, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "up to date, skipped" in out and "measured/estimated 1.0000" in out
