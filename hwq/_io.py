@@ -45,3 +45,21 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise HwqError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict:
+    """Read a YAML file that must hold a mapping; missing file, bad YAML or another type is a ConfigError."""
+    import yaml
+
+    from hwq.errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of {what} fields")
+    return data

@@ -224,7 +224,7 @@ def _emulate(args: argparse.Namespace) -> int:
 def _add_measure(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("measure", help="measure a device over the MLPerf Tiny serial protocol")
     p.add_argument("--port", required=True, help="serial device, pty path or pyserial URL (socket://host:port)")
-    p.add_argument("--mode", choices=("performance", "accuracy"), default="performance")
+    p.add_argument("--mode", choices=("performance", "accuracy", "energy"), default="performance")
     p.add_argument("--build", dest="build_dir", help="build directory (input layout, dataset, reference model)")
     p.add_argument("--out", dest="out_dir", help="report folder (default BUILD/measure, else ./measure)")
     p.add_argument("--baud", type=int, default=115200)
@@ -236,6 +236,12 @@ def _add_measure(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-bytes", dest="input_bytes", type=int, help="performance without --build: input size")
     p.add_argument("--data-dir", dest="data_dir", help="dataset folder")
     p.add_argument("--timeout", dest="timeout_s", type=float, default=5.0, help="seconds per reply (default 5)")
+    p.add_argument("--power", choices=("rails", "lpm01a"), default=None,
+                   help="energy: the board's rails (hwq m-power- extension) or an ST LPM01A (default: lpm01a "
+                        "with --power-port, else rails)")
+    p.add_argument("--power-port", dest="power_port", help="energy: the LPM01A's serial port")
+    p.add_argument("--power-voltage", dest="power_voltage_v", type=float, default=3.3,
+                   help="energy: LPM01A supply voltage in V (1.8-3.3, default 3.3)")
     p.set_defaults(func=_measure)
 
 
@@ -246,7 +252,8 @@ def _measure(args: argparse.Namespace) -> int:
     config = MeasureConfig(port=args.port, mode=args.mode, out_dir=out, build_dir=args.build_dir, baud=args.baud,
                            windows=args.windows, min_window_s=args.min_window_s, warmup=args.warmup,
                            samples=args.samples, input_bytes=args.input_bytes, data_dir=args.data_dir,
-                           timeout_s=args.timeout_s)
+                           timeout_s=args.timeout_s, power=args.power or ("lpm01a" if args.power_port else "rails"),
+                           power_port=args.power_port, power_voltage_v=args.power_voltage_v)
     report = run_measure(config, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(summary_table(report))
     print(f"report: {Path(out) / report['outputs']['results']}; transcript: {Path(out) / 'transcript.log'}")

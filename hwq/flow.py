@@ -20,13 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
-from hwq._io import write_json
+from hwq._io import read_yaml_mapping, write_json
 from hwq.errors import ConfigError
 
 STAGES = ("train", "export", "build", "measure")
-MEASURE_DEFAULTS = {"emulate": True, "port": None, "modes": ["performance", "accuracy"], "windows": 5,
+MEASURE_DEFAULTS = {"emulate": True, "port": None, "modes": ["performance", "accuracy", "energy"], "windows": 5,
                     "min_window_s": 10.0, "samples": 100}
 
 
@@ -44,12 +42,7 @@ class Recipe:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Recipe":
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: recipe not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        data = read_yaml_mapping(path, "recipe")
         known = {"name", "run_dir", "train", "export", "build", "measure"}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -195,7 +188,13 @@ def final_report(recipe: Recipe, results: dict, skipped: list[str]) -> dict:
         s = measured["accuracy"]["summary"]
         report["accuracy"].update(device=s["device_accuracy"], host_reference=s["host_accuracy"],
                                   device_host_agreement=s["agreement"], device_samples=s["samples"])
-    report["energy"] = "not measured (energy mode is not implemented yet)"
+    if "energy" in measured:
+        s = measured["energy"]["summary"]
+        report["energy"] = {k: s.get(k) for k in ("energy_per_inference_median_uJ", "average_power_median_mW",
+                                                  "energy_spread_pct", "model_energy_per_inference_uJ")}
+        report["energy"]["power_source"] = measured["energy"].get("power_source", {}).get("kind")
+    else:
+        report["energy"] = "not measured (add energy to the recipe's measure modes)"
     return report
 
 
@@ -216,5 +215,8 @@ def format_report(report: dict) -> str:
         lines.append(f"  measured      {m['throughput_median_per_s']:,.0f} inf/s (median of windows), "
                      f"{m['latency_median_us']:.4f} us/inference; measured/estimated "
                      f"{m['measured_over_estimated']:.4f}")
-    lines.append(f"  energy        {report['energy']}")
+    e = report["energy"]
+    lines.append(f"  energy        {e['energy_per_inference_median_uJ']:.6g} uJ/inference, "
+                 f"{e['average_power_median_mW']:,.1f} mW average ({e['power_source']})" if isinstance(e, dict)
+                 else f"  energy        {e}")
     return "\n".join(lines)

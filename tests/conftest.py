@@ -61,3 +61,30 @@ def digits_tfc_build(exported_tfc_w1a1, tmp_path_factory):
     out = tmp_path_factory.mktemp("builds") / "build-pynq-z2"
     run_build(exported_tfc_w1a1, BuildConfig(board="pynq-z2", out_dir=str(out), verify_samples=20), progress=False)
     return out
+
+
+#: A slow folding of the digits TFC (128 cycles per image) whose accelerator fits an iCE40 UP5K.
+RTL_SMALL_FOLDING = {
+    "Defaults": {},
+    "MVAU_hls_0": {"PE": 4, "SIMD": 8, "ram_style": "auto", "mem_mode": "internal_decoupled"},
+    "MVAU_hls_1": {"PE": 4, "SIMD": 16, "ram_style": "auto", "mem_mode": "internal_decoupled"},
+    "MVAU_hls_2": {"PE": 4, "SIMD": 16, "ram_style": "auto", "mem_mode": "internal_decoupled"},
+    "MVAU_hls_3": {"PE": 2, "SIMD": 16, "ram_style": "auto", "mem_mode": "internal_decoupled"},
+    "LabelSelect_hls_0": {"PE": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def open_build_tfc_up5k(exported_tfc_w1a1, tmp_path_factory):
+    """``hwq build --backend open --board icebreaker`` of ``exported_tfc_w1a1`` with ``RTL_SMALL_FOLDING``
+    (generated, simulated bit-exactly, synthesised for the UP5K): the build directory."""
+    import json
+
+    from hwq.cli import main
+
+    out = tmp_path_factory.mktemp("builds") / "build-icebreaker"
+    folding = out.parent / "small_folding.json"
+    folding.write_text(json.dumps(RTL_SMALL_FOLDING))
+    assert main(["build", str(exported_tfc_w1a1), "--backend", "open", "--board", "icebreaker", "--folding",
+                 str(folding), "--out", str(out), "--verify-samples", "20", "--no-progress"]) == 0
+    return out

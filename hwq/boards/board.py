@@ -19,8 +19,12 @@ from hwq.errors import ConfigError
 #: ``boards/`` beside the package (the repository root), where the YAML files live.
 BOARDS_DIR = Path(__file__).resolve().parents[2] / "boards"
 
-SHELLS = ("zynq", "alveo")
+SHELLS = ("zynq", "alveo", "open")
+#: FPGA families the open backend (hwq.rtl, Yosys + nextpnr) builds for, from a board's ``fpga`` field.
+OPEN_FAMILIES = ("ice40", "ecp5")
 POWER_KINDS = ("none", "pmbus", "ina", "xrt")
+#: Coefficients of the emulated power model (``power_model:``; formula in ``hwq/device/power.py``), all >= 0.
+POWER_MODEL_KEYS = ("ps_mw", "pl_static_mw", "mw_per_mhz_per_klut", "mw_per_mhz_per_bram18", "idle_activity")
 
 
 class BoardError(ConfigError):
@@ -51,10 +55,10 @@ class Board:
     part: str
     #: The clock the accelerator is built for (MHz); estimates of FPS and latency use it.
     clock_mhz: float
-    #: ``zynq`` (PYNQ shell, Vivado) or ``alveo`` (Vitis platform).
+    #: ``zynq`` (PYNQ shell, Vivado), ``alveo`` (Vitis platform) or ``open`` (hwq.rtl: Yosys + nextpnr).
     shell: str
-    #: FINN's board key (``Pynq-Z2``, ``U250``, ...) for the vendor steps.
-    finn_board: str
+    #: FINN's board key (``Pynq-Z2``, ``U250``, ...) for the vendor steps; None on ``open`` boards.
+    finn_board: str | None
     resources: Resources
     #: Serial console facts: ``port_hint`` (e.g. /dev/ttyUSB1), ``baud``, ``adapter``; empty for PCIe cards.
     serial: dict[str, Any] = field(default_factory=dict)
@@ -64,6 +68,10 @@ class Board:
     platform: str | None = None
     #: Free text: where a fact comes from, what is still to be confirmed on hardware.
     notes: str = ""
+    #: For the open backend: ``family`` (ice40, ecp5), nextpnr ``device`` (up5k, 25k, 85k), ``package``, ``speed``.
+    fpga: dict[str, Any] = field(default_factory=dict)
+    #: Emulated power model coefficients (``POWER_MODEL_KEYS``); empty when the board has none.
+    power_model: dict[str, float] = field(default_factory=dict)
 
     @property
     def clock_period_ns(self) -> float:
@@ -74,6 +82,7 @@ class Board:
             "name": self.name, "title": self.title, "part": self.part, "clock_mhz": self.clock_mhz,
             "shell": self.shell, "finn_board": self.finn_board, "resources": vars(self.resources),
             "serial": self.serial, "power": self.power, "platform": self.platform, "notes": self.notes,
+            "fpga": self.fpga, "power_model": self.power_model,
         }
 
 
@@ -103,7 +112,11 @@ def load_board(name: str, boards_dir: str | Path = BOARDS_DIR) -> Board:
 
 _REQUIRED = {"title": str, "part": str, "clock_mhz": (int, float), "shell": str, "finn_board": str,
              "resources": dict}
-_OPTIONAL = {"serial": dict, "power": dict, "platform": (str, type(None)), "notes": str}
+_OPTIONAL = {"serial": dict, "power": dict, "platform": (str, type(None)), "notes": str, "fpga": dict,
+             "power_model": dict}
+#: Fields an ``open`` board needs instead of ``finn_board``.
+_OPEN_REQUIRED = ("fpga",)
+_FPGA_KEYS = ("family", "device", "package")
 _RESOURCES = ("lut", "ff", "bram18", "dsp", "uram")
 
 
@@ -114,9 +127,10 @@ def board_from_dict(data: Any, path: Path) -> Board:
     unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
     if unknown:
         raise BoardError(f"{path}: unknown field(s) {', '.join(unknown)}")
+    is_open = data.get("shell") == "open"
     for key, kind in {**_REQUIRED, **_OPTIONAL}.items():
         if key not in data:
-            if key in _REQUIRED:
+            if (key in _REQUIRED and not (is_open and key == "finn_board")) or (is_open and key in _OPEN_REQUIRED):
                 raise BoardError(f"{path}: missing field '{key}'")
             continue
         if not isinstance(data[key], kind) or isinstance(data[key], bool):
@@ -139,13 +153,29 @@ def board_from_dict(data: Any, path: Path) -> Board:
     if power.get("kind") not in POWER_KINDS:
         raise BoardError(f"{path}: field 'power.kind' must be one of {', '.join(POWER_KINDS)}, "
                          f"got {power.get('kind')!r}")
+    model = data.get("power_model", {})
+    if model and (sorted(model) != sorted(POWER_MODEL_KEYS) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in model.values())):
+        raise BoardError(f"{path}: field 'power_model' needs exactly {', '.join(POWER_MODEL_KEYS)}, "
+                         "each a number >= 0")
+    if model.get("idle_activity", 0) > 1:
+        raise BoardError(f"{path}: field 'power_model.idle_activity' must be in [0, 1]")
     serial = data.get("serial", {})
     if serial and not isinstance(serial.get("baud"), int):
         raise BoardError(f"{path}: field 'serial.baud' must be an integer")
     if data["shell"] == "alveo" and not data.get("platform"):
         raise BoardError(f"{path}: field 'platform' is required for an alveo shell")
+    if is_open:
+        fpga = data["fpga"]
+        for key in _FPGA_KEYS:
+            if not isinstance(fpga.get(key), str):
+                raise BoardError(f"{path}: field 'fpga.{key}' is required (a string) for an open shell")
+        if fpga["family"] not in OPEN_FAMILIES:
+            raise BoardError(f"{path}: field 'fpga.family' must be one of {', '.join(OPEN_FAMILIES)}, "
+                             f"got '{fpga['family']}'")
     return Board(
         name=path.stem, title=data["title"], part=data["part"], clock_mhz=float(data["clock_mhz"]),
-        shell=data["shell"], finn_board=data["finn_board"], resources=Resources(**res),
+        shell=data["shell"], finn_board=data.get("finn_board"), resources=Resources(**res),
         serial=serial, power=power, platform=data.get("platform"), notes=data.get("notes", ""),
+        fpga=data.get("fpga", {}), power_model=model,
     )

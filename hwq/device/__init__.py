@@ -9,5 +9,6 @@
 
 from hwq.device.emulator import Emulator, FaultConfig
 from hwq.device.model import BuildModel, VirtualClock
+from hwq.device.power import EmulatedLpm01a, PowerModel, PowerTimeline
 
-__all__ = ["BuildModel", "Emulator", "FaultConfig", "VirtualClock"]
+__all__ = ["BuildModel", "EmulatedLpm01a", "Emulator", "FaultConfig", "PowerModel", "PowerTimeline", "VirtualClock"]

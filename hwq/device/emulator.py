@@ -17,20 +17,21 @@ before every reply, a reboot (boot lines, buffer lost) on the Nth command.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import random
 import select
 import threading
 import time
-import tty
 from dataclasses import dataclass
 
 from hwq.device.model import BuildModel, VirtualClock
+from hwq.device.power import PowerModel, PowerTimeline
+from hwq.device.pty import close_quietly, open_raw_pty, write_all
+from hwq.errors import HwqError
 from hwq.harness.protocol import MAX_COMMAND_CHARS, TERMINATOR, format_results
 
 HELP = ("hwq emulated board (MLPerf Tiny protocol)\r\n"
-        "name | profile | timestamp | db load N | db HEX | db print [N] [offset] | infer N [W] | results | help")
+        "name | profile | timestamp | db load N | db HEX | db print [N] [offset] | infer N [W] | results | power | help")
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,15 @@ class Emulator:
     def __init__(self, model: BuildModel, name: str = "hwq-emulator", faults: FaultConfig = FaultConfig()) -> None:
         self.model, self.dut_name, self.faults = model, name, faults
         self.clock = VirtualClock(model.clock_mhz)
+        try:                                # rails extension and emulated monitors need the board's power model
+            self.power: PowerModel | None = PowerModel.from_manifest(model.manifest)
+        except HwqError:
+            self.power = None
+        self.timeline = PowerTimeline()     # total power on the virtual time line (for an emulated LPM01A)
+        self._epoch_s = 0.0                 # virtual seconds before the last reboot (the timeline never goes back)
+        self._lock = threading.RLock()
         self._rng = random.Random(faults.seed)
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        tty.setraw(self._master)
-        fcntl.fcntl(self._master, fcntl.F_SETFL, fcntl.fcntl(self._master, fcntl.F_GETFL) | os.O_NONBLOCK)
-        self.port = os.ttyname(self._slave)
+        self._master, self._slave, self.port = open_raw_pty()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._buffer = bytearray()
@@ -80,11 +84,7 @@ class Emulator:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
-        for fd in (self._master, self._slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_quietly(self._master, self._slave)
 
     def __enter__(self) -> Emulator:
         return self.start()
@@ -114,6 +114,7 @@ class Emulator:
     # --- output ----------------------------------------------------------------------------------------------------
     def _boot(self) -> None:
         self._buffer, self._expect, self._results = bytearray(), 0, []
+        self._epoch_s = self.timeline.end_s
         self.clock = VirtualClock(self.model.clock_mhz)
         self._send(["m-timestamp-mode-performance", "m-lap-us-0", "m-init-done"], faults=False)
 
@@ -130,20 +131,37 @@ class Emulator:
             data = bytes(out)
         if faults and self.faults.reply_delay_s:
             time.sleep(self.faults.reply_delay_s)
-        deadline = time.monotonic() + 5.0
-        while data and time.monotonic() < deadline:     # nobody reading for 5 s: the bytes are lost, as on a UART
-            try:
-                data = data[os.write(self._master, data):]
-            except BlockingIOError:
-                select.select([], [self._master], [], 0.1)
-            except OSError:
-                return
+        write_all(self._master, data)
+
+    # --- power -----------------------------------------------------------------------------------------------------
+    def now_s(self) -> float:
+        """Virtual seconds since the emulator started (across reboots)."""
+        return self._epoch_s + self.clock.cycles / (self.model.clock_mhz * 1e6)
+
+    def _run(self, cycles: int, busy: bool) -> None:
+        self.clock.advance(cycles)
+        if self.power:
+            self.timeline.extend(self.now_s(), self.power.total_mw(busy))
+
+    def sync_idle(self) -> None:
+        """Let the virtual clock catch up with wall time, idle (called per command, and by an emulated monitor)."""
+        with self._lock:
+            now = time.monotonic()
+            self._run(int((now - self._wall) * self.model.clock_mhz * 1e6), busy=False)
+            self._wall = now
+
+    def _power(self, args) -> list[str]:
+        if not self.power:
+            raise ValueError("no power_model for this board")
+        return ["m-power-mw-[" + ",".join(f"{k}={v:.3f}" for k, v in self.power.rails_mw(False).items()) + "]"]
 
     # --- commands --------------------------------------------------------------------------------------------------
     def _handle(self, command: str) -> None:
-        now = time.monotonic()
-        self.clock.advance(int((now - self._wall) * self.model.clock_mhz * 1e6))
-        self._wall = now
+        with self._lock:
+            self._handle_locked(command)
+
+    def _handle_locked(self, command: str) -> None:
+        self.sync_idle()
         self.commands += 1
         if self.faults.reset_at_command and self.commands == self.faults.reset_at_command:
             self._boot()
@@ -155,7 +173,7 @@ class Emulator:
         verb = words[0] if words else ""
         handler = {"": lambda w: [], "name": self._name, "profile": self._profile, "timestamp": self._timestamp,
                    "db": self._db, "infer": self._infer, "results": self._results_cmd,
-                   "help": lambda w: [HELP]}.get(verb)
+                   "power": self._power, "help": lambda w: [HELP]}.get(verb)
         if handler is None:
             self._send([f"e-[Unknown command: {command[:40]}]"])
             return
@@ -213,12 +231,16 @@ class Emulator:
                 self._cache.clear()
             self._cache[key] = self.model.scores(key)
         self._results = self._cache[key]
-        self.clock.advance(self.model.window_cycles(w))
+        self._run(self.model.window_cycles(w), busy=True)
         t0 = self.clock.us()
-        self.clock.advance(self.model.window_cycles(n))
+        self.timeline.mark(self.now_s())              # the GPIO edge an external monitor sees
+        self._run(self.model.window_cycles(n), busy=True)
         t1 = self.clock.us()
+        self.timeline.mark(self.now_s())
+        power = (["m-power-window-[" + ",".join(f"{k}={v:.3f}" for k, v in self.power.rails_mw(True).items()) + "]"]
+                 if self.power else [])
         return [f"m-warmup-start-{w}", "m-warmup-done", f"m-infer-start-{n}", f"m-lap-us-{t0}", f"m-lap-us-{t1}",
-                "m-infer-done", format_results(self._results)]
+                "m-infer-done", format_results(self._results)] + power
 
     def _results_cmd(self, args) -> list[str]:
         return [format_results(self._results)]

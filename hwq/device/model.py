@@ -59,7 +59,11 @@ class BuildModel:
                 raise HwqError(f"{build_dir}/manifest.json: estimates.total.{key} missing")
         import finn.custom_op.fpgadataflow  # noqa: F401  (registers FINN's HW layers for execution)
 
-        model = ModelWrapper(str(onnx))
+        from hwq.dataflow.passes import CorrectPopcountDatatypes
+
+        # The saved HW graph predates the build's datatype correction (finn-plus declares INT7 for a 0..64
+        # popcount): apply it, so the emulated board is the corrected hardware and no tensor exceeds its type.
+        model = ModelWrapper(str(onnx)).transform(CorrectPopcountDatatypes())
         in_shape = tuple(model.get_tensor_shape(model.graph.input[0].name))
         return cls(build_dir, onnx, manifest, model, in_shape, _num_classes(model),
                    int(total["max_cycles"]), int(total["critical_path_cycles"]), float(total["clock_mhz"]))

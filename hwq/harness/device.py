@@ -30,6 +30,7 @@ class Device:
     def __init__(self, transport: SerialTransport, retries: int = 2) -> None:
         self.link, self.retries = transport, retries
         self.recoveries: list[str] = []    # one line per recovered fault, for the report
+        self.last_reply: list[str] = []    # lines of the last reply (extension lines such as m-power-window-)
 
     @classmethod
     def open(cls, port: str, baud: int = 115200, timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -51,7 +52,8 @@ class Device:
     def _exchange(self, command: str, parse: Callable[[list[str]], T], timeout_s: float | None = None) -> T:
         for attempt in range(self.retries + 1):
             try:
-                return parse(self.link.command(command, timeout_s))
+                self.last_reply = self.link.command(command, timeout_s)
+                return parse(self.last_reply)
             except DeviceResetError as err:
                 self.recoveries.append(f"{command}: {err}")
                 self.link.resync()

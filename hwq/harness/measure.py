@@ -30,7 +30,8 @@ from hwq.errors import ConfigError
 from hwq.harness.device import Device
 from hwq.harness.errors import DeviceResetError, HarnessError, ProtocolError
 
-MODES = ("performance", "accuracy")
+MODES = ("performance", "accuracy", "energy")
+POWER_SOURCES = ("rails", "lpm01a")
 
 
 @dataclass(frozen=True)
@@ -52,12 +53,21 @@ class MeasureConfig:
     input_bytes: int | None = None          # performance without a build: size of the (zero) input
     timeout_s: float = 5.0                  # per reply (infer: 30 s or 3x the expected window, the larger)
     resets_allowed: int = 3                 # device reboots tolerated per run
+    power: str = "rails"                    # energy: rails (the board's m-power- extension) or lpm01a (monitor)
+    power_port: str | None = None           # energy with lpm01a: the monitor's serial port
+    power_baud: int = 3_686_400             # the LPM01A's VCP rate, as MLPerf Tiny's runner uses
+    power_voltage_v: float = 3.3            # LPM01A supply voltage (1.8-3.3 V); power = current x voltage
+    power_freq: str = "1k"                  # LPM01A sampling frequency (MLPerf Tiny: 1k)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode '{self.mode}': expected one of {', '.join(MODES)}")
         if self.windows < 1 or self.min_window_s <= 0:
             raise ConfigError("windows must be >= 1 and min_window_s > 0")
+        if self.power not in POWER_SOURCES:
+            raise ConfigError(f"power '{self.power}': expected one of {', '.join(POWER_SOURCES)}")
+        if self.mode == "energy" and self.power == "lpm01a" and not self.power_port:
+            raise ConfigError("--mode energy with the lpm01a monitor: give --power-port PORT")
 
 
 def run_measure(config: MeasureConfig, progress=None) -> dict:
@@ -74,6 +84,10 @@ def run_measure(config: MeasureConfig, progress=None) -> dict:
         report["device"] = {"name": dut.name(), **asdict(dut.profile())}
         if config.mode == "performance":
             _performance(dut, config, model, report, progress)
+        elif config.mode == "energy":
+            from hwq.harness.energy import run_energy
+
+            run_energy(dut, config, model, report, progress, out)
         else:
             _accuracy(dut, config, model, report, progress)
         report["status"] = "done"
@@ -112,31 +126,11 @@ def _test_set(config: MeasureConfig, model):
 
 # --- performance ---------------------------------------------------------------------------------------------------
 def _performance(dut: Device, config: MeasureConfig, model, report: dict, progress) -> None:
-    if model is not None:
-        _, images, _ = _test_set(MeasureConfig(**{**asdict(config), "samples": 1}), model)
-        data = model.to_device_bytes(images[0])
-    else:
-        data = bytes(config.input_bytes)
-    state = {"resets": 0, "loaded": False}
-    n, probe = 1, None
-    while n < config.max_n:                       # grow N until the window is long enough to time well
-        probe = _reloading(dut, data, config, state, lambda: dut.infer(n, config.warmup))
-        if probe.elapsed_us >= config.probe_us:
-            break
-        n = min(config.max_n, n * 10)
-    per_us = max(probe.elapsed_us, 1) / probe.n if probe else 1.0
-    n = max(1, min(config.max_n, math.ceil(config.min_window_s * 1e6 / per_us)))
-    infer_timeout = max(30.0, 3 * n * per_us / 1e6)
-    report["n_per_window"], report["warmup"] = n, config.warmup
+    data, state, n, per_us, infer_timeout = size_window(dut, config, model, report)
     report["windows"] = windows = []
     while len(windows) < config.windows:
-        r = _reloading(dut, data, config, state, lambda: dut.infer(n, config.warmup, infer_timeout))
-        if not 0.5 < r.elapsed_us / (n * per_us) < 2.0:   # a lost digit keeps the syntax: catch it by plausibility
-            dut.recoveries.append(f"infer {n}: window of {r.elapsed_us} us implausible "
-                                  f"(expected ~{n * per_us:.0f} us), repeated")
-            state["implausible"] = state.get("implausible", 0) + 1
-            if state["implausible"] > config.windows:
-                raise ProtocolError(f"{config.port}: {state['implausible']} implausible windows in a row")
+        r = reloading(dut, data, config, state, lambda: dut.infer(n, config.warmup, infer_timeout))
+        if not plausible(dut, config, state, r, n, per_us):
             continue
         windows.append({"n": r.n, "t0_us": r.t0_us, "t1_us": r.t1_us, "elapsed_us": r.elapsed_us,
                         "throughput_per_s": r.throughput_per_s, "latency_us": r.latency_us,
@@ -147,7 +141,40 @@ def _performance(dut: Device, config: MeasureConfig, model, report: dict, progre
     report["summary"] = _perf_summary(windows, model)
 
 
-def _reloading(dut: Device, data: bytes, config: MeasureConfig, state: dict, call):
+def plausible(dut: Device, config: MeasureConfig, state: dict, r, n: int, per_us: float) -> bool:
+    """False (noted in the recoveries) when a window's duration is off by more than 2x from the probe's."""
+    if 0.5 < r.elapsed_us / (n * per_us) < 2.0:      # a lost digit keeps the syntax: catch it by plausibility
+        return True
+    dut.recoveries.append(f"infer {n}: window of {r.elapsed_us} us implausible "
+                          f"(expected ~{n * per_us:.0f} us), repeated")
+    state["implausible"] = state.get("implausible", 0) + 1
+    if state["implausible"] > config.windows:
+        raise ProtocolError(f"{config.port}: {state['implausible']} implausible windows in a row")
+    return False
+
+
+def size_window(dut: Device, config: MeasureConfig, model, report: dict):
+    """Load the input and probe N; returns ``(data, state, n, us_per_inference, infer_timeout_s)``."""
+    if model is not None:
+        _, images, _ = _test_set(MeasureConfig(**{**asdict(config), "samples": 1}), model)
+        data = model.to_device_bytes(images[0])
+    else:
+        data = bytes(config.input_bytes)
+    state = {"resets": 0, "loaded": False}
+    n, probe = 1, None
+    while n < config.max_n:                       # grow N until the window is long enough to time well
+        probe = reloading(dut, data, config, state, lambda: dut.infer(n, config.warmup))
+        if probe.elapsed_us >= config.probe_us:
+            break
+        n = min(config.max_n, n * 10)
+    per_us = max(probe.elapsed_us, 1) / probe.n if probe else 1.0
+    n = max(1, min(config.max_n, math.ceil(config.min_window_s * 1e6 / per_us)))
+    infer_timeout = max(30.0, 3 * n * per_us / 1e6)
+    report["n_per_window"], report["warmup"] = n, config.warmup
+    return data, state, n, per_us, infer_timeout
+
+
+def reloading(dut: Device, data: bytes, config: MeasureConfig, state: dict, call):
     """Run ``call`` with ``data`` loaded; after a device reboot, reload and run it again (up to the allowance)."""
     while True:
         try:
@@ -213,7 +240,7 @@ def _accuracy(dut: Device, config: MeasureConfig, model, report: dict, progress)
     for i, (image, label) in enumerate(zip(images, labels)):
         data = model.to_device_bytes(image)
         state["loaded"] = False
-        got = _reloading(dut, data, config, state, lambda: dut.infer(1, 0).results.top1)
+        got = reloading(dut, data, config, state, lambda: dut.infer(1, 0).results.top1)
         ref = model.classify(data)
         done += 1
         device_ok += got == int(label)

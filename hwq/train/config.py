@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from hwq._io import read_yaml_mapping
 from hwq.errors import ConfigError
 
 
@@ -111,14 +112,7 @@ class TrainConfig:
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
         """Read a config; a recipe may nest the training settings under a ``train:`` key."""
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of training settings")
+        data = read_yaml_mapping(path, "config file")
         if isinstance(data.get("train"), dict):
             data = data["train"]
         return cls.from_dict(data, source=str(path))

