@@ -191,7 +191,7 @@ def final_report(recipe: Recipe, results: dict, skipped: list[str]) -> dict:
     if "energy" in measured:
         s = measured["energy"]["summary"]
         report["energy"] = {k: s.get(k) for k in ("energy_per_inference_median_uJ", "average_power_median_mW",
-                                                  "energy_spread_pct", "model_energy_per_inference_uJ")}
+                                                  "energy_per_inference_spread_pct", "model_energy_per_inference_uJ")}
         report["energy"]["power_source"] = measured["energy"].get("power_source", {}).get("kind")
     else:
         report["energy"] = "not measured (add energy to the recipe's measure modes)"

@@ -64,12 +64,11 @@ def run_energy(dut, config, model, report: dict, progress, out: Path) -> None:
 
 
 def energy_summary(windows: list[dict], model) -> dict:
+    from hwq.harness.measure import window_stats  # measure imports this module
+
     e = [w["energy_per_inference_uJ"] for w in windows]
     p = [w["average_power_mW"] for w in windows]
-    med = statistics.median(e)
-    summary = {"windows": len(windows), "energy_per_inference_median_uJ": med,
-               "energy_per_inference_min_uJ": min(e), "energy_per_inference_max_uJ": max(e),
-               "energy_spread_pct": 100 * (max(e) - min(e)) / med if med else None,
+    summary = {"windows": len(windows), **window_stats(e, "energy_per_inference", "uJ"),
                "average_power_median_mW": statistics.median(p),
                "throughput_median_per_s": statistics.median(w["throughput_per_s"] for w in windows)}
     if model is not None:
@@ -83,7 +82,8 @@ def energy_summary(windows: list[dict], model) -> dict:
         busy = pm.total_mw(busy=True)
         summary.update(model_power_busy_mW=busy, model_power_idle_mW=pm.total_mw(busy=False),
                        model_energy_per_inference_uJ=busy / model.estimated_fps * 1e3,
-                       measured_over_model=med / (busy / model.estimated_fps * 1e3))
+                       measured_over_model=summary["energy_per_inference_median_uJ"]
+                       / (busy / model.estimated_fps * 1e3))
     return summary
 
 

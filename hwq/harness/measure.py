@@ -189,13 +189,22 @@ def reloading(dut: Device, data: bytes, config: MeasureConfig, state: dict, call
                 raise
 
 
+def window_stats(values: list[float], name: str, unit: str) -> dict:
+    """Median, min, max and spread (``(max - min) / median`` in %) of one per-window quantity, units in the keys.
+
+    >>> window_stats([1.0, 2.0, 3.0], "throughput", "per_s")["throughput_spread_pct"]
+    100.0
+    """
+    med = statistics.median(values)
+    return {f"{name}_median_{unit}": med, f"{name}_min_{unit}": min(values), f"{name}_max_{unit}": max(values),
+            f"{name}_spread_pct": 100 * (max(values) - min(values)) / med if med else None}
+
+
 def _perf_summary(windows: list[dict], model) -> dict:
     thr = [w["throughput_per_s"] for w in windows]
     lat = [w["latency_us"] for w in windows]
     med = statistics.median(thr)
-    summary = {"windows": len(windows), "throughput_median_per_s": med,
-               "throughput_min_per_s": min(thr), "throughput_max_per_s": max(thr),
-               "throughput_spread_pct": 100 * (max(thr) - min(thr)) / med if med else None,
+    summary = {"windows": len(windows), **window_stats(thr, "throughput", "per_s"),
                "latency_median_us": statistics.median(lat), "latency_min_us": min(lat),
                "latency_max_us": max(lat),
                "latency_stdev_us": statistics.stdev(lat) if len(lat) > 1 else 0.0,
