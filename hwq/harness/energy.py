@@ -97,6 +97,8 @@ def write_trace(trace: PowerTrace, path: Path) -> str:
 def plot_trace(trace: PowerTrace, path: Path, report: dict) -> str:
     import matplotlib
 
+    from hwq.harness.measure import save_plot  # measure imports this module
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -107,8 +109,4 @@ def plot_trace(trace: PowerTrace, path: Path, report: dict) -> str:
     ax.set_xlabel(f"time (s, {trace.source})")
     ax.set_ylabel("power (mW)")
     ax.set_title(f"{report.get('device', {}).get('name', 'device')}: N = {report.get('n_per_window')} per window")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path.name
+    return save_plot(fig, ax, path)

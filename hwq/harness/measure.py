@@ -232,6 +232,13 @@ def _plot_latency(report: dict, path: Path) -> str:
     ax.set_xlabel("window")
     ax.set_ylabel("latency per inference (us)")
     ax.set_title(f"{report.get('device', {}).get('name', 'device')}: N = {report.get('n_per_window')}")
+    return save_plot(fig, ax, path)
+
+
+def save_plot(fig, ax, path: Path) -> str:
+    """Finish a report plot (legend, layout), write it as PNG and free it; returns the file name."""
+    import matplotlib.pyplot as plt
+
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
