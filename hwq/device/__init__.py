@@ -1,5 +1,9 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Device side of the harness: the emulated board, and what it shares with the host (the build's HW graph).
+"""Device side of the harness: the protocol session every device shares (``dut``), the emulated board
+(``emulator``), the PYNQ on-board agent (``pynq_agent``) and what they share with the host (the build's HW graph).
+
+Names are imported on first use, so that the on-board agent, which imports ``hwq.device.dut`` and
+``hwq.device.pynq_agent`` on a board's small Python, does not pull in QONNX or the emulator.
 
 >>> from hwq.device import BuildModel, Emulator
 >>> emu = Emulator(BuildModel.from_build_dir("runs/tfc-digits/build-pynq-z2")).start()   # doctest: +SKIP
@@ -7,8 +11,21 @@
 '/dev/pts/4'
 """
 
-from hwq.device.emulator import Emulator, FaultConfig
-from hwq.device.model import BuildModel, VirtualClock
-from hwq.device.power import EmulatedLpm01a, PowerModel, PowerTimeline
+from __future__ import annotations
 
-__all__ = ["BuildModel", "EmulatedLpm01a", "Emulator", "FaultConfig", "PowerModel", "PowerTimeline", "VirtualClock"]
+import importlib
+
+_EXPORTS = {
+    "AcceleratorError": "hwq.device.dut", "DutSession": "hwq.device.dut", "Window": "hwq.device.dut",
+    "EmulatedAccelerator": "hwq.device.emulator", "Emulator": "hwq.device.emulator",
+    "FaultConfig": "hwq.device.emulator", "BuildModel": "hwq.device.model", "VirtualClock": "hwq.device.model",
+    "EmulatedLpm01a": "hwq.device.power", "PowerModel": "hwq.device.power", "PowerTimeline": "hwq.device.power",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'hwq.device' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

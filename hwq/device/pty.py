@@ -43,3 +43,32 @@ def close_quietly(*fds: int) -> None:
             os.close(fd)
         except OSError:
             pass
+
+
+def read_available(master: int, timeout_s: float = 0.1) -> bytes | None:
+    """What arrived on the pty within ``timeout_s`` (``b""`` if nothing), or None once the pty is closed."""
+    ready, _, _ = select.select([master], [], [], timeout_s)
+    if not ready:
+        return b""
+    try:
+        return os.read(master, 4096)
+    except BlockingIOError:
+        return b""
+    except OSError:
+        return None
+
+
+class PtyLink:
+    """A device's end of a fresh raw pty as a link (``read``/``write``): hosts open :attr:`path` with pyserial."""
+
+    def __init__(self) -> None:
+        self._master, self._slave, self.path = open_raw_pty()
+
+    def read(self) -> bytes | None:
+        return read_available(self._master, 0.1)
+
+    def write(self, data: bytes) -> None:
+        write_all(self._master, data)
+
+    def close(self) -> None:
+        close_quietly(self._master, self._slave)
