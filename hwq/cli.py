@@ -129,8 +129,18 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", dest="data_dir", help="data folder (default: the run's, $HWQ_DATA or ../shared/data)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--backend", choices=("finn", "open"), default="finn",
-                   help="finn (default): FINN flow and estimates; open: hwq's Verilog, cocotb/Icarus simulation, "
-                        "Yosys + nextpnr for an open board (docs/rtl.md)")
+                   help="finn (default): FINN flow and estimates; open: hwq's Verilog, cocotb simulation, "
+                        "Yosys + nextpnr for an open board, Yosys synth_xilinx estimates for a Xilinx one "
+                        "(docs/rtl.md)")
+    p.add_argument("--tree-levels-per-stage", dest="tree_levels_per_stage", type=int,
+                   help="open backend: adder levels between pipeline registers in the MVAU adder trees "
+                        "(0: combinational; default 2)")
+    p.add_argument("--simulator", choices=("icarus", "verilator"),
+                   help="open backend: RTL simulator (default icarus; verilator compiles for seconds, then runs "
+                        "faster: for many images)")
+    p.add_argument("--xilinx-estimate", dest="xilinx_estimate", action="store_true", default=None,
+                   help="open backend, open board: also estimate Xilinx resources for the folding board with "
+                        "Yosys synth_xilinx (always done for a Xilinx board, which is not placed and routed)")
     p.set_defaults(func=_build)
 
 
@@ -160,10 +170,20 @@ def _build(args: argparse.Namespace) -> int:
 def _build_open(args: argparse.Namespace) -> int:
     from hwq.rtl.build import OpenBuildConfig, run_open_build
 
-    settings = {k: getattr(args, k) for k in ("target_fps", "folding_file", "out_dir", "verify_samples", "data_dir")
+    settings = {k: getattr(args, k) for k in ("target_fps", "folding_file", "out_dir", "verify_samples", "data_dir",
+                                           "tree_levels_per_stage", "simulator", "xilinx_estimate")
                 if getattr(args, k) is not None}
     m = run_open_build(args.run, OpenBuildConfig(board=args.board, **settings), progress=args.progress)
-    s, f, e = m["simulation"], m["measured"], m["finn_estimate"]
+    s, e = m["simulation"], m["finn_estimate"]
+    if "measured" not in m:    # a Xilinx board: synth_xilinx estimates, no place and route
+        x, c = m["xilinx_estimate"], m["xilinx_estimate"]["counts"]
+        print(f"built {args.run} for {m['board']['name']} (open backend, Xilinx estimate): bit-exact in RTL "
+              f"simulation ({s['simulator']}) on {s['n']} test images, {s['cycles_per_image']:g} cycles/image -> "
+              f"estimated {x['fps']:,.0f} fps at {x['clock_mhz']:g} MHz; synth_xilinx {c['lut']:,} LUT, "
+              f"{c['ff']:,} FF, {c['bram18']} BRAM18, {c['dsp']} DSP (FINN estimate for the same folding: "
+              f"{e['LUT']:,} LUT, {e['BRAM_18K']} BRAM18)")
+        return 0
+    f = m["measured"]
     print(f"built {args.run} for {m['board']['name']} (open backend): bit-exact in RTL simulation on {s['n']} test "
           f"images, {f['cycles_per_image']:g} cycles/image (folding bound {s['folding_bound_cycles']}), "
           f"Fmax {f['fmax_mhz']:.1f} MHz -> {f['fps']:,.0f} fps, {f['lut']:,} LUT, {f['ff']:,} FF, {f['bram']} BRAM, "

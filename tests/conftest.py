@@ -74,17 +74,25 @@ RTL_SMALL_FOLDING = {
 }
 
 
+#: The folding of the UP5K build: RTL_SMALL_FOLDING with half the PEs in the hidden layers (256 cycles per image),
+#: so the pipelined design keeps a margin on the 5,280 logic cells whatever the trained weights (the small folding
+#: itself needs 98-100% of them).
+RTL_UP5K_FOLDING = {**RTL_SMALL_FOLDING, **{f"MVAU_hls_{i}": {**RTL_SMALL_FOLDING[f"MVAU_hls_{i}"], "PE": 2}
+                                            for i in range(3)}}
+RTL_UP5K_CYCLES = 256
+
+
 @pytest.fixture(scope="session")
 def open_build_tfc_up5k(exported_tfc_w1a1, tmp_path_factory):
-    """``hwq build --backend open --board icebreaker`` of ``exported_tfc_w1a1`` with ``RTL_SMALL_FOLDING``
+    """``hwq build --backend open --board icebreaker`` of ``exported_tfc_w1a1`` with ``RTL_UP5K_FOLDING``
     (generated, simulated bit-exactly, synthesised for the UP5K): the build directory."""
     import json
 
     from hwq.cli import main
 
     out = tmp_path_factory.mktemp("builds") / "build-icebreaker"
-    folding = out.parent / "small_folding.json"
-    folding.write_text(json.dumps(RTL_SMALL_FOLDING))
+    folding = out.parent / "up5k_folding.json"
+    folding.write_text(json.dumps(RTL_UP5K_FOLDING))
     assert main(["build", str(exported_tfc_w1a1), "--backend", "open", "--board", "icebreaker", "--folding",
                  str(folding), "--out", str(out), "--verify-samples", "20", "--no-progress"]) == 0
     return out

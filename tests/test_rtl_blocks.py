@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from hwq.errors import VerificationError
 from hwq.rtl import reference
+from hwq.rtl.blocks import mvau_pipeline_stages
 from hwq.rtl.generate import generate_verilog
 from hwq.rtl.layers import ElemType, LabelSelectLayer, MVAULayer, run_layers
 from hwq.rtl.simulate import simulate
@@ -48,11 +50,14 @@ def _inputs(rng, layer, n: int = 8) -> np.ndarray:
     return rng.integers(layer.in_type.lo, layer.in_type.hi + 1, (n, layer.in_elems))
 
 
-@pytest.mark.parametrize("kind, seed", [("xnor", 0), ("bipolar", 1), ("int", 2), ("raw", 3)])
+# seeds 0-3 draw combinational trees or one stage, 13/19/15/18 two to four stages (depth 1-2, 4-level trees)
+@pytest.mark.parametrize("kind, seed", [("xnor", 0), ("bipolar", 1), ("int", 2), ("raw", 3),
+                                        ("xnor", 13), ("bipolar", 19), ("int", 15), ("raw", 18)])
 def test_mvau_block_matches_reference_with_random_folding(tmp_path, kind, seed):
     rng = np.random.default_rng(seed)
     layer = random_mvau(rng, kind)
-    design = generate_verilog([layer], tmp_path / "rtl", top="dut")
+    every = int(rng.integers(0, 4))          # adder levels per pipeline register; 0: combinational trees
+    design = generate_verilog([layer], tmp_path / "rtl", top="dut", tree_levels_per_stage=every)
     x = _inputs(rng, layer)
     want = run_layers([layer], x)
     if layer.out_type.signed:                        # the stream carries two's complement
@@ -60,6 +65,23 @@ def test_mvau_block_matches_reference_with_random_folding(tmp_path, kind, seed):
     result = simulate(design, x, want, tmp_path / "sim", p_gap=0.3, p_stall=0.4, seed=seed)
     assert result["cycles_per_image"] == max(layer.cycles, design.in_beats + 1)
     assert result["width_in"] == layer.simd * layer.in_type.bits
+
+
+@pytest.mark.parametrize("kind, seed", [("bipolar", 20), ("int", 21), ("xnor", 22)])
+def test_pipelined_trees_add_latency_not_cycles(tmp_path, kind, seed):
+    rng = np.random.default_rng(seed)
+    layer = random_mvau(rng, kind)
+    layer = dataclasses.replace(layer, pe=layer.mh, simd=layer.mw)   # one cycle per vector: the deepest trees
+    x = _inputs(rng, layer)
+    want = run_layers([layer], x)
+    runs = {}
+    for every in (0, 1):
+        design = generate_verilog([layer], tmp_path / f"rtl{every}", top="dut", tree_levels_per_stage=every)
+        runs[every] = simulate(design, x, want, tmp_path / f"sim{every}", p_gap=0.3, p_stall=0.4, seed=seed)
+    stages = mvau_pipeline_stages(layer, 1)
+    assert stages >= 3                                        # 8+ terms: 3+ adder levels, each one registered
+    assert runs[1]["cycles_per_image"] == runs[0]["cycles_per_image"]
+    assert runs[1]["latency_cycles"] == runs[0]["latency_cycles"] + stages
 
 
 def test_label_select_block_with_ties(tmp_path):

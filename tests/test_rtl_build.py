@@ -11,6 +11,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 
 from hwq.rtl.build import OpenBuildConfig, _finn_software, _step_file, run_open_build
 from hwq.rtl.layers import layers_from_model, run_layers
+from tests.conftest import RTL_SMALL_FOLDING, RTL_UP5K_CYCLES
 
 
 def test_layers_of_the_folded_graph_compute_what_finn_computes(digits_tfc_build):
@@ -27,20 +28,44 @@ def test_open_build_on_up5k_is_bit_exact_and_measured(open_build_tfc_up5k):
     assert m["status"] == "done" and m["backend"] == "open" and m["board"]["name"] == "icebreaker"
     sim = m["simulation"]
     assert sim["bit_exact"] and sim["n"] == 20 and sim["back_pressure"]["p_stall"] > 0
-    assert sim["cycles_per_image"] == sim["folding_bound_cycles"] == 128
+    assert sim["cycles_per_image"] == sim["folding_bound_cycles"] == RTL_UP5K_CYCLES
     syn, meas = m["synthesis"], m["measured"]
     assert 0 < syn["lut"]["used"] <= syn["lut"]["available"] == 5280
-    assert meas["fmax_mhz"] > 12 and meas["fps"] == pytest.approx(meas["fmax_mhz"] * 1e6 / 128)
+    assert meas["fmax_mhz"] > 12 and meas["fps"] == pytest.approx(meas["fmax_mhz"] * 1e6 / RTL_UP5K_CYCLES)
     assert (open_build_tfc_up5k / "synth" / "design.bin").stat().st_size > 100_000
-    assert m["finn_estimate"]["max_cycles"] == 128 and "estimate" in m["finn_estimate"]["label"]
+    assert m["finn_estimate"]["max_cycles"] == RTL_UP5K_CYCLES and "estimate" in m["finn_estimate"]["label"]
     assert (open_build_tfc_up5k / "rtl" / "accel.v").read_text().count("module ") == 6
 
 
-def test_open_backend_needs_an_open_board(exported_tfc_w1a1, tmp_path):
+def test_open_build_config_names_a_wrong_simulator():
     from hwq.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="open board"):
-        run_open_build(exported_tfc_w1a1, OpenBuildConfig(board="pynq-z2", out_dir=str(tmp_path / "b")))
+    with pytest.raises(ConfigError, match="^simulator 'vcs': expected one of icarus, verilator$"):
+        OpenBuildConfig(simulator="vcs")
+
+
+def test_open_build_for_pynq_z2_on_verilator_is_bit_exact_with_xilinx_estimates(exported_tfc_w1a1, tmp_path):
+    """A Xilinx board: generate, simulate on Verilator, synth_xilinx (no place and route); FINN's estimate beside."""
+    from hwq.cli import main
+
+    folding = tmp_path / "small_folding.json"
+    folding.write_text(json.dumps(RTL_SMALL_FOLDING))
+    out = tmp_path / "build-pynq-z2"
+    assert main(["build", str(exported_tfc_w1a1), "--backend", "open", "--board", "pynq-z2", "--folding",
+                 str(folding), "--out", str(out), "--verify-samples", "20", "--simulator", "verilator",
+                 "--no-progress"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "done" and "synthesis" not in m and "measured" not in m
+    sim = m["simulation"]
+    assert sim["simulator"] == "verilator" and sim["bit_exact"] and sim["n"] == 20
+    assert sim["back_pressure"]["p_stall"] > 0 and sim["cycles_per_image"] == sim["folding_bound_cycles"] == 128
+    assert m["tool_versions"]["verilator"] == sim["simulator_version"]
+    x, finn = m["xilinx_estimate"], m["finn_estimate"]
+    assert x["kind"] == "yosys synth_xilinx estimate (no place and route, no timing)" and x["family"] == "xc7"
+    assert x["part"] == m["board"]["part"] == "xc7z020clg400-1" and finn["board"] == "pynq-z2"
+    assert 0 < x["counts"]["lut"] < x["available"]["lut"] and x["counts"]["ff"] > 0
+    assert x["fps"] == pytest.approx(100e6 / 128) and "estimate" in x["fps_label"]
+    assert finn["max_cycles"] == 128
 
 
 @pytest.mark.slow

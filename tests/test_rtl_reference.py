@@ -78,3 +78,109 @@ def test_label_select_matches_finn_execution_with_ties(seed):
                      dict(Labels=10, PE=2, K=1, numInputVectors=[20], inputDataType="UINT2",
                           outputDataType="UINT8"), {"inp": "UINT2"})
     np.testing.assert_array_equal(got.astype(np.int64), reference.label_select(x))
+
+
+@pytest.mark.parametrize("ifm, channels, kernel, stride, depthwise", [
+    ((5, 5), 3, (3, 3), (1, 1), 0),
+    ((6, 4), 2, (2, 3), (2, 1), 0),
+    ((4, 4), 4, (2, 2), (2, 2), 1),            # the window before a max-pool
+    ((3, 3), 5, (3, 3), (1, 1), 0),            # one window covering the whole map (CNV's last conv)
+])
+def test_sliding_window_matches_finn_execution(ifm, channels, kernel, stride, depthwise):
+    rng = np.random.default_rng(sum(ifm) + channels)
+    x = rng.integers(0, 256, (1, *ifm, channels))
+    ofm = [(i - k) // s + 1 for i, k, s in zip(ifm, kernel, stride)]
+    got = _finn_node("ConvolutionInputGenerator", {"inp": x}, [1, *ofm, kernel[0] * kernel[1] * channels],
+                     dict(ConvKernelDim=list(kernel), IFMChannels=channels, IFMDim=list(ifm), OFMDim=ofm,
+                          SIMD=1, Stride=list(stride), Dilation=[1, 1], inputDataType="UINT8",
+                          outputDataType="UINT8", depthwise=depthwise), {"inp": "UINT8"})
+    ours = reference.sliding_window(x.reshape(1, -1), ifm, channels, kernel, stride)
+    np.testing.assert_array_equal(got.reshape(1, -1).astype(np.int64), ours)
+
+
+@pytest.mark.parametrize("idt", ["BINARY", "INT3"])
+def test_max_pool_matches_finn_execution(idt):
+    rng = np.random.default_rng(3)
+    channels, k, out = 6, (2, 2), (3, 2)
+    x = rng.integers(DataType[idt].min(), DataType[idt].max() + 1, (1, *out, k[0] * k[1] * channels))
+    got = _finn_node("Pool", {"inp": x}, [1, *out, channels],
+                     dict(Channels=channels, PE=2, KernelSize=list(k), Function="MaxPool", OutImgDims=list(out),
+                          InputDataType=idt, OutputDataType=idt, BatchSize=1), {"inp": idt})
+    ours = reference.max_pool(x.reshape(1, -1), channels, k[0] * k[1])
+    np.testing.assert_array_equal(got.reshape(1, -1).astype(np.int64), ours)
+
+
+def test_mvau_layer_over_many_vectors_matches_finn_execution():
+    from hwq.rtl.layers import ElemType, MVAULayer
+
+    rng = np.random.default_rng(4)
+    mw, mh, vectors = 12, 4, (1, 3, 2)
+    x = rng.integers(0, 2, (1, *vectors[1:], mw))
+    w = rng.integers(0, 2, (mw, mh))
+    thr = rng.integers(3, 9, (mh, 1))
+    got = _finn_node("MVAU", {"inp": x, "w": w, "thr": thr}, [1, *vectors[1:], mh],
+                     dict(MW=mw, MH=mh, SIMD=4, PE=2, numInputVectors=list(vectors), inputDataType="BINARY",
+                          weightDataType="BINARY", outputDataType="BINARY", binaryXnorMode=1, noActivation=0),
+                     {"inp": "BINARY", "w": "BINARY"})
+    layer = MVAULayer("mvau", mw, mh, 2, 4, True, ElemType(1, False), ElemType(1, False), w, thr, vectors=6)
+    assert (layer.in_elems, layer.out_elems, layer.cycles) == (6 * mw, 6 * mh, 6 * 2 * 3)
+    np.testing.assert_array_equal(got.reshape(1, -1).astype(np.int64), layer.run(x.reshape(1, -1)))
+
+
+def test_conv_graph_read_into_layers_matches_finn_execution():
+    """A small CNV-shaped HW graph (SWG -> MVAU over 4 vectors -> depthwise SWG -> MaxPool -> LabelSelect):
+    ``layers_from_model`` reads every node and ``run_layers`` equals finn's execution of the whole graph."""
+    from hwq.rtl.layers import layers_from_model, run_layers
+    from hwq.rtl.layers_conv import PoolLayer, SlidingWindowLayer
+
+    rng = np.random.default_rng(8)
+    fd = dict(domain="finn.custom_op.fpgadataflow", backend="fpgadataflow")
+    swg = dict(Dilation=[1, 1], SIMD=1, inputDataType="BINARY", outputDataType="BINARY")
+    nodes = [
+        helper.make_node("ConvolutionInputGenerator", ["x"], ["w0"], name="swg0", ConvKernelDim=[3, 3],
+                         IFMChannels=2, IFMDim=[4, 5], OFMDim=[2, 3], Stride=[1, 1], **swg, **fd),
+        helper.make_node("MVAU", ["w0", "W", "T"], ["a0"], name="mvau0", MW=18, MH=4, SIMD=6, PE=2,
+                         numInputVectors=[1, 2, 3], inputDataType="BINARY", weightDataType="BINARY",
+                         outputDataType="BINARY", binaryXnorMode=1, noActivation=0, ActVal=0, **fd),
+        helper.make_node("ConvolutionInputGenerator", ["a0"], ["w1"], name="swg1", ConvKernelDim=[2, 2],
+                         IFMChannels=4, IFMDim=[2, 3], OFMDim=[1, 1], Stride=[2, 2], depthwise=1, **swg, **fd),
+        helper.make_node("Pool", ["w1"], ["p"], name="pool", Channels=4, PE=2, KernelSize=[2, 2], Function="MaxPool",
+                         OutImgDims=[1, 1], InputDataType="BINARY", OutputDataType="BINARY", BatchSize=1, **fd),
+        helper.make_node("LabelSelect", ["p"], ["out"], name="ls", Labels=4, PE=1, K=1, numInputVectors=[1, 1, 1],
+                         inputDataType="BINARY", outputDataType="UINT8", **fd),
+    ]
+    graph = helper.make_graph(nodes, "cnv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 2])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 1, 1])])
+    model = ModelWrapper(qonnx_make_model(graph))
+    for name, shape in {"w0": [1, 2, 3, 18], "a0": [1, 2, 3, 4], "w1": [1, 1, 1, 16], "p": [1, 1, 1, 4]}.items():
+        model.set_tensor_shape(name, shape)
+    model.set_initializer("W", rng.integers(0, 2, (18, 4)).astype(np.float32))
+    model.set_initializer("T", rng.integers(7, 12, (4, 1)).astype(np.float32))
+    for name in ("x", "W", "w0", "a0", "w1", "p"):
+        model.set_tensor_datatype(name, DataType["BINARY"])
+    layers = layers_from_model(model)
+    assert [type(layer).__name__ for layer in layers] == ["SlidingWindowLayer", "MVAULayer", "SlidingWindowLayer",
+                                                          "PoolLayer", "LabelSelectLayer"]
+    assert isinstance(layers[2], SlidingWindowLayer) and layers[2].ofm == (1, 1)
+    assert isinstance(layers[3], PoolLayer) and layers[1].vectors == 6
+    x = rng.integers(0, 2, (12, 40))
+    got = np.stack([execute_onnx(model, {"x": xi.reshape(1, 4, 5, 2).astype(np.float32)})["out"].reshape(-1)
+                    for xi in x]).astype(np.int64)
+    np.testing.assert_array_equal(got, run_layers(layers, x))
+
+
+@pytest.mark.parametrize("op, attrs, message", [
+    ("Pool", dict(Channels=4, PE=2, KernelSize=[2, 2], Function="AvgPool", OutImgDims=[2, 2],
+                  InputDataType="UINT4", OutputDataType="UINT4"), "p0: Pool Function AvgPool"),
+    ("ConvolutionInputGenerator", dict(ConvKernelDim=[3, 3], IFMChannels=2, IFMDim=[4, 4], OFMDim=[4, 4],
+                                       Stride=[1, 1], Dilation=[1, 1], SIMD=1, inputDataType="BINARY",
+                                       outputDataType="BINARY"), "p0: OFMDim .4, 4. implies padding"),
+])
+def test_unsupported_conv_settings_name_the_node(op, attrs, message):
+    from hwq.rtl.layers import UnsupportedLayerError
+    from hwq.rtl.layers_conv import pool_layer, sliding_window_layer
+
+    node = helper.make_node(op, ["x"], ["y"], name="p0", domain="finn.custom_op.fpgadataflow",
+                            backend="fpgadataflow", **attrs)
+    with pytest.raises(UnsupportedLayerError, match=message):
+        (pool_layer if op == "Pool" else sliding_window_layer)(node)

@@ -7,8 +7,9 @@ beat sits in bits ``[i*W +: W]`` (element 0 in the LSBs). A block first collects
 its producer, any width that divides it), then computes it in ``cycles`` steps while the next vector is collected.
 
 MVAU pipeline, all stages advancing together while the output register is free or read:
-issue (nf, sf counters) -> weight ROM read and input slice -> per-PE adder trees -> accumulators -> thresholds
-into the output register.
+issue (nf, sf counters) -> weight ROM read and input slice -> per-PE adder trees, a register after every
+``tree_levels_per_stage`` adder levels (the control signals delayed alongside) -> accumulators -> thresholds into
+the output register. Pipelining adds latency, not cycles per image: the stages advance in lock step.
 
 >>> from hwq.rtl.layers import ElemType, LabelSelectLayer
 >>> text = label_select_verilog(LabelSelectLayer("ls", 10, 2, ElemType(7, False), ElemType(8, False)), in_beat=5)
@@ -83,10 +84,58 @@ def _collector(vec_w: int, beat_w: int) -> list[str]:
     ]
 
 
-def _adder_tree(prefix: str, terms: list[tuple[str, int]], signed: bool, max_w: int) -> tuple[list[str], str]:
-    """Wires summing ``terms`` (expression, width) pairwise, level by level; returns (lines, name of the sum)."""
-    lines, level, n = [], list(terms), 0
+#: Adder levels between pipeline registers in an MVAU's adder trees (0: combinational trees). 2 by measurement
+#: (benchmarks/rtl_blocks.md): on the XNOR block one register per level gave no more Fmax than one per two levels
+#: (UP5K 65.0 vs 67.2 MHz, ECP5-25F 312 vs 309) for twice the registers; on the MNIST ECP5-85F design with 2 the
+#: critical path is the weight ROM's output, no longer the tree.
+TREE_LEVELS_PER_STAGE = 2
+
+
+def tree_levels(n_terms: int) -> int:
+    """Adder levels of a pairwise tree over ``n_terms`` terms (``ceil(log2 n)``; 0 for a single term)."""
+    return (n_terms - 1).bit_length()
+
+
+def pipeline_stages(levels: int, every: int) -> int:
+    """Registers a chain of ``levels`` adder levels gets with a register after every ``every`` levels (never
+    after the last one: the stage that follows already registers the sum)."""
+    return (levels - 1) // every if every and levels else 0
+
+
+def _stage_register(prefix: str, level: list[tuple[str, int]], signed: bool) -> tuple[list[str], list]:
+    """Registers (advancing with ``en``) holding every term of ``level``; returns (lines, registered level)."""
     sgn = "signed " if signed else ""
+    lines, out = [], []
+    for i, (expr, w) in enumerate(level):
+        name = f"{prefix}_{i}"
+        lines += [f"    reg {sgn}[{w - 1}:0] {name};", f"    always @(posedge clk) if (en) {name} <= {expr};"]
+        out.append((name, w))
+    return lines, out
+
+
+def _adder_tree(prefix: str, terms: list[tuple[str, int]], signed: bool, max_w: int, every: int = 0,
+                levels_before: int = 0, levels_after: int = 0) -> tuple[list[str], str, int]:
+    """Wires summing ``terms`` (expression, width) pairwise, level by level, with a register stage after every
+    ``every`` levels (0: none); returns (lines, name of the sum, register stages).
+
+    ``levels_before`` / ``levels_after`` count the logic levels around the tree (a multiplier before, a
+    subtraction after) so that registers also split them; trees with the same term count and surroundings get
+    the same number of stages, so parallel trees stay aligned.
+    """
+    lines, level, n = [], list(terms), 0
+    total = levels_before + tree_levels(len(terms)) + levels_after
+    done, stages = levels_before, 0
+    sgn = "signed " if signed else ""
+
+    def register_if_due(level):
+        nonlocal stages
+        if every and done and done % every == 0 and done < total:
+            regs, level = _stage_register(f"{prefix}_r{stages}", level, signed)
+            lines.extend(regs)
+            stages += 1
+        return level
+
+    level = register_if_due(level)
     while len(level) > 1:
         nxt = []
         for i in range(0, len(level) - 1, 2):
@@ -98,8 +147,40 @@ def _adder_tree(prefix: str, terms: list[tuple[str, int]], signed: bool, max_w: 
             nxt.append((name, w))
         if len(level) % 2:
             nxt.append(level[-1])
-        level = nxt
-    return lines, level[0][0]
+        done += 1
+        level = register_if_due(nxt)
+    assert levels_after > 1 or stages == pipeline_stages(total, every)   # aligned with mvau_pipeline_stages
+    return lines, level[0][0], stages
+
+
+def _delay_line(signals: list[tuple[str, int]], stages: int, reset: set[str]) -> tuple[list[str], dict[str, str]]:
+    """``stages`` registers per signal (advancing with ``en``; those in ``reset`` clear on ``rst``); returns
+    (lines, signal -> its delayed name)."""
+    lines, now = [], {s: s for s, _ in signals}
+    for d in range(1, stages + 1):
+        for s, w in signals:
+            name = f"{s}_d{d}"
+            lines.append(f"    reg [{w - 1}:0] {name};" if w > 1 else f"    reg {name};")
+            if s in reset:
+                lines.append(f"    always @(posedge clk) if (rst) {name} <= 1'b0; else if (en) {name} <= {now[s]};")
+            else:
+                lines.append(f"    always @(posedge clk) if (en) {name} <= {now[s]};")
+            now[s] = name
+    return lines, now
+
+
+def mvau_pipeline_stages(layer: MVAULayer, every: int = TREE_LEVELS_PER_STAGE) -> int:
+    """Register stages the adder trees of ``layer``'s block get (its latency over the combinational block)."""
+    _, levels_before, levels_after = _tree_shape(layer)
+    return pipeline_stages(levels_before + tree_levels(layer.simd) + levels_after, every)
+
+
+def _tree_shape(layer: MVAULayer) -> tuple[bool, int, int]:
+    """(+-1 weights?, logic levels before the tree, after it): integer products count as a level, and the
+    +-1 weights' ``2 * masked - sum`` subtraction as one after; XNOR and masking fold into the first adder's LUTs."""
+    wb, _ = _weight_code(layer)
+    bipolar_w = not layer.xnor and wb == 1
+    return bipolar_w, int(not layer.xnor and not bipolar_w), int(bipolar_w)
 
 
 def _weight_code(layer: MVAULayer) -> tuple[int, np.ndarray]:
@@ -112,12 +193,15 @@ def _weight_code(layer: MVAULayer) -> tuple[int, np.ndarray]:
     return ElemType.for_range(min(int(w.min()), 0), max(int(w.max()), 0)).bits, w
 
 
-def mvau_verilog(layer: MVAULayer, in_beat: int) -> str:
-    """Verilog of one MVAU block; ``in_beat`` is how many elements the producer sends per beat."""
+def mvau_verilog(layer: MVAULayer, in_beat: int, tree_levels_per_stage: int = TREE_LEVELS_PER_STAGE) -> str:
+    """Verilog of one MVAU block; ``in_beat`` is how many elements the producer sends per beat, and the adder
+    trees get a register after every ``tree_levels_per_stage`` levels (0: combinational)."""
     pe, simd, nf, sf = layer.pe, layer.simd, layer.nf, layer.sf
     ib, ob = layer.in_type.bits, layer.out_type.bits
     wb, codes = _weight_code(layer)
-    bipolar_w = not layer.xnor and wb == 1
+    bipolar_w, before, after = _tree_shape(layer)
+    every = tree_levels_per_stage
+    stages = mvau_pipeline_stages(layer, every)
     lo, hi = layer.acc_range()
     acc_t = ElemType.for_range(lo, hi)
     signed = acc_t.signed or (not layer.xnor and layer.in_type.signed) or (not layer.xnor and wb > 1)
@@ -127,7 +211,8 @@ def mvau_verilog(layer: MVAULayer, in_beat: int) -> str:
     sgn = "signed " if signed else ""
     L = _ports(layer.name, in_beat * ib, pe * ob)
     L += [f"    // {layer.name}: MW={layer.mw} MH={layer.mh} PE={pe} SIMD={simd} NF={nf} SF={sf} "
-          f"{'XNOR-popcount' if layer.xnor else 'integer'} MVAU, {ib}-bit inputs, {ab}-bit accumulators"]
+          f"{'XNOR-popcount' if layer.xnor else 'integer'} MVAU, {ib}-bit inputs, {ab}-bit accumulators, "
+          f"{stages} adder-tree register stage(s)"]
     L += _collector(layer.mw * ib, in_beat * ib)
     # issue stage
     L += ["    wire en = !out_valid || out_ready;",
@@ -186,7 +271,7 @@ def mvau_verilog(layer: MVAULayer, in_beat: int) -> str:
             xs = f"$signed({x})" if layer.in_type.signed else f"$signed({{1'b0, {x}}})"
             L.append(f"    wire signed [{ab - 1}:0] xs{i} = {xs};")
             xs_names.append((f"xs{i}", ab))
-        tl, xsum = _adder_tree("xsum", xs_names, True, ab)
+        tl, xsum, _ = _adder_tree("xsum", xs_names, True, ab, every, before, after)
         L += tl
         for p in range(pe):
             terms = []
@@ -199,7 +284,7 @@ def mvau_verilog(layer: MVAULayer, in_beat: int) -> str:
                     x = f"s1_x[{i * ib + ib - 1}:{i * ib}]" if ib > 1 else f"s1_x[{i}]"
                     L.append(f"    wire [{ib - 1}:0] m{p}_{i} = s1_w[{wbit}] ? {x} : {ib}'d0;")
                     terms.append((f"m{p}_{i}", ib))
-            tl, total = _adder_tree(f"t{p}", terms, layer.in_type.signed, ab)
+            tl, total, _ = _adder_tree(f"t{p}", terms, layer.in_type.signed, ab, every, before, after)
             L += tl
             masked = total if layer.in_type.signed else f"$signed({{1'b0, {total}}})"
             L.append(f"    wire signed [{ab - 1}:0] dot{p} = ({masked} <<< 1) - {xsum};")
@@ -219,9 +304,12 @@ def mvau_verilog(layer: MVAULayer, in_beat: int) -> str:
             else:
                 L.append(f"    wire signed [{ab - 1}:0] {name} = {xs} * $signed({w});")
             terms.append((name, ab))
-        tl, total = _adder_tree(f"t{p}", terms, signed, ab)
+        tl, total, _ = _adder_tree(f"t{p}", terms, signed, ab, every, before, after)
         L += tl
         L.append(f"    wire {sgn}[{ab - 1}:0] dot{p} = {total};")
+    # the control signals travel with the sums through the tree's register stages
+    dl, ctl = _delay_line([("s1_v", 1), ("s1_first", 1), ("s1_last", 1), ("s1_nf", clog2(nf))], stages, {"s1_v"})
+    L += dl
     # thresholds ROM (per nf: PE x T values) read alongside the sums
     thr = layer.thresholds
     nthr = 0 if thr is None else thr.shape[1]
@@ -238,15 +326,15 @@ def mvau_verilog(layer: MVAULayer, in_beat: int) -> str:
             vals = [full[n * pe + p, t] for p in range(pe) for t in range(nthr)]
             L.append(f"        trom[{n}] = {_hex(_pack(vals, tw), tword)};")
         L += ["    end", f"    reg [{tword - 1}:0] s2_t, s3_t;",
-              "    always @(posedge clk) if (en) s2_t <= trom[s1_nf];"]
+              f"    always @(posedge clk) if (en) s2_t <= trom[{ctl['s1_nf']}];"]
     L += ["    reg s2_v, s2_first, s2_last, s3_v;"]
     for p in range(pe):
         L.append(f"    reg {sgn}[{ab - 1}:0] s2_p{p}, acc{p};")
     L += ["    always @(posedge clk) begin",
           "        if (rst) begin s2_v <= 1'b0; s3_v <= 1'b0; end",
-          "        else if (en) begin s2_v <= s1_v; s3_v <= s2_v && s2_last; end",
+          f"        else if (en) begin s2_v <= {ctl['s1_v']}; s3_v <= s2_v && s2_last; end",
           "        if (en) begin",
-          "            s2_first <= s1_first; s2_last <= s1_last;"]
+          f"            s2_first <= {ctl['s1_first']}; s2_last <= {ctl['s1_last']};"]
     L += [f"            s2_p{p} <= dot{p};" for p in range(pe)]
     L += ["            if (s2_v) begin"]
     L += [f"                acc{p} <= (s2_first ? {ab}'d0 : acc{p}) + s2_p{p};" for p in range(pe)]
@@ -267,7 +355,7 @@ def mvau_verilog(layer: MVAULayer, in_beat: int) -> str:
                 L.append(f"    wire c{p}_{t} = {av} >= {tv};")
                 cmp.append((f"c{p}_{t}", 1))
             cw = max(ob, clog2(nthr + 1) + 1)
-            tl, total = _adder_tree(f"q{p}", [(f"{{{cw - 1}'d0, {c}}}" if cw > 1 else c, cw) for c, _ in cmp],
+            tl, total, _ = _adder_tree(f"q{p}", [(f"{{{cw - 1}'d0, {c}}}" if cw > 1 else c, cw) for c, _ in cmp],
                                     False, cw)
             L += tl
             bias = layer.act_val & ((1 << cw) - 1)

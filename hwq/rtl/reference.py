@@ -13,6 +13,10 @@ array([[2]])
 array([[2, 1]])
 >>> label_select(np.array([[3, 9, 9, 1]]))
 array([[1]])
+>>> sliding_window(np.arange(4)[None], (2, 2), 1, (2, 1), (1, 1))     # a 2x2 image, 2x1 windows
+array([[0, 2, 1, 3]])
+>>> max_pool(np.array([[1, 5, 4, 2]]), channels=2, window=2)
+array([[4, 5]])
 """
 
 from __future__ import annotations
@@ -73,3 +77,28 @@ def mvau(x, w, thr=None, *, xnor: bool, act_val: int = 0) -> np.ndarray:
     """One MVAU node: the (XNOR-popcount or integer) product, then thresholds unless ``thr`` is None."""
     acc = xnor_popcount(x, w) if xnor else matmul(x, w)
     return acc if thr is None else thresholds(acc, thr, act_val)
+
+
+def sliding_window(x, ifm_dim, channels: int, kernel, stride) -> np.ndarray:
+    """FINN's ConvolutionInputGenerator (qonnx ``Im2Col``, no padding, dilation 1) on rows of NHWC images.
+
+    ``x`` is (N, H*W*C); the result is (N, OH*OW*KH*KW*C): the windows in raster order, each window's elements
+    in (ky, kx, c) order, which is the row order of the following MVAU's weights. Depthwise generators give the
+    same tensor (only finn's hardware stream order differs).
+    """
+    x = _ints(x, "sliding window input")
+    (h, w), (kh, kw), (sh, sw) = ifm_dim, kernel, stride
+    img = x.reshape(-1, h, w, channels)
+    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    out = np.empty((len(img), oh, ow, kh, kw, channels), dtype=np.int64)
+    for ky in range(kh):
+        for kx in range(kw):
+            out[:, :, :, ky, kx, :] = img[:, ky:ky + sh * (oh - 1) + 1:sh, kx:kx + sw * (ow - 1) + 1:sw, :]
+    return out.reshape(len(img), -1)
+
+
+def max_pool(x, channels: int, window: int) -> np.ndarray:
+    """FINN's ``Pool`` with ``Function=MaxPool``: per window of ``window`` pixels (from a sliding window generator,
+    (k, c) order), the maximum of each channel. ``x`` is (N, V*window*C), the result (N, V*C)."""
+    x = _ints(x, "max pool input")
+    return x.reshape(len(x), -1, window, channels).max(axis=2).reshape(len(x), -1)

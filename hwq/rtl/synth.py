@@ -124,13 +124,31 @@ endmodule
 """ if n > 1 else ""
 
 
-def _doesnt_fit(log: str) -> str | None:
+#: nextpnr's messages for a design that does not fit: too many cells of a kind, or (iCE40) packed logic cells that
+#: do not fit the whole device's region.
+_NO_FIT = ("no BELs remaining", "Design uses", "Failed to expand region")
+
+
+def _doesnt_fit(log: str, family: str = "", device: str = "") -> str | None:
     m = re.search(r"Design uses (\d+) (\w+) BELs?, but device only has (\d+)", log) or \
         re.search(r"[Dd]esign uses (\d+) ([A-Z0-9_]+).*?only has (\d+)", log)
     if m:
         used, kind, avail = int(m.group(1)), m.group(2), int(m.group(3))
         return f"needs {used} {kind}, the device has {avail} ({used - avail} too many, {100 * used / avail:.0f}%)"
+    m = re.search(r"Failed to expand region .* of (\d+) (\w+)", log)
+    if m:
+        used, kind, avail = int(m.group(1)), m.group(2), CAPACITY.get((family, device), {}).get("lut")
+        return f"needs {used} {kind}" + (f", the device has {avail} ({used - avail} too many, "
+                                         f"{100 * used / avail:.0f}%)" if avail else "")
     return None
+
+
+def copy_sources(design: Design, work: Path) -> list[str]:
+    """Copy the design's Verilog into ``work``; their names relative to it (the WebAssembly tools' view)."""
+    work.mkdir(parents=True, exist_ok=True)
+    for f in design.files:
+        shutil.copy(f, work / Path(f).name)
+    return [Path(f).name for f in design.files]
 
 
 def synthesise(design: Design, work_dir, *, family: str, device: str, package: str, speed: str | None = None,
@@ -144,11 +162,7 @@ def synthesise(design: Design, work_dir, *, family: str, device: str, package: s
         raise ConfigError(f"family '{family}': expected one of {', '.join(FAMILIES)}")
     fam = FAMILIES[family]
     work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    sources = []
-    for f in design.files:
-        shutil.copy(f, work / Path(f).name)
-        sources.append(Path(f).name)
+    sources = copy_sources(design, work)
     wrapper = wrapper_verilog(design)
     top = design.top
     if wrapper:
@@ -175,9 +189,9 @@ def synthesise(design: Design, work_dir, *, family: str, device: str, package: s
     proc = _run(cmd, work, "nextpnr.log")
     if proc.returncode:
         log = (work / "nextpnr.log").read_text()
-        if "no BELs remaining" in log or "Design uses" in log:
+        if any(m in log for m in _NO_FIT):
             raise SynthesisError(f"{design.top} does not fit {family} {device} ({package}) after packing: "
-                                 f"{_doesnt_fit(log) or next((x for x in log.splitlines() if 'ERROR' in x), '?')[:200]}")
+                                 f"{_doesnt_fit(log, family, device) or next((x for x in log.splitlines() if 'ERROR' in x), '?')[:200]}")
         errors = [line for line in log.splitlines() if line.startswith("ERROR")] or log.strip().splitlines()[-1:]
         raise SynthesisError(f"{work / 'nextpnr.log'}: nextpnr failed: {errors[0][:300] if errors else '?'}")
     t_pnr = time.time() - t0 - t_synth

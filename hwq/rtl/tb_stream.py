@@ -18,10 +18,15 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 
 import cocotb
 from cocotb.clock import Clock
+from cocotb.simtime import get_sim_time
 from cocotb.triggers import FallingEdge, RisingEdge
+
+#: Clock period of the bench in ns (only simulated time: cycles are what is measured).
+PERIOD_NS = 10
 
 
 async def _count(dut, clock: dict) -> None:
@@ -50,6 +55,11 @@ async def _drive(dut, beats: list[int], p_gap: float, rng: random.Random) -> Non
     dut.s_axis_tvalid.value = 0
 
 
+def _unsigned(value) -> int:
+    """A port's value as an unsigned integer; a 1-bit port reads as a ``Logic``, which has no ``to_unsigned``."""
+    return int(value.to_unsigned()) if hasattr(value, "to_unsigned") else int(value)
+
+
 async def _collect(dut, n_beats: int, p_stall: float, rng: random.Random, clock: dict) -> list[tuple[int, int]]:
     """Read n_beats from m_axis with random back-pressure; each beat with the cycle it was taken in."""
     got = []
@@ -58,7 +68,7 @@ async def _collect(dut, n_beats: int, p_stall: float, rng: random.Random, clock:
         ready = 0 if rng.random() < p_stall else 1
         dut.m_axis_tready.value = ready
         if ready and int(dut.m_axis_tvalid.value):
-            got.append((int(dut.m_axis_tdata.value.to_unsigned()), clock["now"]))
+            got.append((_unsigned(dut.m_axis_tdata.value), clock["now"]))
     await FallingEdge(dut.clk)
     dut.m_axis_tready.value = 0
     return got
@@ -83,9 +93,10 @@ async def _phase(dut, job, images, expected, p_gap, p_stall, rng, label):
 async def stream_matches_reference(dut):
     """Every output beat equals the reference, free-running and under random back-pressure."""
     job = json.loads(open(os.environ["HWQ_TB_JOB"]).read())
+    started = time.perf_counter()   # wall time of the bench itself: the simulator's speed without its startup
     images, expected = job["inputs"], job["expected"]
     rng = random.Random(job.get("seed", 0))
-    Clock(dut.clk, 10, unit="ns").start()
+    Clock(dut.clk, PERIOD_NS, unit="ns").start()
     dut.s_axis_tvalid.value = 0
     dut.m_axis_tready.value = 0
     dut.rst.value = 1
@@ -102,5 +113,9 @@ async def stream_matches_reference(dut):
     if job.get("p_stall", 0) or job.get("p_gap", 0):
         await _phase(dut, job, images, expected, job.get("p_gap", 0), job.get("p_stall", 0), rng, "back-pressure")
         result["back_pressure"] = {"p_gap": job.get("p_gap", 0), "p_stall": job.get("p_stall", 0)}
+    # all cycles of both phases and the reset, for the simulator's speed (cycles per second of wall time)
+    result["cycles_simulated"] = int(get_sim_time("ns") // PERIOD_NS)
+    result["bench_seconds"] = round(time.perf_counter() - started, 3)
+    result["cycles_per_second"] = round(result["cycles_simulated"] / max(result["bench_seconds"], 1e-3))
     with open(job["result"], "w") as f:
         json.dump(result, f)
