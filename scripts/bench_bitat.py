@@ -33,6 +33,7 @@ METHODS = {
     "bitat_no_transform": ("bitat", {"bitat_transform": "none"}, True),
     "bitat_no_importance": ("bitat", {"bitat_importance": False}, True),
     "bitat_no_progressive": ("bitat", {"bitat_progressive": False}, True),
+    "bitat_importance_codes": ("bitat", {"bitat_codes": "importance"}, True),
 }
 SUITES = {
     # model, dataset, model options, batch size: CIFAR-10 uses 200 so a small backbone keeps a GPU busy.

@@ -53,6 +53,7 @@ def _train_steps(model, digits, steps, epochs=1, lr=0.05, check=None):
             loss.backward()
             optimizer.step()
             clip_latent_weights(model)
+            call_hooks(model, "hwq_after_step")
             if check is not None:
                 check(model)
 
@@ -119,6 +120,61 @@ def test_penalty_moves_latent_weights_towards_their_binary_codes():
         layer.hwq_extra_loss().backward()
         optimizer.step()
     assert float(layer.hwq_extra_loss().detach()) < 0.5 * first
+
+
+def _correlated_layer_problem(seed=0, rows=16, n=48):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(1, rows, n, generator=g)
+    x = torch.randn(3000, n, generator=g) @ (0.3 * torch.randn(n, n, generator=g)) + torch.randn(n, generator=g)
+    u, lam = T.eigenbasis((x.T @ x / len(x)).unsqueeze(0))
+    return w, u, lam
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_importance_aware_codes_lose_less_than_signs(seed):
+    w, u, lam = _correlated_layer_problem(seed)
+    s = T.importance_from_eigenvalues(lam, 0.5, 0.05, 20.0)
+    codes = T.importance_aware_codes(w, u, s)
+    assert set(codes.unique().tolist()) == {-1.0, 1.0}
+    signs = T.binary_codes(w)
+    assert bool((codes != signs).any())
+    assert float(T.weighted_code_error(w, codes, u, s)) < 0.95 * float(T.weighted_code_error(w, signs, u, s))
+
+
+def test_importance_aware_codes_without_importance_are_signs():
+    w, u, _ = _correlated_layer_problem()
+    assert torch.equal(T.importance_aware_codes(w, u, torch.ones(1, w.shape[-1])), T.binary_codes(w))
+
+
+def test_a_layer_switches_to_its_importance_aware_codes():
+    model = _model(bitat_progressive=False, bitat_codes="importance")
+    model.train()
+    layer = bitat_layers(model)[0]
+    layer.observe(torch.rand(512, 64))
+    before = layer.grouped_weight().detach().clone()
+    call_hooks(model, "hwq_on_epoch_start", 0, 1)            # the switch: basis, importance, then the codes
+    expected = T.importance_aware_codes(before, layer.transform_basis().detach(), layer.importance().detach())
+    assert torch.equal(T.binary_codes(layer.grouped_weight().detach()), expected)
+    assert not torch.equal(expected, T.binary_codes(before))
+    after = layer.weight.detach().clone()
+    layer.hwq_after_step()                                   # codes_every = 0: only at the switch
+    assert torch.equal(layer.weight.detach(), after)
+
+
+def test_deployed_signs_are_the_importance_aware_codes_after_a_refresh(digits):
+    model = _model(bitat_progressive=False, bitat_codes="importance", bitat_codes_every=1)
+    _train_steps(model, digits, steps=3)
+    layer = bitat_layers(model)[0]
+    w = layer.grouped_weight().detach().clone()
+    expected = T.importance_aware_codes(w, layer.transform_basis().detach(), layer.importance().detach())
+    layer.hwq_after_step()     # codes_every = 1: re-applied after this step
+    assert torch.equal(T.binary_codes(layer.grouped_weight().detach()), expected)
+    assert torch.allclose(layer.grouped_weight().detach().abs(), w.abs().clamp_min(1e-6))   # magnitudes kept
+    sign_model = _model(bitat_progressive=False)                          # default: bitat_codes = sign
+    _train_steps(sign_model, digits, steps=1)
+    before = bitat_layers(sign_model)[0].weight.detach().clone()
+    bitat_layers(sign_model)[0].hwq_after_step()
+    assert torch.equal(bitat_layers(sign_model)[0].weight.detach(), before)   # the sign ablation never re-signs
 
 
 # --- the schedule --------------------------------------------------------------------------------------------
@@ -190,6 +246,8 @@ def test_bad_options_name_the_field():
         _model(bitat_transform="svd")
     with pytest.raises(ConfigError, match="bitat_importance"):
         _model(bitat_importance="yes")
+    with pytest.raises(ConfigError, match="bitat_codes"):
+        _model(bitat_codes="round")
     with pytest.raises(ConfigError, match="wbits"):
         build_model(ModelSpec("tfc", 2, 1, quant="bitat", image_shape=DIGITS_SHAPE))
 
@@ -229,3 +287,10 @@ def test_export_is_a_plain_w1a1_network_equal_to_the_trained_one(tmp_path, model
     images = Dataset.to_float(load_dataset("digits").test_x[:200]).reshape(200, *trained.input_shape)
     with torch.no_grad():
         assert torch.equal(plain(images), trained(images))
+
+    if model_name == "tfc":     # and FINN builds it like any binary network, both gates passing
+        from hwq.dataflow import BuildConfig, run_build
+
+        manifest = run_build(run, BuildConfig(board="pynq-z2", verify_samples=10), progress=False)
+        assert manifest["status"] == "done" and manifest["estimates"]["total"]["estimated_fps"] > 0
+        assert manifest["bit_exact"]["passed"] and manifest["integer_range"]["passed"]

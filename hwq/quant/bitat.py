@@ -8,7 +8,12 @@ any other) that also carries, for training only:
   rotated further by a learned Cayley transform, ``bitat_transform: cayley``);
 * an importance vector ``s > 0`` (softplus, mean 1), initialised from the eigenvalues when the layer is binarized
   and trained with the task loss through a zero-valued probe (see :meth:`_BiTATWeights._probe`);
-* the importance-weighted binarization penalty ``(w - alpha b)^T U diag(s) U^T (w - alpha b)``.
+* the importance-weighted binarization penalty ``(w - alpha b)^T U diag(s) U^T (w - alpha b)``;
+* optionally (``bitat_codes: importance``; default ``sign``), importance-aware codes: when a layer switches to
+  binary, its latent weights are re-signed to the binary codes that keep that weighted error small (GPTQ-style
+  error feedback, :func:`hwq.quant.bitat_transform.importance_aware_codes`), so the layer starts from the
+  binarization that loses least of the full-precision weights' information in the important directions
+  (``bitat_codes_every``: k > 0 re-applies them every k steps).
 
 Layers (and the activation after each) start in full precision and switch to binary bottom-to-top, epoch by
 epoch (:mod:`hwq.train.progressive`), never back. Decisions and ablations: ``docs/bitat.md``.
@@ -37,6 +42,7 @@ if TYPE_CHECKING:
     from hwq.train.progressive import ProgressivePlan
 
 TRANSFORMS = ("eigen", "cayley", "none")
+CODES = ("importance", "sign")
 #: Weight of the running average of ``E[x x^T]`` given to each new batch.
 CORR_MOMENTUM = 0.1
 
@@ -55,11 +61,11 @@ class _BiTATWeights:
     """Mixin for a Brevitas binary weight layer; ``_setup`` after the layer's own ``__init__``."""
 
     def _setup(self, groups: int, n: int, unit: _Unit, transform: str, importance: bool, penalty: float,
-               power: float) -> None:
+               power: float, codes: str = "sign", codes_every: int = 0) -> None:
         rows = self.weight.shape[0] // groups
         self.bitat_groups, self.bitat_rows, self.bitat_n = groups, rows, n
         self._unit, self.transform, self.penalty_weight, self.importance_power = unit, transform, penalty, power
-        self.use_importance = importance
+        self.use_importance, self.codes, self.codes_every = importance, codes, codes_every
         # Buffers, so a checkpoint resumes the schedule and the statistics exactly.
         self.register_buffer("binary", torch.tensor(False))
         self.register_buffer("corr", torch.zeros(groups, n, n))
@@ -68,6 +74,7 @@ class _BiTATWeights:
         #: False until the basis and importance were initialised from real inputs (a layer may switch to binary
         #: before it has seen any: then the first training batch after the switch initialises them).
         self.register_buffer("transform_ready", torch.tensor(False))
+        self.register_buffer("steps_binary", torch.tensor(0))   # optimizer steps since the switch
         self.importance_raw = nn.Parameter(T.inverse_softplus(torch.ones(groups, n)), requires_grad=importance)
         if transform == "cayley":
             self.rotation_raw = nn.Parameter(torch.zeros(groups, n, n))
@@ -128,6 +135,18 @@ class _BiTATWeights:
             s = T.importance_from_eigenvalues(lam, self.importance_power, floor=0.05, ceil=20.0)
             self.importance_raw.copy_(T.inverse_softplus(s))
         self.transform_ready.fill_(True)
+        if self.codes == "importance":
+            self.apply_importance_codes()
+
+    @torch.no_grad()
+    def apply_importance_codes(self) -> None:
+        """Re-sign the latent weights (magnitudes kept) to the importance-aware binary codes, so the deployed
+        ``sign(W)`` is the binarization that loses least of the current weights under ``U diag(s) U^T``."""
+        if not self.use_importance:
+            return  # s = 1: the metric is the identity and the codes are the signs
+        w = self.grouped_weight().detach()
+        codes = T.importance_aware_codes(w, self.transform_basis().detach(), self.importance().detach())
+        self.weight.copy_((w.abs().clamp_min(1e-6) * codes).reshape(self.weight.shape))
 
     # --- hooks called by the train loop ------------------------------------------------------------------
     def hwq_on_epoch_start(self, epoch: int, epochs: int) -> None:
@@ -136,6 +155,16 @@ class _BiTATWeights:
                 self.binarize()
         elif self.transform == "eigen" and bool(self.transform_ready):
             self.refresh_basis()  # follow the inputs as the layers below keep training
+
+    @torch.no_grad()
+    def hwq_after_step(self) -> None:
+        """With ``codes_every = k > 0``, also re-apply the importance-aware codes every k steps of a binary layer."""
+        if not bool(self.binary):
+            return
+        self.steps_binary += 1
+        if self.codes == "importance" and self.codes_every and bool(self.transform_ready) \
+                and int(self.steps_binary) % self.codes_every == 0:
+            self.apply_importance_codes()
 
     def hwq_extra_loss(self) -> torch.Tensor:
         """``penalty_weight *`` the importance-weighted binarization error (zero before the switch)."""
@@ -218,7 +247,9 @@ class BiTATAct(nn.Module):
 class BiTATFamily(UniformFamily):
     """W1A1 only. Options (``--option KEY=VALUE``): ``bitat_transform`` eigen|cayley|none,
     ``bitat_importance`` (false: s = 1), ``bitat_progressive`` (false: all binary at once), ``bitat_penalty``
-    (weight of the penalty), ``bitat_importance_power``, ``bitat_final``, ``bitat_warmup``, ``bitat_stages``."""
+    (weight of the penalty), ``bitat_importance_power``, ``bitat_final``, ``bitat_warmup``, ``bitat_stages``,
+    ``bitat_codes`` importance|sign (how a layer's signs are chosen at its switch), ``bitat_codes_every`` (steps;
+    0: only at the switch)."""
 
     name = "bitat"
     weight_bits = (1,)
@@ -237,6 +268,10 @@ class BiTATFamily(UniformFamily):
         self.use_importance = _flag(o, "bitat_importance", True)
         self.penalty = _number(o, "bitat_penalty", 1e-2)
         self.power = _number(o, "bitat_importance_power", 0.5)
+        self.codes = o.get("bitat_codes", "sign")
+        if self.codes not in CODES:
+            raise ConfigError(f"model_options.bitat_codes: expected one of {', '.join(CODES)}, got '{self.codes}'")
+        self.codes_every = int(_number(o, "bitat_codes_every", 0))
         self.plan = ProgressivePlan(
             enabled=_flag(o, "bitat_progressive", True), final_fraction=_number(o, "bitat_final", 0.25),
             warmup_fraction=_number(o, "bitat_warmup", 0.0), stages=o.get("bitat_stages"),
@@ -251,7 +286,7 @@ class BiTATFamily(UniformFamily):
 
     def _settings(self) -> dict:
         return dict(transform=self.transform, importance=self.use_importance, penalty=self.penalty,
-                    power=self.power)
+                    power=self.power, codes=self.codes, codes_every=self.codes_every)
 
     def linear(self, in_features: int, out_features: int, bits: int) -> nn.Module:
         layer = BiTATLinear(in_features, out_features, bias=False, weight_quant=to_injector(self.weight_spec(bits)))

@@ -117,15 +117,52 @@ def binary_codes(w: torch.Tensor) -> torch.Tensor:
 
 
 def weighted_binarization_error(w: torch.Tensor, u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """Mean over groups and rows of ``(w - alpha b)^T U diag(s) U^T (w - alpha b)``.
+    """Mean over groups and rows of ``(w - alpha b)^T U diag(s) U^T (w - alpha b)`` with ``b = sign(w)``.
 
-    ``w``: ``(G, rows, n)``; ``u``: ``(G, n, n)``; ``s``: ``(G, n)``. ``b = sign(w)`` and the per-row scale
+    ``w``: ``(G, rows, n)``; ``u``: ``(G, n, n)``; ``s``: ``(G, n)``. ``b`` and the per-row scale
     ``alpha = w^T M b / b^T M b`` (the best scale under the metric ``M``; a BatchNorm follows every binary layer and
     absorbs it) are constants, so the gradient only moves ``w`` towards ``alpha b`` along the important directions.
     """
-    b = binary_codes(w).detach()
+    return weighted_code_error(w, binary_codes(w), u, s)
+
+
+def weighted_code_error(w: torch.Tensor, b: torch.Tensor, u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """:func:`weighted_binarization_error` for given codes ``b`` (``+-1``, same shape as ``w``)."""
+    b = b.detach()
     wu, bu = w @ u, b @ u                                  # coordinates in the transformed basis
     sw = s.unsqueeze(1)
     alpha = ((wu * sw * bu).sum(-1, keepdim=True) / (bu * sw * bu).sum(-1, keepdim=True).clamp_min(1e-12)).detach()
     ru = wu - alpha * bu
     return (sw * ru * ru).sum(-1).mean()
+
+
+def importance_aware_codes(w: torch.Tensor, u: torch.Tensor, s: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+    """Binary codes chosen to keep the importance-weighted error ``(w - alpha b)^T M (w - alpha b)`` small,
+    ``M = U diag(s) U^T``: GPTQ's error feedback (Frantar et al., 2023) on the binary grid ``{-alpha, +alpha}``.
+
+    Columns are binarized one at a time, the most important first (largest ``M_ii``); each column's error is spread
+    over the columns not yet binarized through the Cholesky factor of ``M^-1``, so a weight whose sign matters
+    little on its own may flip to compensate for its neighbours. ``alpha`` = mean ``|w|`` per row; ``damp`` times
+    the mean of ``diag(M)`` is added to the diagonal (``M`` may be near singular). With ``M = I`` (no importance)
+    nothing is compensated and the codes are ``sign(w)``.
+
+    ``w``: ``(G, rows, n)``, ``u``: ``(G, n, n)``, ``s``: ``(G, n)``; returns ``+-1`` codes shaped like ``w``.
+    """
+    g, rows, n = w.shape
+    w64, m = w.double(), (u.double() * s.double().unsqueeze(1)) @ u.double().transpose(1, 2)
+    order = torch.argsort(torch.diagonal(m, dim1=1, dim2=2), dim=-1, descending=True)
+    m = torch.gather(torch.gather(m, 1, order.unsqueeze(-1).expand(g, n, n)), 2, order.unsqueeze(1).expand(g, n, n))
+    work = torch.gather(w64, 2, order.unsqueeze(1).expand(g, rows, n)).clone()
+    eye = torch.eye(n, dtype=m.dtype, device=m.device)
+    m = m + damp * torch.diagonal(m, dim1=1, dim2=2).mean(-1)[:, None, None] * eye
+    chol = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(m)), upper=True)
+    alpha = w64.abs().mean(-1)                                # (G, rows)
+    codes = torch.empty_like(work)
+    for i in range(n):
+        b = binary_codes(work[:, :, i])
+        codes[:, :, i] = b
+        err = (work[:, :, i] - alpha * b) / chol[:, i, i].unsqueeze(-1)
+        work[:, :, i + 1:] -= err.unsqueeze(-1) * chol[:, i, i + 1:].unsqueeze(1)
+    out = torch.empty_like(codes)
+    out.scatter_(2, order.unsqueeze(1).expand(g, rows, n), codes)
+    return out.to(w.dtype)

@@ -99,7 +99,8 @@ def call_hooks(model: nn.Module, hook: str, *args: Any) -> list[Any]:
 
     Two hooks let quantizer families shape training without a loop of their own:
     ``hwq_on_epoch_start(epoch, epochs)`` (e.g. a progressive schedule) and
-    ``hwq_extra_loss() -> Tensor`` (e.g. a regulariser), added to the loss of every step.
+    ``hwq_extra_loss() -> Tensor`` (e.g. a regulariser), added to the loss of every step, and
+    ``hwq_after_step()`` (e.g. a projection of the latent weights), after every optimizer step.
     """
     return [getattr(module, hook)(*args) for module in model.modules() if hasattr(module, hook)]
 
@@ -223,6 +224,7 @@ def run_train(
                 loss.backward()
                 optimizer.step()
                 clip_latent_weights(model)
+                call_hooks(model, "hwq_after_step")
                 loss_sum += float(loss.detach()) * len(idx)
                 correct += int((logits.argmax(1) == train_y[idx]).sum())
                 bar.update(task, advance=1)
