@@ -73,3 +73,22 @@ def test_fastest_folding_on_ecp5_85f(exported_tfc_w1a1, tmp_path):
     """The pynq-z2 fastest folding (8 cycles per image) on the ULX3S: minutes of Yosys and nextpnr."""
     m = run_open_build(exported_tfc_w1a1, OpenBuildConfig(board="ulx3s-85f", out_dir=str(tmp_path / "b")))
     assert m["simulation"]["cycles_per_image"] == 8 and m["measured"]["fps"] > 1e6
+
+
+def test_n2uq_learned_thresholds_simulate_bit_exact(tmp_path):
+    """N2UQ's learned, non-uniform thresholds (absorbed into the MVAUs by FINN) through generation and simulation."""
+    from hwq.export import run_export
+    from hwq.train import TrainConfig, run_train
+
+    run = tmp_path / "n2uq"
+    run_train(TrainConfig(model="tfc", dataset="digits", quant="n2uq", wbits=2, abits=2, epochs=2, lr=0.01), run,
+              progress=False)
+    run_export(run)
+    m = run_open_build(run, OpenBuildConfig(board="ulx3s-85f", synthesise=False, verify_samples=10))
+    sim = m["simulation"]
+    assert m["status"] == "done" and sim["bit_exact"] and sim["n"] == 10
+    assert sim["cycles_per_image"] == sim["folding_bound_cycles"]
+    layers = layers_from_model(ModelWrapper(str(_step_file(run / "build-ulx3s-85f" / "finn-build",
+                                                           "correct_datatypes"))))
+    gaps = [np.diff(layer.thresholds, axis=-1) for layer in layers if getattr(layer, "thresholds", None) is not None]
+    assert gaps and any(len(np.unique(g)) > 1 for g in gaps)        # not a uniform quantizer's evenly spaced steps
