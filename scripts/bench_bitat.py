@@ -34,6 +34,7 @@ METHODS = {
     "bitat_no_importance": ("bitat", {"bitat_importance": False}, True),
     "bitat_no_progressive": ("bitat", {"bitat_progressive": False}, True),
     "bitat_importance_codes": ("bitat", {"bitat_codes": "importance"}, True),
+    "bitat_no_penalty": ("bitat", {"bitat_penalty": 0}, True),
 }
 SUITES = {
     # model, dataset, model options, batch size: CIFAR-10 uses 200 so a small backbone keeps a GPU busy.
