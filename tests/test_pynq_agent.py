@@ -47,14 +47,9 @@ def test_standin_overlay_packs_like_finn_and_matches_hw_graph(build_model):
 
 def test_accuracy_through_agent_equals_host_model(build_model, digits_tfc_build, tmp_path):
     _, accel = _agent(build_model)
-    link, stop, thread = agent_thread(accel, name="pynq-standin")
-    try:
+    with agent_thread(accel, name="pynq-standin") as link:
         report = run_measure(MeasureConfig(port=link.path, mode="accuracy", build_dir=str(digits_tfc_build),
                                            out_dir=str(tmp_path), samples=30, timeout_s=5.0))
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        link.close()
     s = report["summary"]
     assert report["device"]["name"] == "pynq-standin"
     assert s["samples"] == 30 and s["agreement"] == 1.0 and s["device_accuracy"] == s["host_accuracy"] > 0.7
@@ -62,14 +57,9 @@ def test_accuracy_through_agent_equals_host_model(build_model, digits_tfc_build,
 
 def test_performance_windows_time_the_dma_runs(build_model, digits_tfc_build, tmp_path):
     overlay, accel = _agent(build_model, max_batch=256)
-    link, stop, thread = agent_thread(accel)
-    try:
+    with agent_thread(accel) as link:
         report = run_measure(MeasureConfig(port=link.path, mode="performance", build_dir=str(digits_tfc_build),
                                            out_dir=str(tmp_path), min_window_s=0.2, timeout_s=10.0))
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        link.close()
     assert report["status"] == "done" and len(report["windows"]) == 5
     n_total = sum(w["n"] for w in report["windows"])
     assert overlay.runs >= n_total / 256            # every timed inference went through execute_on_buffers
@@ -94,14 +84,9 @@ def test_energy_mode_reads_the_agents_rails(build_model, digits_tfc_build, tmp_p
     overlay = StandInOverlay(build_model)
     power = PowerModel.from_manifest(build_model.manifest)
     accel = OverlayAccelerator(overlay, num_classes=10, rails=PynqRails(standin_rails(overlay, power), 0.005))
-    link, stop, thread = agent_thread(accel)
-    try:
+    with agent_thread(accel) as link:
         report = run_measure(MeasureConfig(port=link.path, mode="energy", power="rails", out_dir=str(tmp_path),
                                            build_dir=str(digits_tfc_build), min_window_s=0.2, timeout_s=10.0))
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        link.close()
     s = report["summary"]
     assert report["status"] == "done" and s["windows"] == 5
     assert power.total_mw(False) <= s["average_power_median_mW"] <= power.total_mw(True)
@@ -112,8 +97,7 @@ def test_energy_mode_reads_the_agents_rails(build_model, digits_tfc_build, tmp_p
 
 def test_overlay_failure_is_an_error_reply_and_the_agent_survives(build_model):
     overlay, accel = _agent(build_model, fail_runs=(2,))
-    link, stop, thread = agent_thread(accel)
-    try:
+    with agent_thread(accel) as link:
         with Device.open(link.path, timeout_s=5.0) as dut:
             data = bytes(build_model.input_bytes)
             dut.load(data)
@@ -125,10 +109,6 @@ def test_overlay_failure_is_an_error_reply_and_the_agent_survives(build_model):
             dut.load(bytes(3))                                    # a wrong-sized input: answered, not run
             assert any("the accelerator takes" in line for line in dut.link.command("infer 1 0"))
             assert dut.name() == "hwq-pynq"
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        link.close()
 
 
 def test_window_edges_toggle_the_marker(build_model):

@@ -252,14 +252,20 @@ def run_agent(accelerator, link, name: str = "hwq-pynq", stop: threading.Event |
     serve_link(link.read, handle, stop)
 
 
-def agent_thread(accelerator, name: str = "hwq-pynq") -> tuple[PtyLink, threading.Event, threading.Thread]:
-    """The agent on a fresh pty in a thread (a dry run on a PC, and the tests): ``(link, stop, thread)``; a host
-    opens ``link.path``."""
+@contextmanager
+def agent_thread(accelerator, name: str = "hwq-pynq") -> Iterator[PtyLink]:
+    """The agent on a fresh pty in a thread for the ``with`` body (a dry run on a PC, and the tests); a host opens
+    the yielded link's ``path``. Leaving the body stops the agent and closes the pty."""
     link, stop = PtyLink(), threading.Event()
     thread = threading.Thread(target=run_agent, args=(accelerator, link, name, stop), daemon=True,
                               name=f"pynq agent {link.path}")
     thread.start()
-    return link, stop, thread
+    try:
+        yield link
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        link.close()
 
 
 @dataclass(frozen=True)
