@@ -97,10 +97,15 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/bench-bitat")
     parser.add_argument("--results", default="benchmarks/bitat")
     parser.add_argument("--limit-note", dest="note", default="", help="free text stored with the results")
+    parser.add_argument("--collect", action="store_true",
+                        help="train nothing: tabulate the runs already under --runs (finished or not)")
     args = parser.parse_args()
     suites = [s for s in args.suites.split(",") if s]
     methods = [m for m in args.methods.split(",") if m]
     runs = Path(args.runs)
+    if args.collect:
+        write_results(collect(args, suites, methods, runs, {}, None), Path(args.results))
+        return
 
     from hwq.data import load_dataset
     for suite in suites:  # decode/cache the data once, before parallel processes race to do it
@@ -123,43 +128,65 @@ def main() -> None:
         for done in [pool.submit(pipeline, suite, pool) for suite in suites]:
             done.result()
 
+    results = collect(args, suites, methods, runs, seconds, round(time.perf_counter() - started, 1))
+    write_results(results, Path(args.results))
+
+
+def collect(args, suites: list[str], methods: list[str], runs: Path, seconds: dict[str, float],
+            wall_seconds: float | None) -> dict:
+    """The results table from the runs' ``metrics.json`` (written after every epoch), so a benchmark cut short
+    still reports what it measured: an unfinished run is marked ``complete: false`` with its epoch count."""
     results = {"benchmark": "BiTAT W1A1 vs full precision vs plain binarization", "note": args.note,
                "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "args": vars(args),
-               "wall_seconds": round(time.perf_counter() - started, 1), "suites": {},
-               "machine": _machine(args.device)}
+               "wall_seconds": wall_seconds, "suites": {}, "machine": _machine(args.device)}
     for suite in suites:
         rows = {}
         for method in ["fp", *methods]:
-            metrics = json.loads((runs / suite / method / "metrics.json").read_text())
-            rows[method] = {"test_acc": metrics["test_acc"], "epochs": metrics["epochs"],
-                            "seconds": round(seconds[f"{suite}/{method}"], 1),
-                            "history_test_acc": [h["test_acc"] for h in metrics["history"]]}
-            if args.export and method.startswith("bitat"):
+            path = runs / suite / method / "metrics.json"
+            if not path.exists():
+                continue
+            metrics = json.loads(path.read_text())
+            planned = args.fp_epochs if method == "fp" else args.epochs
+            history = metrics["history"]
+            rows[method] = {"test_acc": metrics["test_acc"], "epochs": len(history), "epochs_planned": planned,
+                            "complete": len(history) == planned,
+                            "seconds": round(seconds.get(f"{suite}/{method}",
+                                                         sum(h["seconds"] for h in history)), 1),
+                            "history_test_acc": [h["test_acc"] for h in history]}
+            if args.export and method.startswith("bitat") and rows[method]["complete"]:
                 from hwq.export import run_export
                 rows[method]["export"] = run_export(runs / suite / method)["verification"]
-        fp, plain = rows["fp"]["test_acc"], rows.get("plain", {}).get("test_acc")
+        fp, plain = rows.get("fp", {}).get("test_acc"), rows.get("plain", {}).get("test_acc")
         for row in rows.values():  # the claim: BiTAT recovers most of the gap between plain and full precision
-            row["gap_recovered"] = (None if plain is None or fp == plain
+            row["gap_recovered"] = (None if fp is None or plain is None or fp == plain
                                     else round((row["test_acc"] - plain) / (fp - plain), 3))
         results["suites"][suite] = {"model": SUITES[suite][0], "dataset": SUITES[suite][1], "rows": rows}
+    return results
 
-    out = Path(args.results)
+
+def write_results(results: dict, out: Path) -> None:
+    from hwq._io import write_atomic
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(results))
+    write_atomic(out.with_suffix(".json"), lambda p: p.write_text(json.dumps(results, indent=2) + "\n"))
+    write_atomic(out.with_suffix(".md"), lambda p: p.write_text(markdown(results)))
     print(markdown(results))
 
 
 def markdown(results: dict) -> str:
-    lines = [f"Command: `{results['command']}` ({results['machine']['device_name']}, "
-             f"{results['wall_seconds']} s wall)", ""]
+    wall = "cut short" if results["wall_seconds"] is None else f"{results['wall_seconds']} s wall"
+    lines = [f"Command: `{results['command']}` ({results['machine']['device_name']}, {wall})", ""]
+    if results.get("note"):
+        lines += [results["note"], ""]
     for suite, data in results["suites"].items():
         lines += [f"### {data['model']} on {data['dataset']}", "",
                   "| method | test top-1 % | gap recovered (plain = 0, fp = 1) | epochs | seconds |",
                   "| --- | --- | --- | --- | --- |"]
         for method, row in data["rows"].items():
-            gap = "-" if row["gap_recovered"] is None else f"{row['gap_recovered']:.2f}"
-            lines.append(f"| {method} | {100 * row['test_acc']:.2f} | {gap} | {row['epochs']} | {row['seconds']} |")
+            # An unfinished BiTAT run may not be binary yet: its gap would compare a partly float network.
+            gap = "-" if row["gap_recovered"] is None or not row["complete"] else f"{row['gap_recovered']:.2f}"
+            epochs = f"{row['epochs']}" if row["complete"] else f"{row['epochs']}/{row['epochs_planned']} (unfinished)"
+            lines.append(f"| {method} | {100 * row['test_acc']:.2f} | {gap} | {epochs} | {row['seconds']} |")
         lines.append("")
     return "\n".join(lines)
 

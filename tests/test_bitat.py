@@ -241,6 +241,57 @@ def test_ablation_no_importance_fixes_s_to_one(digits):
         assert id(layer.importance_raw) not in params
 
 
+def test_coordinate_basis_shortcut_equals_the_dense_identity():
+    """``u = None`` (no n x n products) computes what ``U = I`` computes, for the metric, penalty and codes."""
+    torch.manual_seed(3)
+    w, s = torch.randn(2, 4, 9), T.normalized_importance(torch.randn(2, 9))
+    eye = torch.eye(9).expand(2, 9, 9)
+    assert torch.allclose(T.apply_metric(w, None, s), T.apply_metric(w, eye, s), atol=1e-6)
+    assert float(T.weighted_binarization_error(w, None, s)) == pytest.approx(
+        float(T.weighted_binarization_error(w, eye, s)), rel=1e-5)
+    assert torch.equal(T.importance_aware_codes(w, None, s), T.importance_aware_codes(w, eye, s))
+    x = torch.randn(2, 9, 50)
+    assert torch.allclose(T.correlation(x, diagonal=True), torch.diagonal(T.correlation(x), dim1=1, dim2=2))
+
+
+def test_layers_above_the_eigen_size_keep_the_coordinate_basis():
+    model = _model("tfc", bitat_max_eigen_dim=100)   # TFC on digits: 64 inputs, then 64-wide hidden layers
+    assert [layer.transform for layer in bitat_layers(model)] == ["eigen"] * len(bitat_layers(model))
+    model = _model("tfc", bitat_max_eigen_dim=32)
+    layers = bitat_layers(model)
+    assert all(layer.transform == "none" and layer.corr.shape == (1, layer.bitat_n) for layer in layers)
+
+
+def test_schedule_flags_survive_a_checkpoint(digits):
+    """The flags are read as Python values (no GPU sync per step) but a state dict carries them."""
+    model = _model()
+    model.train()
+    call_hooks(model, "hwq_on_epoch_start", 0, 10)   # the first layer switches
+    for _ in range(2):
+        model(Dataset.to_float(digits.train_x[:32]))
+        call_hooks(model, "hwq_after_step")
+    before = [(m.binary, m.corr_seen, m.transform_ready, m.steps_binary) for m in bitat_layers(model)]
+    assert any(b[0] for b in before) and not all(b[0] for b in before) and max(b[3] for b in before) == 2
+    fresh = _model()
+    fresh.load_state_dict(model.state_dict())
+    assert [(m.binary, m.corr_seen, m.transform_ready, m.steps_binary) for m in bitat_layers(fresh)] == before
+    assert [m.binary for m in _acts(fresh)] == [m.binary for m in _acts(model)]
+
+
+def test_mobilenet_pads_binary_depthwise_inputs_with_minus_one():
+    """A bipolar stream has no 0: the depthwise convs see -1 at the border, as the 1-bit hardware pads."""
+    net = build_model(ModelSpec("mobilenet_tiny", 1, 1, quant="uniform", image_shape=DIGITS_SHAPE,
+                                options={"width": 0.5}))
+    pads = [m for m in net.modules() if isinstance(m, torch.nn.ConstantPad2d)]
+    assert len(pads) == 3 and all(p.value == -1.0 and p.padding == (1, 1, 1, 1) for p in pads)
+    depthwise = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert len(depthwise) == 3 and all(tuple(m.padding) == (0, 0) for m in depthwise)
+    wide = build_model(ModelSpec("mobilenet_tiny", 2, 2, quant="uniform", image_shape=DIGITS_SHAPE))
+    assert all(p.value == 0.0 for p in wide.modules() if isinstance(p, torch.nn.ConstantPad2d))
+    with pytest.raises(ConfigError, match="pad_value"):
+        build_model(ModelSpec("mobilenet_tiny", 1, 1, image_shape=DIGITS_SHAPE, options={"pad_value": "minus"}))
+
+
 def test_bad_options_name_the_field():
     with pytest.raises(ConfigError, match="bitat_transform"):
         _model(bitat_transform="svd")

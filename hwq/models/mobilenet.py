@@ -8,6 +8,11 @@ three blocks. Both end with ``flatten -> linear -> TensorNorm``: flattening the 
 average pooling keeps the classifier's input binary, which FINN maps to XNOR-popcount like any binary layer.
 The stem takes the 8-bit input quantizer's output, as FINN's first layer does.
 
+The depthwise convolutions pad their input with ``model_options.pad_value``, by default -1 when activations are
+binary: a bipolar stream has no 0, and a padded 0 would make the hardware (which pads the 1-bit encoding with 0,
+i.e. -1) differ from training. Larq's ``pad_values`` makes the same choice for binary convolutions. With wider
+activations the default is 0, which their grids contain.
+
 >>> from hwq.models import ModelSpec, build_model
 >>> net = build_model(ModelSpec("mobilenet_tiny", 1, 1, image_shape=(1, 8, 8), options={"width": 0.5}))
 >>> net(torch.zeros(2, 1, 8, 8)).shape
@@ -43,7 +48,7 @@ def _scaled(channels: int, width: float) -> int:
 class MobileNet(nn.Module):
     def __init__(
         self, family: UniformFamily, wbits: int, abits: int, image_shape: tuple[int, ...], num_classes: int,
-        config: tuple, width: float, dropout: float,
+        config: tuple, width: float, dropout: float, pad_value: float,
     ) -> None:
         super().__init__()
         channels, height, width_px = image_shape
@@ -54,7 +59,8 @@ class MobileNet(nn.Module):
                                                                             abits)]
         for block_out, stride in blocks:
             block_out = _scaled(block_out, width)
-            layers += self._conv_bn_act(family, out, out, 3, stride, out, wbits, abits)        # depthwise
+            layers += [nn.ConstantPad2d(1, pad_value)]
+            layers += self._conv_bn_act(family, out, out, 3, stride, out, wbits, abits, padding=0)  # depthwise
             layers += self._conv_bn_act(family, out, block_out, 1, 1, 1, wbits, abits)         # pointwise
             out = block_out
             height, width_px = math.ceil(height / stride), math.ceil(width_px / stride)
@@ -66,8 +72,9 @@ class MobileNet(nn.Module):
 
     @staticmethod
     def _conv_bn_act(family: UniformFamily, cin: int, cout: int, k: int, stride: int, groups: int, wbits: int,
-                     abits: int) -> list[nn.Module]:
-        return [family.conv2d(cin, cout, k, wbits, stride=stride, padding=k // 2, groups=groups),
+                     abits: int, padding: int | None = None) -> list[nn.Module]:
+        padding = k // 2 if padding is None else padding
+        return [family.conv2d(cin, cout, k, wbits, stride=stride, padding=padding, groups=groups),
                 nn.BatchNorm2d(cout, eps=1e-4), family.act(abits, cout)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,16 +88,23 @@ def _width(spec: ModelSpec, default: float) -> float:
     return float(width)
 
 
+def _pad_value(spec: ModelSpec) -> float:
+    value = spec.options.get("pad_value", -1.0 if spec.abits == 1 else 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"model_options.pad_value: expected a number (-1 for binary activations), got {value!r}")
+    return float(value)
+
+
 @register_model("mobilenet")
 def _mobilenet(spec: ModelSpec, family: UniformFamily) -> nn.Module:
     if tuple(spec.image_shape[1:]) != (32, 32):
         raise ConfigError(f"model 'mobilenet' is laid out for 32x32 images (CIFAR-10); got "
                           f"{spec.image_shape[1]}x{spec.image_shape[2]}; use 'mobilenet_tiny'")
     return MobileNet(family, spec.wbits, spec.abits, spec.image_shape, spec.num_classes, MOBILENET_V1_CIFAR,
-                     _width(spec, 0.5), dropout=0.0)
+                     _width(spec, 0.5), dropout=0.0, pad_value=_pad_value(spec))
 
 
 @register_model("mobilenet_tiny")
 def _mobilenet_tiny(spec: ModelSpec, family: UniformFamily) -> nn.Module:
     return MobileNet(family, spec.wbits, spec.abits, spec.image_shape, spec.num_classes, MOBILENET_TINY,
-                     _width(spec, 1.0), dropout=0.0)
+                     _width(spec, 1.0), dropout=0.0, pad_value=_pad_value(spec))

@@ -45,6 +45,9 @@ TRANSFORMS = ("eigen", "cayley", "none")
 CODES = ("importance", "sign")
 #: Weight of the running average of ``E[x x^T]`` given to each new batch.
 CORR_MOMENTUM = 0.1
+#: Layers with more inputs than this keep the coordinate basis (``bitat_max_eigen_dim``); MobileNet's pointwise
+#: layers (at most 512 inputs) and TFC (784) are below it, its flattened classifier (8192) above.
+MAX_EIGEN_DIM = 2048
 
 
 class _Unit:
@@ -57,7 +60,31 @@ class _Unit:
         return self.plan.start_epoch(self.index, len(self.units), epochs) <= epoch
 
 
-class _BiTATWeights:
+class _HostFlags:
+    """Schedule flags read as Python values and saved as buffers (``<name>_state``) for checkpoints.
+
+    Read from a GPU buffer (``bool(buffer)``), a flag waits for the GPU to finish its queue: several such reads
+    per layer and step stalled the benchmark's processes on a shared GPU. Writes go to both (the buffer write is
+    asynchronous); loading a state dict refreshes the Python values from the buffers."""
+
+    def _register_flags(self, **defaults: bool | int) -> None:
+        self._flag_types = {name: type(value) for name, value in defaults.items()}
+        for name, value in defaults.items():
+            self.register_buffer(f"{name}_state", torch.tensor(value))
+            setattr(self, name, value)
+        self.register_load_state_dict_post_hook(_HostFlags._reload_flags)
+
+    def set_flag(self, name: str, value: bool | int) -> None:
+        setattr(self, name, value)
+        getattr(self, f"{name}_state").fill_(value)
+
+    @staticmethod
+    def _reload_flags(module: "_HostFlags", incompatible_keys) -> None:
+        for name, kind in module._flag_types.items():
+            setattr(module, name, kind(getattr(module, f"{name}_state").item()))
+
+
+class _BiTATWeights(_HostFlags):
     """Mixin for a Brevitas binary weight layer; ``_setup`` after the layer's own ``__init__``."""
 
     def _setup(self, groups: int, n: int, unit: _Unit, transform: str, importance: bool, penalty: float,
@@ -66,15 +93,15 @@ class _BiTATWeights:
         self.bitat_groups, self.bitat_rows, self.bitat_n = groups, rows, n
         self._unit, self.transform, self.penalty_weight, self.importance_power = unit, transform, penalty, power
         self.use_importance, self.codes, self.codes_every = importance, codes, codes_every
-        # Buffers, so a checkpoint resumes the schedule and the statistics exactly.
-        self.register_buffer("binary", torch.tensor(False))
-        self.register_buffer("corr", torch.zeros(groups, n, n))
-        self.register_buffer("corr_seen", torch.tensor(False))
+        # Buffers and extra state, so a checkpoint resumes the schedule and the statistics exactly.
+        # transform_ready: False until the basis and importance were initialised from real inputs (a layer may
+        # switch to binary before it has seen any: then the first training batch after the switch initialises
+        # them). steps_binary: optimizer steps since the switch.
+        self._register_flags(binary=False, corr_seen=False, transform_ready=False, steps_binary=0)
+        # The coordinate basis needs only the diagonal of E[x x^T]: (G, n) instead of (G, n, n), which on an
+        # 8192-input layer saves a 200-sample x 8192^2 product per step.
+        self.register_buffer("corr", torch.zeros(groups, n) if transform == "none" else torch.zeros(groups, n, n))
         self.register_buffer("basis", torch.eye(n).repeat(groups, 1, 1))
-        #: False until the basis and importance were initialised from real inputs (a layer may switch to binary
-        #: before it has seen any: then the first training batch after the switch initialises them).
-        self.register_buffer("transform_ready", torch.tensor(False))
-        self.register_buffer("steps_binary", torch.tensor(0))   # optimizer steps since the switch
         self.importance_raw = nn.Parameter(T.inverse_softplus(torch.ones(groups, n)), requires_grad=importance)
         if transform == "cayley":
             self.rotation_raw = nn.Parameter(torch.zeros(groups, n, n))
@@ -85,6 +112,10 @@ class _BiTATWeights:
         if self.transform == "cayley":
             return self.basis @ T.cayley(self.rotation_raw)
         return self.basis
+
+    def _metric_basis(self) -> torch.Tensor | None:
+        """``U`` for the penalty, the probe and the codes; ``None`` for the coordinate basis (``U = I``, skipped)."""
+        return None if self.transform == "none" else self.transform_basis()
 
     def importance(self) -> torch.Tensor:
         """``s`` per group, ``(G, n)``, positive with mean 1 (all ones in the no-importance ablation)."""
@@ -99,13 +130,13 @@ class _BiTATWeights:
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
         """Fold a batch of inputs into the running ``E[x x^T]``."""
-        corr = T.correlation(self._patches(x.detach().float()))
-        if not bool(self.corr_seen):
+        corr = T.correlation(self._patches(x.detach().float()), diagonal=self.transform == "none")
+        if not self.corr_seen:
             self.corr.copy_(corr)
-            self.corr_seen.fill_(True)
+            self.set_flag("corr_seen", True)
         else:
             self.corr.lerp_(corr, CORR_MOMENTUM)
-        if bool(self.binary) and not bool(self.transform_ready):
+        if self.binary and not self.transform_ready:
             self._init_transform()
 
     @torch.no_grad()
@@ -121,20 +152,20 @@ class _BiTATWeights:
     @torch.no_grad()
     def binarize(self) -> None:
         """Switch to binary (once): fix the basis from the inputs seen so far and initialise ``s`` from it."""
-        if bool(self.binary):
+        if self.binary:
             return
-        self.binary.fill_(True)
-        if bool(self.corr_seen):
+        self.set_flag("binary", True)
+        if self.corr_seen:
             self._init_transform()
 
     @torch.no_grad()
     def _init_transform(self) -> None:
-        self.basis.copy_(T.eigenbasis(self.corr, identity=self.transform == "none")[0])
-        lam = torch.diagonal(self.basis.transpose(1, 2) @ self.corr @ self.basis, dim1=1, dim2=2)
+        u, lam = T.eigenbasis(self.corr, identity=self.transform == "none")  # lam = diag(U^T C U)
+        self.basis.copy_(u)
         if self.use_importance:
             s = T.importance_from_eigenvalues(lam, self.importance_power, floor=0.05, ceil=20.0)
             self.importance_raw.copy_(T.inverse_softplus(s))
-        self.transform_ready.fill_(True)
+        self.set_flag("transform_ready", True)
         if self.codes == "importance":
             self.apply_importance_codes()
 
@@ -145,33 +176,34 @@ class _BiTATWeights:
         if not self.use_importance:
             return  # s = 1: the metric is the identity and the codes are the signs
         w = self.grouped_weight().detach()
-        codes = T.importance_aware_codes(w, self.transform_basis().detach(), self.importance().detach())
+        u = self._metric_basis()
+        codes = T.importance_aware_codes(w, None if u is None else u.detach(), self.importance().detach())
         self.weight.copy_((w.abs().clamp_min(1e-6) * codes).reshape(self.weight.shape))
 
     # --- hooks called by the train loop ------------------------------------------------------------------
     def hwq_on_epoch_start(self, epoch: int, epochs: int) -> None:
-        if not bool(self.binary):
+        if not self.binary:
             if self._unit.should_be_binary(epoch, epochs):
                 self.binarize()
-        elif self.transform == "eigen" and bool(self.transform_ready):
+        elif self.transform == "eigen" and self.transform_ready:
             self.refresh_basis()  # follow the inputs as the layers below keep training
 
     @torch.no_grad()
     def hwq_after_step(self) -> None:
         """With ``codes_every = k > 0``, also re-apply the importance-aware codes every k steps of a binary layer."""
-        if not bool(self.binary):
+        if not self.binary:
             return
-        self.steps_binary += 1
-        if self.codes == "importance" and self.codes_every and bool(self.transform_ready) \
-                and int(self.steps_binary) % self.codes_every == 0:
+        self.set_flag("steps_binary", self.steps_binary + 1)
+        if self.codes == "importance" and self.codes_every and self.transform_ready \
+                and self.steps_binary % self.codes_every == 0:
             self.apply_importance_codes()
 
     def hwq_extra_loss(self) -> torch.Tensor:
         """``penalty_weight *`` the importance-weighted binarization error (zero before the switch)."""
-        if not (self.training and bool(self.binary) and self.penalty_weight):
+        if not (self.training and self.binary and self.penalty_weight):
             return self.weight.new_zeros(())
         with torch.no_grad():  # s and U are trained by the task loss only (see docs/bitat.md)
-            u, s = self.transform_basis(), self.importance()
+            u, s = self._metric_basis(), self.importance()
         return self.penalty_weight * T.weighted_binarization_error(self.grouped_weight(), u, s)
 
     # --- forward -----------------------------------------------------------------------------------------
@@ -183,15 +215,14 @@ class _BiTATWeights:
         """
         if not (self.use_importance or self.transform == "cayley"):
             return 0.0
-        u, s = self.transform_basis(), self.importance()
-        wu = self.grouped_weight().detach() @ u
-        wm = (wu * s.unsqueeze(1)) @ u.transpose(1, 2)
+        u, s = self._metric_basis(), self.importance()
+        wm = T.apply_metric(self.grouped_weight().detach(), u, s)
         return (wm - wm.detach()).reshape(self.weight.shape)
 
     def _bitat_forward(self, x: torch.Tensor, plain_forward) -> torch.Tensor:
         if self.training:
             self.observe(x)
-        if not bool(self.binary):
+        if not self.binary:
             return self._run(x, self.weight)
         if not self.training:
             return plain_forward(x)  # the exact Brevitas path that export traces
@@ -227,20 +258,20 @@ class BiTATConv2d(_BiTATWeights, QuantConv2d):
         return self._bitat_forward(x, super().forward)
 
 
-class BiTATAct(nn.Module):
+class BiTATAct(_HostFlags, nn.Module):
     """``hardtanh`` (what ``sign`` approximates) until its unit switches, then a Brevitas binary activation."""
 
     def __init__(self, quant: nn.Module, unit: _Unit) -> None:
         super().__init__()
         self.quant, self._unit = quant, unit
-        self.register_buffer("binary", torch.tensor(False))
+        self._register_flags(binary=False)
 
     def hwq_on_epoch_start(self, epoch: int, epochs: int) -> None:
         if self._unit.should_be_binary(epoch, epochs):
-            self.binary.fill_(True)
+            self.set_flag("binary", True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quant(x) if bool(self.binary) else F.hardtanh(x)
+        return self.quant(x) if self.binary else F.hardtanh(x)
 
 
 @register_family
@@ -249,7 +280,7 @@ class BiTATFamily(UniformFamily):
     ``bitat_importance`` (false: s = 1), ``bitat_progressive`` (false: all binary at once), ``bitat_penalty``
     (weight of the penalty), ``bitat_importance_power``, ``bitat_final``, ``bitat_warmup``, ``bitat_stages``,
     ``bitat_codes`` importance|sign (how a layer's signs are chosen at its switch), ``bitat_codes_every`` (steps;
-    0: only at the switch)."""
+    0: only at the switch), ``bitat_max_eigen_dim`` (layers with more inputs keep the coordinate basis)."""
 
     name = "bitat"
     weight_bits = (1,)
@@ -272,6 +303,7 @@ class BiTATFamily(UniformFamily):
         if self.codes not in CODES:
             raise ConfigError(f"model_options.bitat_codes: expected one of {', '.join(CODES)}, got '{self.codes}'")
         self.codes_every = int(_number(o, "bitat_codes_every", 0))
+        self.max_eigen_dim = int(_number(o, "bitat_max_eigen_dim", MAX_EIGEN_DIM))
         self.plan = ProgressivePlan(
             enabled=_flag(o, "bitat_progressive", True), final_fraction=_number(o, "bitat_final", 0.25),
             warmup_fraction=_number(o, "bitat_warmup", 0.0), stages=o.get("bitat_stages"),
@@ -284,20 +316,24 @@ class BiTATFamily(UniformFamily):
         self.units.append(unit)
         return unit
 
-    def _settings(self) -> dict:
-        return dict(transform=self.transform, importance=self.use_importance, penalty=self.penalty,
+    def _settings(self, n: int) -> dict:
+        # An n x n eigendecomposition per epoch costs O(n^3): on MobileNet's flattened 8192-input classifier it
+        # took 154 s on a 2-core CPU, longer than the epoch. Such layers keep the coordinate basis (decision 11).
+        transform = "none" if n > self.max_eigen_dim else self.transform
+        return dict(transform=transform, importance=self.use_importance, penalty=self.penalty,
                     power=self.power, codes=self.codes, codes_every=self.codes_every)
 
     def linear(self, in_features: int, out_features: int, bits: int) -> nn.Module:
         layer = BiTATLinear(in_features, out_features, bias=False, weight_quant=to_injector(self.weight_spec(bits)))
-        layer._setup(1, in_features, self._new_unit(), **self._settings())
+        layer._setup(1, in_features, self._new_unit(), **self._settings(in_features))
         return self._init_weights(layer, bits)
 
     def conv2d(self, in_channels: int, out_channels: int, kernel_size: int, bits: int,
                stride: int = 1, padding: int = 0, groups: int = 1) -> nn.Module:
         layer = BiTATConv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
                             bias=False, weight_quant=to_injector(self.weight_spec(bits)))
-        layer._setup(groups, in_channels // groups * kernel_size * kernel_size, self._new_unit(), **self._settings())
+        n = in_channels // groups * kernel_size * kernel_size
+        layer._setup(groups, n, self._new_unit(), **self._settings(n))
         return self._init_weights(layer, bits)
 
     def act(self, bits: int, channels: int) -> nn.Module:
@@ -328,6 +364,6 @@ def bitat_layers(model: nn.Module) -> list[_BiTATWeights]:
 def check_deployable(model: nn.Module) -> None:
     """Raise a ConfigError unless every BiTAT layer and activation is binary (a plain W1A1 network)."""
     names = [name for name, m in model.named_modules() if isinstance(m, (_BiTATWeights, BiTATAct))
-             and not bool(m.binary)]
+             and not m.binary]
     if names:
         raise ConfigError(f"bitat: layers still in full precision ({', '.join(names)}); train for more epochs")

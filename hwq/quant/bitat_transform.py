@@ -55,20 +55,24 @@ def _pair(v: int | tuple) -> tuple[int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-def correlation(cols: torch.Tensor) -> torch.Tensor:
-    """``E[x x^T]`` per group from ``(G, n, S)`` samples."""
+def correlation(cols: torch.Tensor, diagonal: bool = False) -> torch.Tensor:
+    """``E[x x^T]`` per group from ``(G, n, S)`` samples: ``(G, n, n)``, or its diagonal ``(G, n)``."""
+    if diagonal:
+        return (cols * cols).mean(-1)
     return cols @ cols.transpose(1, 2) / cols.shape[-1]
 
 
 def eigenbasis(corr: torch.Tensor, identity: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(U, lambda)``: orthonormal eigenvectors (columns) and eigenvalues of each group's correlation.
 
-    With ``identity`` the basis is the standard one and ``lambda`` the diagonal (the no-transformation ablation).
+    With ``identity`` the basis is the standard one and ``lambda`` the diagonal (the no-transformation ablation);
+    ``corr`` may then be the diagonal alone, ``(G, n)``.
     """
     n = corr.shape[-1]
     eye = torch.eye(n, dtype=corr.dtype, device=corr.device)
     if identity:
-        return eye.expand_as(corr).clone(), torch.diagonal(corr, dim1=-2, dim2=-1).clone()
+        diag = corr.clone() if corr.dim() == 2 else torch.diagonal(corr, dim1=-2, dim2=-1).clone()
+        return eye.expand(diag.shape[0], n, n).clone(), diag
     sym = 0.5 * (corr + corr.transpose(1, 2)) + EIG_JITTER * eye
     # eigh in float64: float32 eigenvectors of nearly degenerate correlations drift from orthonormality.
     lam, u = torch.linalg.eigh(sym.double())
@@ -116,7 +120,7 @@ def binary_codes(w: torch.Tensor) -> torch.Tensor:
     return torch.where(w >= 0, torch.ones_like(w), -torch.ones_like(w))
 
 
-def weighted_binarization_error(w: torch.Tensor, u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+def weighted_binarization_error(w: torch.Tensor, u: torch.Tensor | None, s: torch.Tensor) -> torch.Tensor:
     """Mean over groups and rows of ``(w - alpha b)^T U diag(s) U^T (w - alpha b)`` with ``b = sign(w)``.
 
     ``w``: ``(G, rows, n)``; ``u``: ``(G, n, n)``; ``s``: ``(G, n)``. ``b`` and the per-row scale
@@ -126,17 +130,26 @@ def weighted_binarization_error(w: torch.Tensor, u: torch.Tensor, s: torch.Tenso
     return weighted_code_error(w, binary_codes(w), u, s)
 
 
-def weighted_code_error(w: torch.Tensor, b: torch.Tensor, u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """:func:`weighted_binarization_error` for given codes ``b`` (``+-1``, same shape as ``w``)."""
+def apply_metric(w: torch.Tensor, u: torch.Tensor | None, s: torch.Tensor) -> torch.Tensor:
+    """``w U diag(s) U^T`` per group; ``u = None`` stands for ``U = I`` (the coordinate basis), computed as
+    ``w * s`` without the two ``n x n`` products."""
+    if u is None:
+        return w * s.unsqueeze(1)
+    return ((w @ u) * s.unsqueeze(1)) @ u.transpose(1, 2)
+
+
+def weighted_code_error(w: torch.Tensor, b: torch.Tensor, u: torch.Tensor | None, s: torch.Tensor) -> torch.Tensor:
+    """:func:`weighted_binarization_error` for given codes ``b`` (``+-1``, same shape as ``w``); ``u = None`` is
+    the coordinate basis."""
     b = b.detach()
-    wu, bu = w @ u, b @ u                                  # coordinates in the transformed basis
+    wu, bu = (w, b) if u is None else (w @ u, b @ u)       # coordinates in the transformed basis
     sw = s.unsqueeze(1)
     alpha = ((wu * sw * bu).sum(-1, keepdim=True) / (bu * sw * bu).sum(-1, keepdim=True).clamp_min(1e-12)).detach()
     ru = wu - alpha * bu
     return (sw * ru * ru).sum(-1).mean()
 
 
-def importance_aware_codes(w: torch.Tensor, u: torch.Tensor, s: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+def importance_aware_codes(w: torch.Tensor, u: torch.Tensor | None, s: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
     """Binary codes chosen to keep the importance-weighted error ``(w - alpha b)^T M (w - alpha b)`` small,
     ``M = U diag(s) U^T``: GPTQ's error feedback (Frantar et al., 2023) on the binary grid ``{-alpha, +alpha}``.
 
@@ -146,8 +159,11 @@ def importance_aware_codes(w: torch.Tensor, u: torch.Tensor, s: torch.Tensor, da
     the mean of ``diag(M)`` is added to the diagonal (``M`` may be near singular). With ``M = I`` (no importance)
     nothing is compensated and the codes are ``sign(w)``.
 
-    ``w``: ``(G, rows, n)``, ``u``: ``(G, n, n)``, ``s``: ``(G, n)``; returns ``+-1`` codes shaped like ``w``.
+    ``w``: ``(G, rows, n)``, ``u``: ``(G, n, n)`` or ``None`` (the coordinate basis: ``M`` is diagonal, so no
+    column compensates another and the codes are ``sign(w)``), ``s``: ``(G, n)``; returns ``+-1`` codes.
     """
+    if u is None:
+        return binary_codes(w)
     g, rows, n = w.shape
     w64, m = w.double(), (u.double() * s.double().unsqueeze(1)) @ u.double().transpose(1, 2)
     order = torch.argsort(torch.diagonal(m, dim1=1, dim2=2), dim=-1, descending=True)
