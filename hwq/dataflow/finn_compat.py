@@ -19,6 +19,18 @@ library without Xilinx tools it needs three things, each applied here and undone
    and the HLS MVAU asserts. :func:`minimize_bit_width` is the same sequence of transforms with hwq's
    :class:`~hwq.dataflow.passes.ClampPopcountThresholds` around it (docs/dataflow.md).
 
+5. Streamlining of padded binary convolutions: finn-plus's ``step_streamline`` converts every bipolar MatMul to
+   XNOR-popcount, also a binary depthwise convolution's block-sparse one (whose zeros are not bipolar), and it
+   leaves an explicit ``Pad`` node that its ``InferFMPadding`` cannot read (it indexes a fourth ``axes`` input
+   that a three-input Pad lacks). :func:`streamline` is the same sequence of transforms with hwq's passes for
+   padded binary convolutions between lowering and the XNOR conversion (docs/dataflow.md, "Binary MobileNet").
+6. Code generation of a VVAU with BINARY (0/1) inputs: finn-plus's ``VVAU_hls.get_template_param_values`` raises
+   "True binary (non-bipolar) inputs not yet supported" for any BINARY input outside XNOR mode, although the
+   finn-hlslib types it would choose for any other unsigned input (``Slice<ap_uint<1>>`` activations,
+   ``Recast<Binary>`` for bipolar weights, ``Identity`` for integer ones) compute exactly what the layer's Python
+   execution computes, ``sum_k w_k b_k``. :func:`finn_session` lets that case through, for VVAU only, and puts
+   finn-plus's method back on exit (:func:`_vvau_template_params`).
+
 Nothing here runs at import time.
 
 >>> with finn_session("runs/demo/build-pynq-z2/codegen"):   # doctest: +SKIP
@@ -62,10 +74,12 @@ def import_finn_steps() -> ModuleType:
 
 @contextlib.contextmanager
 def finn_session(codegen_dir: str | Path) -> Iterator[None]:
-    """Run finn-plus transforms with settings whose build folder is ``codegen_dir`` (workarounds 1 and 3).
+    """Run finn-plus transforms with settings whose build folder is ``codegen_dir`` (workarounds 1, 3 and 6).
 
-    The previous global settings, ``os.environ`` and the FINN logger's level are restored on exit, also on error.
+    The previous global settings, ``os.environ``, the FINN logger's level and ``VVAU_hls``'s code-generation types
+    (workaround 6) are restored on exit, also on error.
     """
+    from finn.custom_op.fpgadataflow.hls.vectorvectoractivation_hls import VVAU_hls
     from finn.interface.settings import FINNSettings
     from finn.util import settings as finn_settings
     from finn.util.logging import log
@@ -75,7 +89,9 @@ def finn_session(codegen_dir: str | Path) -> Iterator[None]:
     saved_settings = finn_settings._SETTINGS
     saved_env = dict(os.environ)
     saved_level, saved_propagate = log.level, log.propagate
+    saved_vvau = vars(VVAU_hls)["get_template_param_values"]
     try:
+        VVAU_hls.get_template_param_values = _vvau_template_params(saved_vvau)  # workaround 6
         finn_settings._SETTINGS = FINNSettings.init(
             flow_config=codegen_dir / "hwq-flow.yaml", finn_build_dir=str(codegen_dir),
             auto_set_environment_vars=False,
@@ -90,6 +106,29 @@ def finn_session(codegen_dir: str | Path) -> Iterator[None]:
         os.environ.update(saved_env)
         log.setLevel(saved_level)
         log.propagate = saved_propagate
+        VVAU_hls.get_template_param_values = saved_vvau
+
+
+def _vvau_template_params(original):
+    """finn-plus's ``VVAU_hls.get_template_param_values``, extended to BINARY (0/1) inputs outside XNOR mode.
+
+    finn-hlslib's ``Slice<ap_uint<1>>`` reads each input bit as the unsigned integer 0 or 1; a ``Recast<Binary>``
+    weight multiplies it by +1 (bit 1) or -1 (bit 0) (``interpret.hpp``: ``m_val? b : -b``), an ``Identity``
+    (integer) weight by its value. That is the layer's Python execution (``np.matmul`` of the 0/1 inputs with the
+    weights), so the generated C++ computes what the bit-exactness gate checked. Every other case is finn-plus's.
+    """
+    def get_template_param_values(self):
+        from qonnx.core.datatype import DataType
+
+        if (self.get_input_datatype(0) == DataType["BINARY"] and not self.get_nodeattr("binaryXnorMode")
+                and self.get_input_datatype(1) != DataType["BINARY"]):
+            bipolar = self.get_input_datatype(1) == DataType["BIPOLAR"]
+            return {"TSrcI": "Slice<ap_uint<1>>", "TWeightI": "Recast<Binary>" if bipolar else "Identity",
+                    "TDstI": "Slice<%s>" % self.get_output_datatype().get_hls_datatype_str()}
+        return original(self)
+
+    get_template_param_values.__doc__ = original.__doc__
+    return get_template_param_values
 
 
 def vivado_is_real() -> bool:
@@ -128,4 +167,48 @@ def minimize_bit_width(model, cfg, clamp: Any = None):
     if cfg.minimize_bit_width:
         model = model.transform(MinimizeWeightBitWidth(), apply_to_subgraphs=True)
         model = model.transform(InferDataTypes(), apply_to_subgraphs=True)
+    return model
+
+
+def streamline(model, cfg):
+    """finn-plus 1.6.1's ``step_streamline`` (workaround 5), with hwq's passes for padded binary convolutions.
+
+    The transforms and their order are finn-plus's own. Between lowering the convolutions and
+    ``ConvertBipolarMatMulToXnorPopcount`` hwq inserts (all in :mod:`hwq.dataflow.passes`) ``AbsorbPadIntoIm2Col``
+    (an explicit Pad becomes the Im2Col's ``pad_amount``/``pad_value``), ``ConvertBipolarDepthwiseToBinaryInput``
+    (binary depthwise convolutions get 0/1 inputs and become VVAUs rather than XNOR layers) and
+    ``check_bipolar_pads``; right after the XNOR conversion, ``BinaryPadsForXnorConvs``. On a network without
+    padded binary convolutions (TFC, CNV) none of them changes anything. They run inside this one step because the
+    XNOR conversion does, and the step keeps its place and name in the flow. (finn-plus's step additionally
+    verifies the streamlined model when asked to; hwq's builds never ask.)
+    """
+    import finn.transformation.streamline.absorb as absorb
+    from finn.transformation.streamline import Streamline
+    from finn.transformation.streamline.reorder import MakeMaxPoolNHWC
+    from qonnx.transformation.bipolar_to_xnor import ConvertBipolarMatMulToXnorPopcount
+    from qonnx.transformation.general import RemoveUnusedTensors
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
+    from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
+
+    from hwq.dataflow.passes import (AbsorbPadIntoIm2Col, BinaryPadsForXnorConvs,
+                                     ConvertBipolarDepthwiseToBinaryInput, check_bipolar_pads)
+
+    model = model.transform(absorb.AbsorbScalarBiasIntoMultiThreshold())
+    model = model.transform(Streamline())
+    if len(model.get_nodes_by_op_type("Conv")) > 0:
+        model = model.transform(LowerConvsToMatMul())
+        model = model.transform(MakeMaxPoolNHWC())
+        model = model.transform(absorb.AbsorbTransposeIntoMultiThreshold())
+        model = model.transform(MakeMaxPoolNHWC())
+        model = model.transform(absorb.AbsorbConsecutiveTransposes())
+    model = model.transform(AbsorbPadIntoIm2Col())                    # hwq
+    model = model.transform(absorb.AbsorbConsecutiveTransposes())
+    model = model.transform(ConvertBipolarDepthwiseToBinaryInput())  # hwq
+    check_bipolar_pads(model)                                         # hwq
+    model = model.transform(ConvertBipolarMatMulToXnorPopcount())
+    model = model.transform(BinaryPadsForXnorConvs())                 # hwq
+    model = model.transform(Streamline())
+    model = model.transform(absorb.AbsorbScalarMulAddIntoTopK())
+    model = model.transform(InferDataLayouts())
+    model = model.transform(RemoveUnusedTensors())
     return model

@@ -79,7 +79,8 @@ def qonnx_layer_outputs(model: ModelWrapper) -> tuple[list[dict], dict | None]:
     """QONNX activation-quantizer outputs (in order, without the input quantizer) and the final MatMul.
 
     Each entry: ``tensor``, ``scale`` (to turn values into integers), ``bipolar``. The final MatMul entry has its
-    two inputs and their scales, so its integer dot product can be recomputed exactly.
+    two inputs and their scales (the activation's quantizer found through a Flatten or Reshape), so its integer
+    dot product can be recomputed exactly.
     """
     initial = {i.name for i in model.graph.initializer}
     graph_in = model.graph.input[0].name
@@ -93,6 +94,8 @@ def qonnx_layer_outputs(model: ModelWrapper) -> tuple[list[dict], dict | None]:
     if matmuls:
         mm = matmuls[-1]
         a, w = (model.find_producer(t) for t in mm.input)
+        while a is not None and a.op_type in ("Flatten", "Reshape"):  # e.g. MobileNet's flatten -> linear
+            a = model.find_producer(a.input[0])
         if a is not None and w is not None and a.op_type.endswith("Quant") and w.op_type.endswith("Quant"):
             final = {"tensor": mm.output[0], "inputs": list(mm.input), "scales": [_scale_of(model, a), _scale_of(model, w)]}
     return acts, final

@@ -18,7 +18,7 @@ from hwq.dataflow.errors import MappingError
 from hwq.dataflow import finn_compat
 from hwq.dataflow.finn_compat import import_finn_steps
 from hwq.dataflow.passes import (ClampPopcountThresholds, CorrectPopcountDatatypes, ScaleUint8Input,
-                                 unmapped_nodes)
+                                 binary_depthwise_matmuls, unmapped_nodes)
 
 
 @dataclass
@@ -56,6 +56,19 @@ def step_insert_topk(model: ModelWrapper, ctx: BuildContext) -> ModelWrapper:
 
     model = model.transform(InsertTopK(k=1))
     return import_finn_steps().step_tidy_up(model, ctx.finn_cfg)
+
+
+def step_streamline(model: ModelWrapper, ctx: BuildContext) -> ModelWrapper:
+    """finn-plus ``step_streamline`` (the same transforms), with padded binary convolutions handled exactly
+    (finn_compat workaround 5): an explicit ``Pad`` is folded into its Im2Col, a binary depthwise convolution gets
+    0/1 inputs (it becomes a VVAU, not an XNOR layer over its block-sparse weights) and a bipolar -1 pad becomes
+    bit 0 of the 0/1 stream, which FINN's padding hardware writes. The binary depthwise MatMuls (later VVAUs) are
+    listed in the manifest (``binary_depthwise``)."""
+    model = finn_compat.streamline(model, ctx.finn_cfg)
+    depthwise = binary_depthwise_matmuls(model)
+    if depthwise:
+        ctx.report["binary_depthwise"] = depthwise
+    return model
 
 
 def step_create_dataflow_partition(model: ModelWrapper, ctx: BuildContext) -> ModelWrapper:
@@ -171,7 +184,7 @@ STEPS: list[tuple[str, Callable[[ModelWrapper, BuildContext], ModelWrapper]]] = 
     ("qonnx_to_finn", _finn("qonnx_to_finn")),
     ("tidy_up", _finn("tidy_up")),
     ("insert_topk", step_insert_topk),
-    ("streamline", _finn("streamline")),
+    ("streamline", step_streamline),
     ("convert_to_hw", _finn("convert_to_hw")),
     ("minimize_bit_width_initial", _minimize_bit_width("minimize_bit_width_initial")),
     ("create_dataflow_partition", step_create_dataflow_partition),
