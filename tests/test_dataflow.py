@@ -132,11 +132,15 @@ def test_bit_exact_gate_passes_and_names_planted_fault(builds, trained_tfc_digit
 # --- integer-range gate ----------------------------------------------------------------------------------------
 def test_finn_declares_int7_and_the_correction_fixes_it(builds):
     out, manifest = builds["pynq-z2"]
-    assert manifest["datatype_corrections"] == [{"node": "MVAU_hls_3", "tensor": "XnorPopcountMatMul_2_out0",
-                                                 "declared": "INT7", "range": [0, 64], "corrected": "UINT7"}]
+    assert manifest["datatype_corrections"] == [
+        {"node": "MVAU_hls_3", "tensor": "XnorPopcountMatMul_2_out0", "field": "output", "declared": "INT7",
+         "range": [0, 64], "corrected": "UINT7"},
+        {"node": "MVAU_hls_3", "tensor": "XnorPopcountMatMul_2_out0 (accumulator)", "field": "accDataType",
+         "declared": "INT7", "range": [0, 64], "corrected": "UINT7"}]
     assert manifest["integer_range"]["passed"] and manifest["integer_range"]["tensors_checked"] > 10
     final = ModelWrapper(str(out / "intermediate" / "15_hw_codegen.onnx"))
     assert final.get_tensor_datatype("XnorPopcountMatMul_2_out0") == DataType["UINT7"]
+    assert getCustomOp(final.get_node_from_name("MVAU_hls_3")).get_nodeattr("accDataType") == "UINT7"
     code = next((out / "codegen").glob("code_gen_ipgen_MVAU_hls_3_*/top_MVAU_hls_3.cpp")).read_text()
     assert "Slice<ap_uint<7>>" in code  # the generated HLS holds 0..64
     # before the correction, the range gate fails on finn-plus's own declaration

@@ -4,7 +4,7 @@
 - :class:`ScaleUint8Input` makes the graph take ``uint8`` pixels, the FINN way: the input is annotated UINT8 and
   the 8-bit input quantizer (scale 1/255), which is the identity on ``pixels / 255``, becomes ``Mul(1/255)``;
   streamlining then folds that scale into the first layer's thresholds.
-- :func:`popcount_range_violations` finds XNOR-popcount layers whose declared output type cannot hold
+- :func:`popcount_range_violations` finds XNOR-popcount layers whose declared output or accumulator type cannot hold
   ``0..MW`` (finn-plus 1.6.1 declares INT7 for a 64-input popcount, see FINDINGS.md), and
   :class:`CorrectPopcountDatatypes` widens them to the smallest unsigned type that can.
 - :class:`ClampPopcountThresholds` gives thresholded XNOR-popcount layers the popcount's own range: thresholds
@@ -95,23 +95,32 @@ def _fits(dt: DataType, low: int, high: int) -> bool:
 
 
 def popcount_range_violations(model: ModelWrapper) -> list[dict[str, Any]]:
-    """XNOR-popcount layers (no thresholds) whose declared output type cannot hold their range ``0..MW``."""
+    """XNOR-popcount layers (no thresholds) whose declared output type, or accumulator type (``accDataType``),
+    cannot hold their range ``0..MW``; ``field`` says which (``output`` or ``accDataType``)."""
     found = []
     for node in model.graph.node:
         if not _is_popcount(node):
             continue
-        mw = int(getCustomOp(node).get_nodeattr("MW"))
+        inst = getCustomOp(node)
+        mw = int(inst.get_nodeattr("MW"))
         declared = model.get_tensor_datatype(node.output[0])
         if not _fits(declared, 0, mw):
-            found.append({"node": node.name, "tensor": node.output[0], "declared": declared.name,
+            found.append({"node": node.name, "tensor": node.output[0], "field": "output", "declared": declared.name,
                           "range": [0, mw]})
+        acc = DataType[inst.get_nodeattr("accDataType")]
+        if not _fits(acc, 0, mw):
+            found.append({"node": node.name, "tensor": f"{node.output[0]} (accumulator)", "field": "accDataType",
+                          "declared": acc.name, "range": [0, mw]})
     return found
 
 
 class CorrectPopcountDatatypes(Transformation):
-    """Widen each XNOR-popcount output to the smallest UINT type holding ``0..MW``, also where it is consumed.
+    """Widen each XNOR-popcount output (also where it is consumed) and accumulator to the smallest UINT type
+    holding ``0..MW``. finn-plus's HLS layer accumulates an un-thresholded layer in its output type, so the output
+    is what the hardware needs; the accumulator type is widened too so that the graph says what it computes and
+    FINN's estimates count the right width.
 
-    ``self.corrections`` lists what was changed (node, tensor, old and new type), for the build manifest.
+    ``self.corrections`` lists what was changed (node, tensor, field, old and new type), for the build manifest.
     """
 
     def __init__(self) -> None:
@@ -122,12 +131,15 @@ class CorrectPopcountDatatypes(Transformation):
         for bad in popcount_range_violations(model):
             new = DataType[f"UINT{int(bad['range'][1]).bit_length()}"]
             node = model.get_node_from_name(bad["node"])
-            getCustomOp(node).set_nodeattr("outputDataType", new.name)
-            model.set_tensor_datatype(bad["tensor"], new)
-            for consumer in model.find_consumers(bad["tensor"]) or []:
-                inst = getCustomOp(consumer)
-                if "inputDataType" in inst.get_nodeattr_types():
-                    inst.set_nodeattr("inputDataType", new.name)
+            if bad["field"] == "accDataType":
+                getCustomOp(node).set_nodeattr("accDataType", new.name)
+            else:
+                getCustomOp(node).set_nodeattr("outputDataType", new.name)
+                model.set_tensor_datatype(bad["tensor"], new)
+                for consumer in model.find_consumers(bad["tensor"]) or []:
+                    inst = getCustomOp(consumer)
+                    if "inputDataType" in inst.get_nodeattr_types():
+                        inst.set_nodeattr("inputDataType", new.name)
             self.corrections.append({**bad, "corrected": new.name})
         return model, False
 
