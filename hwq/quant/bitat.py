@@ -318,7 +318,8 @@ class BiTATFamily(UniformFamily):
 
     def _settings(self, n: int) -> dict:
         # An n x n eigendecomposition per epoch costs O(n^3): on MobileNet's flattened 8192-input classifier it
-        # took 148 s on a 2-core CPU (scripts/bench_bitat_cost.py). Such layers keep the coordinate basis (decision 11).
+        # took 148 s on a 2-core CPU (scripts/bench_bitat_cost.py). Such layers keep the coordinate basis
+        # (decision 11).
         transform = "none" if n > self.max_eigen_dim else self.transform
         return dict(transform=transform, importance=self.use_importance, penalty=self.penalty,
                     power=self.power, codes=self.codes, codes_every=self.codes_every)
