@@ -97,7 +97,8 @@ def qonnx_layer_outputs(model: ModelWrapper) -> tuple[list[dict], dict | None]:
         while a is not None and a.op_type in ("Flatten", "Reshape"):  # e.g. MobileNet's flatten -> linear
             a = model.find_producer(a.input[0])
         if a is not None and w is not None and a.op_type.endswith("Quant") and w.op_type.endswith("Quant"):
-            final = {"tensor": mm.output[0], "inputs": list(mm.input), "scales": [_scale_of(model, a), _scale_of(model, w)]}
+            final = {"tensor": mm.output[0], "inputs": list(mm.input),
+                     "scales": [_scale_of(model, a), _scale_of(model, w)]}
     return acts, final
 
 
@@ -215,7 +216,10 @@ def check_integer_ranges(model: ModelWrapper, observed: dict[str, tuple[float, f
         if not dt.is_integer():
             continue
         init = model.get_initializer(name)
-        lo, hi = (float(init.min()), float(init.max())) if init is not None and init.size else observed.get(name, (None, None))
+        if init is not None and init.size:
+            lo, hi = float(init.min()), float(init.max())
+        else:
+            lo, hi = observed.get(name, (None, None))
         if lo is None:
             continue
         checked += 1

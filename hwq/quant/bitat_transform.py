@@ -149,7 +149,8 @@ def weighted_code_error(w: torch.Tensor, b: torch.Tensor, u: torch.Tensor | None
     return (sw * ru * ru).sum(-1).mean()
 
 
-def importance_aware_codes(w: torch.Tensor, u: torch.Tensor | None, s: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+def importance_aware_codes(w: torch.Tensor, u: torch.Tensor | None, s: torch.Tensor,
+                           damp: float = 0.01) -> torch.Tensor:
     """Binary codes chosen to keep the importance-weighted error ``(w - alpha b)^T M (w - alpha b)`` small,
     ``M = U diag(s) U^T``: GPTQ's error feedback (Frantar et al., 2023) on the binary grid ``{-alpha, +alpha}``.
 
