@@ -101,14 +101,19 @@ class _BiTATWeights(_HostFlags):
         # The coordinate basis needs only the diagonal of E[x x^T]: (G, n) instead of (G, n, n), which on an
         # 8192-input layer saves a 200-sample x 8192^2 product per step.
         self.register_buffer("corr", torch.zeros(groups, n) if transform == "none" else torch.zeros(groups, n, n))
-        self.register_buffer("basis", torch.eye(n).repeat(groups, 1, 1))
+        # ... and no stored basis (U = I): on that layer a dense identity would be 268 MB in every checkpoint.
+        self.register_buffer("basis", None if transform == "none" else torch.eye(n).repeat(groups, 1, 1))
         self.importance_raw = nn.Parameter(T.inverse_softplus(torch.ones(groups, n)), requires_grad=importance)
         if transform == "cayley":
             self.rotation_raw = nn.Parameter(torch.zeros(groups, n, n))
 
     # --- the transformation ------------------------------------------------------------------------------
     def transform_basis(self) -> torch.Tensor:
-        """``U`` per group, ``(G, n, n)``: the eigenbasis, times the learned rotation in the Cayley variant."""
+        """``U`` per group, ``(G, n, n)``: the eigenbasis, times the learned rotation in the Cayley variant, or the
+        identity (the coordinate basis, built on request)."""
+        if self.transform == "none":
+            eye = torch.eye(self.bitat_n, dtype=self.corr.dtype, device=self.corr.device)
+            return eye.expand(self.bitat_groups, -1, -1)
         if self.transform == "cayley":
             return self.basis @ T.cayley(self.rotation_raw)
         return self.basis
@@ -139,11 +144,17 @@ class _BiTATWeights(_HostFlags):
         if self.binary and not self.transform_ready:
             self._init_transform()
 
+    def _eigendecompose(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(U, lambda)`` of the running correlation; ``(None, diag(C))`` for the coordinate basis."""
+        if self.transform == "none":
+            return None, self.corr.clone()
+        return T.eigenbasis(self.corr)
+
     @torch.no_grad()
     def refresh_basis(self) -> torch.Tensor:
         """Recompute the eigenbasis from the current correlation; returns the eigenvalues."""
-        u, lam = T.eigenbasis(self.corr, identity=self.transform == "none")
-        if self.transform != "cayley":
+        u, lam = self._eigendecompose()
+        if u is not None and self.transform != "cayley":
             # The Cayley variant keeps its starting basis (set at the switch): the learned rotation is relative
             # to it.
             self.basis.copy_(u)
@@ -160,8 +171,9 @@ class _BiTATWeights(_HostFlags):
 
     @torch.no_grad()
     def _init_transform(self) -> None:
-        u, lam = T.eigenbasis(self.corr, identity=self.transform == "none")  # lam = diag(U^T C U)
-        self.basis.copy_(u)
+        u, lam = self._eigendecompose()  # lam = diag(U^T C U)
+        if u is not None:
+            self.basis.copy_(u)
         if self.use_importance:
             s = T.importance_from_eigenvalues(lam, self.importance_power, floor=0.05, ceil=20.0)
             self.importance_raw.copy_(T.inverse_softplus(s))

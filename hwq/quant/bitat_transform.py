@@ -62,17 +62,10 @@ def correlation(cols: torch.Tensor, diagonal: bool = False) -> torch.Tensor:
     return cols @ cols.transpose(1, 2) / cols.shape[-1]
 
 
-def eigenbasis(corr: torch.Tensor, identity: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(U, lambda)``: orthonormal eigenvectors (columns) and eigenvalues of each group's correlation.
-
-    With ``identity`` the basis is the standard one and ``lambda`` the diagonal (the no-transformation ablation);
-    ``corr`` may then be the diagonal alone, ``(G, n)``.
-    """
+def eigenbasis(corr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U, lambda)``: orthonormal eigenvectors (columns) and eigenvalues of each group's correlation."""
     n = corr.shape[-1]
     eye = torch.eye(n, dtype=corr.dtype, device=corr.device)
-    if identity:
-        diag = corr.clone() if corr.dim() == 2 else torch.diagonal(corr, dim1=-2, dim2=-1).clone()
-        return eye.expand(diag.shape[0], n, n).clone(), diag
     sym = 0.5 * (corr + corr.transpose(1, 2)) + EIG_JITTER * eye
     # eigh in float64: float32 eigenvectors of nearly degenerate correlations drift from orthonormality.
     lam, u = torch.linalg.eigh(sym.double())
