@@ -104,6 +104,18 @@ class PoolLayer:
         return reference.max_pool(x, self.channels, self.window)
 
 
+def _unfolded_stream(node, attr, fold: str, total: str, in_dtype: str, out_dtype: str) -> ElemType:
+    """The element type of a layer that passes values through unchanged (sliding window, max pool): the
+    ``fold`` attribute must divide ``total``, and the input and output datatypes must be the same."""
+    if attr(total) % attr(fold):
+        raise UnsupportedLayerError(f"{node.name}: {fold}={attr(fold)} must divide {total}={attr(total)}")
+    in_type, out_type = _elem_type(attr(in_dtype), node.name), _elem_type(attr(out_dtype), node.name)
+    if in_type != out_type:
+        raise UnsupportedLayerError(f"{node.name}: {in_dtype} {attr(in_dtype)} differs from "
+                                    f"{out_dtype} {attr(out_dtype)}")
+    return in_type
+
+
 def sliding_window_layer(node) -> SlidingWindowLayer:
     """Read a ``ConvolutionInputGenerator`` node (hls or rtl) of a folded graph."""
     from qonnx.custom_op.registry import getCustomOp
@@ -114,12 +126,7 @@ def sliding_window_layer(node) -> SlidingWindowLayer:
     if attr("is1D") or attr("parallel_window"):
         raise UnsupportedLayerError(f"{node.name}: is1D / parallel_window are not supported")
     channels, simd = attr("IFMChannels"), attr("SIMD")
-    if channels % simd:
-        raise UnsupportedLayerError(f"{node.name}: SIMD={simd} must divide IFMChannels={channels}")
-    in_type, out_type = _elem_type(attr("inputDataType"), node.name), _elem_type(attr("outputDataType"), node.name)
-    if in_type != out_type:
-        raise UnsupportedLayerError(f"{node.name}: inputDataType {attr('inputDataType')} differs from "
-                                    f"outputDataType {attr('outputDataType')}")
+    in_type = _unfolded_stream(node, attr, "SIMD", "IFMChannels", "inputDataType", "outputDataType")
     layer = SlidingWindowLayer(name=node.name, ifm=tuple(attr("IFMDim")), channels=channels,
                                kernel=tuple(attr("ConvKernelDim")), stride=tuple(attr("Stride")), simd=simd,
                                in_type=in_type)
@@ -137,12 +144,7 @@ def pool_layer(node) -> PoolLayer:
     if attr("Function") != "MaxPool":
         raise UnsupportedLayerError(f"{node.name}: Pool Function {attr('Function')} (only MaxPool supported)")
     channels, pe = attr("Channels"), attr("PE")
-    if channels % pe:
-        raise UnsupportedLayerError(f"{node.name}: PE={pe} must divide Channels={channels}")
-    in_type, out_type = _elem_type(attr("InputDataType"), node.name), _elem_type(attr("OutputDataType"), node.name)
-    if in_type != out_type:
-        raise UnsupportedLayerError(f"{node.name}: InputDataType {attr('InputDataType')} differs from "
-                                    f"OutputDataType {attr('OutputDataType')}")
+    in_type = _unfolded_stream(node, attr, "PE", "Channels", "InputDataType", "OutputDataType")
     windows = int(np.prod(attr("OutImgDims"))) * int(attr("BatchSize"))
     return PoolLayer(name=node.name, channels=channels, window=int(np.prod(attr("KernelSize"))), windows=windows,
                      pe=pe, in_type=in_type)
