@@ -23,12 +23,17 @@ def _chain(rng):
     return [a, b, ls]
 
 
-def test_chain_on_verilator_with_back_pressure_matches_icarus(tmp_path):
-    rng = np.random.default_rng(11)
+def _chain_case(tmp_path, seed: int, images: int):
+    """The chain's Verilog, ``images`` random inputs and the NumPy reference's outputs for them."""
+    rng = np.random.default_rng(seed)
     layers = _chain(rng)
     design = generate_verilog(layers, tmp_path / "rtl", top="chain")
-    x = rng.integers(0, 256, (16, layers[0].mw))
-    want = run_layers(layers, x)
+    x = rng.integers(0, 256, (images, layers[0].mw))
+    return design, x, run_layers(layers, x)
+
+
+def test_chain_on_verilator_with_back_pressure_matches_icarus(tmp_path):
+    design, x, want = _chain_case(tmp_path, seed=11, images=16)
     path_before = os.environ.get("PATH")
     fast = simulate(design, x, want, tmp_path / "verilator", simulator="verilator", p_gap=0.3, p_stall=0.4, seed=3)
     assert os.environ.get("PATH") == path_before and "CFG_CXXFLAGS_PCH_I" not in os.environ.get("MAKEFLAGS", "")
@@ -42,11 +47,7 @@ def test_chain_on_verilator_with_back_pressure_matches_icarus(tmp_path):
 def test_verilator_catches_a_planted_mismatch(tmp_path):
     from hwq.errors import VerificationError
 
-    rng = np.random.default_rng(12)
-    layers = _chain(rng)
-    design = generate_verilog(layers, tmp_path / "rtl", top="chain")
-    x = rng.integers(0, 256, (6, layers[0].mw))
-    want = run_layers(layers, x)
+    design, x, want = _chain_case(tmp_path, seed=12, images=6)
     want[4, 0] = (want[4, 0] + 1) % 8
     with pytest.raises(VerificationError, match="image 4"):
         simulate(design, x, want, tmp_path / "sim", simulator="verilator", p_stall=0.2)
