@@ -15,9 +15,10 @@ from hwq.errors import HwqError
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a quantized model into a run directory")
     p.add_argument("--config", help="YAML file of training settings (flags below override it)")
-    p.add_argument("--model", help="tfc, sfc, lfc, cnv")
+    # Literal lists keep `hwq --help` free of the torch import; a test checks them against the registries.
+    p.add_argument("--model", help="tfc, sfc, lfc, cnv, resnet20, mobilenet, mobilenet_tiny")
     p.add_argument("--dataset", help="digits, mnist, cifar10")
-    p.add_argument("--quant", help="quantizer family (default: uniform)")
+    p.add_argument("--quant", help="quantizer family: uniform (default), float, n2uq, bitat")
     p.add_argument("--wbits", type=int, help="weight bit-width (1 = binary)")
     p.add_argument("--abits", type=int, help="activation bit-width (1 = binary)")
     p.add_argument("--epochs", type=int)
@@ -34,6 +35,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distill-weight", dest="distill_weight", type=float)
     p.add_argument("--distill-temperature", dest="distill_temperature", type=float)
     p.add_argument("--init-from", dest="init_from", help="run directory whose trained weights initialise the model")
+    p.add_argument("--train-subset", dest="train_subset", type=int,
+                   help="train on this many training images (class-balanced, seeded); the test set stays whole")
     p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="model/quantizer option (repeatable; VALUE is read as YAML, e.g. width=0.5)")
     p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
@@ -49,7 +52,7 @@ def _train(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in (
         "model", "dataset", "quant", "wbits", "abits", "epochs", "batch_size", "lr", "schedule", "loss",
         "dropout", "weight_decay", "seed", "device", "data_dir", "teacher", "distill_weight",
-        "distill_temperature", "init_from")}
+        "distill_temperature", "init_from", "train_subset")}
     if args.resume:
         base = TrainConfig.from_yaml(Path(args.out) / "config.yaml")
     elif args.config:

@@ -10,6 +10,8 @@ time (several small runs share one GPU well). Writes ``<results>.json`` and ``<r
 
     python scripts/bench_bitat.py --device cuda --jobs 8                    # both suites, default epochs
     python scripts/bench_bitat.py --device cpu --suites mnist --epochs 1 --fp-epochs 1 --limit-note tiny
+    python scripts/bench_bitat.py --device cpu --suites cifar10 --width 0.25 --train-subset 10000 \
+        --epochs 6 --fp-epochs 6 --results benchmarks/bitat_cifar10_cpu   # the CPU-sized CIFAR-10 table
 """
 
 from __future__ import annotations
@@ -46,13 +48,24 @@ SUITES = {
 }
 
 
+def suite_options(args, suite: str) -> dict:
+    """The model options every run of ``suite`` shares (the suite's, with ``--width`` applied)."""
+    options = dict(SUITES[suite][2])
+    if args.width is not None:
+        options["width"] = args.width
+    return options
+
+
 def train_command(args, suite: str, method: str, out: Path, fp_run: Path | None) -> list[str]:
-    model, dataset, options, batch = SUITES[suite]
+    model, dataset, _, batch = SUITES[suite]
+    options = suite_options(args, suite)
     cmd = [sys.executable, "-m", "hwq", "train", "--model", model, "--dataset", dataset, "--wbits", "1",
            "--abits", "1", "--batch-size", str(batch), "--seed", str(args.seed), "--device", args.device,
            "--out", str(out), "--overwrite", "--no-progress"]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
+    if args.train_subset:
+        cmd += ["--train-subset", str(args.train_subset)]
     if method == "fp":
         cmd += ["--quant", "float", "--epochs", str(args.fp_epochs), "--lr", str(args.fp_lr)]
         options = {**options, "float_act": "hardtanh"}
@@ -94,6 +107,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="training processes at a time")
     parser.add_argument("--export", action="store_true", help="also export + verify the BiTAT runs (CPU, slow)")
     parser.add_argument("--data-dir", dest="data_dir", default=None)
+    parser.add_argument("--train-subset", dest="train_subset", type=int, default=None,
+                        help="train every run on this many images (class-balanced); CPU-sized runs")
+    parser.add_argument("--width", type=float, default=None, help="width multiplier instead of the suite's")
     parser.add_argument("--runs", default="runs/bench-bitat")
     parser.add_argument("--results", default="benchmarks/bitat")
     parser.add_argument("--limit-note", dest="note", default="", help="free text stored with the results")
@@ -160,7 +176,8 @@ def collect(args, suites: list[str], methods: list[str], runs: Path, seconds: di
         for row in rows.values():  # the claim: BiTAT recovers most of the gap between plain and full precision
             row["gap_recovered"] = (None if fp is None or plain is None or fp == plain
                                     else round((row["test_acc"] - plain) / (fp - plain), 3))
-        results["suites"][suite] = {"model": SUITES[suite][0], "dataset": SUITES[suite][1], "rows": rows}
+        results["suites"][suite] = {"model": SUITES[suite][0], "dataset": SUITES[suite][1], "rows": rows,
+                                    "options": suite_options(args, suite), "train_subset": args.train_subset}
     return results
 
 
@@ -179,7 +196,9 @@ def markdown(results: dict) -> str:
     if results.get("note"):
         lines += [results["note"], ""]
     for suite, data in results["suites"].items():
-        lines += [f"### {data['model']} on {data['dataset']}", "",
+        options = ", ".join(f"{k} {v}" for k, v in data.get("options", {}).items())
+        subset = f", {data['train_subset']} training images" if data.get("train_subset") else ""
+        lines += [f"### {data['model']}{f' ({options})' if options else ''} on {data['dataset']}{subset}", "",
                   "| method | test top-1 % | gap recovered (plain = 0, fp = 1) | epochs | seconds |",
                   "| --- | --- | --- | --- | --- |"]
         for method, row in data["rows"].items():

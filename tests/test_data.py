@@ -28,6 +28,24 @@ def test_digits_split_and_range():
     assert (load_dataset("digits").test_x == ds.test_x).all()
 
 
+def test_train_subset_is_class_balanced_seeded_and_leaves_the_test_set_whole():
+    ds = load_dataset("digits")
+    sub = ds.with_train_subset(205, seed=3)
+    counts = np.bincount(sub.train_y.numpy(), minlength=10)
+    assert counts.sum() == 205 and counts.max() - counts.min() <= 1  # 20 or 21 of every class
+    assert sub.test_x is ds.test_x and sub.test_y is ds.test_y
+    # every kept image is one of the originals with its own label, none twice
+    rows = {bytes(x.numpy()): int(y) for x, y in zip(ds.train_x, ds.train_y)}
+    assert len({bytes(x.numpy()) for x in sub.train_x}) == 205
+    assert all(rows[bytes(x.numpy())] == int(y) for x, y in zip(sub.train_x, sub.train_y))
+    assert (ds.with_train_subset(205, seed=3).train_x == sub.train_x).all()
+    assert not (ds.with_train_subset(205, seed=4).train_x == sub.train_x).all()
+    assert len(ds.with_train_subset(len(ds.train_y), seed=0).train_y) == len(ds.train_y)
+    for bad in (0, len(ds.train_y) + 1):
+        with pytest.raises(DataError, match=rf"train_subset: expected 1\.\.1437 images of digits, got {bad}"):
+            ds.with_train_subset(bad, seed=0)
+
+
 @pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="../shared/data/mnist not present")
 def test_mnist_from_idx_files():
     ds = load_dataset("mnist", SHARED)

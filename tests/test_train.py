@@ -133,6 +133,26 @@ def test_config_yaml_round_trip_and_errors(tmp_path):
         TrainConfig(epochs="3")
 
 
+def test_train_subset_trains_on_fewer_images_and_is_recorded(tmp_path):
+    metrics = run_train(TrainConfig(epochs=1, train_subset=300), tmp_path / "sub", progress=False)
+    assert metrics["dataset"]["n_train"] == 300 and metrics["dataset"]["n_test"] == 360
+    assert TrainConfig.from_yaml(tmp_path / "sub" / "config.yaml").train_subset == 300
+    for bad in (0, 2.5, True):
+        with pytest.raises(ConfigError, match="train_subset: expected a positive integer or null"):
+            TrainConfig(train_subset=bad)
+
+
+def test_train_help_names_every_registered_model_and_family():
+    from hwq.cli import build_parser
+    from hwq.models.registry import MODELS
+    from hwq.quant import FAMILIES
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    helps = {a.dest: a.help for a in train._actions}
+    assert set(helps["model"].split(", ")) == set(MODELS)
+    assert {name.split(" ")[0] for name in helps["quant"].split(": ")[1].split(", ")} == set(FAMILIES)
+
+
 def test_distillation_loss():
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
     assert float(distillation_loss(logits, logits, 2.0)) == pytest.approx(0.0, abs=1e-6)

@@ -38,6 +38,21 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def with_train_subset(self, size: int, seed: int) -> "Dataset":
+        """The same dataset trained on ``size`` of its training images, as evenly spread over the classes as
+        ``size`` allows (drawn with ``seed``, kept in their original order); the test set stays whole, so
+        accuracies remain comparable with full-data runs."""
+        if not 0 < size <= len(self.train_y):
+            raise DataError(f"train_subset: expected 1..{len(self.train_y)} images of {self.name}, got {size}")
+        generator = torch.Generator().manual_seed(seed)
+        per_class = [torch.nonzero(self.train_y == c).flatten() for c in range(self.num_classes)]
+        per_class = [idx[torch.randperm(len(idx), generator=generator)] for idx in per_class]
+        # Round-robin over the classes: class c contributes its k-th image before any class its (k+1)-th.
+        rank = torch.cat([torch.arange(len(idx)) for idx in per_class])
+        order = torch.cat(per_class)[torch.argsort(rank, stable=True)]
+        keep = torch.sort(order[:size]).values
+        return Dataset(self.name, self.train_x[keep], self.train_y[keep], self.test_x, self.test_y, self.classes)
+
     @staticmethod
     def to_float(images: torch.Tensor) -> torch.Tensor:
         """The model input for ``uint8`` images: ``pixels / 255`` in [0, 1]."""

@@ -55,6 +55,9 @@ class TrainConfig:
     device: str = "cpu"
     #: Data folder; None means ``$HWQ_DATA`` or ``../shared/data``. Not needed for digits.
     data_dir: str | None = None
+    #: Train on this many training images (class-balanced, drawn with ``seed``); None uses them all. The test
+    #: set is always whole. For quick or CPU-sized experiments on the large datasets.
+    train_subset: int | None = None
     #: Options passed to the model builder and quantizer family (for families added later).
     model_options: dict[str, Any] = field(default_factory=dict)
     #: Run directory of a trained (e.g. full-precision) model to distil from; None trains on labels alone.
@@ -90,6 +93,10 @@ class TrainConfig:
             raise ConfigError(f"distill_weight: expected a fraction in [0, 1], got {self.distill_weight}")
         if self.distill_temperature <= 0:
             raise ConfigError(f"distill_temperature: expected > 0, got {self.distill_temperature}")
+        if self.train_subset is not None and (
+            not isinstance(self.train_subset, int) or isinstance(self.train_subset, bool) or self.train_subset < 1
+        ):
+            raise ConfigError(f"train_subset: expected a positive integer or null, got {self.train_subset!r}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ConfigError(f"device: expected cpu, cuda or auto, got '{self.device}'")
 

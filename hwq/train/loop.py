@@ -167,6 +167,8 @@ def run_train(
 
     device = pick_device(config.device)
     dataset = load_dataset(config.dataset, config.data_dir)
+    if config.train_subset is not None:
+        dataset = dataset.with_train_subset(config.train_subset, config.seed)
     spec = model_spec_for(config, dataset)
     torch.manual_seed(config.seed)
     model = build_model(spec).to(device)
