@@ -191,7 +191,11 @@ def write_results(results: dict, out: Path) -> None:
 
 
 def markdown(results: dict) -> str:
-    wall = "cut short" if results["wall_seconds"] is None else f"{results['wall_seconds']} s wall"
+    if results["wall_seconds"] is not None:
+        wall = f"{results['wall_seconds']} s wall"
+    else:  # --collect: the runs may have been resumed or run by hand; only say "cut short" when they were
+        rows = [row for data in results["suites"].values() for row in data["rows"].values()]
+        wall = "cut short" if not all(row["complete"] for row in rows) else "tabulated from the runs"
     lines = [f"Command: `{results['command']}` ({results['machine']['device_name']}, {wall})", ""]
     if results.get("note"):
         lines += [results["note"], ""]

@@ -41,4 +41,6 @@ def test_bench_writes_a_complete_table_and_collect_marks_unfinished_runs(tmp_pat
     assert not any(row["complete"] for row in rows.values())
     table = (tmp_path / "bitat.md").read_text()
     assert "| 1/3 (unfinished) |" in table and "cut short" in table
+    _bench(tmp_path, "--epochs", "1", "--fp-epochs", "1", "--collect")  # the same runs, tabulated as planned
+    assert "tabulated from the runs" in (tmp_path / "bitat.md").read_text()
     assert all(line.split(" | ")[2] == "-" for line in table.splitlines() if "(unfinished)" in line)
