@@ -6,7 +6,8 @@ Suites: ``cifar10`` (the compact ``mobilenet`` backbone) and ``mnist`` (TFC). Pe
 (hardtanh activations, what ``sign`` approximates) is trained first; every binary run then starts from its weights
 (``--init-from``) and distils from it, with the same epochs, learning rate and seed; ``plain_scratch`` (random
 init) shows what the initialisation alone contributes. Runs are separate ``hwq train`` processes, ``--jobs`` at a
-time (several small runs share one GPU well). Writes ``<results>.json`` and ``<results>.md``.
+time (several small runs share one GPU well). Writes ``<results>.json``, ``<results>.md`` and ``<results>.png``
+(test accuracy per epoch).
 
     python scripts/bench_bitat.py --device cuda --jobs 8                    # both suites, default epochs
     python scripts/bench_bitat.py --device cpu --suites mnist --epochs 1 --fp-epochs 1 --limit-note tiny
@@ -115,7 +116,14 @@ def main() -> None:
     parser.add_argument("--limit-note", dest="note", default="", help="free text stored with the results")
     parser.add_argument("--collect", action="store_true",
                         help="train nothing: tabulate the runs already under --runs (finished or not)")
+    parser.add_argument("--replot", action="store_true", help="train nothing: redraw <results>.png from <results>.json")
     args = parser.parse_args()
+    if args.replot:
+        from hwq._io import write_atomic
+
+        results = json.loads(Path(args.results).with_suffix(".json").read_text())
+        write_atomic(Path(args.results).with_suffix(".png"), lambda p: plot_history(results, p))
+        return
     suites = [s for s in args.suites.split(",") if s]
     methods = [m for m in args.methods.split(",") if m]
     runs = Path(args.runs)
@@ -187,7 +195,32 @@ def write_results(results: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out.with_suffix(".json"), lambda p: p.write_text(json.dumps(results, indent=2) + "\n"))
     write_atomic(out.with_suffix(".md"), lambda p: p.write_text(markdown(results)))
+    write_atomic(out.with_suffix(".png"), lambda p: plot_history(results, p))
     print(markdown(results))
+
+
+def plot_history(results: dict, path: Path) -> None:
+    """Test accuracy after every epoch, one panel per suite: where a progressive run loses accuracy, and how much
+    a final number moves from epoch to epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    suites = results["suites"]
+    fig, axes = plt.subplots(1, max(1, len(suites)), figsize=(5.5 * max(1, len(suites)), 3.6), squeeze=False)
+    for ax, (suite, data) in zip(axes[0], suites.items()):
+        for method, row in data["rows"].items():
+            history = [100 * acc for acc in row["history_test_acc"]]
+            style = {"ls": "--", "color": "black"} if method == "fp" else {"marker": "o", "ms": 3}
+            ax.plot(range(1, len(history) + 1), history, label=method, lw=1, **style)
+        ax.set_title(f"{data['model']} on {data['dataset']}", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test top-1 %")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
 
 
 def markdown(results: dict) -> str:

@@ -34,6 +34,7 @@ def test_bench_writes_a_complete_table_and_collect_marks_unfinished_runs(tmp_pat
         assert metrics["dataset"]["n_train"] == 400 and metrics["dataset"]["n_test"] == 360
     table = (tmp_path / "bitat.md").read_text()
     assert "### tfc on digits, 400 training images" in table and "| plain | " in table
+    assert (tmp_path / "bitat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the per-epoch curves
 
     # Tabulating the same runs as if 3 epochs had been planned: all are unfinished, and no gap is claimed.
     _bench(tmp_path, "--epochs", "3", "--fp-epochs", "3", "--collect")
