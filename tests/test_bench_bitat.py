@@ -35,6 +35,9 @@ def test_bench_writes_a_complete_table_and_collect_marks_unfinished_runs(tmp_pat
     table = (tmp_path / "bitat.md").read_text()
     assert "### tfc on digits, 400 training images" in table and "| plain | " in table
     assert (tmp_path / "bitat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the per-epoch curves
+    (tmp_path / "bitat.md").unlink()
+    _bench(tmp_path, "--from-json")  # the table is rewritten from the JSON alone
+    assert (tmp_path / "bitat.md").read_text() == table
 
     # Tabulating the same runs as if 3 epochs had been planned: all are unfinished, and no gap is claimed.
     _bench(tmp_path, "--epochs", "3", "--fp-epochs", "3", "--collect")
@@ -42,6 +45,6 @@ def test_bench_writes_a_complete_table_and_collect_marks_unfinished_runs(tmp_pat
     assert not any(row["complete"] for row in rows.values())
     table = (tmp_path / "bitat.md").read_text()
     assert "| 1/3 (unfinished) |" in table and "cut short" in table
+    assert all(line.split(" | ")[3] == "-" for line in table.splitlines() if "(unfinished)" in line)
     _bench(tmp_path, "--epochs", "1", "--fp-epochs", "1", "--collect")  # the same runs, tabulated as planned
     assert "tabulated from the runs" in (tmp_path / "bitat.md").read_text()
-    assert all(line.split(" | ")[2] == "-" for line in table.splitlines() if "(unfinished)" in line)
