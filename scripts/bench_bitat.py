@@ -11,8 +11,9 @@ time (several small runs share one GPU well). Writes ``<results>.json``, ``<resu
 
     python scripts/bench_bitat.py --device cuda --jobs 8                    # both suites, default epochs
     python scripts/bench_bitat.py --device cpu --suites mnist --epochs 1 --fp-epochs 1 --limit-note tiny
-    python scripts/bench_bitat.py --device cpu --suites cifar10 --width 0.25 --train-subset 10000 \
-        --epochs 6 --fp-epochs 6 --results benchmarks/bitat_cifar10_cpu   # the CPU-sized CIFAR-10 table
+    OMP_NUM_THREADS=1 python scripts/bench_bitat.py --device cpu --suites cifar10 --width 0.25 \
+        --train-subset 10000 --epochs 8 --fp-epochs 8 --jobs 2 --runs runs/bench-bitat-cpu \
+        --results benchmarks/bitat_cifar10_cpu                            # the CPU-sized CIFAR-10 table
 """
 
 from __future__ import annotations
@@ -198,9 +199,17 @@ def write_results(results: dict, out: Path) -> None:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out.with_suffix(".json"), lambda p: p.write_text(json.dumps(results, indent=2) + "\n"))
-    write_atomic(out.with_suffix(".md"), lambda p: p.write_text(markdown(results)))
+    table = markdown(results)
+    write_atomic(out.with_suffix(".md"), lambda p: p.write_text(table))
     write_atomic(out.with_suffix(".png"), lambda p: plot_history(results, p))
-    print(markdown(results))
+    print(table)
+
+
+def suite_title(data: dict) -> str:
+    """``mobilenet (width 0.25) on cifar10, 10000 training images``: what a suite's runs trained."""
+    options = ", ".join(f"{k} {v}" for k, v in data.get("options", {}).items())
+    subset = f", {data['train_subset']} training images" if data.get("train_subset") else ""
+    return f"{data['model']}{f' ({options})' if options else ''} on {data['dataset']}{subset}"
 
 
 def plot_history(results: dict, path: Path) -> None:
@@ -218,7 +227,7 @@ def plot_history(results: dict, path: Path) -> None:
             history = [100 * acc for acc in row["history_test_acc"]]
             style = {"ls": "--", "color": "black"} if method == "fp" else {"marker": "o", "ms": 3}
             ax.plot(range(1, len(history) + 1), history, label=method, lw=1, **style)
-        ax.set_title(f"{data['model']} on {data['dataset']}", fontsize=9)
+        ax.set_title(suite_title(data), fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("test top-1 %")
         ax.legend(fontsize=6)
@@ -237,9 +246,7 @@ def markdown(results: dict) -> str:
     if results.get("note"):
         lines += [results["note"], ""]
     for suite, data in results["suites"].items():
-        options = ", ".join(f"{k} {v}" for k, v in data.get("options", {}).items())
-        subset = f", {data['train_subset']} training images" if data.get("train_subset") else ""
-        lines += [f"### {data['model']}{f' ({options})' if options else ''} on {data['dataset']}{subset}", "",
+        lines += [f"### {suite_title(data)}", "",
                   f"| method | test top-1 % | mean of the last {LAST} epochs | gap recovered (plain = 0, fp = 1) "
                   "| epochs | seconds |",
                   "| --- | --- | --- | --- | --- | --- |"]

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -51,7 +51,7 @@ class Dataset:
         rank = torch.cat([torch.arange(len(idx)) for idx in per_class])
         order = torch.cat(per_class)[torch.argsort(rank, stable=True)]
         keep = torch.sort(order[:size]).values
-        return Dataset(self.name, self.train_x[keep], self.train_y[keep], self.test_x, self.test_y, self.classes)
+        return replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep])
 
     @staticmethod
     def to_float(images: torch.Tensor) -> torch.Tensor:

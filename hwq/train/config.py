@@ -29,6 +29,11 @@ class Schedule(str, Enum):
     CONSTANT = "constant"
 
 
+def _is_int(value: Any) -> bool:
+    """An integer, and not a bool (YAML's ``true`` would pass ``isinstance(value, int)``)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run (``hwq train`` flags and YAML keys have the same names)."""
@@ -81,7 +86,7 @@ class TrainConfig:
                     f"{name}: '{value}' is not one of {', '.join(e.value for e in enum)}"
                 ) from None
         for name in ("epochs", "batch_size", "wbits", "abits", "seed"):
-            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+            if not _is_int(getattr(self, name)):
                 raise ConfigError(f"{name}: expected an integer, got {getattr(self, name)!r}")
         if self.epochs < 0:
             raise ConfigError(f"epochs: expected >= 0, got {self.epochs}")
@@ -93,9 +98,7 @@ class TrainConfig:
             raise ConfigError(f"distill_weight: expected a fraction in [0, 1], got {self.distill_weight}")
         if self.distill_temperature <= 0:
             raise ConfigError(f"distill_temperature: expected > 0, got {self.distill_temperature}")
-        if self.train_subset is not None and (
-            not isinstance(self.train_subset, int) or isinstance(self.train_subset, bool) or self.train_subset < 1
-        ):
+        if self.train_subset is not None and not (_is_int(self.train_subset) and self.train_subset >= 1):
             raise ConfigError(f"train_subset: expected a positive integer or null, got {self.train_subset!r}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ConfigError(f"device: expected cpu, cuda or auto, got '{self.device}'")
