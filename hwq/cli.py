@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Iterator
 
-from hwq.errors import HwqError
+from hwq.errors import HwqError, Interrupted, os_error_message
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -306,14 +309,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt(enabled: bool = True) -> Iterator[None]:
+    """Turn SIGTERM into :class:`~hwq.errors.Interrupted` (a KeyboardInterrupt) while a verb runs, so a stage
+    stopped by ``kill`` cleans up exactly as after Ctrl-C; the previous handler is restored afterwards."""
+    import signal
+    import threading
+
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise Interrupted("SIGTERM", signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb. A user-facing error is one line on stderr and exit status 2; an interruption (Ctrl-C,
+    SIGTERM) is one line and 130/143, after the stage has kept what it finished."""
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
     try:
-        return args.func(args)
+        # ``hwq emulate`` handles SIGTERM itself (it stops serving and closes its pty).
+        with sigterm_as_interrupt(enabled=args.verb != "emulate"):
+            return args.func(args)
     except HwqError as err:
         print(f"hwq {args.verb}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `hwq boards | head`: the reader left; say nothing more
+        sys.stdout = open(os.devnull, "w")
+        return 141
+    except OSError as err:  # a full disk, a read-only folder, a vanished device: the file and the reason
+        print(f"hwq {args.verb}: error: {os_error_message(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        name = getattr(err, "signal_name", "SIGINT")
+        detail = getattr(err, "detail", None)
+        print(f"hwq {args.verb}: interrupted ({name})" + (f"; {detail}" if detail else ""), file=sys.stderr)
+        return getattr(err, "exit_status", 130)
 
 
 if __name__ == "__main__":
