@@ -27,10 +27,10 @@ from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.core.onnx_exec import execute_onnx
 from qonnx.custom_op.registry import getCustomOp
-from qonnx.transformation.change_batchsize import ChangeBatchSize
-from qonnx.transformation.infer_shapes import InferShapes
 
+from hwq.classes import FLOAT, INTEGER, top_classes
 from hwq.dataflow.errors import BitExactnessError, IntegerRangeError
+from hwq.export.scores import FinalMatMul, final_matmul, integer_dot, quant_scale, run_qonnx_graph
 from hwq.dataflow.passes import popcount_range_violations, popcount_threshold_violations
 
 #: HW layers whose outputs are compared with QONNX layer outputs (in graph order).
@@ -56,55 +56,22 @@ def run_hw_graph(model: ModelWrapper, images: np.ndarray, keep: list[str]) -> tu
     return {k: np.concatenate(v) for k, v in kept.items()}, ranges
 
 
-def run_qonnx_graph(model: ModelWrapper, inputs: np.ndarray, keep: list[str], batch: int = 50,
-                    constant: tuple[str, ...] = ()) -> dict:
-    """Execute a QONNX graph in batches; returns the ``keep`` tensors stacked over all inputs (the ``constant``
-    ones, such as quantized weights, once)."""
-    in_name = model.graph.input[0].name
-    kept: dict[str, list] = {name: [] for name in keep}
-    keep = list(kept)
-    sized: dict[int, ModelWrapper] = {}
-    for start in range(0, len(inputs), batch):
-        chunk = inputs[start:start + batch].astype(np.float32)
-        if len(chunk) not in sized:
-            sized[len(chunk)] = model.transform(ChangeBatchSize(len(chunk))).transform(InferShapes())
-        ctx = execute_onnx(sized[len(chunk)], {in_name: chunk}, return_full_exec_context=True)
-        for name in keep:
-            kept[name].append(np.asarray(ctx[name]))
-    return {k: v[0] if k in constant else np.concatenate(v) for k, v in kept.items()}
-
-
 # --- which tensors correspond ------------------------------------------------------------------------------------
-def qonnx_layer_outputs(model: ModelWrapper) -> tuple[list[dict], dict | None]:
+def qonnx_layer_outputs(model: ModelWrapper) -> tuple[list[dict], FinalMatMul | None]:
     """QONNX activation-quantizer outputs (in order, without the input quantizer) and the final MatMul.
 
-    Each entry: ``tensor``, ``scale`` (to turn values into integers), ``bipolar``. The final MatMul entry has its
-    two inputs and their scales (the activation's quantizer found through a Flatten or Reshape), so its integer
-    dot product can be recomputed exactly.
+    Each entry: ``tensor``, ``scale`` (to turn values into integers), ``bipolar``. The final MatMul
+    (:func:`hwq.export.scores.final_matmul`) carries its inputs and their scales, so its integer dot product can
+    be recomputed exactly.
     """
     initial = {i.name for i in model.graph.initializer}
     graph_in = model.graph.input[0].name
     acts = []
     for node in model.graph.node:
         if node.op_type in ("BipolarQuant", "Quant") and node.input[0] not in initial and node.input[0] != graph_in:
-            acts.append({"tensor": node.output[0], "scale": _scale_of(model, node),
+            acts.append({"tensor": node.output[0], "scale": quant_scale(model, node),
                          "bipolar": node.op_type == "BipolarQuant"})
-    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
-    final = None
-    if matmuls:
-        mm = matmuls[-1]
-        a, w = (model.find_producer(t) for t in mm.input)
-        while a is not None and a.op_type in ("Flatten", "Reshape"):  # e.g. MobileNet's flatten -> linear
-            a = model.find_producer(a.input[0])
-        if a is not None and w is not None and a.op_type.endswith("Quant") and w.op_type.endswith("Quant"):
-            final = {"tensor": mm.output[0], "inputs": list(mm.input),
-                     "scales": [_scale_of(model, a), _scale_of(model, w)]}
-    return acts, final
-
-
-def _scale_of(model: ModelWrapper, quant) -> np.ndarray:
-    scale = model.get_initializer(quant.input[1])
-    return np.asarray(1.0 if scale is None else scale, dtype=np.float64)
+    return acts, final_matmul(model)
 
 
 def hw_layer_outputs(model: ModelWrapper) -> list[Any]:
@@ -126,11 +93,11 @@ def check_bit_exact(qonnx_model: ModelWrapper, hw_model: ModelWrapper, images: n
     acts, final = qonnx_layer_outputs(qonnx_model)
     layers = hw_layer_outputs(hw_model)
     q_out, h_out = qonnx_model.graph.output[0].name, hw_model.graph.output[0].name
-    q_keep = [q_out] + [a["tensor"] for a in acts] + (final["inputs"] if final else [])
+    q_keep = [q_out] + [a["tensor"] for a in acts] + ([final.act, final.weight, final.tensor] if final else [])
     h_keep = [h_out] + [n.output[0] for n in layers]
     q_in_shape = qonnx_model.get_tensor_shape(qonnx_model.graph.input[0].name)[1:]
-    ref = run_qonnx_graph(qonnx_model, images.reshape(len(images), *q_in_shape) / 255.0, q_keep,
-                          constant=tuple(final["inputs"][1:]) if final else ())
+    ref = run_qonnx_graph(qonnx_model, images.reshape(len(images), *q_in_shape) / 255.0, list(dict.fromkeys(q_keep)),
+                          constant=(final.weight,) if final else ())
     hw_images = images.astype(np.float32)
     hw_shape = hw_model.get_tensor_shape(hw_model.graph.input[0].name)
     if images.ndim == 4 and len(hw_shape) == 4 and tuple(hw_shape[1:]) == images.shape[2:] + images.shape[1:2]:
@@ -138,33 +105,34 @@ def check_bit_exact(qonnx_model: ModelWrapper, hw_model: ModelWrapper, images: n
     hw, ranges = run_hw_graph(hw_model, hw_images, h_keep)
 
     pairs: list[tuple[str, str, np.ndarray, np.ndarray]] = []  # (qonnx tensor, hw tensor, expected, got)
-    layerwise = final is not None and len(acts) == len(layers) - 1
+    dot = integer_dot(ref, final) if final is not None else None
+    layerwise = dot is not None and len(acts) == len(layers) - 1
     if layerwise:
         for act, node in zip(acts, layers[:-1]):
             value = ref[act["tensor"]]
             expected = (value + 1) / 2 if act["bipolar"] else value / act["scale"]
             pairs.append((act["tensor"], node.output[0], _to_nhwc(np.rint(expected)), hw[node.output[0]]))
-    if final is not None:
-        a, w = (ref[t] for t in final["inputs"])
-        a_int = np.rint(a / final["scales"][0]).astype(np.int64)
-        w_int = np.rint(w / final["scales"][1]).astype(np.int64)
-        dot = a_int.reshape(len(a_int), -1) @ w_int
+    if dot is not None:
         last = getCustomOp(layers[-1])
+        hw_dot = dot
         if layers[-1].op_type.startswith("MVAU") and last.get_nodeattr("binaryXnorMode"):
-            dot = (dot + int(last.get_nodeattr("MW"))) // 2  # popcount = (dot + MW) / 2
-        pairs.append((final["tensor"] + " (as integers)", layers[-1].output[0], dot, hw[layers[-1].output[0]]))
+            hw_dot = (dot + int(last.get_nodeattr("MW"))) // 2  # popcount = (dot + MW) / 2
+        pairs.append((final.tensor + " (as integers)", layers[-1].output[0], hw_dot, hw[layers[-1].output[0]]))
+    # The class rule (hwq.classes): the first arg-max of the classifier's integer scores, as FINN's label
+    # selection takes it; exact ties go to the lowest index on both sides, so there is nothing to forgive.
+    # Without integer scores (a classifier behind an average pool) the reference is float32 logits, in which two
+    # classes with the same integer accumulator can differ by rounding: a tie then means within float32 precision.
     ref_scores = ref[q_out].reshape(len(images), -1)
-    ref_classes = ref_scores.argmax(1)
     hw_classes = hw[h_out].reshape(len(images), -1)[:, 0].astype(np.int64)
-    # An exact tie between the top scores may be broken either way (argmax takes the first index, the hardware's
-    # label selection has its own rule): a class the hardware picked is right when its score equals the maximum.
-    # Without an integer final layer the reference scores are float32 sums, in which two classes with the same
-    # integer accumulator can differ by rounding: a tie then means equal to within float32 precision.
-    tie_scores = dot if final is not None else ref_scores
-    rows = np.arange(len(images))
-    tol = 0.0 if final is not None else 1e-5 * np.abs(tie_scores).max(1)
-    tied = (ref_classes != hw_classes) & (tie_scores[rows, hw_classes] >= tie_scores.max(1) - tol)
-    pairs.append((q_out + " (argmax)", h_out, np.where(tied, hw_classes, ref_classes), hw_classes))
+    if dot is not None and final.orientation is not None:
+        ref_classes = top_classes(final.orientation * dot)
+        tied = np.zeros(len(images), dtype=bool)
+    else:
+        ref_classes = top_classes(ref_scores)
+        rows = np.arange(len(images))
+        tol = 1e-5 * np.abs(ref_scores).max(1)
+        tied = (ref_classes != hw_classes) & (ref_scores[rows, hw_classes] >= ref_scores.max(1) - tol)
+    pairs.append((q_out + " (class)", h_out, np.where(tied, hw_classes, ref_classes), hw_classes))
 
     first = None
     compared = []
@@ -177,7 +145,8 @@ def check_bit_exact(qonnx_model: ModelWrapper, hw_model: ModelWrapper, images: n
         if len(bad) and first is None:
             first = {**compared[-1], "image": int(bad[0])}
     report = {
-        "n": int(len(images)), "layerwise": layerwise, "integer_output_compared": final is not None,
+        "n": int(len(images)), "layerwise": layerwise, "integer_output_compared": dot is not None,
+        "class_rule": INTEGER if dot is not None and final.orientation is not None else FLOAT,
         "classes_match": float(np.mean(ref_classes == hw_classes)), "ties_broken_differently": int(tied.sum()),
         "tensors": compared,
         "first_difference": first, "passed": first is None,

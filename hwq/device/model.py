@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hwq._io import read_json
+from hwq.classes import top_class
 from hwq.errors import HwqError
 
 #: Build steps whose saved graph is the abstract HW-layer graph, best first.
@@ -91,15 +92,26 @@ class BuildModel:
         return np.ascontiguousarray(x).tobytes()
 
     def classify(self, data: bytes) -> int:
-        """Execute the HW graph on one input (accelerator layout) and return the class it outputs."""
+        """Execute the HW graph on one input (accelerator layout) and return the class it outputs.
+
+        The class is the label selection's output; it is checked against the class rule (:mod:`hwq.classes`,
+        the first arg-max of the integer scores the label selection reads), so the emulated board, the host
+        reference and every other stage decide a tie alike."""
         from qonnx.core.onnx_exec import execute_onnx
 
         if len(data) != self.input_bytes:
             raise HwqError(f"{self.onnx_path.name}: got {len(data)} input bytes, expected {self.input_bytes}")
         x = np.frombuffer(data, dtype=np.uint8).astype(np.float32).reshape(self.in_shape)
         name = self.model.graph.input[0].name
-        out = execute_onnx(self.model, {name: x})[self.model.graph.output[0].name]
-        return int(np.asarray(out).reshape(-1)[0])
+        context = execute_onnx(self.model, {name: x}, return_full_exec_context=True)
+        label = int(np.asarray(context[self.model.graph.output[0].name]).reshape(-1)[0])
+        select = self.model.find_producer(self.model.graph.output[0].name)
+        if select is not None and select.op_type.startswith(("LabelSelect", "TopK")):
+            expected = top_class(np.asarray(context[select.input[0]]).reshape(-1))
+            if label != expected:
+                raise HwqError(f"{self.onnx_path.name}: node '{select.name}' selected class {label}, the class "
+                               f"rule (first arg-max of its integer scores) gives {expected}")
+        return label
 
     def scores(self, data: bytes) -> list[float]:
         """The output vector sent in ``m-results``: one-hot on the class (the accelerator returns top-1 only)."""

@@ -20,8 +20,11 @@ import torch
 from torch import nn
 
 from hwq._io import write_atomic, write_json
+from hwq.classes import Scores
 from hwq.data import Dataset, load_dataset
 from hwq.errors import VerificationError
+from hwq.export.scores import qonnx_scores, run_qonnx_graph
+from hwq.models.scores import model_scores
 from hwq.train.loop import MODEL_FILE, load_trained_model
 
 ONNX_FILE, EXPORT_FILE = "model.onnx", "export.json"
@@ -60,44 +63,48 @@ def export_qonnx_model(model: nn.Module, path: str | Path) -> "ModelWrapper":  #
 
 
 def execute_qonnx(model_wrapper, inputs: np.ndarray, batch: int = 100) -> np.ndarray:
-    """Run a batch-1 QONNX graph on many inputs with qonnx's executor, ``batch`` at a time."""
-    from qonnx.core.onnx_exec import execute_onnx
-    from qonnx.transformation.change_batchsize import ChangeBatchSize
-    from qonnx.transformation.infer_shapes import InferShapes
-
-    in_name = model_wrapper.graph.input[0].name
-    out_name = model_wrapper.graph.output[0].name
-    sized: dict[int, Any] = {}
-    outputs = []
-    for start in range(0, len(inputs), batch):
-        chunk = inputs[start:start + batch].astype(np.float32)
-        if len(chunk) not in sized:
-            sized[len(chunk)] = model_wrapper.transform(ChangeBatchSize(len(chunk))).transform(InferShapes())
-        outputs.append(execute_onnx(sized[len(chunk)], {in_name: chunk})[out_name])
-    return np.concatenate(outputs)
+    """Run a batch-1 QONNX graph on many inputs with qonnx's executor, ``batch`` at a time; returns its output."""
+    out = model_wrapper.graph.output[0].name
+    return run_qonnx_graph(model_wrapper, inputs, [out], batch)[out]
 
 
-def compare_outputs(reference: np.ndarray, candidate: np.ndarray, atol: float) -> dict[str, Any]:
-    """Compare two logit arrays: max |diff|, argmax agreement, and which disagreements are genuine.
+def compare_outputs(reference: Scores | np.ndarray, candidate: Scores | np.ndarray, atol: float) -> dict[str, Any]:
+    """Compare two stages' scores: the classes (by the class rule), the integer scores, the float logits.
 
-    A differing argmax is forgiven only when the reference's top two logits are within ``atol`` (a tie that
-    float summation order may break either way).
+    With integer scores on both sides (every deployable hwq network) they must be equal, and so must the classes
+    they give; the float logits may differ by summation order, up to ``atol``. Without them (a float baseline),
+    the classes come from the logits, and a differing class is forgiven only when the reference's top two logits
+    are within ``atol`` (a tie that float summation order may break either way).
     """
-    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    ref_top, cand_top = reference.argmax(1), candidate.argmax(1)
-    top2 = np.sort(reference, axis=1)[:, -2:]
-    tied = (top2[:, 1] - top2[:, 0]) <= atol
+    reference = reference if isinstance(reference, Scores) else Scores(np.asarray(reference))
+    candidate = candidate if isinstance(candidate, Scores) else Scores(np.asarray(candidate))
+    diff = np.abs(reference.logits.astype(np.float64) - candidate.logits.astype(np.float64))
+    integer = reference.integer is not None and candidate.integer is not None
+    if not integer:  # one rule for both sides: the float one
+        reference, candidate = Scores(reference.logits), Scores(candidate.logits)
+    ref_top, cand_top = reference.classes(), candidate.classes()
     differ = ref_top != cand_top
-    genuine = np.flatnonzero(differ & ~tied)
-    return {
-        "n": int(len(reference)),
+    if integer:
+        genuine = np.flatnonzero(differ | (reference.integer != candidate.integer).any(axis=1))
+        forgiven = 0
+    else:
+        top2 = np.sort(reference.logits, axis=1)[:, -2:]
+        tied = (top2[:, 1] - top2[:, 0]) <= atol
+        genuine = np.flatnonzero(differ & ~tied)
+        forgiven = int(np.sum(differ & tied))
+    report = {
+        "n": int(len(reference.logits)),
+        "class_rule": reference.source,
         "argmax_match": float(np.mean(~differ)),
         "max_abs_diff": float(diff.max()) if diff.size else 0.0,
         "atol": atol,
-        "ties_broken_differently": int(np.sum(differ & tied)),
+        "ties_broken_differently": forgiven,
         "first_mismatch": int(genuine[0]) if len(genuine) else None,
         "passed": bool(diff.max() <= atol and len(genuine) == 0) if diff.size else True,
     }
+    if integer:
+        report["integer_scores_match"] = float(np.mean(~(reference.integer != candidate.integer).any(axis=1)))
+    return report
 
 
 def _sha256(path: Path) -> str:
@@ -106,16 +113,15 @@ def _sha256(path: Path) -> str:
 
 def verify_qonnx(
     onnx_path: str | Path, model: nn.Module, images: torch.Tensor, config: ExportConfig = ExportConfig(),
-) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+) -> tuple[dict[str, Any], Scores, Scores]:
     """Execute ``onnx_path`` with qonnx on ``images`` (model inputs) and compare with ``model``.
 
-    Returns the comparison (see :func:`compare_outputs`) and both outputs; raising is left to the caller.
+    Returns the comparison (see :func:`compare_outputs`) and both stages' scores; raising is left to the caller.
     """
     from qonnx.core.modelwrapper import ModelWrapper
 
-    with torch.no_grad():
-        reference = model.eval()(images).numpy()
-    candidate = execute_qonnx(ModelWrapper(str(onnx_path)), images.numpy(), config.batch)
+    reference = model_scores(model.eval(), images)
+    candidate, _ = qonnx_scores(ModelWrapper(str(onnx_path)), images.numpy(), config.batch)
     return compare_outputs(reference, candidate, config.atol), reference, candidate
 
 
@@ -146,8 +152,8 @@ def run_export(run_dir: str | Path, config: ExportConfig = ExportConfig()) -> di
         "ops": sorted({node.op_type for node in wrapper.graph.node}),
         "verification": {
             "dataset": dataset.name, "split": "test", "first_index": 0, **verification,
-            "qonnx_accuracy": float(np.mean(candidate.argmax(1) == labels)),
-            "torch_accuracy": float(np.mean(reference.argmax(1) == labels)),
+            "qonnx_accuracy": float(np.mean(candidate.classes() == labels)),
+            "torch_accuracy": float(np.mean(reference.classes() == labels)),
         },
         "seconds": round(time.perf_counter() - started, 3),
     }

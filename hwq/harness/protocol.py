@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from hwq.classes import top_class
 from hwq.harness.errors import DeviceError, ProtocolError
 
 TERMINATOR = "%"
@@ -130,10 +131,10 @@ class Results:
 
     @property
     def top1(self) -> int:
-        """Index of the largest value (the first one on ties), as the reference host takes it."""
+        """Index of the largest value, the first one on ties: the class rule of :mod:`hwq.classes`."""
         if not self.values:
             raise ProtocolError("m-results: empty vector, no top-1 class")
-        return max(range(len(self.values)), key=lambda i: (self.values[i], -i))
+        return top_class(self.values)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from hwq._io import read_json, write_atomic, write_json
 from hwq.data import Dataset, load_dataset
 from hwq.errors import CheckpointError, ConfigError
 from hwq.models import ModelSpec, build_model
+from hwq.models.scores import model_scores
 from hwq.quant import clip_latent_weights
 from hwq.train.augment import AUGMENTED_BY_DEFAULT, random_crop_flip
 from hwq.train.checkpoint import load_checkpoint, save_checkpoint
@@ -107,13 +108,15 @@ def call_hooks(model: nn.Module, hook: str, *args: Any) -> list[Any]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy (fraction) of ``model`` in eval mode on ``uint8`` images."""
+    """Top-1 accuracy (fraction) of ``model`` in eval mode on ``uint8`` images, by the class rule
+    (:mod:`hwq.classes`: the first arg-max of the classifier's integer scores, as the hardware decides)."""
     was_training = model.training
     model.eval()
     correct = 0
     for start in range(0, len(images), batch_size):
-        logits = model(Dataset.to_float(images[start:start + batch_size]))
-        correct += int((logits.argmax(1) == labels[start:start + batch_size]).sum())
+        scores = model_scores(model, Dataset.to_float(images[start:start + batch_size]))
+        correct += int((torch.from_numpy(scores.classes()).to(labels.device) ==
+                        labels[start:start + batch_size]).sum())
     model.train(was_training)
     return correct / max(1, len(images))
 
