@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hwq.classes import top_classes
 from hwq.errors import VerificationError
 
 
@@ -67,8 +68,11 @@ def thresholds(acc, thr, act_val: int = 0) -> np.ndarray:
 
 
 def label_select(x, k: int = 1) -> np.ndarray:
-    """Indices of the ``k`` largest values per row, largest first; ties go to the lower index (ONNX TopK)."""
+    """Indices of the ``k`` largest values per row, largest first; ties go to the lower index (ONNX TopK). The top
+    one is the class rule's (:func:`hwq.classes.top_classes`)."""
     x = _ints(x, "label select input")
+    if k == 1:
+        return top_classes(x)[:, None]
     order = np.argsort(-x, axis=1, kind="stable")
     return order[:, :k].astype(np.int64)
 
