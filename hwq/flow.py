@@ -14,18 +14,47 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from hwq._config import check_mapping, config_from_mapping
 from hwq._io import read_yaml_mapping, write_json
 from hwq.errors import ConfigError
 
 STAGES = ("train", "export", "build", "measure")
-MEASURE_DEFAULTS = {"emulate": True, "port": None, "modes": ["performance", "accuracy", "energy"], "windows": 5,
-                    "min_window_s": 10.0, "samples": 100}
+
+
+@dataclass
+class MeasureSettings:
+    """A recipe's ``measure:`` section: where the device is and what to measure on it."""
+
+    #: Serve the build on an emulated board (a real pseudo-terminal) instead of a device at ``port``.
+    emulate: bool = True
+    port: str | None = None
+    modes: list[str] = field(default_factory=lambda: ["performance", "accuracy", "energy"])
+    windows: int = 5
+    min_window_s: float = 10.0
+    samples: int | None = 100
+
+    def __post_init__(self) -> None:
+        from hwq.harness.measure import MODES
+
+        if not self.modes or any(m not in MODES for m in self.modes) or len(set(self.modes)) != len(self.modes):
+            raise ConfigError(f"modes: expected a list of distinct modes out of {', '.join(MODES)}, "
+                              f"got {self.modes!r}")
+        if not self.emulate and not self.port:
+            raise ConfigError("give a port, or emulate: true")
+
+    def configs(self, port: str, out_dir: str, build_dir: str) -> list:
+        """One :class:`~hwq.harness.measure.MeasureConfig` per mode (each checks its own ranges)."""
+        from hwq.harness.measure import MeasureConfig
+
+        return [MeasureConfig(port=port, mode=mode, out_dir=out_dir, build_dir=build_dir, windows=self.windows,
+                              min_window_s=self.min_window_s, samples=self.samples) for mode in self.modes]
 
 
 @dataclass
@@ -41,25 +70,70 @@ class Recipe:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Recipe":
+        """Read a recipe and validate all of it, every stage's settings included, before any stage runs."""
         path = Path(path)
         data = read_yaml_mapping(path, "recipe")
         known = {"name", "run_dir", "train", "export", "build", "measure"}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(map(str, set(data) - known))
         if unknown:
             raise ConfigError(f"{path}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         for key in ("run_dir", "train"):
             if key not in data:
                 raise ConfigError(f"{path}: missing field '{key}'")
-        measure = data.get("measure")
-        if measure is not None:
-            unknown = sorted(set(measure) - set(MEASURE_DEFAULTS))
-            if unknown:
-                raise ConfigError(f"{path}: measure: unknown field(s) {', '.join(unknown)}")
-            measure = {**MEASURE_DEFAULTS, **measure}
-            if not measure["emulate"] and not measure["port"]:
-                raise ConfigError(f"{path}: measure: give a port, or emulate: true")
-        return cls(name=data.get("name", path.stem), run_dir=data["run_dir"], train=data["train"],
-                   export=data.get("export") or {}, build=data.get("build"), measure=measure)
+        for key in ("name", "run_dir"):
+            if key in data and not (isinstance(data[key], str) and data[key]):
+                raise ConfigError(f"{path}: {key}: expected a non-empty string, got {data[key]!r}")
+        recipe = cls(name=data.get("name", path.stem), run_dir=data["run_dir"], train=data["train"],
+                     export=data.get("export") or {}, build=data.get("build"), measure=data.get("measure"))
+        recipe.validate(path)
+        return recipe
+
+    def validate(self, path: Path) -> None:
+        """Build every stage's config from its section, so that a typo in ``measure`` is reported before
+        training starts; each error names the recipe file and the section."""
+        from hwq.dataflow import BuildConfig
+        from hwq.export import ExportConfig
+        from hwq.train import TrainConfig
+
+        check_mapping(TrainConfig, self.train, f"{path}: train")
+        train = TrainConfig.from_dict(self.train, source=f"{path}: train")
+        _check_model(train, f"{path}: train")
+        config_from_mapping(ExportConfig, self.export, f"{path}: export")
+        if self.build is not None:
+            from hwq.boards import load_board
+
+            build = _section(BuildConfig, self.build, f"{path}: build")
+            _section(load_board, build.board, f"{path}: build: board")
+        if self.measure is not None:
+            if self.build is None:
+                raise ConfigError(f"{path}: measure needs a build section")
+            settings = _section(MeasureSettings, self.measure, f"{path}: measure")
+            _section(settings.configs, "(recipe check)", f"{path}: measure", "measure", "build")
+            self.measure = dataclasses.asdict(settings)
+
+
+def _section(make: Callable, data: Any, where: str, *args: Any):
+    """``make(data)`` (a mapping for a config class), with any ConfigError prefixed by ``where``."""
+    try:
+        if isinstance(make, type):
+            return config_from_mapping(make, data, where)
+        return make(data, *args)
+    except ConfigError as err:
+        message = str(err)
+        raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
+
+
+def _check_model(config, where: str) -> None:
+    """The model and quantizer family exist and take these bit-widths (before any data is loaded)."""
+    from hwq.models import MODELS
+    from hwq.quant import get_family
+
+    if config.model not in MODELS:
+        raise ConfigError(f"{where}: model: unknown model '{config.model}'; known: {', '.join(sorted(MODELS))}")
+    try:
+        get_family(config.quant, config.model_options).check_bits(config.wbits, config.abits)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def _sha256(path: Path) -> str | None:
@@ -152,8 +226,6 @@ def run_flow(recipe_path: str | Path, progress: bool = True, echo: Callable[[str
     recipe = Recipe.from_yaml(recipe_path)
     run = Path(recipe.run_dir)
     wanted = [s for s in STAGES if s in ("train", "export") or getattr(recipe, s) is not None]
-    if "measure" in wanted and "build" not in wanted:
-        raise ConfigError(f"{recipe_path}: measure needs a build section")
     results, skipped = {}, []
     for stage in wanted:
         was_skipped, results[stage] = STAGE_FUNCTIONS[stage](recipe, run, progress)

@@ -67,7 +67,20 @@ def test_changed_training_reruns_what_depends_on_it(tmp_path):
 @pytest.mark.parametrize("recipe,message", [
     ({"train": {}}, "missing field 'run_dir'"),
     ({"run_dir": "x", "train": {}, "bogus": 1}, r"unknown field\(s\) bogus"),
-    ({"run_dir": "x", "train": {}, "measure": {"emulate": False}}, "give a port, or emulate: true"),
+    ({"run_dir": "x", "train": {}, "build": {}, "measure": {"emulate": False}}, "give a port, or emulate: true"),
+    ({"run_dir": "x", "train": {}, "measure": {}}, "measure needs a build section"),
+    ({"run_dir": "x", "train": 5}, "train: expected a mapping"),
+    ({"run_dir": "x", "train": {"model": "nope"}}, "train: model: unknown model 'nope'"),
+    ({"run_dir": "x", "train": {"wbits": 9}}, "train: --wbits 9 is not supported"),
+    ({"run_dir": "x", "train": {"lr": "fast"}}, "train: lr: expected a number, got 'fast'"),
+    ({"run_dir": "x", "train": {}, "export": {"verify_samples": "all"}}, "export: verify_samples: expected an integer"),
+    ({"run_dir": "x", "train": {}, "build": {"board": "pynq-z2", "bogus": 1}}, r"build: unknown field\(s\) bogus"),
+    ({"run_dir": "x", "train": {}, "build": {"board": "pynq-z9"}}, "build: board: .*pynq-z9"),
+    ({"run_dir": "x", "train": {}, "build": {}, "measure": {"modes": "performance"}},
+     "measure: modes: expected a list of strings, got 'performance'"),
+    ({"run_dir": "x", "train": {}, "build": {}, "measure": {"modes": ["speed"]}}, "measure: modes: expected a list"),
+    ({"run_dir": "x", "train": {}, "build": {}, "measure": {"windows": "five"}}, "measure: windows: expected an int"),
+    ({"run_dir": "x", "train": {}, "build": {}, "measure": {"windows": 0}}, "measure: windows"),
 ])
 def test_bad_recipes_are_clear_errors(tmp_path, recipe, message):
     path = tmp_path / "bad.yaml"
@@ -83,3 +96,10 @@ def test_cli_run(flow, capsys):
     assert main(["run", path, "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "up to date, skipped" in out and "measured/estimated 1.0000" in out
+
+
+def test_a_bad_late_section_stops_the_flow_before_training(tmp_path):
+    path = _recipe(tmp_path, measure={"emulate": True, "modes": "performance"})
+    with pytest.raises(ConfigError, match="measure: modes"):
+        run_flow(path, progress=False, echo=lambda _: None)
+    assert not (tmp_path / "run").exists()
