@@ -107,17 +107,14 @@ def _export(args: argparse.Namespace) -> int:
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list models, quantizer families and datasets")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(func=_models)
 
 
 def _models(args: argparse.Namespace) -> int:
-    from hwq.data import DATASETS
-    from hwq.models import MODELS
-    from hwq.quant import FAMILIES
+    from hwq import catalog
 
-    print(json.dumps({"models": sorted(MODELS), "quant": {name: {"wbits": list(f.weight_bits),
-          "abits": list(f.act_bits)} for name, f in sorted(FAMILIES.items())}, "datasets": list(DATASETS)},
-          indent=2))
+    print(json.dumps(catalog.as_dict(), indent=2) if args.json else catalog.as_table())
     return 0
 
 
@@ -300,9 +297,29 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every ``--help`` shows each option's default; ``None`` and switches stay quiet (their help says)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, True, [], argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The verbs' parsers: defaults in ``--help``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from hwq import __version__
+
     parser = argparse.ArgumentParser(prog="hwq", description="quantization-aware training to FPGA accelerators")
-    sub = parser.add_subparsers(dest="verb", required=True)
+    parser.add_argument("--version", action="version", version=f"hwq {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     for add in (_add_train, _add_export, _add_models, _add_build, _add_boards, _add_emulate,
                 _add_measure, _add_run):
         add(sub)
