@@ -82,7 +82,7 @@ def test_a_plot_that_cannot_be_written_does_not_cost_the_report(build_model, dig
     assert any(w.startswith("warning: latency.png: ") for w in warnings)
 
 
-@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
 def test_signal_ends_measure_with_interrupted_report(build_model, digits_tfc_build, tmp_path, sig, status):
     """A real ``hwq measure`` process, stopped by SIGTERM (kill) or SIGINT (Ctrl-C) after its second window."""
     out = tmp_path / "measure"
@@ -132,6 +132,20 @@ def test_energy_interrupted_keeps_the_covered_windows(build_model, digits_tfc_bu
     assert report["status"] == "interrupted" and len(report["windows"]) == 2
     assert report["summary"]["windows"] == 2 and report["summary"]["energy_per_inference_median_uJ"] > 0
     assert (tmp_path / "power-trace.csv").read_text().startswith("time_s,power_mW")
+
+
+def test_accuracy_interrupted_keeps_the_images_done(build_model, digits_tfc_build, tmp_path):
+    """Ctrl-C (SIGINT) once 50 images are done: the report keeps them and the message counts them."""
+    def ctrl_c_at_50(message: str) -> None:
+        if message.startswith("50/"):
+            signal.raise_signal(signal.SIGINT)
+
+    with Emulator(build_model) as emu, pytest.raises(Interrupted) as stopped:
+        run_measure(MeasureConfig(port=emu.port, mode="accuracy", build_dir=str(digits_tfc_build),
+                                  out_dir=str(tmp_path), samples=60, timeout_s=2.0), progress=ctrl_c_at_50)
+    assert stopped.value.exit_status == 130 and stopped.value.detail.endswith("(50 of 60 images)")
+    report = _report(tmp_path, "accuracy")
+    assert report["status"] == "interrupted" and report["summary"]["samples"] == 50
 
 
 # --- no stage consumes a failed artifact ------------------------------------------------------------------------

@@ -4,13 +4,16 @@
 Inference is bit-exact (the build's HW-layer graph, executed by FINN/QONNX in Python); timestamps come from a
 virtual clock at the board clock: ``infer N W`` advances it by the cycles of W warm-ups, reads t0, advances it by
 ``fill + (N - 1) * II`` cycles (manifest: ``critical_path_cycles`` and ``max_cycles``), reads t1. So a host
-measures exactly the manifest's ``estimated_fps`` (up to the microsecond rounding and the one pipeline fill).
-Between commands the virtual clock also follows wall time, so ``timestamp`` moves like a real timer.
+measures exactly the manifest's ``estimated_fps`` (up to the microsecond rounding and the one pipeline fill), and
+``infer 1 W`` takes ``fill`` cycles, the manifest's ``estimated_latency_us``: the pipeline latency of one inference
+(to the timer's whole microsecond). Between commands the virtual clock also follows wall time, so ``timestamp``
+moves like a real timer.
 
-Fault injection (:class:`FaultConfig`): reply bytes dropped or replaced by line noise (non-ASCII bytes), a delay
-before every reply, a reboot (boot lines, buffer lost) on the Nth command.
+Fault injection (:class:`FaultConfig`, range-checked): reply bytes dropped or replaced by line noise (non-ASCII
+bytes), a delay before every reply, a reboot (boot lines, buffer lost) on the Nth command.
+:meth:`Emulator.from_build_dir` refuses a build whose manifest is not done or whose gates failed, unless ``force``.
 
->>> emu = Emulator(BuildModel.from_build_dir("runs/tfc-digits/build-pynq-z2")).start()   # doctest: +SKIP
+>>> emu = Emulator.from_build_dir("runs/tfc-digits/build-pynq-z2").start()               # doctest: +SKIP
 >>> emu.port, emu.stop()                                                                  # doctest: +SKIP
 ('/dev/pts/5', None)
 """

@@ -23,6 +23,8 @@ LPM_FREQS_HZ = {"100k": 100_000, "50k": 50_000, "20k": 20_000, "10k": 10_000, "5
                 "1k": 1000, "500": 500, "200": 200, "100": 100, "50": 50, "20": 20, "10": 10, "5": 5, "2": 2, "1": 1}
 #: The LPM01A supplies 1.8 V to 3.3 V.
 LPM_VOLTAGE_RANGE_V = (1.8, 3.3)
+#: The shortest timed window asked for: 1 ms is 1,000 ticks of the 1 us timer (0.1 % rounding at worst).
+MIN_WINDOW_S = 0.001
 #: The largest input a device is asked to hold (the emulated board's ``db load`` limit, 16 MiB).
 MAX_INPUT_BYTES = 1 << 24
 
@@ -95,7 +97,7 @@ class MeasureConfig:
     force: bool = False                     # measure a build whose manifest is not done or whose gates failed
     baud: int = 115200                      # the PYNQ-Z2's UART default
     windows: int = 5                        # MLPerf Tiny: 5 windows, median reported
-    min_window_s: float = 10.0              # MLPerf Tiny: each window lasts >= 10 s (device time)
+    min_window_s: float = 10.0              # MLPerf Tiny: each window lasts >= 10 s (device time); >= 1 ms
     latency_windows: int = 5                # `infer 1` windows timing one inference (median reported)
     warmup: int = 10                        # warm-up inferences before each window
     max_n: int = 10**12                     # cap on inferences per window (a runaway guard, ~1 day at 10 M/s)
@@ -124,7 +126,7 @@ class MeasureConfig:
         for name, minimum in (("baud", 1), ("windows", 1), ("latency_windows", 1), ("warmup", 0), ("max_n", 1),
                               ("probe_us", 1), ("resets_allowed", 0), ("power_baud", 1), ("transcript_keep", 0)):
             check_int(flag(name), getattr(self, name), minimum)
-        check_number(flag("min_window_s"), self.min_window_s, 0, above=True, unit="seconds")
+        check_number(flag("min_window_s"), self.min_window_s, MIN_WINDOW_S, unit="seconds")
         check_number(flag("timeout_s"), self.timeout_s, 0, above=True, unit="seconds")
         check_number(flag("transcript_max_mb"), self.transcript_max_mb, 0, above=True, unit="MB")
         if self.samples is not None:
