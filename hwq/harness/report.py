@@ -8,8 +8,8 @@
   *before* any file derived from it (plots, traces): a full disk or a failing plot costs that file, never the
   numbers, and the failure is noted in the report under ``output_errors``.
 
->>> report = ReportFile(Path("measure/measure-performance.json"), {"status": "running", "outputs": {}})  # doctest: +SKIP
->>> report.write(); ...; report.finish("done")                                                        # doctest: +SKIP
+>>> file = ReportFile(Path("measure/measure-performance.json"), {"status": "running", "outputs": {}})  # doctest: +SKIP
+>>> file.write(); ...; file.finish("done")                                                         # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -114,13 +114,13 @@ class TimedWindows:
         min_us = self.config.min_window_s * 1e6
         if r.elapsed_us >= min_us:
             return True
-        if self.n >= self.config.max_n:
+        if r.n >= self.config.max_n:
             raise HwqError(f"a window of MeasureConfig.max_n = {self.config.max_n} inferences lasts "
                            f"{r.elapsed_us / 1e6:.6f} s, shorter than --min-window-s {self.config.min_window_s:g}: "
                            "lower --min-window-s or raise max_n")
-        grown = min(self.config.max_n, max(self.n + 1, math.ceil(self.n * min_us / max(r.elapsed_us, 1)
+        grown = min(self.config.max_n, max(r.n + 1, math.ceil(r.n * min_us / max(r.elapsed_us, 1)
                                                                   * (1 + SIZING_MARGIN))))
-        self.resized.append(f"window of N = {self.n} lasted {r.elapsed_us / 1e6:.6f} s < --min-window-s "
+        self.resized.append(f"window of N = {r.n} lasted {r.elapsed_us / 1e6:.6f} s < --min-window-s "
                             f"{self.config.min_window_s:g}: repeated with N = {grown}")
         self.n = grown
         return False
