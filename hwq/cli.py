@@ -213,26 +213,34 @@ def _boards(args: argparse.Namespace) -> int:
 def _add_emulate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("emulate", help="serve a build as an emulated board on a pseudo-terminal (path printed first)")
     p.add_argument("build_dir", help="build directory written by 'hwq build'")
-    p.add_argument("--name", default="hwq-emulator", help="device name answered to 'name%%'")
-    p.add_argument("--drop-rate", dest="drop_rate", type=float, default=0.0, help="fault: reply bytes lost (0-1)")
+    p.add_argument("--name", default="hwq-emulator",
+                   help="device name answered to 'name%%' (default: %(default)s)")
+    p.add_argument("--force", action="store_true",
+                   help="emulate a build whose manifest is not done or whose gates failed (default: refuse it)")
+    p.add_argument("--drop-rate", dest="drop_rate", type=float, default=0.0,
+                   help="fault: fraction of reply bytes lost, 0-1 (default: %(default)s)")
     p.add_argument("--garble-rate", dest="garble_rate", type=float, default=0.0,
-                   help="fault: reply bytes turned into line noise (0-1)")
-    p.add_argument("--reply-delay", dest="reply_delay_s", type=float, default=0.0, help="fault: seconds per reply")
+                   help="fault: fraction of reply bytes turned into line noise, 0-1 (default: %(default)s)")
+    p.add_argument("--reply-delay", dest="reply_delay_s", type=float, default=0.0,
+                   help="fault: seconds of delay before every reply, >= 0 (default: %(default)s)")
     p.add_argument("--reset-at", dest="reset_at_command", type=int, default=0,
-                   help="fault: reboot on the Nth command (0: never)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random faults")
+                   help="fault: reboot on the Nth command, >= 0 (default: %(default)s, never)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random faults, >= 0 (default: %(default)s)")
     p.set_defaults(func=_emulate)
 
 
 def _emulate(args: argparse.Namespace) -> int:
     import signal
 
-    from hwq.device import BuildModel, Emulator, FaultConfig
+    from hwq.device import Emulator, FaultConfig
 
     faults = FaultConfig(drop_rate=args.drop_rate, garble_rate=args.garble_rate, reply_delay_s=args.reply_delay_s,
                          reset_at_command=args.reset_at_command, seed=args.seed)
-    emu = Emulator(BuildModel.from_build_dir(args.build_dir), name=args.name, faults=faults)
+    emu = Emulator.from_build_dir(args.build_dir, force=args.force, name=args.name, faults=faults)
     print(emu.port, flush=True)
+    if emu.forced_problems:
+        print(f"warning: emulating {args.build_dir} although it did not pass ({'; '.join(emu.forced_problems)}), "
+              "as --force asks", file=sys.stderr, flush=True)
     print(f"emulating {args.build_dir} on {emu.port} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, lambda *_: emu.request_stop())
     try:
@@ -245,26 +253,51 @@ def _emulate(args: argparse.Namespace) -> int:
 
 
 def _add_measure(sub: argparse._SubParsersAction) -> None:
+    import dataclasses
+
+    from hwq.harness.config import LPM_VOLTAGE_RANGE_V, MODES, MeasureConfig
+
+    # the defaults (and those --help shows) are the dataclass's own, so the CLI and the Python API agree
+    d = argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(MeasureConfig)})
     p = sub.add_parser("measure", help="measure a device over the MLPerf Tiny serial protocol")
     p.add_argument("--port", required=True, help="serial device, pty path or pyserial URL (socket://host:port)")
-    p.add_argument("--mode", choices=("performance", "accuracy", "energy"), default="performance")
-    p.add_argument("--build", dest="build_dir", help="build directory (input layout, dataset, reference model)")
-    p.add_argument("--out", dest="out_dir", help="report folder (default BUILD/measure, else ./measure)")
-    p.add_argument("--baud", type=int, default=115200)
-    p.add_argument("--windows", type=int, default=5, help="timed windows (default 5, the median is reported)")
-    p.add_argument("--min-window-s", dest="min_window_s", type=float, default=10.0,
-                   help="device seconds per window (default 10, as MLPerf Tiny)")
-    p.add_argument("--warmup", type=int, default=10, help="warm-up inferences per window")
-    p.add_argument("--samples", type=int, help="accuracy: test images to send (default all)")
-    p.add_argument("--input-bytes", dest="input_bytes", type=int, help="performance without --build: input size")
-    p.add_argument("--data-dir", dest="data_dir", help="dataset folder")
-    p.add_argument("--timeout", dest="timeout_s", type=float, default=5.0, help="seconds per reply (default 5)")
+    p.add_argument("--mode", choices=MODES, default=d.mode, help="what to measure (default: %(default)s)")
+    p.add_argument("--build", dest="build_dir",
+                   help="build directory: input layout, dataset, reference model (default: none; then give "
+                        "--input-bytes for performance)")
+    p.add_argument("--force", action="store_true",
+                   help="measure a build whose manifest is not done or whose gates failed; recorded in the report "
+                        "(default: refuse it)")
+    p.add_argument("--out", dest="out_dir", help="report folder (default: BUILD/measure, else ./measure)")
+    p.add_argument("--baud", type=int, default=d.baud, help="serial rate, >= 1 (default: %(default)s)")
+    p.add_argument("--windows", type=int, default=d.windows,
+                   help="timed windows, >= 1; the median is reported (default: %(default)s)")
+    p.add_argument("--min-window-s", dest="min_window_s", type=float, default=d.min_window_s,
+                   help="least device seconds per timed window, > 0 (default: %(default)s, as MLPerf Tiny)")
+    p.add_argument("--latency-windows", dest="latency_windows", type=int, default=d.latency_windows,
+                   help="performance: 'infer 1' windows timing one inference, >= 1 (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=d.warmup,
+                   help="warm-up inferences before each window, >= 0 (default: %(default)s)")
+    p.add_argument("--samples", type=int,
+                   help="accuracy: test images to send, >= 1 (default: all of the test split)")
+    p.add_argument("--input-bytes", dest="input_bytes", type=int,
+                   help="performance without --build: size of the zero input, >= 1 (default: none)")
+    p.add_argument("--data-dir", dest="data_dir",
+                   help="dataset folder (default: the build's, else $HWQ_DATA, else ../shared/data)")
+    p.add_argument("--timeout", dest="timeout_s", type=float, default=d.timeout_s,
+                   help="seconds to wait for each reply, > 0 (default: %(default)s)")
     p.add_argument("--power", choices=("rails", "lpm01a"), default=None,
                    help="energy: the board's rails (hwq m-power- extension) or an ST LPM01A (default: lpm01a "
                         "with --power-port, else rails)")
-    p.add_argument("--power-port", dest="power_port", help="energy: the LPM01A's serial port")
-    p.add_argument("--power-voltage", dest="power_voltage_v", type=float, default=3.3,
-                   help="energy: LPM01A supply voltage in V (1.8-3.3, default 3.3)")
+    p.add_argument("--power-port", dest="power_port", help="energy: the LPM01A's serial port (default: none)")
+    p.add_argument("--power-voltage", dest="power_voltage_v", type=float, default=d.power_voltage_v,
+                   help=f"energy: LPM01A supply voltage in V, {LPM_VOLTAGE_RANGE_V[0]}-{LPM_VOLTAGE_RANGE_V[1]} "
+                        "(default: %(default)s)")
+    p.add_argument("--transcript-max-mb", dest="transcript_max_mb", type=float, default=d.transcript_max_mb,
+                   help="transcript.log is rotated into gzip parts beyond this size in MB, > 0 "
+                        "(default: %(default)s)")
+    p.add_argument("--transcript-keep", dest="transcript_keep", type=int, default=d.transcript_keep,
+                   help="older transcript parts kept (transcript.1.log.gz ...), >= 0 (default: %(default)s)")
     p.set_defaults(func=_measure)
 
 
@@ -272,11 +305,11 @@ def _measure(args: argparse.Namespace) -> int:
     from hwq.harness.measure import MeasureConfig, run_measure, summary_table
 
     out = args.out_dir or (str(Path(args.build_dir) / "measure") if args.build_dir else "measure")
-    config = MeasureConfig(port=args.port, mode=args.mode, out_dir=out, build_dir=args.build_dir, baud=args.baud,
-                           windows=args.windows, min_window_s=args.min_window_s, warmup=args.warmup,
-                           samples=args.samples, input_bytes=args.input_bytes, data_dir=args.data_dir,
-                           timeout_s=args.timeout_s, power=args.power or ("lpm01a" if args.power_port else "rails"),
-                           power_port=args.power_port, power_voltage_v=args.power_voltage_v)
+    settings = {k: getattr(args, k) for k in (
+        "port", "mode", "build_dir", "force", "baud", "windows", "min_window_s", "latency_windows", "warmup",
+        "samples", "input_bytes", "data_dir", "timeout_s", "power_port", "power_voltage_v", "transcript_max_mb",
+        "transcript_keep")}
+    config = MeasureConfig(out_dir=out, power=args.power or ("lpm01a" if args.power_port else "rails"), **settings)
     report = run_measure(config, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(summary_table(report))
     print(f"report: {Path(out) / report['outputs']['results']}; transcript: {Path(out) / 'transcript.log'}")

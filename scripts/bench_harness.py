@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Benchmark: the measurement harness against the emulated board, over a real pseudo-terminal.
 
-Measures (1) the timing error of performance mode against the virtual clock (measured / estimated throughput),
+Measures (1) the timing error of performance mode against the virtual clock (measured / estimated throughput, and
+the one-inference latency of the ``infer 1`` windows against the estimated pipeline latency),
 (2) the harness's own overhead per command round trip (wall time of ``name%`` and of ``infer 1 0%``, which
 includes one bit-exact inference), (3) the wall time to load one input image (``db load`` + ``db`` commands), and
 (4) the emulated board's real inference rate (bit-exact inferences per wall second, from accuracy mode).
@@ -64,7 +65,12 @@ def main() -> None:
                    "measured_median_per_s": s["throughput_median_per_s"],
                    "measured_over_estimated": s["measured_over_estimated"],
                    "relative_error": abs(s["measured_over_estimated"] - 1.0),
-                   "throughput_spread_pct": s["throughput_spread_pct"]},
+                   "throughput_spread_pct": s["throughput_spread_pct"],
+                   "shortest_window_s": s["shortest_window_s"],
+                   "estimated_latency_us": s["estimated_latency_us"],
+                   "one_inference_latency_median_us": s["latency_median_us"],
+                   "one_inference_latency_mean_us": s["latency_mean_us"],
+                   "clock_resolution_us": s["clock_resolution_us"]},
         "round_trip": {"name": name_rtt, "infer_1_0": infer_rtt, "load_one_image": load,
                        "input_bytes": model.input_bytes},
         "emulated_inference_rate": {"images": acc["summary"]["samples"], "seconds": round(acc_seconds, 3),
@@ -75,7 +81,8 @@ def main() -> None:
     }
     write_json(args.results, result)
     t, r, e = result["timing"], result["round_trip"], result["emulated_inference_rate"]
-    print(f"timing: measured/estimated {t['measured_over_estimated']:.6f} (error {t['relative_error']:.2e}); "
+    print(f"timing: measured/estimated {t['measured_over_estimated']:.6f} (error {t['relative_error']:.2e}), "
+          f"one inference {t['one_inference_latency_median_us']:g} us (estimated {t['estimated_latency_us']:g} us); "
           f"round trips: name {r['name']['median_us']:.0f} us, infer 1 0 {r['infer_1_0']['median_us']:.0f} us, "
           f"load {r['input_bytes']} B {r['load_one_image']['median_us']:.0f} us; emulated board "
           f"{e['images_per_s']:.1f} images/s in accuracy mode -> {args.results}")

@@ -4,13 +4,16 @@
 Inference is bit-exact (the build's HW-layer graph, executed by FINN/QONNX in Python); timestamps come from a
 virtual clock at the board clock: ``infer N W`` advances it by the cycles of W warm-ups, reads t0, advances it by
 ``fill + (N - 1) * II`` cycles (manifest: ``critical_path_cycles`` and ``max_cycles``), reads t1. So a host
-measures exactly the manifest's ``estimated_fps`` (up to the microsecond rounding and the one pipeline fill).
-Between commands the virtual clock also follows wall time, so ``timestamp`` moves like a real timer.
+measures exactly the manifest's ``estimated_fps`` (up to the microsecond rounding and the one pipeline fill), and
+``infer 1 W`` takes ``fill`` cycles, the manifest's ``estimated_latency_us``: the pipeline latency of one inference
+(to the timer's whole microsecond). Between commands the virtual clock also follows wall time, so ``timestamp``
+moves like a real timer.
 
-Fault injection (:class:`FaultConfig`): reply bytes dropped or replaced by line noise (non-ASCII bytes), a delay
-before every reply, a reboot (boot lines, buffer lost) on the Nth command.
+Fault injection (:class:`FaultConfig`, range-checked): reply bytes dropped or replaced by line noise (non-ASCII
+bytes), a delay before every reply, a reboot (boot lines, buffer lost) on the Nth command.
+:meth:`Emulator.from_build_dir` refuses a build whose manifest is not done or whose gates failed, unless ``force``.
 
->>> emu = Emulator(BuildModel.from_build_dir("runs/tfc-digits/build-pynq-z2")).start()   # doctest: +SKIP
+>>> emu = Emulator.from_build_dir("runs/tfc-digits/build-pynq-z2").start()               # doctest: +SKIP
 >>> emu.port, emu.stop()                                                                  # doctest: +SKIP
 ('/dev/pts/5', None)
 """
@@ -27,18 +30,38 @@ from hwq.device.dut import DutSession, Window, reply_bytes, serve_link
 from hwq.device.model import BuildModel, VirtualClock
 from hwq.device.power import PowerModel, PowerTimeline
 from hwq.device.pty import close_quietly, open_raw_pty, read_available, write_all
-from hwq.errors import HwqError
+from hwq.errors import ConfigError, HwqError
+from hwq.harness.config import check_int, check_number
 
 
 @dataclass(frozen=True)
 class FaultConfig:
-    """Faults to inject; all off by default. Rates are per reply byte, in [0, 1]."""
+    """Faults to inject; all off by default. Rates are per reply byte, in [0, 1]. Checked when made: a value out
+    of range is a one-line ConfigError naming the ``hwq emulate`` flag (``--drop-rate 2: expected ...``)."""
 
     drop_rate: float = 0.0          # a reply byte is lost
     garble_rate: float = 0.0        # a reply byte becomes line noise (0x80-0xFF, never a protocol character)
     reply_delay_s: float = 0.0      # wait before every reply (a slow device)
     reset_at_command: int = 0       # reboot instead of answering the Nth command (1-based; 0: never)
     seed: int = 0                   # for the random faults, so a test is repeatable
+
+    def __post_init__(self) -> None:
+        check_number("--drop-rate", self.drop_rate, 0, 1)
+        check_number("--garble-rate", self.garble_rate, 0, 1)
+        if self.drop_rate + self.garble_rate > 1:
+            raise ConfigError(f"--drop-rate {self.drop_rate} + --garble-rate {self.garble_rate}: expected a sum "
+                              "<= 1 (each reply byte is dropped, garbled or sent)")
+        check_number("--reply-delay", self.reply_delay_s, 0, unit="seconds")
+        check_int("--reset-at", self.reset_at_command, 0, note=" (0: never)")
+        check_int("--seed", self.seed, 0)
+
+
+def check_device_name(name: str) -> None:
+    """The name answered in ``m-name-dut-[<name>]``: printable ASCII without brackets or ``%`` (which would end a
+    reply line's field early), 1 to 40 characters."""
+    if not (isinstance(name, str) and 0 < len(name) <= 40 and name.isascii() and name.isprintable()
+            and not set(name) & set("[]%")):
+        raise ConfigError(f"--name {name!r}: expected 1-40 printable ASCII characters without '[', ']' or '%'")
 
 
 class EmulatedAccelerator:
@@ -109,6 +132,7 @@ class Emulator:
     """Serve the protocol for one build on a fresh pty; :meth:`start` runs it in a thread, :meth:`serve` here."""
 
     def __init__(self, model: BuildModel, name: str = "hwq-emulator", faults: FaultConfig = FaultConfig()) -> None:
+        check_device_name(name)
         self.model, self.dut_name, self.faults = model, name, faults
         self.accelerator = EmulatedAccelerator(model)
         self.session = DutSession(self.accelerator, name)
@@ -118,7 +142,21 @@ class Emulator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.commands = 0
+        self.forced_problems: tuple[str, ...] = ()    # what --force overrode (from_build_dir)
         self._boot()
+
+    @classmethod
+    def from_build_dir(cls, build_dir: str, force: bool = False, **settings) -> Emulator:
+        """An emulator of the build in ``build_dir``; a build whose manifest is not done or whose gates failed is
+        refused (one-line HwqError naming the manifest) unless ``force``. ``settings``: ``name``, ``faults``."""
+        from hwq.harness.inputs import check_build
+
+        if "name" in settings:
+            check_device_name(settings["name"])         # a bad flag before the build is even read
+        inputs = check_build(build_dir, force, use="emulate")
+        emulator = cls(BuildModel.from_build_dir(build_dir), **settings)
+        emulator.forced_problems = inputs.problems
+        return emulator
 
     @property
     def timeline(self) -> PowerTimeline:

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""The measurement harness, in layers: protocol (framing, parsers) -> transport (pyserial) -> device (typed
-verbs) -> measure (performance and accuracy runs, reports). See ``docs/harness.md``.
+"""The measurement harness, in layers: protocol (framing, parsers) -> transport (pyserial, transcript) -> device
+(typed verbs) -> measure (performance, accuracy and energy runs: config, inputs, windows, report, plots). See
+``docs/harness.md``.
 
 >>> from hwq.harness import Device
 >>> with Device.open("/dev/pts/3") as dut:      # doctest: +SKIP

@@ -17,6 +17,7 @@ from typing import Callable, TypeVar
 
 from hwq.harness import protocol as P
 from hwq.harness.errors import DeviceError, DeviceResetError, DeviceTimeout, ProtocolError
+from hwq.harness.transcript import Transcript
 from hwq.harness.transport import DEFAULT_TIMEOUT_S, SerialTransport
 
 T = TypeVar("T")
@@ -34,10 +35,14 @@ class Device:
 
     @classmethod
     def open(cls, port: str, baud: int = 115200, timeout_s: float = DEFAULT_TIMEOUT_S,
-             transcript: str | Path | None = None, retries: int = 2) -> Device:
+             transcript: str | Path | Transcript | None = None, retries: int = 2) -> Device:
         """Open ``port`` (path or pyserial URL) and re-synchronise with whatever is on the other end."""
         dev = cls(SerialTransport(port, baud, timeout_s, transcript), retries)
-        dev.link.resync()
+        try:
+            dev.link.resync()
+        except BaseException:           # no answer, or Ctrl-C while waiting: do not leak the open port
+            dev.close()
+            raise
         return dev
 
     def __enter__(self) -> Device:

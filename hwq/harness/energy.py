@@ -5,7 +5,10 @@ Per window: ``energy_uJ`` = trapezoidal integral of the power samples over the w
 ``average_power_mW = energy_uJ / (1000 * window_s)``, ``energy_per_inference_uJ = energy_uJ / N``; the summary has
 medians (and min/max/spread) over the windows (at least 5, as MLPerf Tiny). With a build, the board's power model
 (``power_model:`` in its YAML) gives ``model_energy_per_inference_uJ = busy_power_mW / estimated_fps * 1000``
-(the emulated board's exact value; an estimate on real hardware). Writes ``power.png`` and ``power-trace.csv``.
+(the emulated board's exact value; an estimate on real hardware). Windows are sized and checked as in
+performance mode (:class:`~hwq.harness.windows.TimedWindows`: each lasts at least ``min_window_s``). After the
+report, writes ``power-trace.csv`` and ``power.png``. Interrupted (Ctrl-C, SIGTERM), the windows the samples
+acquired so far cover are kept in the report.
 
 >>> run_measure(MeasureConfig(port="/dev/pts/3", mode="energy", build_dir="runs/x/build-pynq-z2"))  # doctest: +SKIP
 """
@@ -15,7 +18,12 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from hwq.harness.power import BoardRails, Lpm01a, PowerSource, PowerTrace
+from hwq._io import write_atomic
+from hwq.harness.errors import HarnessError
+from hwq.harness.plots import energy_figure, save_figure
+from hwq.harness.power import BoardRails, Lpm01a, PowerError, PowerSource, PowerTrace
+from hwq.harness.protocol import InferResult
+from hwq.harness.windows import TimedWindows, device_input, new_load_state, window_stats
 
 
 def open_source(dut, config) -> PowerSource:
@@ -26,46 +34,77 @@ def open_source(dut, config) -> PowerSource:
                   config.timeout_s)
 
 
-def run_energy(dut, config, model, report: dict, progress, out: Path) -> None:
-    """Run the energy windows; fills ``report`` (windows, summary, power source) and writes the plot."""
-    from hwq.harness.measure import plausible, reloading, size_window
-
-    data, state, n, per_us, infer_timeout = size_window(dut, config, model, report)
+def run_energy(dut, run) -> None:
+    """Run the energy windows of ``run`` (a :class:`hwq.harness.measure.Run`): fills its report (windows,
+    summary, power source) and has the trace and plot written after the report."""
+    config, report = run.config, run.report
+    data, state = device_input(config, run.model), new_load_state()
+    windows = TimedWindows.probe(dut, config, data, state)
+    report.update(n_per_window=windows.n, warmup=config.warmup, windows=[], window_resizes=windows.resized)
     source = open_source(dut, config)
     report["power_source"] = {"kind": config.power, "port": config.power_port if config.power != "rails"
                               else config.port}
-    accepted, results = [], []
+    timed: list[InferResult] = []      # every timed window, in the order the power source saw them
+    kept: list[int] = []               # indices into ``timed`` of the windows accepted
     try:
         source.start()
-        while len(accepted) < config.windows:
-            r = reloading(dut, data, config, state, lambda: dut.infer(n, config.warmup, infer_timeout))
+        while len(kept) < config.windows:
+            r = windows.run()
             source.window(r, dut.last_reply)
-            results.append(r)
-            if plausible(dut, config, state, r, n, per_us):
-                accepted.append(len(results) - 1)
+            timed.append(r)
+            if windows.accept(r):
+                kept.append(len(timed) - 1)
+                report["n_per_window"] = windows.n
+                run.say(f"window {len(kept)}/{config.windows}: {r.throughput_per_s:,.1f} inf/s over "
+                        f"{r.elapsed_us / 1e6:.3f} s")
         trace = source.stop()
+    except KeyboardInterrupt:
+        _keep_interrupted(run, timed, kept, source)
+        raise
     finally:
         if hasattr(source, "close"):
             source.close()
-    report["windows"] = windows = []
-    for i in accepted:
-        r, (t0, t1) = results[i], trace.windows[i]
-        energy = trace.energy_uJ(t0, t1)
+    record_windows(run, timed, kept, trace)
+    s = report["summary"]
+    run.say(f"energy: median {s['energy_per_inference_median_uJ']:.6g} uJ/inference, "
+            f"{s['average_power_median_mW']:,.3f} mW over {s['windows']} windows")
+
+
+def _keep_interrupted(run, timed: list[InferResult], kept: list[int], source: PowerSource) -> None:
+    """After Ctrl-C/SIGTERM: the windows that the samples acquired so far cover go into the report."""
+    try:
+        trace = source.trace_so_far()
+    except HarnessError as err:
+        run.report["power_error"] = str(err)
+        return
+    record_windows(run, timed, kept, trace, complete=False)
+
+
+def record_windows(run, timed: list[InferResult], kept: list[int], trace: PowerTrace, complete: bool = True) -> None:
+    """Integrate ``trace`` over each kept window into the report's windows and summary; with ``complete=False``
+    (an interrupted run) stop at the first window the trace does not cover yet."""
+    windows = []
+    for i in kept:
+        if i >= len(trace.windows) and not complete:
+            break
+        r, (t0, t1) = timed[i], trace.windows[i]
+        try:
+            energy = trace.energy_uJ(t0, t1)
+        except PowerError:
+            if complete:
+                raise
+            break
         windows.append({"n": r.n, "t0_us": r.t0_us, "t1_us": r.t1_us, "elapsed_us": r.elapsed_us,
                         "window_s": t1 - t0, "energy_uJ": energy, "average_power_mW": energy / (1e3 * (t1 - t0)),
                         "energy_per_inference_uJ": energy / r.n, "throughput_per_s": r.throughput_per_s})
-        if progress:
-            w = windows[-1]
-            progress(f"window {len(windows)}/{config.windows}: {w['average_power_mW']:,.3f} mW, "
-                     f"{w['energy_per_inference_uJ']:.6g} uJ/inference")
-    report["summary"] = energy_summary(windows, model)
-    report["outputs"]["plot"] = plot_trace(trace, out / "power.png", report)
-    report["outputs"]["trace"] = write_trace(trace, out / "power-trace.csv")
+    run.report["windows"] = windows
+    if windows:
+        run.report["summary"] = energy_summary(windows, run.model)
+    run.file.derive("trace", "power-trace.csv", lambda path: write_trace(trace, path))
+    run.file.derive("plot", "power.png", lambda path: save_figure(energy_figure(trace, run.report), path))
 
 
 def energy_summary(windows: list[dict], model) -> dict:
-    from hwq.harness.measure import window_stats  # measure imports this module
-
     e = [w["energy_per_inference_uJ"] for w in windows]
     p = [w["average_power_mW"] for w in windows]
     summary = {"windows": len(windows), **window_stats(e, "energy_per_inference", "uJ"),
@@ -87,26 +126,7 @@ def energy_summary(windows: list[dict], model) -> dict:
     return summary
 
 
-def write_trace(trace: PowerTrace, path: Path) -> str:
-    with path.open("w") as f:
-        f.write("time_s,power_mW\n")
-        f.writelines(f"{t:.9f},{p:.6f}\n" for t, p in trace.samples)
-    return path.name
-
-
-def plot_trace(trace: PowerTrace, path: Path, report: dict) -> str:
-    import matplotlib
-
-    from hwq.harness.measure import save_plot  # measure imports this module
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.plot([t for t, _ in trace.samples], [p for _, p in trace.samples], lw=0.8, label="power samples")
-    for i, (t0, t1) in enumerate(trace.windows):
-        ax.axvspan(t0, t1, color="orange", alpha=0.2, label="timed windows" if i == 0 else None)
-    ax.set_xlabel(f"time (s, {trace.source})")
-    ax.set_ylabel("power (mW)")
-    ax.set_title(f"{report.get('device', {}).get('name', 'device')}: N = {report.get('n_per_window')} per window")
-    return save_plot(fig, ax, path)
+def write_trace(trace: PowerTrace, path: Path) -> None:
+    """The samples as ``time_s,power_mW`` lines, written atomically."""
+    text = "time_s,power_mW\n" + "".join(f"{t:.9f},{p:.6f}\n" for t, p in trace.samples)
+    write_atomic(path, lambda p: p.write_text(text))

@@ -1,107 +1,150 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Measurement runs over the serial protocol: performance (timed windows) and accuracy (a dataset on the device).
+"""Measurement runs over the serial protocol: performance (timed windows), accuracy (a dataset on the device) and
+energy (timed windows with a power source, :mod:`hwq.harness.energy`).
 
-Performance: the window size N is probed (growing tenfold until a window lasts ``probe_us`` of device time) and
-scaled to ``min_window_s``; then ``windows`` x ``infer N W``, each giving throughput ``N / (t1 - t0)`` and latency
-``(t1 - t0) / N``; the median and spread are reported. Accuracy: each test image is loaded and run with
+Performance: the window size N is probed and sized so that every window lasts at least ``min_window_s`` of device
+time (:mod:`hwq.harness.windows`); ``latency_windows`` x ``infer 1 W`` time one inference each (the pipeline
+latency), then ``windows`` x ``infer N W`` give the throughput ``N / (t1 - t0)`` (and its inverse,
+``time_per_inference_us``); medians and spreads are reported. Accuracy: each test image is loaded and run with
 ``infer 1 0``; the device's top-1 is compared with the host's reference (the build's HW graph executed here) and
-with the label. A device reboot mid-run reloads the input and repeats the window/image; any other failure stops
-the run, and the report (with completed windows) is still written before the error is raised.
+with the label. A device reboot mid-run reloads the input and repeats the window/image.
 
-Outputs under ``out_dir``: ``transcript.log`` (append-only raw bytes), ``measure-<mode>.json`` (atomic) and, for
-performance, ``latency.png``.
+The report (``measure-<mode>.json``, :mod:`hwq.harness.report`) says ``running`` from the start, holds the windows
+completed so far, and ends ``done``, ``failed`` (with the one-line error) or ``interrupted`` (Ctrl-C, SIGTERM: the
+completed windows are kept and :class:`~hwq.errors.Interrupted` says where). A build whose manifest is not done or
+whose gates failed is refused unless ``force`` (:mod:`hwq.harness.inputs`). Outputs under ``out_dir``:
+``transcript.log`` (raw bytes, rotated: :mod:`hwq.harness.transcript`), the report, then ``latency.png``
+(performance) or ``power.png`` and ``power-trace.csv`` (energy).
 
 >>> report = run_measure(MeasureConfig(port="/dev/pts/3", mode="performance", build_dir="runs/x/build-pynq-z2",
 ...                                    out_dir="runs/x/measure"))                 # doctest: +SKIP
->>> report["summary"]["throughput_median_per_s"]                                   # doctest: +SKIP
-12500000.0
+>>> report["summary"]["throughput_median_per_s"], report["summary"]["latency_median_us"]   # doctest: +SKIP
+(12500000.0, 0.0)
 """
 
 from __future__ import annotations
 
-import math
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
-from hwq._io import write_json
-from hwq.errors import ConfigError
+from hwq.errors import ConfigError, Interrupted
+from hwq.harness.config import MODES, POWER_SOURCES, MeasureConfig
 from hwq.harness.device import Device
-from hwq.harness.errors import DeviceResetError, HarnessError, ProtocolError
+from hwq.harness.energy import run_energy
+from hwq.harness.inputs import BuildInputs, check_build, load_test_set
+from hwq.harness.plots import performance_figure, save_figure
+from hwq.harness.report import ReportFile, summary_table
+from hwq.harness.transcript import Transcript
+from hwq.harness.windows import (TimedWindows, device_input, new_load_state, one_inference_latency, reloading,
+                                 window_stats)
 
-MODES = ("performance", "accuracy", "energy")
-POWER_SOURCES = ("rails", "lpm01a")
+__all__ = ["MODES", "POWER_SOURCES", "MeasureConfig", "run_measure", "summary_table", "window_stats"]
+
+TRANSCRIPT = "transcript.log"
+#: The device timer's resolution: MLPerf Tiny timestamps are whole microseconds.
+CLOCK_RESOLUTION_US = 1
 
 
-@dataclass(frozen=True)
-class MeasureConfig:
-    """Settings of one measurement run."""
+@dataclass
+class Run:
+    """What the parts of one measurement share: its settings, the build's model, the report file, progress."""
 
-    port: str                               # device path, pty path or pyserial URL (socket://host:port)
-    mode: str = "performance"               # performance or accuracy
-    out_dir: str = "measure"                # reports go here
-    build_dir: str | None = None            # build whose input layout/dataset/reference model to use
-    baud: int = 115200                      # the PYNQ-Z2's UART default
-    windows: int = 5                        # MLPerf Tiny: 5 windows, median reported
-    min_window_s: float = 10.0              # MLPerf Tiny: each window lasts >= 10 s (device time)
-    warmup: int = 10                        # warm-up inferences before each window
-    max_n: int = 10**9                      # cap on inferences per window
-    probe_us: int = 10_000                  # device time a probe window must reach before N is extrapolated
-    samples: int | None = None              # accuracy: test images to send (None: the whole test split)
-    data_dir: str | None = None             # dataset folder (default: the build's, $HWQ_DATA or ../shared/data)
-    input_bytes: int | None = None          # performance without a build: size of the (zero) input
-    timeout_s: float = 5.0                  # per reply (infer: 30 s or 3x the expected window, the larger)
-    resets_allowed: int = 3                 # device reboots tolerated per run
-    power: str = "rails"                    # energy: rails (the board's m-power- extension) or lpm01a (monitor)
-    power_port: str | None = None           # energy with lpm01a: the monitor's serial port
-    power_baud: int = 3_686_400             # the LPM01A's VCP rate, as MLPerf Tiny's runner uses
-    power_voltage_v: float = 3.3            # LPM01A supply voltage (1.8-3.3 V); power = current x voltage
-    power_freq: str = "1k"                  # LPM01A sampling frequency (MLPerf Tiny: 1k)
+    config: MeasureConfig
+    model: object | None                    # hwq.device.model.BuildModel, or None without --build
+    file: ReportFile
+    progress: Callable[[str], None] | None = None
 
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"mode '{self.mode}': expected one of {', '.join(MODES)}")
-        if self.windows < 1 or self.min_window_s <= 0:
-            raise ConfigError("windows must be >= 1 and min_window_s > 0")
-        if self.power not in POWER_SOURCES:
-            raise ConfigError(f"power '{self.power}': expected one of {', '.join(POWER_SOURCES)}")
-        if self.mode == "energy" and self.power == "lpm01a" and not self.power_port:
-            raise ConfigError("--mode energy with the lpm01a monitor: give --power-port PORT")
+    @property
+    def report(self) -> dict:
+        return self.file.report
+
+    def say(self, message: str) -> None:
+        if self.progress:
+            self.progress(message)
 
 
 def run_measure(config: MeasureConfig, progress=None) -> dict:
-    """Run one measurement; returns the report (also written to ``out_dir/measure-<mode>.json``)."""
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model = _load_model(config)
-    report: dict = {"stage": "measure", "mode": config.mode, "status": "running", "config": asdict(config),
-                    "build": str(config.build_dir) if config.build_dir else None, "outputs": {
-                        "transcript": "transcript.log", "results": f"measure-{config.mode}.json"}}
-    started = time.monotonic()
-    dut = Device.open(config.port, config.baud, config.timeout_s, out / "transcript.log")
-    try:
-        report["device"] = {"name": dut.name(), **asdict(dut.profile())}
-        if config.mode == "performance":
-            _performance(dut, config, model, report, progress)
-        elif config.mode == "energy":
-            from hwq.harness.energy import run_energy
+    """Run one measurement; returns the report (also written to ``out_dir/measure-<mode>.json``).
 
-            run_energy(dut, config, model, report, progress, out)
-        else:
-            _accuracy(dut, config, model, report, progress)
-        report["status"] = "done"
-    except HarnessError as err:
-        report.update(status="failed", error=str(err))
+    Raises :class:`~hwq.errors.HwqError` (the report is written as ``failed`` first) or, on Ctrl-C/SIGTERM,
+    :class:`~hwq.errors.Interrupted` (the report is written as ``interrupted`` with the completed windows).
+    """
+    out = writable_out_dir(config.out_dir)
+    run = Run(config, None, ReportFile(out / f"measure-{config.mode}.json", new_report(config)), progress)
+    run.file.write()            # at once: a stale 'done' from the previous run must not outlive this one
+    transcript = Transcript(out / TRANSCRIPT, int(config.transcript_max_mb * 1e6), config.transcript_keep)
+    started = time.monotonic()
+    try:
+        if config.build_dir:
+            run.report.update(build_inputs(check_build(config.build_dir, config.force)))
+        run.model = _load_model(config)
+        _on_device(run, transcript)
+    except KeyboardInterrupt as err:
+        _end(run, "interrupted", started, transcript)
+        raise Interrupted.wrap(err, f"report written as 'interrupted': {run.file.path} ({completed(run)})") from None
+    except Exception as err:
+        _end(run, "failed", started, transcript, err)
         raise
-    finally:
-        report["recoveries"] = dut.recoveries
-        report["seconds"] = round(time.monotonic() - started, 3)
-        dut.close()
-        if config.mode == "performance" and report.get("windows"):
-            report["outputs"]["plot"] = _plot_latency(report, out / "latency.png")
-        write_json(out / f"measure-{config.mode}.json", report)
-    return report
+    _end(run, "done", started, transcript)
+    return run.report
+
+
+def writable_out_dir(out_dir: str) -> Path:
+    """``out_dir``, created; a folder that cannot be written is a one-line error before anything is measured."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        reason = (err.strerror or type(err).__name__).lower()
+        raise ConfigError(f"--out {out}: cannot write the report there ({reason})") from None
+    return out
+
+
+def new_report(config: MeasureConfig) -> dict:
+    """The report as it starts: ``running``, with the settings; the build's manifest is added once checked."""
+    return {"stage": "measure", "mode": config.mode, "status": "running", "config": asdict(config),
+            "build": str(config.build_dir) if config.build_dir else None, "build_manifest_sha256": None,
+            "inputs": {"build_manifest": None}, "started_unix_s": round(time.time(), 3),
+            "outputs": {"transcript": TRANSCRIPT, "results": f"measure-{config.mode}.json"}}
+
+
+def build_inputs(inputs: BuildInputs) -> dict:
+    """The report's record of the build it measured: the manifest (path, state, what --force overrode) and, at
+    the top level, its SHA-256 (``build_manifest_sha256``: which build this report is about)."""
+    return {"inputs": inputs.to_report(), "build_manifest_sha256": inputs.manifest_sha256}
+
+
+def _on_device(run: Run, transcript: Transcript) -> None:
+    modes = {"performance": _performance, "accuracy": _accuracy, "energy": run_energy}
+    c = run.config
+    with Device.open(c.port, c.baud, c.timeout_s, transcript) as dut:
+        try:
+            run.report["device"] = {"name": dut.name(), **asdict(dut.profile())}
+            modes[c.mode](dut, run)
+        finally:
+            run.report["recoveries"] = dut.recoveries
+
+
+def _end(run: Run, status: str, started: float, transcript: Transcript, error: BaseException | None = None) -> None:
+    run.report["seconds"] = round(time.monotonic() - started, 3)
+    transcript.close()                  # closed with the port already, unless the run failed before opening it
+    if transcript.error:
+        run.report["transcript_error"] = transcript.error
+    for failure in run.file.finish(status, error):
+        run.say(f"warning: {failure}; the report {run.file.path} is complete without it")
+
+
+def completed(run: Run) -> str:
+    """How far a run got, for the one-line message of an interruption: ``3 of 5 windows``."""
+    if run.config.mode == "accuracy":
+        return f"{run.report.get('summary', {}).get('samples', 0)} of {run.report.get('samples_planned', '?')} images"
+    return f"{len(run.report.get('windows', []))} of {run.config.windows} windows"
 
 
 def _load_model(config: MeasureConfig):
@@ -114,149 +157,72 @@ def _load_model(config: MeasureConfig):
     return BuildModel.from_build_dir(config.build_dir)
 
 
-def _test_set(config: MeasureConfig, model):
-    from hwq.data import load_dataset
-
-    source, build_cfg = model.manifest.get("source", {}), model.manifest.get("config", {})
-    name = source.get("dataset") or "digits"
-    ds = load_dataset(name, config.data_dir or build_cfg.get("data_dir"))
-    n = len(ds.test_y) if config.samples is None else min(config.samples, len(ds.test_y))
-    return name, ds.test_x[:n].numpy(), ds.test_y[:n].numpy()
-
-
 # --- performance ---------------------------------------------------------------------------------------------------
-def _performance(dut: Device, config: MeasureConfig, model, report: dict, progress) -> None:
-    data, state, n, per_us, infer_timeout = size_window(dut, config, model, report)
-    report["windows"] = windows = []
-    while len(windows) < config.windows:
-        r = reloading(dut, data, config, state, lambda: dut.infer(n, config.warmup, infer_timeout))
-        if not plausible(dut, config, state, r, n, per_us):
+def _performance(dut: Device, run: Run) -> None:
+    config, report = run.config, run.report
+    data, state = device_input(config, run.model), new_load_state()
+    windows = TimedWindows.probe(dut, config, data, state)
+    report.update(n_per_window=windows.n, warmup=config.warmup, latency_windows=[], windows=[],
+                  window_resizes=windows.resized)
+    one_inference_latency(dut, config, data, state, report["latency_windows"])
+    report["summary"] = perf_summary(report, run.model)
+    run.file.derive("plot", "latency.png", lambda path: save_figure(performance_figure(report), path))
+    s = report["summary"]
+    run.say(f"latency of one inference (infer 1 {config.warmup}): median {s['latency_median_us']:g} us over "
+            f"{s['latency_windows']} windows" + (f" (estimated {s['estimated_latency_us']:g} us)"
+                                                 if s.get("estimated_latency_us") is not None else ""))
+    while len(report["windows"]) < config.windows:
+        r = windows.run()
+        if not windows.accept(r):
             continue
-        windows.append({"n": r.n, "t0_us": r.t0_us, "t1_us": r.t1_us, "elapsed_us": r.elapsed_us,
-                        "throughput_per_s": r.throughput_per_s, "latency_us": r.latency_us,
-                        "top1": r.results.top1})
-        if progress:
-            progress(f"window {len(windows)}/{config.windows}: {r.throughput_per_s:,.1f} inf/s, "
-                     f"{r.latency_us:.4f} us/inference")
-    report["summary"] = _perf_summary(windows, model)
+        report["windows"].append({"n": r.n, "t0_us": r.t0_us, "t1_us": r.t1_us, "elapsed_us": r.elapsed_us,
+                                  "throughput_per_s": r.throughput_per_s,
+                                  "time_per_inference_us": r.time_per_inference_us, "top1": r.results.top1})
+        report["n_per_window"] = windows.n
+        report["summary"] = perf_summary(report, run.model)
+        run.say(f"window {len(report['windows'])}/{config.windows}: {r.throughput_per_s:,.1f} inf/s over "
+                f"{r.elapsed_us / 1e6:.3f} s")
+        run.file.checkpoint()
 
 
-def plausible(dut: Device, config: MeasureConfig, state: dict, r, n: int, per_us: float) -> bool:
-    """False (noted in the recoveries) when a window's duration is off by more than 2x from the probe's."""
-    if 0.5 < r.elapsed_us / (n * per_us) < 2.0:      # a lost digit keeps the syntax: catch it by plausibility
-        return True
-    dut.recoveries.append(f"infer {n}: window of {r.elapsed_us} us implausible "
-                          f"(expected ~{n * per_us:.0f} us), repeated")
-    state["implausible"] = state.get("implausible", 0) + 1
-    if state["implausible"] > config.windows:
-        raise ProtocolError(f"{config.port}: {state['implausible']} implausible windows in a row")
-    return False
-
-
-def size_window(dut: Device, config: MeasureConfig, model, report: dict):
-    """Load the input and probe N; returns ``(data, state, n, us_per_inference, infer_timeout_s)``."""
-    if model is not None:
-        _, images, _ = _test_set(MeasureConfig(**{**asdict(config), "samples": 1}), model)
-        data = model.to_device_bytes(images[0])
-    else:
-        data = bytes(config.input_bytes)
-    state = {"resets": 0, "loaded": False}
-    n, probe = 1, None
-    while n < config.max_n:                       # grow N until the window is long enough to time well
-        probe = reloading(dut, data, config, state, lambda: dut.infer(n, config.warmup))
-        if probe.elapsed_us >= config.probe_us:
-            break
-        n = min(config.max_n, n * 10)
-    per_us = max(probe.elapsed_us, 1) / probe.n if probe else 1.0
-    n = max(1, min(config.max_n, math.ceil(config.min_window_s * 1e6 / per_us)))
-    infer_timeout = max(30.0, 3 * n * per_us / 1e6)
-    report["n_per_window"], report["warmup"] = n, config.warmup
-    return data, state, n, per_us, infer_timeout
-
-
-def reloading(dut: Device, data: bytes, config: MeasureConfig, state: dict, call):
-    """Run ``call`` with ``data`` loaded; after a device reboot, reload and run it again (up to the allowance)."""
-    while True:
-        try:
-            if not state["loaded"]:
-                dut.load(data)
-                state["loaded"] = True
-            return call()
-        except DeviceResetError:
-            state["loaded"] = False
-            state["resets"] += 1
-            if state["resets"] > config.resets_allowed:
-                raise
-
-
-def window_stats(values: list[float], name: str, unit: str) -> dict:
-    """Median, min, max and spread (``(max - min) / median`` in %) of one per-window quantity, units in the keys.
-
-    >>> window_stats([1.0, 2.0, 3.0], "throughput", "per_s")["throughput_spread_pct"]
-    100.0
-    """
-    med = statistics.median(values)
-    return {f"{name}_median_{unit}": med, f"{name}_min_{unit}": min(values), f"{name}_max_{unit}": max(values),
-            f"{name}_spread_pct": 100 * (max(values) - min(values)) / med if med else None}
-
-
-def _perf_summary(windows: list[dict], model) -> dict:
-    thr = [w["throughput_per_s"] for w in windows]
-    lat = [w["latency_us"] for w in windows]
-    med = statistics.median(thr)
-    summary = {"windows": len(windows), **window_stats(thr, "throughput", "per_s"),
-               "latency_median_us": statistics.median(lat), "latency_min_us": min(lat),
-               "latency_max_us": max(lat),
-               "latency_stdev_us": statistics.stdev(lat) if len(lat) > 1 else 0.0,
-               "clock_resolution_us": 1}
+def perf_summary(report: dict, model) -> dict:
+    """Throughput (timed windows), time per inference (its inverse) and the latency of one inference (``infer 1``
+    windows), with the build's estimates beside them."""
+    windows, lat = report.get("windows", []), report.get("latency_windows", [])
+    summary: dict = {"windows": len(windows)}
+    if windows:
+        per = [w["time_per_inference_us"] for w in windows]
+        summary.update(window_stats([w["throughput_per_s"] for w in windows], "throughput", "per_s"))
+        summary.update(time_per_inference_median_us=statistics.median(per), time_per_inference_min_us=min(per),
+                       time_per_inference_max_us=max(per),
+                       time_per_inference_stdev_us=statistics.stdev(per) if len(per) > 1 else 0.0,
+                       shortest_window_s=min(w["elapsed_us"] for w in windows) / 1e6)
+    if lat:
+        us = [w["latency_us"] for w in lat]
+        summary.update(latency_windows=len(lat), latency_median_us=statistics.median(us), latency_min_us=min(us),
+                       latency_max_us=max(us), latency_mean_us=statistics.fmean(us))
+    summary["clock_resolution_us"] = CLOCK_RESOLUTION_US
     if model is not None:
         est = model.manifest["estimates"]["total"]
         summary.update(estimated_fps_per_s=est["estimated_fps"],
-                       estimated_latency_us=est.get("estimated_latency_us"),
-                       measured_over_estimated=med / est["estimated_fps"])
+                       estimated_latency_us=est.get("estimated_latency_us"))
+        if windows:
+            summary["measured_over_estimated"] = summary["throughput_median_per_s"] / est["estimated_fps"]
     return summary
 
 
-def _plot_latency(report: dict, path: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lat = [w["latency_us"] for w in report["windows"]]
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(range(1, len(lat) + 1), lat, "o-", label="measured (t1 - t0) / N")
-    est = report.get("summary", {}).get("estimated_fps_per_s")
-    if est:
-        ax.axhline(1e6 / est, color="gray", ls="--", label="manifest: 1 / estimated_fps")
-    ax.set_xlabel("window")
-    ax.set_ylabel("latency per inference (us)")
-    ax.set_title(f"{report.get('device', {}).get('name', 'device')}: N = {report.get('n_per_window')}")
-    return save_plot(fig, ax, path)
-
-
-def save_plot(fig, ax, path: Path) -> str:
-    """Finish a report plot (legend, layout), write it as PNG and free it; returns the file name."""
-    import matplotlib.pyplot as plt
-
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path.name
-
-
 # --- accuracy ------------------------------------------------------------------------------------------------------
-def _accuracy(dut: Device, config: MeasureConfig, model, report: dict, progress) -> None:
-    name, images, labels = _test_set(config, model)
-    report["dataset"] = name
-    report["disagreements"] = disagreements = []
+def _accuracy(dut: Device, run: Run) -> None:
+    config, model, report = run.config, run.model, run.report
+    name, images, labels = load_test_set(config, model)
+    report.update(dataset=name, samples_planned=len(labels), disagreements=[])
+    disagreements = report["disagreements"]
     device_ok = host_ok = agree = done = 0
-    state = {"resets": 0, "loaded": False}
+    state = new_load_state()
     for i, (image, label) in enumerate(zip(images, labels)):
         data = model.to_device_bytes(image)
         state["loaded"] = False
-        got = reloading(dut, data, config, state, lambda: dut.infer(1, 0).results.top1)
+        got = reloading(dut, data, config, state, lambda: dut.infer(1, 0)).results.top1
         ref = model.classify(data)
         done += 1
         device_ok += got == int(label)
@@ -266,15 +232,7 @@ def _accuracy(dut: Device, config: MeasureConfig, model, report: dict, progress)
             disagreements.append({"index": i, "label": int(label), "device": got, "host": ref})
         report["summary"] = {"samples": done, "device_accuracy": device_ok / done, "host_accuracy": host_ok / done,
                              "agreement": agree / done, "disagreements": len(disagreements)}
-        if progress and (done % 50 == 0 or done == len(labels)):
-            progress(f"{done}/{len(labels)} images: device top-1 {100 * device_ok / done:.2f}%, "
-                     f"agreement with host {100 * agree / done:.2f}%")
-
-
-def summary_table(report: dict) -> str:
-    """A short plain-text table of a report's summary, with units."""
-    s = report.get("summary", {})
-    rows = [(k, f"{v:,.4f}" if isinstance(v, float) else str(v)) for k, v in s.items()]
-    width = max((len(k) for k, _ in rows), default=10)
-    head = f"{report.get('device', {}).get('name', '?')} - {report['mode']} ({report['status']})"
-    return "\n".join([head] + [f"  {k:<{width}}  {v:>20}" for k, v in rows])
+        if done % 50 == 0 or done == len(labels):
+            run.say(f"{done}/{len(labels)} images: device top-1 {100 * device_ok / done:.2f}%, "
+                    f"agreement with host {100 * agree / done:.2f}%")
+        run.file.checkpoint()

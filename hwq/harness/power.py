@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import serial
 
+from hwq.harness.config import LPM_FREQS_HZ, LPM_VOLTAGE_RANGE_V
 from hwq.harness.errors import HarnessError, PortError, ProtocolError
 
 #: ``m-power-mw-[pl=12.5,ps=1500]`` (instantaneous) and ``m-power-window-[...]`` (average over the last window).
@@ -36,8 +37,6 @@ _RAILS = re.compile(r"^m-power-(mw|window)-\[([^\]]*)\]$")
 _LPM_VALUE = re.compile(r"(\d{4})([-+])(\d{2})")
 _LPM_EVENT = re.compile(r"^event (\d+) (ris|fal)")
 _LPM_PROMPT = "PowerShield > "
-LPM_FREQS_HZ = {"100k": 100_000, "50k": 50_000, "20k": 20_000, "10k": 10_000, "5k": 5000, "2k": 2000,
-                "1k": 1000, "500": 500, "200": 200, "100": 100, "50": 50, "20": 20, "10": 10, "5": 5, "2": 2, "1": 1}
 
 
 class PowerError(HarnessError):
@@ -84,6 +83,11 @@ class PowerSource:
 
     def stop(self) -> PowerTrace:
         """End acquisition; the trace holds one window per :meth:`window` call, in order."""
+        raise NotImplementedError
+
+    def trace_so_far(self) -> PowerTrace:
+        """What has been acquired until now, without stopping: for a run interrupted mid-way (its last window may
+        be missing or not yet covered by samples)."""
         raise NotImplementedError
 
 
@@ -134,6 +138,9 @@ class BoardRails(PowerSource):
         self.trace.windows.append((t0, t1))
 
     def stop(self) -> PowerTrace:
+        return self.trace
+
+    def trace_so_far(self) -> PowerTrace:
         return self.trace
 
 
@@ -204,7 +211,7 @@ class Lpm01a(PowerSource):
                  timeout_s: float = 5.0) -> None:
         if freq not in LPM_FREQS_HZ:
             raise PowerError(f"{port}: LPM01A freq {freq!r}: expected one of {', '.join(LPM_FREQS_HZ)}")
-        if not 1.8 <= voltage_v <= 3.3:
+        if not LPM_VOLTAGE_RANGE_V[0] <= voltage_v <= LPM_VOLTAGE_RANGE_V[1]:
             raise PowerError(f"{port}: LPM01A voltage {voltage_v} V outside [1.8, 3.3] V")
         self.port, self.voltage_v, self.freq, self.timeout_s = port, voltage_v, freq, timeout_s
         try:
@@ -319,11 +326,15 @@ class Lpm01a(PowerSource):
             raise PowerError(self._failure)
         return self.trace()
 
-    def trace(self) -> PowerTrace:
-        """The acquired lines as a trace: sample k (current x voltage) at the middle of its period, events as edges."""
+    def trace_so_far(self) -> PowerTrace:
+        return self.trace(complete=False)
+
+    def trace(self, complete: bool = True) -> PowerTrace:
+        """The acquired lines as a trace: sample k (current x voltage) at the middle of its period, events as edges.
+        ``complete``: every window the device ran must have its two events (else a PowerError)."""
         period = 1.0 / LPM_FREQS_HZ[self.freq]
         samples, edges, k = [], [], 0
-        for got in self._lines:
+        for got in list(self._lines):       # a copy: the reader thread may still be appending
             if got.kind == "values":
                 for amps in got.values:
                     samples.append(((k + 0.5) * period, amps * self.voltage_v * 1e3))
@@ -331,7 +342,7 @@ class Lpm01a(PowerSource):
             elif got.kind == "event":
                 edges.append(k * period)
         trace = PowerTrace(samples, list(zip(edges[0::2], edges[1::2])), source=f"{self.port} LPM01A")
-        if len(trace.windows) != self._windows:
+        if complete and len(trace.windows) != self._windows:
             raise PowerError(f"{self.port}: power monitor reported {len(trace.windows)} windows, "
                              f"the device ran {self._windows}")
         return trace

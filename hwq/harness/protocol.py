@@ -157,7 +157,9 @@ class InferResult:
         return self.n / (self.elapsed_us / 1e6)
 
     @property
-    def latency_us(self) -> float:
+    def time_per_inference_us(self) -> float:
+        """``(t1 - t0) / N``: the inverse of the throughput. Not the latency of one inference, which a pipelined
+        accelerator takes longer for (its fill); ``infer 1`` windows time that."""
         return self.elapsed_us / self.n
 
 

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Line transport over pyserial: a device path, a pty path or a pyserial URL (``socket://host:port``, ``loop://``).
 
-Every wait has an explicit deadline; every byte sent or received is appended to a raw transcript when one is given.
+Every wait has an explicit deadline; every byte sent or received is appended to a raw transcript when one is given
+(a path, or a :class:`~hwq.harness.transcript.Transcript` with its rotation settings).
 A device that reboots mid-reply (its boot lines appear) raises :class:`DeviceResetError`; a vanished port raises
 :class:`PortError`; garbage before a reply is skipped, and :meth:`SerialTransport.resync` re-aligns the stream.
 
@@ -19,40 +20,20 @@ import serial
 
 from hwq.harness.errors import DeviceResetError, DeviceTimeout, PortError
 from hwq.harness.protocol import LineSplitter, frame_command, is_boot, is_ready
+from hwq.harness.transcript import Transcript
 
 #: The reference host waits 5 s per line and 30 s for ``infer``; hwq waits per reply, with these defaults.
 DEFAULT_TIMEOUT_S = 5.0
 POLL_S = 0.05
 
 
-class Transcript:
-    """An append-only log of the bytes exchanged: ``<unix time> <tx|rx|note> <bytes as a Python literal>``."""
-
-    def __init__(self, path: str | Path | None) -> None:
-        self.path = Path(path) if path else None
-        self._file = None
-        if self.path:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="ascii")
-
-    def record(self, direction: str, data: bytes) -> None:
-        if self._file and data:
-            self._file.write(f"{time.time():.6f} {direction} {data!r}\n")
-            self._file.flush()
-
-    def close(self) -> None:
-        if self._file:
-            self._file.close()
-            self._file = None
-
-
 class SerialTransport:
     """Commands out, reply lines in, over one pyserial port."""
 
     def __init__(self, port: str, baud: int = 115200, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 transcript: str | Path | None = None) -> None:
+                 transcript: str | Path | Transcript | None = None) -> None:
         self.port, self.timeout_s = port, timeout_s
-        self.transcript = Transcript(transcript)
+        self.transcript = transcript if isinstance(transcript, Transcript) else Transcript(transcript)
         try:
             self._serial = serial.serial_for_url(port, baudrate=baud, timeout=POLL_S, write_timeout=timeout_s)
         except (serial.SerialException, OSError, ValueError) as err:
