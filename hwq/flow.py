@@ -187,32 +187,24 @@ def _build(recipe: Recipe, run: Path, progress: bool) -> tuple[bool, dict]:
 
 
 def _measure(recipe: Recipe, run: Path, progress: bool) -> tuple[bool, dict]:
-    from hwq.harness.measure import MeasureConfig, run_measure
+    from hwq.harness.measure import run_measure
 
-    settings, build = recipe.measure, _build_dir(recipe, run)
+    settings, build = MeasureSettings(**recipe.measure), _build_dir(recipe, run)
     out = build / "measure"
     stamp = _sha256(build / "manifest.json")
-    reports = {mode: _json(out / f"measure-{mode}.json") for mode in settings["modes"]}
+    reports = {mode: _json(out / f"measure-{mode}.json") for mode in settings.modes}
     if all(r.get("status") == "done" and r.get("build_manifest_sha256") == stamp for r in reports.values()):
         return True, reports
 
     def measure_on(port: str) -> dict:
-        done = {}
-        for mode in settings["modes"]:
-            config = MeasureConfig(port=port, mode=mode, out_dir=str(out), build_dir=str(build),
-                                   windows=settings["windows"], min_window_s=settings["min_window_s"],
-                                   samples=settings["samples"])
-            report = run_measure(config)
-            report["build_manifest_sha256"] = stamp
-            write_json(out / f"measure-{mode}.json", report)
-            done[mode] = report
-        return done
+        # Each report records the build manifest's SHA-256 itself (the up-to-date stamp above).
+        return {config.mode: run_measure(config) for config in settings.configs(port, str(out), str(build))}
 
-    if not settings["emulate"]:
-        return False, measure_on(settings["port"])
-    from hwq.device import BuildModel, Emulator
+    if not settings.emulate:
+        return False, measure_on(settings.port)
+    from hwq.device import Emulator
 
-    with Emulator(BuildModel.from_build_dir(build)) as emulator:
+    with Emulator.from_build_dir(str(build)) as emulator:  # refuses a build whose gates failed
         return False, measure_on(emulator.port)
 
 
@@ -254,8 +246,9 @@ def final_report(recipe: Recipe, results: dict, skipped: list[str]) -> dict:
     measured = results.get("measure", {})
     if "performance" in measured:
         s = measured["performance"]["summary"]
-        report["measured"] = {k: s.get(k) for k in ("throughput_median_per_s", "latency_median_us",
-                                                     "throughput_spread_pct", "measured_over_estimated")}
+        report["measured"] = {k: s.get(k) for k in ("throughput_median_per_s", "time_per_inference_median_us",
+                                                     "latency_median_us", "throughput_spread_pct",
+                                                     "measured_over_estimated")}
     if "accuracy" in measured:
         s = measured["accuracy"]["summary"]
         report["accuracy"].update(device=s["device_accuracy"], host_reference=s["host_accuracy"],
@@ -285,7 +278,8 @@ def format_report(report: dict) -> str:
     if "measured" in report:
         m = report["measured"]
         lines.append(f"  measured      {m['throughput_median_per_s']:,.0f} inf/s (median of windows), "
-                     f"{m['latency_median_us']:.4f} us/inference; measured/estimated "
+                     f"{m['time_per_inference_median_us']:.4f} us/inference, one inference's latency "
+                     f"{m['latency_median_us']:g} us; measured/estimated "
                      f"{m['measured_over_estimated']:.4f}")
     e = report["energy"]
     lines.append(f"  energy        {e['energy_per_inference_median_uJ']:.6g} uJ/inference, "

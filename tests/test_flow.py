@@ -80,7 +80,7 @@ def test_changed_training_reruns_what_depends_on_it(tmp_path):
      "measure: modes: expected a list of strings, got 'performance'"),
     ({"run_dir": "x", "train": {}, "build": {}, "measure": {"modes": ["speed"]}}, "measure: modes: expected a list"),
     ({"run_dir": "x", "train": {}, "build": {}, "measure": {"windows": "five"}}, "measure: windows: expected an int"),
-    ({"run_dir": "x", "train": {}, "build": {}, "measure": {"windows": 0}}, "measure: windows"),
+    ({"run_dir": "x", "train": {}, "build": {}, "measure": {"windows": 0}}, "measure: --windows 0: expected an integer >= 1"),
 ])
 def test_bad_recipes_are_clear_errors(tmp_path, recipe, message):
     path = tmp_path / "bad.yaml"

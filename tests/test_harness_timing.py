@@ -107,3 +107,28 @@ def test_transcript_on_a_full_disk_stops_and_the_run_goes_on(slow_build, tmp_pat
     assert report["status"] == "done" and len(report["windows"]) == 5
     assert "no space left on device" in json.loads((tmp_path / "measure-performance.json").read_text())[
         "transcript_error"]
+
+
+def _window(n: int, elapsed_us: int):
+    from hwq.harness.protocol import InferResult, Results
+
+    return InferResult(n=n, warmup=0, t0_us=1000, t1_us=1000 + elapsed_us, results=Results((1.0,)))
+
+
+def test_implausible_windows_are_repeated_unless_two_agree():
+    """A window 10x off the probe is repeated (a lost digit); two such windows that agree re-base the expectation
+    (the device really runs at that speed, e.g. a board under load), where garbled timestamps would not agree."""
+    from types import SimpleNamespace
+
+    from hwq.harness.windows import TimedWindows
+
+    dut = SimpleNamespace(recoveries=[], link=SimpleNamespace(port="/dev/pts/test"))
+    config = MeasureConfig(port="x", min_window_s=0.001, windows=5)
+    windows = TimedWindows(dut, config, b"", {}, n=100, per_us=10.0)
+    assert windows.accept(_window(100, 1_000))              # as the probe said
+    assert not windows.accept(_window(100, 10_000))          # 10x slower: repeated
+    assert not windows.accept(_window(100, 100))             # garbled the other way: does not agree, repeated
+    assert not windows.accept(_window(100, 10_500))
+    assert windows.accept(_window(100, 10_000))              # agrees with the last one: re-based
+    assert windows.per_us == pytest.approx(100.0) and "re-based" in dut.recoveries[-1]
+    assert windows.accept(_window(100, 9_800))

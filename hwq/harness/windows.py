@@ -70,6 +70,7 @@ class TimedWindows:
         self.per_us = per_us            # device microseconds per inference, from the probe
         self.resized: list[str] = []    # one line per window repeated with a larger N
         self._implausible = 0           # implausible windows in a row
+        self._last_implausible_rate: float | None = None  # us per inference of the last implausible window
 
     @classmethod
     def probe(cls, dut: Device, config: MeasureConfig, data: bytes, state: dict) -> TimedWindows:
@@ -100,8 +101,19 @@ class TimedWindows:
         return self._plausible(r) and self._long_enough(r)
 
     def _plausible(self, r: InferResult) -> bool:
-        if 0.5 < r.elapsed_us / (r.n * self.per_us) < 2.0:
-            self._implausible = 0
+        """A window's duration within 2x of what the probe predicts: a lost digit keeps the reply's syntax, so it
+        is caught by plausibility. A device whose speed really differs from the probe's (a board under load, a
+        batch size the probe did not use) gives two implausible windows that agree with each other: their rate
+        then becomes the expectation (noted), where garbled timestamps would not agree."""
+        rate = r.elapsed_us / max(r.n, 1)
+        if 0.5 < rate / self.per_us < 2.0:
+            self._implausible, self._last_implausible_rate = 0, None
+            return True
+        previous, self._last_implausible_rate = self._last_implausible_rate, rate
+        if previous is not None and 0.5 < rate / previous < 2.0:
+            self.dut.recoveries.append(f"infer {r.n}: {rate:.3f} us per inference, twice in a row, where the probe "
+                                       f"gave {self.per_us:.3f}: expectation re-based")
+            self.per_us, self._implausible, self._last_implausible_rate = rate, 0, None
             return True
         self.dut.recoveries.append(f"infer {r.n}: window of {r.elapsed_us} us implausible "
                                    f"(expected ~{r.n * self.per_us:.0f} us), repeated")
