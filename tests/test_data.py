@@ -144,3 +144,13 @@ def test_cifar_zip_decoding_and_errors(tmp_path):
     not_zip.write_bytes(b"nope")
     with pytest.raises(DataError, match="train.zip: not a valid zip archive"):
         decode_zip(not_zip)
+
+
+def test_result_files_get_the_usual_permissions(tmp_path):
+    """write_atomic's temporary file (mkstemp: 0600) is given 0666 minus the umask before it is moved in place."""
+    import os
+
+    from hwq._io import _umask, write_json
+
+    path = write_json(tmp_path / "report.json", {"ok": True})
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~_umask()
