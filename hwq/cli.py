@@ -114,19 +114,26 @@ def _parse_options(items: list[str]) -> dict:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a trained run to QONNX and verify it against PyTorch")
     p.add_argument("run", help="run directory written by 'hwq train'")
-    p.add_argument("--verify-samples", dest="verify_samples", type=int, default=500,
-                   help="held-out test images to compare on (default 500)")
+    p.add_argument("--verify-samples", dest="verify_samples", type=int,
+                   help="held-out test images to compare on, at least 1 (default: 500, or the whole test set "
+                        "when smaller)")
+    p.add_argument("--force", action="store_true",
+                   help="export even an unfinished training (its last finished epoch, from checkpoint.pt); "
+                        "export.json records it (default: off)")
     p.set_defaults(func=_export)
 
 
 def _export(args: argparse.Namespace) -> int:
     from hwq.export import ExportConfig, run_export
 
-    report = run_export(args.run, ExportConfig(verify_samples=args.verify_samples))
+    settings = {"verify_samples": args.verify_samples} if args.verify_samples is not None else {}
+    report = run_export(args.run, ExportConfig(force=args.force, **settings))
     v = report["verification"]
     print(f"exported {Path(args.run) / report['outputs']['onnx']}: verified on {v['n']} {v['dataset']} test images, "
           f"argmax match {100 * v['argmax_match']:.2f}%, max |diff| {v['max_abs_diff']:.2e}, "
-          f"QONNX accuracy {100 * v['qonnx_accuracy']:.2f}%")
+          f"QONNX accuracy {100 * v['qonnx_accuracy']:.2f}%"
+          + (f" (forced: the training stopped after epoch {report['training']['epochs']})"
+             if not report["training"]["complete"] else ""))
     return 0
 
 
