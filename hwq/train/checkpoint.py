@@ -37,14 +37,23 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = ()) -> dict[st
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - foreign bytes make the unpickler raise anything (IndexError, KeyError...)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable hwq checkpoint ({reason})") from None
+        raise CheckpointError(f"{path}: not a readable hwq checkpoint ({_load_failure(err)})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
     missing = [key for key in required if key not in state]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
     return state
+
+
+def _load_failure(err: Exception) -> str:
+    """The reason in torch.load's error, without its advice to load with ``weights_only=False`` (unsafe)."""
+    text = str(err).strip()
+    marker = "WeightsUnpickler error:"
+    if marker in text:  # a paragraph of advice, then the reason: "Unsupported operand 55", "Unsupported global ..."
+        reason = text.split(marker, 1)[1].strip().splitlines()[0].split(". ")[0].rstrip(".")
+        return f"refused by the weights-only loader: {reason}"
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def check_state_dict(state: Any, path: str | Path) -> dict[str, torch.Tensor]:
