@@ -81,7 +81,7 @@ def _train(recipe: Recipe, run: Path, progress: bool) -> tuple[bool, dict]:
 
     from hwq.errors import Interrupted
     from hwq.train import TrainConfig, run_train
-    from hwq.train.loop import checkpoint_epoch, interrupted_detail
+    from hwq.train.resume import checkpoint_epoch, interrupted_detail
 
     config = TrainConfig.from_dict(recipe.train, source=f"recipe {recipe.name}: train")
 
