@@ -151,41 +151,48 @@ def run_export(run_dir: str | Path, config: ExportConfig = ExportConfig()) -> di
     1.0
     """
     run_dir = Path(run_dir)
-    started = time.perf_counter()
     training = finished_training(run_dir, config.force)
-    weights = MODEL_FILE if training["complete"] else CHECKPOINT_FILE
-    model, train_config, spec = load_trained_model(run_dir, weights=weights)
     pending = run_dir / PENDING_ONNX_FILE
     try:
-        wrapper = export_qonnx_model(model, pending)
-
-        dataset = load_dataset(train_config.dataset, train_config.data_dir)
-        n = min(config.verify_samples, len(dataset.test_x))
-        images = Dataset.to_float(dataset.test_x[:n]).reshape(n, *model.input_shape)
-        verification, reference, candidate = verify_qonnx(pending, model, images, config)
-        labels = dataset.test_y[:n].numpy()
-        report = {
-            "stage": "export",
-            "source": {"run": str(run_dir), "weights": weights, "weights_sha256": _sha256(run_dir / weights)},
-            "outputs": {"onnx": ONNX_FILE if verification["passed"] else FAILED_ONNX_FILE,
-                        "onnx_sha256": _sha256(pending)},
-            "training": training,
-            "forced": config.force,
-            "model_spec": {**spec.__dict__, "image_shape": list(spec.image_shape)},
-            "input_shape": [1, *model.input_shape],
-            "ops": sorted({node.op_type for node in wrapper.graph.node}),
-            "verification": {
-                "dataset": dataset.name, "split": "test", "first_index": 0, **verification,
-                "qonnx_accuracy": float(np.mean(candidate.argmax(1) == labels)),
-                "torch_accuracy": float(np.mean(reference.argmax(1) == labels)),
-            },
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        _publish(run_dir, pending, report)
+        report = _export_and_verify(run_dir, config, training, pending)
     finally:
         pending.unlink(missing_ok=True)  # published by now, or an export that failed or was interrupted
+    verification = report["verification"]
     if not verification["passed"]:
         raise mismatch_error(run_dir / ONNX_FILE, verification, run_dir / EXPORT_FILE, run_dir / FAILED_ONNX_FILE)
+    return report
+
+
+def _export_and_verify(run_dir: Path, config: ExportConfig, training: dict, pending: Path) -> dict[str, Any]:
+    """Export to ``pending``, verify it, then publish it (:func:`_publish`) with its ``export.json``."""
+    started = time.perf_counter()
+    weights = MODEL_FILE if training["complete"] else CHECKPOINT_FILE
+    model, train_config, spec = load_trained_model(run_dir, weights=weights)
+    wrapper = export_qonnx_model(model, pending)
+
+    dataset = load_dataset(train_config.dataset, train_config.data_dir)
+    n = min(config.verify_samples, len(dataset.test_x))
+    images = Dataset.to_float(dataset.test_x[:n]).reshape(n, *model.input_shape)
+    verification, reference, candidate = verify_qonnx(pending, model, images, config)
+    labels = dataset.test_y[:n].numpy()
+    report = {
+        "stage": "export",
+        "source": {"run": str(run_dir), "weights": weights, "weights_sha256": _sha256(run_dir / weights)},
+        "outputs": {"onnx": ONNX_FILE if verification["passed"] else FAILED_ONNX_FILE,
+                    "onnx_sha256": _sha256(pending)},
+        "training": training,
+        "forced": config.force,
+        "model_spec": {**spec.__dict__, "image_shape": list(spec.image_shape)},
+        "input_shape": [1, *model.input_shape],
+        "ops": sorted({node.op_type for node in wrapper.graph.node}),
+        "verification": {
+            "dataset": dataset.name, "split": "test", "first_index": 0, **verification,
+            "qonnx_accuracy": float(np.mean(candidate.argmax(1) == labels)),
+            "torch_accuracy": float(np.mean(reference.argmax(1) == labels)),
+        },
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    _publish(run_dir, pending, report)
     return report
 
 
@@ -201,11 +208,11 @@ def finished_training(run_dir: Path, force: bool = False) -> dict[str, Any]:
     if not isinstance(metrics, dict):
         raise CheckpointError(f"{path}: expected the training metrics (a mapping)")
     training = {"complete": metrics.get("complete") is True, "epochs": metrics.get("epochs")}
+    settings = metrics.get("config") if isinstance(metrics.get("config"), dict) else {}
     if not training["complete"] and not force:
         raise CheckpointError(
-            f"{path}: the training did not finish (epoch {training['epochs']} of "
-            f"{(metrics.get('config') or {}).get('epochs', '?')}); resume it with 'hwq train --out {run_dir} "
-            f"--resume', or pass --force to export its last finished epoch"
+            f"{path}: the training did not finish (epoch {training['epochs']} of {settings.get('epochs', '?')}); "
+            f"resume it with 'hwq train --out {run_dir} --resume', or pass --force to export its last finished epoch"
         )
     return training
 
