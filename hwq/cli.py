@@ -17,47 +17,68 @@ from hwq.errors import HwqError, Interrupted, os_error_message
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a quantized model into a run directory")
-    p.add_argument("--config", help="YAML file of training settings (flags below override it)")
-    # Literal lists keep `hwq --help` free of the torch import; a test checks them against the registries.
-    p.add_argument("--model", help="tfc, sfc, lfc, cnv, resnet20, mobilenet, mobilenet_tiny")
-    p.add_argument("--dataset", help="digits, mnist, cifar10")
-    p.add_argument("--quant", help="quantizer family: uniform (default), float, n2uq, bitat")
-    p.add_argument("--wbits", type=int, help="weight bit-width (1 = binary)")
-    p.add_argument("--abits", type=int, help="activation bit-width (1 = binary)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float, help="Adam learning rate")
-    p.add_argument("--schedule", help="cosine or constant")
-    p.add_argument("--loss", help="cross_entropy or sqr_hinge")
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--weight-decay", dest="weight_decay", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="cpu, cuda or auto")
+    p.add_argument("--config", help="YAML file of training settings, which the flags below override "
+                                    "(default: none, so the defaults below; with --resume, the run's config.yaml)")
+    # Literal lists and defaults keep `hwq --help` free of the torch import; tests check them against the
+    # registries and TrainConfig's defaults.
+    p.add_argument("--model", help="tfc, sfc, lfc, cnv, resnet20, mobilenet, mobilenet_tiny (default: tfc)")
+    p.add_argument("--dataset", help="digits, mnist, cifar10 (default: digits)")
+    p.add_argument("--quant", help="quantizer family: uniform, float, n2uq, bitat (default: uniform)")
+    p.add_argument("--wbits", type=int, help="weight bit-width, 1 = binary (default: 1)")
+    p.add_argument("--abits", type=int, help="activation bit-width, 1 = binary (default: 1)")
+    p.add_argument("--epochs", type=int, help="epochs to train, at least 1; with --resume, the new total "
+                                              "(default: 10)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="images per optimizer step (default: 100)")
+    p.add_argument("--lr", type=float, help="Adam learning rate, > 0 (default: 0.02)")
+    p.add_argument("--schedule", help="learning-rate schedule: cosine or constant (default: cosine)")
+    p.add_argument("--loss", help="cross_entropy or sqr_hinge (default: cross_entropy)")
+    p.add_argument("--dropout", type=float, help="dropout fraction in [0, 1) (default: 0.2)")
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, help="Adam weight decay, >= 0 (default: 0.0)")
+    p.add_argument("--seed", type=int, help="random seed (default: 0)")
+    p.add_argument("--device", help="cpu, cuda or auto; bit-for-bit repeatable on cpu only (default: cpu)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads torch uses; the bits depend on it, so it is recorded in config.yaml and "
+                        "metrics.json; fewer can be much faster on a busy machine (default: the cores this "
+                        "process may use)")
     p.add_argument("--data-dir", dest="data_dir", help="data folder (default: $HWQ_DATA or ../shared/data)")
-    p.add_argument("--teacher", help="run directory of a trained model to distil from")
-    p.add_argument("--distill-weight", dest="distill_weight", type=float)
-    p.add_argument("--distill-temperature", dest="distill_temperature", type=float)
-    p.add_argument("--init-from", dest="init_from", help="run directory whose trained weights initialise the model")
+    p.add_argument("--teacher", help="run directory of a trained model to distil from (default: none)")
+    p.add_argument("--distill-weight", dest="distill_weight", type=float,
+                   help="weight of the distillation term, in [0, 1] (default: 1.0)")
+    p.add_argument("--distill-temperature", dest="distill_temperature", type=float,
+                   help="softmax temperature of the distillation term, > 0 (default: 1.0)")
+    p.add_argument("--init-from", dest="init_from",
+                   help="run directory whose trained weights initialise the model (default: none)")
     p.add_argument("--train-subset", dest="train_subset", type=int,
-                   help="train on this many training images (class-balanced, seeded); the test set stays whole")
+                   help="train on this many training images (class-balanced, seeded); the test set stays whole "
+                        "(default: all)")
     p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                   help="model/quantizer option (repeatable; VALUE is read as YAML, e.g. width=0.5)")
-    p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+                   help="model/quantizer option, repeatable; VALUE is read as YAML, e.g. width=0.5 (default: none)")
+    p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME (required)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint; only --epochs (upwards), --threads, "
+                        "--device and --data-dir may change (default: off)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out, once the new one has finished training; the old run's "
+                        "model.onnx, export.json and build-*/ go with it (default: off)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (terminal) or per-epoch lines (otherwise) on stderr (default: shown)")
     p.set_defaults(func=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from hwq.train import TrainConfig, run_train
+    from hwq.errors import ConfigError
+    from hwq.train import TrainConfig, resume_config, run_train
 
+    # The flags that set a TrainConfig field of the same name (--option sets model_options).
     flags = {k: getattr(args, k) for k in (
         "model", "dataset", "quant", "wbits", "abits", "epochs", "batch_size", "lr", "schedule", "loss",
-        "dropout", "weight_decay", "seed", "device", "data_dir", "teacher", "distill_weight",
+        "dropout", "weight_decay", "seed", "device", "threads", "data_dir", "teacher", "distill_weight",
         "distill_temperature", "init_from", "train_subset")}
+    if args.resume and args.config:
+        raise ConfigError("--config: a resumed run keeps the settings in its config.yaml; give flags to change "
+                          "--epochs, --threads, --device or --data-dir")
     if args.resume:
-        base = TrainConfig.from_yaml(Path(args.out) / "config.yaml")
+        base = resume_config(args.out)
     elif args.config:
         base = TrainConfig.from_yaml(args.config)
     else:
@@ -68,7 +89,7 @@ def _train(args: argparse.Namespace) -> int:
     metrics = run_train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
     print(f"{config.model}-w{config.wbits}a{config.abits} ({config.quant}) on {config.dataset}: "
           f"test accuracy {100 * metrics['test_acc']:.2f}% after {metrics['epochs']} epochs "
-          f"({metrics['seconds']:.1f} s) -> {args.out}")
+          f"({metrics['seconds']:.1f} s, {metrics['threads']} threads) -> {args.out}")
     return 0
 
 
@@ -80,28 +101,39 @@ def _parse_options(items: list[str]) -> dict:
     options = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"--option '{item}': expected KEY=VALUE")
-        options[key] = yaml.safe_load(value)
+        try:
+            options[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            reason = str(err).strip().splitlines()[0]
+            raise ConfigError(f"--option '{item}': VALUE is not valid YAML ({reason})") from None
     return options
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a trained run to QONNX and verify it against PyTorch")
     p.add_argument("run", help="run directory written by 'hwq train'")
-    p.add_argument("--verify-samples", dest="verify_samples", type=int, default=500,
-                   help="held-out test images to compare on (default 500)")
+    p.add_argument("--verify-samples", dest="verify_samples", type=int,
+                   help="held-out test images to compare on, at least 1 (default: 500, or the whole test set "
+                        "when smaller)")
+    p.add_argument("--force", action="store_true",
+                   help="export even an unfinished training (its last finished epoch, from checkpoint.pt); "
+                        "export.json records it (default: off)")
     p.set_defaults(func=_export)
 
 
 def _export(args: argparse.Namespace) -> int:
     from hwq.export import ExportConfig, run_export
 
-    report = run_export(args.run, ExportConfig(verify_samples=args.verify_samples))
+    settings = {"verify_samples": args.verify_samples} if args.verify_samples is not None else {}
+    report = run_export(args.run, ExportConfig(force=args.force, **settings))
     v = report["verification"]
     print(f"exported {Path(args.run) / report['outputs']['onnx']}: verified on {v['n']} {v['dataset']} test images, "
           f"argmax match {100 * v['argmax_match']:.2f}%, max |diff| {v['max_abs_diff']:.2e}, "
-          f"QONNX accuracy {100 * v['qonnx_accuracy']:.2f}%")
+          f"QONNX accuracy {100 * v['qonnx_accuracy']:.2f}%"
+          + (f" (forced: the training stopped after epoch {report['training']['epochs']})"
+             if not report["training"]["complete"] else ""))
     return 0
 
 

@@ -149,13 +149,43 @@ def _json(path: Path) -> dict:
 
 # --- the stages: each returns (skipped, summary) -------------------------------------------------------------------
 def _train(recipe: Recipe, run: Path, progress: bool) -> tuple[bool, dict]:
+    """Skip a finished training of the recipe's settings, resume an unfinished one (an interrupted ``hwq run``),
+    else train; a run of other settings is replaced only once the new one has finished."""
+    import yaml
+
+    from hwq.errors import Interrupted
     from hwq.train import TrainConfig, run_train
+    from hwq.train.resume import checkpoint_epoch, interrupted_detail
 
     config = TrainConfig.from_dict(recipe.train, source=f"recipe {recipe.name}: train")
+
+    def same_settings(recorded: Any) -> bool:
+        # A recipe without ``threads`` accepts the count the run recorded (the default follows the machine).
+        wanted, recorded = config.to_dict(), dict(recorded) if isinstance(recorded, dict) else {}
+        if wanted["threads"] is None:
+            wanted.pop("threads")
+            recorded.pop("threads", None)
+        return recorded == wanted
+
     metrics = _json(run / "metrics.json")
-    if metrics.get("complete") and metrics.get("config") == config.to_dict():
+    if metrics.get("complete") and same_settings(metrics.get("config")):
         return True, metrics
-    return False, run_train(config, run, overwrite=True, progress=progress)
+    try:
+        settings = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        settings = None
+    resume = (not metrics.get("complete") and isinstance(settings, dict) and same_settings(settings)
+              and checkpoint_epoch(run) is not None)
+    overwrite = not resume and ((run / "checkpoint.pt").exists() or (run / "metrics.json").exists())
+    if resume:  # with the run's own thread count, so the resumed bits are those of a straight run
+        config = config.replace(threads=settings.get("threads"))
+    try:
+        return False, run_train(config, run, resume=resume, overwrite=overwrite, progress=progress)
+    except Interrupted as err:
+        if overwrite:  # the new run was discarded and the previous one kept, as run_train's message says
+            raise
+        raise Interrupted.wrap(err, interrupted_detail(run, config.epochs, "running the recipe again resumes "
+                                                                           "from it")) from None
 
 
 def _export(recipe: Recipe, run: Path, progress: bool) -> tuple[bool, dict]:

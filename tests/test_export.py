@@ -125,3 +125,76 @@ def test_cnv_export_is_verified(tmp_path):
     images = torch.rand(4, 3, 32, 32).mul(255).round().div(255)
     verification, _, _ = verify_qonnx(tmp_path / "cnv.onnx", model, images, ExportConfig(batch=4))
     assert verification["passed"] and verification["argmax_match"] == 1.0
+
+
+# --- only finished, verified artifacts are passed on ---------------------------------------------------------------
+def _tiny_run(out, epochs: int = 2, interrupt_at: int | None = None, monkeypatch=None):
+    """A small digits run; with ``interrupt_at``, Ctrl-C at the start of that epoch leaves it unfinished."""
+    from hwq.errors import Interrupted
+    from hwq.models.fc import FC
+    from hwq.train import TrainConfig, run_train
+
+    config = TrainConfig(epochs=epochs, threads=1, train_subset=300)
+    if interrupt_at is None:
+        run_train(config, out, progress=False)
+        return out
+
+    def stop(self, epoch, epochs):
+        if epoch == interrupt_at:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FC, "hwq_on_epoch_start", stop, raising=False)
+        with pytest.raises(Interrupted):
+            run_train(config, out, progress=False)
+    return out
+
+
+def test_export_refuses_an_unfinished_training_unless_forced(tmp_path, monkeypatch, capsys):
+    run = _tiny_run(tmp_path / "run", epochs=3, interrupt_at=1, monkeypatch=monkeypatch)
+    assert main(["export", str(run), "--verify-samples", "20"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"hwq export: error: {run}/metrics.json: the training did not finish (epoch 1 of 3); resume it "
+                   f"with 'hwq train --out {run} --resume', or pass --force to export its last finished epoch")
+    assert not (run / "model.onnx").exists() and not (run / "export.json").exists()
+    assert main(["export", str(run), "--verify-samples", "20", "--force"]) == 0
+    assert "forced: the training stopped after epoch 1" in capsys.readouterr().out
+    report = json.loads((run / "export.json").read_text())
+    assert report["forced"] is True and report["training"] == {"complete": False, "epochs": 1}
+    assert report["source"]["weights"] == "checkpoint.pt" and report["verification"]["passed"] is True
+
+
+def test_export_of_a_folder_without_training_is_one_line(tmp_path, capsys):
+    assert main(["export", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"hwq export: error: {tmp_path}/metrics.json not found: {tmp_path} holds no trained model "
+                   f"(train it with 'hwq train --out {tmp_path}')")
+
+
+def test_a_failed_reexport_leaves_no_model_onnx(tmp_path, monkeypatch):
+    """A re-export that fails verification keeps its graph as model.failed.onnx; no model.onnx stays behind."""
+    import hwq.export.qonnx_export as qe
+
+    run = _tiny_run(tmp_path / "run")
+    report = run_export(run, ExportConfig(verify_samples=30))
+    assert report["forced"] is False and report["training"] == {"complete": True, "epochs": 2}
+    real_export = qe.export_qonnx_model
+
+    def export_then_corrupt(model, path):
+        real_export(model, path)
+        _flip_weight_signs(path, path)
+        from qonnx.core.modelwrapper import ModelWrapper
+
+        return ModelWrapper(str(path))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(qe, "export_qonnx_model", export_then_corrupt)
+        with pytest.raises(VerificationError, match=r"graph kept as .*model\.failed\.onnx"):
+            run_export(run, ExportConfig(verify_samples=30))
+    failed = json.loads((run / "export.json").read_text())
+    assert not (run / "model.onnx").exists() and (run / "model.failed.onnx").is_file()
+    assert failed["verification"]["passed"] is False and failed["outputs"]["onnx"] == "model.failed.onnx"
+    assert [p.name for p in run.iterdir() if "unverified" in p.name] == []
+    # a good export afterwards restores model.onnx and drops the failed graph
+    run_export(run, ExportConfig(verify_samples=30))
+    assert (run / "model.onnx").is_file() and not (run / "model.failed.onnx").exists()

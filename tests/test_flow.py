@@ -103,3 +103,35 @@ def test_a_bad_late_section_stops_the_flow_before_training(tmp_path):
     with pytest.raises(ConfigError, match="measure: modes"):
         run_flow(path, progress=False, echo=lambda _: None)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_interrupted_flow_resumes_its_training(tmp_path, monkeypatch):
+    """``hwq run`` stopped during training continues from the checkpoint, to the bits of a straight run."""
+    import torch
+
+    from hwq.errors import Interrupted
+    from hwq.models.fc import FC
+    from hwq.train import TrainConfig, run_train
+    from hwq.train.checkpoint import load_checkpoint
+
+    train = {"model": "tfc", "dataset": "digits", "epochs": 3, "threads": 1, "train_subset": 300}
+    path = _recipe(tmp_path, train=train, export={"verify_samples": 20}, build=None, measure=None)
+    run = tmp_path / "run"
+
+    def stop_at_epoch_2(self, epoch, epochs):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FC, "hwq_on_epoch_start", stop_at_epoch_2, raising=False)
+        with pytest.raises(Interrupted) as stopped:
+            run_flow(path, progress=False, echo=lambda _: None)
+    assert stopped.value.detail == f"{run}/checkpoint.pt keeps epoch 2 of 3; running the recipe again resumes from it"
+    report = run_flow(path, progress=False, echo=lambda _: None)
+    assert report["skipped"] == []
+    log = (run / "train.log").read_text()
+    assert "# resume" in log and "epochs 2->3" in log
+    run_train(TrainConfig(**train), tmp_path / "straight", progress=False)
+    straight, resumed = load_checkpoint(tmp_path / "straight" / "model.pt"), load_checkpoint(run / "model.pt")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert run_flow(path, progress=False, echo=lambda _: None)["skipped"] == ["train", "export"]

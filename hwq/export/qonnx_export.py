@@ -4,12 +4,20 @@
 The export is verified, not trusted: the QONNX graph is executed with qonnx on held-out test images and its
 outputs are compared with the PyTorch model's. A mismatch is a VerificationError, and ``export.json`` still
 records what was measured.
+
+Only a finished training is exported (``metrics.json`` complete), unless ``force`` is set, which exports the last
+finished epoch (``checkpoint.pt``) and says so in ``export.json``. The graph is written under a temporary name
+and takes its place only once verified: ``model.onnx`` exists only when ``export.json`` says it passed. A
+failed export keeps its graph as ``model.failed.onnx`` (for inspection) and removes an older ``model.onnx``,
+which ``export.json`` no longer vouches for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +27,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwq._io import write_atomic, write_json
+from hwq._io import read_json, write_atomic, write_json
 from hwq.classes import Scores
 from hwq.data import Dataset, load_dataset
-from hwq.errors import VerificationError
+from hwq.errors import CheckpointError, ConfigError, VerificationError
 from hwq.export.scores import qonnx_scores, run_qonnx_graph
 from hwq.models.scores import model_scores
-from hwq.train.loop import MODEL_FILE, load_trained_model
+from hwq.train.loop import CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, load_trained_model
 
 ONNX_FILE, EXPORT_FILE = "model.onnx", "export.json"
+#: A graph that failed verification (kept to look at), and one being verified (hidden; renamed when done).
+FAILED_ONNX_FILE, PENDING_ONNX_FILE = "model.failed.onnx", ".model.unverified.onnx"
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,20 @@ class ExportConfig:
     atol: float = 1e-4
     #: Images per qonnx execution (the graph's batch dimension is set to this for verification only).
     batch: int = 100
+    #: Export a run whose training did not finish (its last finished epoch, from ``checkpoint.pt``); off, because
+    #: a half-trained model is rarely what a build should receive. ``export.json`` records it.
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("verify_samples", "batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
+        if (isinstance(self.atol, bool) or not isinstance(self.atol, int | float) or not math.isfinite(self.atol)
+                or self.atol < 0):
+            raise ConfigError(f"atol: expected a finite number >= 0, got {self.atol!r}")
+        if not isinstance(self.force, bool):
+            raise ConfigError(f"force: expected true or false, got {self.force!r}")
 
 
 def export_qonnx_model(model: nn.Module, path: str | Path) -> "ModelWrapper":  # noqa: F821
@@ -133,20 +157,37 @@ def run_export(run_dir: str | Path, config: ExportConfig = ExportConfig()) -> di
     1.0
     """
     run_dir = Path(run_dir)
+    training = finished_training(run_dir, config.force)
+    pending = run_dir / PENDING_ONNX_FILE
+    try:
+        report = _export_and_verify(run_dir, config, training, pending)
+    finally:
+        pending.unlink(missing_ok=True)  # published by now, or an export that failed or was interrupted
+    verification = report["verification"]
+    if not verification["passed"]:
+        raise mismatch_error(run_dir / ONNX_FILE, verification, run_dir / EXPORT_FILE, run_dir / FAILED_ONNX_FILE)
+    return report
+
+
+def _export_and_verify(run_dir: Path, config: ExportConfig, training: dict, pending: Path) -> dict[str, Any]:
+    """Export to ``pending``, verify it, then publish it (:func:`_publish`) with its ``export.json``."""
     started = time.perf_counter()
-    model, train_config, spec = load_trained_model(run_dir)
-    onnx_path = run_dir / ONNX_FILE
-    wrapper = export_qonnx_model(model, onnx_path)
+    weights = MODEL_FILE if training["complete"] else CHECKPOINT_FILE
+    model, train_config, spec = load_trained_model(run_dir, weights=weights)
+    wrapper = export_qonnx_model(model, pending)
 
     dataset = load_dataset(train_config.dataset, train_config.data_dir)
     n = min(config.verify_samples, len(dataset.test_x))
     images = Dataset.to_float(dataset.test_x[:n]).reshape(n, *model.input_shape)
-    verification, reference, candidate = verify_qonnx(onnx_path, model, images, config)
+    verification, reference, candidate = verify_qonnx(pending, model, images, config)
     labels = dataset.test_y[:n].numpy()
     report = {
         "stage": "export",
-        "source": {"run": str(run_dir), "weights": MODEL_FILE, "weights_sha256": _sha256(run_dir / MODEL_FILE)},
-        "outputs": {"onnx": ONNX_FILE, "onnx_sha256": _sha256(onnx_path)},
+        "source": {"run": str(run_dir), "weights": weights, "weights_sha256": _sha256(run_dir / weights)},
+        "outputs": {"onnx": ONNX_FILE if verification["passed"] else FAILED_ONNX_FILE,
+                    "onnx_sha256": _sha256(pending)},
+        "training": training,
+        "forced": config.force,
         "model_spec": {**spec.__dict__, "image_shape": list(spec.image_shape)},
         "input_shape": [1, *model.input_shape],
         "ops": sorted({node.op_type for node in wrapper.graph.node}),
@@ -157,17 +198,55 @@ def run_export(run_dir: str | Path, config: ExportConfig = ExportConfig()) -> di
         },
         "seconds": round(time.perf_counter() - started, 3),
     }
-    write_json(run_dir / EXPORT_FILE, report)
-    if not verification["passed"]:
-        raise mismatch_error(onnx_path, verification, run_dir / EXPORT_FILE)
+    _publish(run_dir, pending, report)
     return report
 
 
-def mismatch_error(onnx_path: Path, verification: dict[str, Any], details: Path) -> VerificationError:
-    """The one-line error for a failed comparison."""
+def finished_training(run_dir: Path, force: bool = False) -> dict[str, Any]:
+    """``{"complete", "epochs"}`` of the training in ``run_dir``; an unfinished one is an error unless ``force``."""
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: run directory not found")
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: {run_dir} holds no trained model (train it with "
+                              f"'hwq train --out {run_dir}')")
+    metrics = read_json(path, "metrics file")
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"{path}: expected the training metrics (a mapping)")
+    training = {"complete": metrics.get("complete") is True, "epochs": metrics.get("epochs")}
+    settings = metrics.get("config") if isinstance(metrics.get("config"), dict) else {}
+    if not training["complete"] and not force:
+        raise CheckpointError(
+            f"{path}: the training did not finish (epoch {training['epochs']} of {settings.get('epochs', '?')}); "
+            f"resume it with 'hwq train --out {run_dir} --resume', or pass --force to export its last finished epoch"
+        )
+    return training
+
+
+def _publish(run_dir: Path, pending: Path, report: dict[str, Any]) -> None:
+    """Give the verified graph its name, or keep a failed one as ``model.failed.onnx``; then ``export.json``.
+
+    The order keeps ``model.onnx`` and a passing ``export.json`` together even if the process dies in between:
+    a failure is recorded before the old ``model.onnx`` goes, a success after the new one is in place.
+    """
+    if report["verification"]["passed"]:
+        os.replace(pending, run_dir / ONNX_FILE)
+        (run_dir / FAILED_ONNX_FILE).unlink(missing_ok=True)
+        write_json(run_dir / EXPORT_FILE, report)
+    else:
+        write_json(run_dir / EXPORT_FILE, report)
+        (run_dir / ONNX_FILE).unlink(missing_ok=True)
+        os.replace(pending, run_dir / FAILED_ONNX_FILE)
+
+
+def mismatch_error(
+    onnx_path: Path, verification: dict[str, Any], details: Path, kept_as: Path | None = None,
+) -> VerificationError:
+    """The one-line error for a failed comparison (``kept_as``: where the failed graph was kept)."""
     where = verification["first_mismatch"]
     return VerificationError(
         f"{onnx_path}: QONNX output differs from PyTorch (max |diff| {verification['max_abs_diff']:.3g}, "
         f"atol {verification['atol']}" + (f"; first differing class at test image {where}" if where is not None
                                           else "") + f"); details in {details}"
+        + (f", graph kept as {kept_as}" if kept_as is not None else "")
     )

@@ -7,6 +7,7 @@ It round-trips through YAML (``runs/NAME/config.yaml``); unknown or mistyped fie
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -34,6 +35,11 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_finite_number(value: Any) -> bool:
+    """An int or float that is neither a bool nor nan/inf (``--lr nan`` would train nothing, silently)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run (``hwq train`` flags and YAML keys have the same names)."""
@@ -58,6 +64,10 @@ class TrainConfig:
     seed: int = 0
     #: ``cpu``, ``cuda`` or ``auto`` (cuda when available). Determinism is promised on the CPU only.
     device: str = "cpu"
+    #: CPU threads torch uses during the run; None = the cores this process may use (its affinity mask), and
+    #: never more than those. The bits of a CPU run depend on it, so the number used is what config.yaml and
+    #: metrics.json record (hwq.train.threads).
+    threads: int | None = None
     #: Data folder; None means ``$HWQ_DATA`` or ``../shared/data``. Not needed for digits.
     data_dir: str | None = None
     #: Train on this many training images (class-balanced, drawn with ``seed``); None uses them all. The test
@@ -77,6 +87,7 @@ class TrainConfig:
     init_from: str | None = None
 
     def __post_init__(self) -> None:
+        """Check every field once, for the Python API and the CLI alike; a bad value names its field."""
         for name, enum in (("schedule", Schedule), ("loss", Loss)):
             value = getattr(self, name)
             try:
@@ -85,19 +96,45 @@ class TrainConfig:
                 raise ConfigError(
                     f"{name}: '{value}' is not one of {', '.join(e.value for e in enum)}"
                 ) from None
+        self._check_types()
+        self._check_ranges()
+
+    def _check_types(self) -> None:
+        for name in ("model", "dataset", "quant", "device"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name}: expected a name (a string), got {getattr(self, name)!r}")
+        for name in ("data_dir", "teacher", "init_from"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name}: expected a path or null, got {getattr(self, name)!r}")
         for name in ("epochs", "batch_size", "wbits", "abits", "seed"):
             if not _is_int(getattr(self, name)):
                 raise ConfigError(f"{name}: expected an integer, got {getattr(self, name)!r}")
-        if self.epochs < 0:
-            raise ConfigError(f"epochs: expected >= 0, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size: expected >= 1, got {self.batch_size}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout: expected a fraction in [0, 1), got {self.dropout}")
-        if not 0.0 <= self.distill_weight <= 1.0:
-            raise ConfigError(f"distill_weight: expected a fraction in [0, 1], got {self.distill_weight}")
-        if self.distill_temperature <= 0:
-            raise ConfigError(f"distill_temperature: expected > 0, got {self.distill_temperature}")
+        for name in ("lr", "weight_decay", "dropout", "distill_weight", "distill_temperature"):
+            if not _is_finite_number(getattr(self, name)):
+                raise ConfigError(f"{name}: expected a finite number, got {getattr(self, name)!r}")
+        if not isinstance(self.model_options, dict) or not all(isinstance(k, str) for k in self.model_options):
+            raise ConfigError(f"model_options: expected a mapping of option names to values, "
+                              f"got {self.model_options!r}")
+
+    def _check_ranges(self) -> None:
+        # (field, allowed, what is expected): one line per numeric field, in the order of the fields above.
+        checks = (
+            ("wbits", self.wbits >= 1, "a bit-width >= 1 (the quantizer family says which it supports)"),
+            ("abits", self.abits >= 1, "a bit-width >= 1 (the quantizer family says which it supports)"),
+            ("epochs", self.epochs >= 1, "at least 1 epoch"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("lr", self.lr > 0, "a learning rate > 0"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("dropout", 0.0 <= self.dropout < 1.0, "a fraction in [0, 1)"),
+            ("seed", 0 <= self.seed < 2**32, "an integer in [0, 2^32)"),
+            ("distill_weight", 0.0 <= self.distill_weight <= 1.0, "a fraction in [0, 1]"),
+            ("distill_temperature", self.distill_temperature > 0, "> 0"),
+        )
+        for name, allowed, expected in checks:
+            if not allowed:
+                raise ConfigError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
+        if self.threads is not None and not (_is_int(self.threads) and self.threads >= 1):
+            raise ConfigError(f"threads: expected a positive integer or null, got {self.threads!r}")
         if self.train_subset is not None and not (_is_int(self.train_subset) and self.train_subset >= 1):
             raise ConfigError(f"train_subset: expected a positive integer or null, got {self.train_subset!r}")
         if self.device not in ("cpu", "cuda", "auto"):
@@ -112,11 +149,17 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+        """The config ``data`` describes; an error names ``source`` (the file) and the field."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of training settings, got {data!r}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":

@@ -3,11 +3,14 @@
 
 ``runs/NAME/`` holds ``config.yaml`` (the settings), ``checkpoint.pt`` (the last finished epoch, for resume),
 ``model.pt`` (final weights), ``metrics.json`` (accuracy, history, provenance) and ``train.log`` (append-only).
+A run in progress keeps its last finished epoch in ``checkpoint.pt`` (Ctrl-C and SIGTERM included), so it can be
+resumed; an overwrite trains beside the old run and replaces it only when done (hwq.train.rundir).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import platform
 import time
@@ -21,17 +24,20 @@ from torch import nn
 import hwq
 from hwq._io import read_json, write_atomic, write_json
 from hwq.data import Dataset, load_dataset
-from hwq.errors import CheckpointError, ConfigError
+from hwq.errors import CheckpointError, ConfigError, Interrupted
 from hwq.models import ModelSpec, build_model
 from hwq.models.scores import model_scores
 from hwq.quant import clip_latent_weights
 from hwq.train.augment import AUGMENTED_BY_DEFAULT, random_crop_flip
-from hwq.train.checkpoint import load_checkpoint, save_checkpoint
+from hwq.train.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from hwq.train.config import Loss, Schedule, TrainConfig
-
-CONFIG_FILE, CHECKPOINT_FILE, MODEL_FILE, METRICS_FILE, LOG_FILE = (
-    "config.yaml", "checkpoint.pt", "model.pt", "metrics.json", "train.log",
+from hwq.train.progress import EpochProgress
+from hwq.train.rundir import (
+    CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, MODEL_FILE, StagedReplacement, holds_run, naming_errors,
+    remove_downstream,
 )
+from hwq.train.resume import interrupted_detail, resume_checkpoint
+from hwq.train.threads import resolve_threads, torch_threads
 
 
 def model_spec_for(config: TrainConfig, dataset: Dataset) -> ModelSpec:
@@ -129,143 +135,211 @@ def _versions() -> dict[str, str]:
 
 
 def _log(out_dir: Path, line: str) -> None:
-    with (out_dir / LOG_FILE).open("a") as log:
+    with naming_errors(out_dir / LOG_FILE), (out_dir / LOG_FILE).open("a") as log:
         log.write(line.rstrip("\n") + "\n")
 
 
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"), disable=not enabled, transient=False,
-    )
+def _write_json(path: Path, obj: Any) -> None:
+    with naming_errors(path):
+        write_json(path, obj)
 
 
+# --- the stage -------------------------------------------------------------------------------------------------
 def run_train(
     config: TrainConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``config`` into ``out_dir`` and return the metrics written to ``metrics.json``.
 
-    With ``resume``, training continues from ``out_dir/checkpoint.pt`` up to ``config.epochs``.
-    An existing run is never replaced unless ``overwrite`` is set.
+    With ``resume``, training continues from ``out_dir/checkpoint.pt`` up to ``config.epochs`` (only the
+    settings in ``RESUMABLE_CHANGES`` may differ from the run's). An existing run is never replaced unless
+    ``overwrite`` is set, and then only once the new one has finished training. Ctrl-C or SIGTERM raise
+    :class:`~hwq.errors.Interrupted` saying what was kept and how to resume.
 
     >>> metrics = run_train(TrainConfig(epochs=1), "runs/example", overwrite=True)  # doctest: +SKIP
     >>> 0.0 <= metrics["test_acc"] <= 1.0                                          # doctest: +SKIP
     True
     """
     out_dir = Path(out_dir)
-    has_run = (out_dir / CHECKPOINT_FILE).exists() or (out_dir / METRICS_FILE).exists()
-    if has_run and not (resume or overwrite):
-        raise CheckpointError(
-            f"{out_dir}: already holds a training run; pass --resume to continue it or --overwrite to replace it"
-        )
-    if resume and not (out_dir / CHECKPOINT_FILE).exists():
-        raise CheckpointError(f"{out_dir / CHECKPOINT_FILE}: checkpoint not found, nothing to resume")
-    if overwrite and not resume:
-        for name in (CHECKPOINT_FILE, MODEL_FILE, METRICS_FILE):
-            (out_dir / name).unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --out, --overwrite replaces it: pass one of them")
+    if resume:
+        checkpoint = resume_checkpoint(config, out_dir)
+        return _train_in_place(config, out_dir, checkpoint, progress)
+    if holds_run(out_dir):
+        if not overwrite:
+            raise CheckpointError(
+                f"{out_dir}: already holds a training run; pass --resume to continue it or --overwrite to replace it"
+            )
+        return _train_replacing(config, out_dir, progress)
+    return _train_in_place(config, out_dir, None, progress)
 
+
+def _train_in_place(config: TrainConfig, out_dir: Path, checkpoint: dict | None, progress: bool) -> dict[str, Any]:
+    """A new run into a folder without one, or a resumed run: every finished epoch is kept in place."""
+    try:
+        return _train(config, out_dir, checkpoint, progress, "resume" if checkpoint else "start")
+    except KeyboardInterrupt as err:
+        detail = interrupted_detail(out_dir, config.epochs, f"resume with: hwq train --out {out_dir} --resume")
+        raise Interrupted.wrap(err, detail) from None
+
+
+def _train_replacing(config: TrainConfig, out_dir: Path, progress: bool) -> dict[str, Any]:
+    """An overwrite: train beside the old run, which is replaced only when the new one has finished."""
+    staged = StagedReplacement(out_dir)
+    try:
+        with staged as staging:
+            metrics = _train(config, staging, None, progress, "overwrite")
+        return metrics
+    except KeyboardInterrupt as err:
+        if staged.replaced:  # the signal arrived during the swap and was held until it was done
+            raise Interrupted.wrap(err, f"training had finished; {out_dir} holds the new run") from None
+        raise Interrupted.wrap(err, f"the overwrite was discarded; {out_dir} still holds the previous run") from None
+
+
+# --- training --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Run:
+    """What one training run works on; the loop changes the model, the optimizer and the history."""
+
+    config: TrainConfig
+    device: torch.device
+    dataset: Dataset
+    spec: ModelSpec
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    teacher: nn.Module | None
+    history: list[dict]
+    start_epoch: int
+
+
+def _train(
+    config: TrainConfig, out_dir: Path, checkpoint: dict | None, progress: bool, mode: str,
+) -> dict[str, Any]:
+    """Train into ``out_dir`` (from ``checkpoint`` when resuming) with the thread count fixed for the run."""
+    threads = resolve_threads(config.threads)
+    config = config.replace(threads=threads)  # config.yaml and metrics.json record the count used
     device = pick_device(config.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    # The caller's thread count and global random state are restored afterwards: no hidden global changes.
+    with torch_threads(threads), torch.random.fork_rng(devices=[]), deterministic(device.type == "cpu"):
+        run = _prepare(config, device, checkpoint)
+        with naming_errors(out_dir / CONFIG_FILE):
+            write_atomic(out_dir / CONFIG_FILE, lambda p: p.write_text(config.to_yaml()))
+        _log(out_dir, f"# {mode} {time.strftime('%Y-%m-%d %H:%M:%S')} epochs {run.start_epoch}->{config.epochs} "
+                      f"device {device} threads {torch.get_num_threads()} config {config.to_dict()}")
+        _fit(run, out_dir, progress, started)
+        return _finish(run, out_dir, started)
+
+
+def _prepare(config: TrainConfig, device: torch.device, checkpoint: dict | None) -> _Run:
+    """Data, model, optimizer and teacher; a checkpoint's weights, optimizer, random state and history."""
     dataset = load_dataset(config.dataset, config.data_dir)
     if config.train_subset is not None:
         dataset = dataset.with_train_subset(config.train_subset, config.seed)
+    dataset = dataclasses.replace(dataset, train_x=dataset.train_x.to(device), train_y=dataset.train_y.to(device),
+                                  test_x=dataset.test_x.to(device), test_y=dataset.test_y.to(device))
     spec = model_spec_for(config, dataset)
     torch.manual_seed(config.seed)
     model = build_model(spec).to(device)
-    if config.init_from and not resume:
+    if config.init_from and checkpoint is None:
         load_init_weights(model, config.init_from)
     optimizer = make_optimizer(model, config)
-    teacher = None
-    if config.teacher:
-        teacher = load_trained_model(config.teacher)[0].to(device)
+    teacher = load_trained_model(config.teacher)[0].to(device) if config.teacher else None
     start_epoch, history = 0, []
-    if resume:
-        state = load_checkpoint(out_dir / CHECKPOINT_FILE, required=("model", "optimizer", "epoch", "rng"))
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        start_epoch = int(state["epoch"])
-        history = list(state.get("history", []))[:start_epoch]
-    write_atomic(out_dir / CONFIG_FILE, lambda p: p.write_text(config.to_yaml()))
-    _log(out_dir, f"# {'resume' if resume else 'start'} {time.strftime('%Y-%m-%d %H:%M:%S')} "
-                  f"epochs {start_epoch}->{config.epochs} device {device} config {config.to_dict()}")
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        torch.set_rng_state(checkpoint["rng"])
+        start_epoch = int(checkpoint["epoch"])
+        history = list(checkpoint.get("history", []))[:start_epoch]
+    return _Run(config, device, dataset, spec, model, optimizer, teacher, history, start_epoch)
 
-    augment = config.dataset in AUGMENTED_BY_DEFAULT
-    train_x, train_y = dataset.train_x.to(device), dataset.train_y.to(device)
-    test_x, test_y = dataset.test_x.to(device), dataset.test_y.to(device)
-    steps = math.ceil(len(train_x) / config.batch_size)
-    started = time.perf_counter()
-    with deterministic(device.type == "cpu"), _progress(progress) as bar:
-        task = bar.add_task("train", total=(config.epochs - start_epoch) * steps, status="")
-        for epoch in range(start_epoch, config.epochs):
-            epoch_start = time.perf_counter()
-            model.train()
-            call_hooks(model, "hwq_on_epoch_start", epoch, config.epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * group["lr_scale"] * lr_factor(config, epoch)
-            # The order of an epoch depends only on (seed, epoch), so a resumed run sees the same batches.
-            generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-            order = torch.randperm(len(train_x), generator=generator).to(device)
-            loss_sum, correct = 0.0, 0
-            for step in range(steps):
-                idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-                images = train_x[idx]
-                if augment:
-                    images = random_crop_flip(images, generator)
-                inputs = Dataset.to_float(images)
-                logits = model(inputs)
-                loss = loss_fn(config.loss, logits, train_y[idx])
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher_logits = teacher(inputs)
-                    soft = distillation_loss(logits, teacher_logits, config.distill_temperature)
-                    loss = (1.0 - config.distill_weight) * loss + config.distill_weight * soft
-                for extra in call_hooks(model, "hwq_extra_loss"):
-                    loss = loss + extra
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                clip_latent_weights(model)
-                call_hooks(model, "hwq_after_step")
-                loss_sum += float(loss.detach()) * len(idx)
-                correct += int((logits.argmax(1) == train_y[idx]).sum())
-                bar.update(task, advance=1)
-            test_acc = evaluate(model, test_x, test_y)
-            record = {
-                "epoch": epoch + 1, "loss": loss_sum / len(train_x), "train_acc": correct / len(train_x),
-                "test_acc": test_acc, "lr": optimizer.param_groups[0]["lr"],
-                "seconds": round(time.perf_counter() - epoch_start, 3),
-            }
-            history.append(record)
-            bar.update(task, status=f"epoch {epoch + 1}/{config.epochs} loss {record['loss']:.4f} "
-                                    f"test {100 * test_acc:.2f}%")
+
+def _fit(run: _Run, out_dir: Path, progress: bool, started: float) -> None:
+    """The epochs from ``run.start_epoch`` on; after each, the checkpoint and metrics are written atomically."""
+    config = run.config
+    steps = math.ceil(len(run.dataset.train_x) / config.batch_size)
+    with EpochProgress(progress, config.epochs, steps, run.start_epoch) as bar:
+        for epoch in range(run.start_epoch, config.epochs):
+            record = _train_epoch(run, epoch, bar)
+            run.history.append(record)
+            bar.epoch_done(record)
             _log(out_dir, f"epoch {epoch + 1} " + " ".join(f"{k} {v}" for k, v in record.items() if k != "epoch"))
             save_checkpoint(out_dir / CHECKPOINT_FILE, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                "rng": torch.get_rng_state(), "history": history,
+                "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "epoch": epoch + 1,
+                "rng": torch.get_rng_state(), "history": run.history,
             })
-            metrics = _metrics(config, spec, dataset, history, epoch + 1, time.perf_counter() - started, device)
-            write_json(out_dir / METRICS_FILE, metrics)
+            _write_json(out_dir / METRICS_FILE, _metrics(run, epoch + 1, time.perf_counter() - started))
 
-    if not history or history[-1]["epoch"] != config.epochs:  # zero epochs, or resumed at the end
-        metrics = _metrics(config, spec, dataset, history, config.epochs, time.perf_counter() - started, device)
-        metrics["test_acc"] = evaluate(model, test_x, test_y)
-    model_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_checkpoint(out_dir / MODEL_FILE, model_state)
+
+def _train_epoch(run: _Run, epoch: int, bar: EpochProgress) -> dict[str, Any]:
+    """One pass over the training images; returns the epoch's history record."""
+    config, model, optimizer = run.config, run.model, run.optimizer
+    train_x, train_y = run.dataset.train_x, run.dataset.train_y
+    steps = math.ceil(len(train_x) / config.batch_size)
+    augment = config.dataset in AUGMENTED_BY_DEFAULT
+    epoch_start = time.perf_counter()
+    model.train()
+    call_hooks(model, "hwq_on_epoch_start", epoch, config.epochs)
+    for group in optimizer.param_groups:
+        group["lr"] = config.lr * group["lr_scale"] * lr_factor(config, epoch)
+    # The order of an epoch depends only on (seed, epoch), so a resumed run sees the same batches.
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    order = torch.randperm(len(train_x), generator=generator).to(run.device)
+    loss_sum, correct = 0.0, 0
+    for step in range(steps):
+        idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+        images = train_x[idx]
+        if augment:
+            images = random_crop_flip(images, generator)
+        inputs = Dataset.to_float(images)
+        logits = model(inputs)
+        loss = loss_fn(config.loss, logits, train_y[idx])
+        if run.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = run.teacher(inputs)
+            soft = distillation_loss(logits, teacher_logits, config.distill_temperature)
+            loss = (1.0 - config.distill_weight) * loss + config.distill_weight * soft
+        for extra in call_hooks(model, "hwq_extra_loss"):
+            loss = loss + extra
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        clip_latent_weights(model)
+        call_hooks(model, "hwq_after_step")
+        loss_sum += float(loss.detach()) * len(idx)
+        correct += int((logits.argmax(1) == train_y[idx]).sum())
+        bar.step()
+    test_acc = evaluate(model, run.dataset.test_x, run.dataset.test_y)
+    return {
+        "epoch": epoch + 1, "loss": loss_sum / len(train_x), "train_acc": correct / len(train_x),
+        "test_acc": test_acc, "lr": optimizer.param_groups[0]["lr"],
+        "seconds": round(time.perf_counter() - epoch_start, 3),
+    }
+
+
+def _finish(run: _Run, out_dir: Path, started: float) -> dict[str, Any]:
+    """Write ``model.pt`` and the complete ``metrics.json``; later stages' outputs of older weights go."""
+    config = run.config
+    metrics = _metrics(run, config.epochs, time.perf_counter() - started)
+    if not run.history or run.history[-1]["epoch"] != config.epochs:  # a checkpoint without its history
+        metrics["test_acc"] = evaluate(run.model, run.dataset.test_x, run.dataset.test_y)
+    # A run trained further (resumed after it had finished) replaces weights that later stages were made from;
+    # a folder that held no weights keeps whatever it holds.
+    removed = remove_downstream(out_dir) if (out_dir / MODEL_FILE).exists() else []
+    save_checkpoint(out_dir / MODEL_FILE, {k: v.detach().cpu() for k, v in run.model.state_dict().items()})
     metrics["complete"] = True
-    write_json(out_dir / METRICS_FILE, metrics)
-    _log(out_dir, f"# done test_acc {metrics['test_acc']:.4f}")
+    _write_json(out_dir / METRICS_FILE, metrics)
+    _log(out_dir, f"# done test_acc {metrics['test_acc']:.4f}"
+                  + (f"; removed {', '.join(removed)} (made from the previous weights)" if removed else ""))
     return metrics
 
 
-def _metrics(
-    config: TrainConfig, spec: ModelSpec, dataset: Dataset, history: list[dict], epochs: int, seconds: float,
-    device: torch.device,
-) -> dict[str, Any]:
-    last = history[-1] if history else {}
+def _metrics(run: _Run, epochs: int, seconds: float) -> dict[str, Any]:
+    last = run.history[-1] if run.history else {}
+    dataset, spec = run.dataset, run.spec
     return {
         "stage": "train",
         "test_acc": last.get("test_acc"),
@@ -274,12 +348,14 @@ def _metrics(
         "complete": False,
         "dataset": {"name": dataset.name, "n_train": len(dataset.train_x), "n_test": len(dataset.test_x),
                     "image_shape": list(dataset.image_shape)},
-        "config": config.to_dict(),
+        "config": run.config.to_dict(),
         "model_spec": {**spec.__dict__, "image_shape": list(spec.image_shape)},
         "seconds": round(seconds, 3),
-        "device": str(device),
+        "device": str(run.device),
+        # Read back from torch inside the run: the count the bits were computed with.
+        "threads": torch.get_num_threads(),
         "versions": _versions(),
-        "history": history,
+        "history": run.history,
     }
 
 
@@ -290,7 +366,7 @@ def load_init_weights(model: nn.Module, run_dir: str | Path) -> int:
     quantization-aware training from trained weights. Nothing matching is an error, not a silent random start.
     """
     path = Path(run_dir) / MODEL_FILE
-    state = load_checkpoint(path)
+    state = check_state_dict(load_checkpoint(path), path)
     own = model.state_dict()
     matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matching:
@@ -299,24 +375,38 @@ def load_init_weights(model: nn.Module, run_dir: str | Path) -> int:
     return len(matching)
 
 
-def load_trained_model(run_dir: str | Path) -> tuple[nn.Module, TrainConfig, ModelSpec]:
-    """Rebuild a run's model from ``metrics.json`` and load ``model.pt`` into it (eval mode, CPU)."""
+def load_trained_model(
+    run_dir: str | Path, weights: str = MODEL_FILE,
+) -> tuple[nn.Module, TrainConfig, ModelSpec]:
+    """Rebuild a run's model from ``metrics.json`` and load its weights into it (eval mode, CPU).
+
+    ``weights`` is ``model.pt`` (the finished training) or ``checkpoint.pt`` (its last finished epoch).
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: run directory not found")
-    metrics = read_json(run_dir / METRICS_FILE, "metrics file (is this a finished hwq training run?)")
-    try:
-        config = TrainConfig.from_dict(metrics["config"], source=str(run_dir / METRICS_FILE))
-        raw = dict(metrics["model_spec"])
-    except (KeyError, TypeError):
-        raise CheckpointError(f"{run_dir / METRICS_FILE}: lacks 'config' or 'model_spec'") from None
-    raw["image_shape"] = tuple(raw["image_shape"])
-    spec = ModelSpec(**raw)
+    config, spec = _run_description(run_dir)
     model = build_model(spec)
-    state = load_checkpoint(run_dir / MODEL_FILE)
+    path = run_dir / weights
+    state = load_checkpoint(path, required=("model",) if weights == CHECKPOINT_FILE else ())
+    state = check_state_dict(state["model"] if weights == CHECKPOINT_FILE else state, path)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise CheckpointError(f"{run_dir / MODEL_FILE}: weights do not fit model '{spec.name}' ({err})") from None
+        reason = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit model '{spec.name}' ({reason})") from None
     model.eval()
     return model, config, spec
+
+
+def _run_description(run_dir: Path) -> tuple[TrainConfig, ModelSpec]:
+    """The config and model spec ``metrics.json`` records; a damaged file is a CheckpointError naming it."""
+    path = run_dir / METRICS_FILE
+    metrics = read_json(path, "metrics file (is this a finished hwq training run?)")
+    try:
+        config = TrainConfig.from_dict(metrics["config"], source=str(path))
+        raw = dict(metrics["model_spec"])
+        raw["image_shape"] = tuple(raw["image_shape"])
+        return config, ModelSpec(**raw)
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path}: lacks a readable 'config' or 'model_spec'") from None
