@@ -19,7 +19,8 @@ DIGITS_EPOCHS = 20
 
 def _train(tmp_path_factory, name: str, **settings):
     out = tmp_path_factory.mktemp("runs") / name
-    config = TrainConfig(model="tfc", dataset="digits", epochs=DIGITS_EPOCHS, **settings)
+    # One thread: the fixtures are then the same bits on every machine (and fastest on a loaded one).
+    config = TrainConfig(model="tfc", dataset="digits", epochs=DIGITS_EPOCHS, threads=1, **settings)
     run_train(config, out, progress=False)
     return out
 
