@@ -24,6 +24,10 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     try:
         write(tmp_path)
         os.replace(tmp_path, path)
+    except OSError as err:  # a full disk while writing: name the file the user asked for, not the hidden one
+        if err.errno is None or err.filename not in (None, str(tmp_path), tmp_path):
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err
     finally:
         tmp_path.unlink(missing_ok=True)
     return path

@@ -154,3 +154,20 @@ def test_result_files_get_the_usual_permissions(tmp_path):
 
     path = write_json(tmp_path / "report.json", {"ok": True})
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def test_a_failed_atomic_write_names_the_destination_and_keeps_the_old_file(tmp_path):
+    import errno
+
+    from hwq._io import write_atomic
+
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+
+    def full_disk(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    with pytest.raises(OSError) as failed:
+        write_atomic(target, full_disk)
+    assert failed.value.filename == str(target) and failed.value.errno == errno.ENOSPC
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
