@@ -111,7 +111,7 @@ def step_fold(model: ModelWrapper, ctx: BuildContext) -> ModelWrapper:
     from finn.util.config import extract_model_config_to_json
 
     extract_model_config_to_json(result.model, str(ctx.out_dir / "folding.json"), list(estimates.FOLD_ATTRS))
-    ctx.report["folding"] = _folding_report(cfg, ctx.board, result)
+    ctx.report["folding"] = _folding_report(cfg, result)
     if cfg.folding_mode == "target_fps" and not ctx.report["folding"]["met"]:
         total = result.summary["total"]
         ctx.progress.warn(
@@ -121,7 +121,7 @@ def step_fold(model: ModelWrapper, ctx: BuildContext) -> ModelWrapper:
     return result.model
 
 
-def _folding_report(cfg, board: Board, result: "estimates.Folded") -> dict[str, Any]:
+def _folding_report(cfg: BuildConfig, result: estimates.Folded) -> dict[str, Any]:
     """The manifest's ``folding``: how it was chosen, the target (if any), what was achieved, whether it fits."""
     report = {"mode": cfg.folding_mode, "file": cfg.folding_file, "written": "folding.json",
               "target_fps": cfg.target_fps, "achieved_fps": result.fps, "max_cycles": result.max_cycles,
@@ -138,14 +138,15 @@ def step_verify_bit_exact(model: ModelWrapper, ctx: BuildContext) -> ModelWrappe
 
     The folded model passes through unchanged; the step's intermediate ONNX is the graph the gate executed
     (:func:`_saved_hw_graph`), which the emulated board and the open backend load."""
-    report = gates.check_bit_exact(ctx.qonnx_model, ctx.hw_model, ctx.images)
+    report = gates.check_bit_exact(ctx.qonnx_model, _saved_hw_graph(model, ctx), ctx.images)
     ctx.report["observed_ranges"] = report.pop("observed_ranges")
     ctx.report["bit_exact"] = report
     return model
 
 
 def _saved_hw_graph(model: ModelWrapper, ctx: BuildContext) -> ModelWrapper:
-    return ctx.hw_model
+    """The abstract HW graph kept by create_dataflow_partition (the step's input, in a flow without that step)."""
+    return ctx.hw_model if ctx.hw_model is not None else model
 
 
 #: What a check step saves as its intermediate ONNX, where that is not the model it passes on.
