@@ -152,17 +152,27 @@ def _models(args: argparse.Namespace) -> int:
 
 def _add_build(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="build an exported run into a FINN dataflow accelerator for a board")
-    p.add_argument("run", help="run directory holding model.onnx from 'hwq export'")
+    p.add_argument("run", help="run directory holding model.onnx and export.json from 'hwq export'")
     p.add_argument("--board", default="pynq-z2", help="board name (see 'hwq boards'; default pynq-z2)")
     fold = p.add_mutually_exclusive_group()
     fold.add_argument("--target-fps", dest="target_fps", type=float,
-                      help="frames/s to fold for (default: the fastest folding that fits the board)")
-    fold.add_argument("--folding", dest="folding_file", help="folding file in FINN's JSON format")
-    p.add_argument("--out", dest="out_dir", help="build directory (default RUN/build-BOARD)")
+                      help="frames/s to fold for (default: none, the fastest folding that fits 80%% of the board)")
+    fold.add_argument("--folding", dest="folding_file",
+                      help="folding file in FINN's JSON format (default: none, folding chosen by hwq)")
+    p.add_argument("--out", dest="out_dir",
+                   help="build directory (default RUN/build-BOARD; RUN/build-BOARD-open for the open backend on a "
+                        "Xilinx board); replaced only when the build succeeds, a failed one is kept as OUT.failed")
     p.add_argument("--verify-samples", dest="verify_samples", type=int,
-                   help="held-out test images for the bit-exactness gate (default 100)")
-    p.add_argument("--data-dir", dest="data_dir", help="data folder (default: the run's, $HWQ_DATA or ../shared/data)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+                   help="held-out test images for the bit-exactness gate (default 100; open backend: images "
+                        "simulated in RTL, default 20)")
+    p.add_argument("--data-dir", dest="data_dir",
+                   help="data folder (default: the run's, else $HWQ_DATA, else ../shared/data)")
+    p.add_argument("--force", action="store_true", default=False,
+                   help="build even if export.json is missing, failed its verification or is about another "
+                        "model.onnx (default off; recorded in the manifest)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=True,
+                   help="no step lines on stderr (default: a line per step with its seconds; warnings are "
+                        "always printed)")
     p.add_argument("--backend", choices=("finn", "open"), default="finn",
                    help="finn (default): FINN flow and estimates; open: hwq's Verilog, cocotb simulation, "
                         "Yosys + nextpnr for an open board, Yosys synth_xilinx estimates for a Xilinx one "
@@ -175,23 +185,28 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                         "faster: for many images)")
     p.add_argument("--xilinx-estimate", dest="xilinx_estimate", action="store_true", default=None,
                    help="open backend, open board: also estimate Xilinx resources for the folding board with "
-                        "Yosys synth_xilinx (always done for a Xilinx board, which is not placed and routed)")
+                        "Yosys synth_xilinx (default off; always done for a Xilinx board, which is not placed "
+                        "and routed)")
     p.set_defaults(func=_build)
+
+
+#: Flags that only the open backend reads, named as on the command line.
+_OPEN_ONLY_FLAGS = {"tree_levels_per_stage": "--tree-levels-per-stage", "simulator": "--simulator",
+                    "xilinx_estimate": "--xilinx-estimate"}
 
 
 def _build(args: argparse.Namespace) -> int:
     from hwq.dataflow import BuildConfig, run_build
+    from hwq.errors import ConfigError
 
     if args.backend == "open":
         return _build_open(args)
-    from hwq.boards import load_board
-    from hwq.errors import ConfigError
-
-    if load_board(args.board).shell == "open":
-        raise ConfigError(f"board '{args.board}' is built by the open backend: add --backend open")
+    given = [flag for key, flag in _OPEN_ONLY_FLAGS.items() if getattr(args, key) is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: only for --backend open")
     config = BuildConfig().replace(board=args.board, target_fps=args.target_fps, folding_file=args.folding_file,
                                    out_dir=args.out_dir, verify_samples=args.verify_samples,
-                                   data_dir=args.data_dir)
+                                   data_dir=args.data_dir, force=args.force)
     m = run_build(args.run, config, progress=args.progress)
     t, v = m["estimates"]["total"], m["bit_exact"]
     skipped = sorted(k for k, s in m["vendor"].items() if s["status"] == "skipped")
@@ -208,7 +223,8 @@ def _build_open(args: argparse.Namespace) -> int:
     settings = {k: getattr(args, k) for k in ("target_fps", "folding_file", "out_dir", "verify_samples", "data_dir",
                                            "tree_levels_per_stage", "simulator", "xilinx_estimate")
                 if getattr(args, k) is not None}
-    m = run_open_build(args.run, OpenBuildConfig(board=args.board, **settings), progress=args.progress)
+    m = run_open_build(args.run, OpenBuildConfig(board=args.board, force=args.force, **settings),
+                       progress=args.progress)
     s, e = m["simulation"], m["finn_estimate"]
     if "measured" not in m:    # a Xilinx board: synth_xilinx estimates, no place and route
         x, c = m["xilinx_estimate"], m["xilinx_estimate"]["counts"]
@@ -227,7 +243,7 @@ def _build_open(args: argparse.Namespace) -> int:
 
 
 def _add_boards(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("boards", help="list the boards hwq can build for")
+    p = sub.add_parser("boards", help="list the boards hwq can build for (each YAML file checked as it is read)")
     p.set_defaults(func=_boards)
 
 
@@ -237,8 +253,9 @@ def _boards(args: argparse.Namespace) -> int:
     for name in known_boards():
         b = load_board(name)
         r = b.resources
-        print(f"{name:<12} {b.part:<22} {b.clock_mhz:>5g} MHz  {b.shell:<5}  LUT {r.lut:>9,}  BRAM18 {r.bram18:>5}  "
-              f"DSP {r.dsp:>5}  URAM {r.uram:>4}  power: {b.power.get('kind', 'none')}")
+        target = f"FINN {b.finn_board}" if b.finn_board else f"nextpnr-{b.fpga['family']} {b.fpga['device']}"
+        print(f"{name:<14} {b.part:<22} {b.clock_mhz:>5g} MHz  {b.shell:<5}  {target:<20}  LUT {r.lut:>9,}  "
+              f"BRAM18 {r.bram18:>5}  DSP {r.dsp:>5}  URAM {r.uram:>4}  power: {b.power.get('kind', 'none')}")
     return 0
 
 

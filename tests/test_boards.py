@@ -58,6 +58,56 @@ def test_invalid_board_file_names_file_and_field(tmp_path, change, message):
     assert str(tmp_path / "bad.yaml") in str(err.value) and message in str(err.value)
 
 
+def _board_file(tmp_path, source, change):
+    data = yaml.safe_load((BOARDS_DIR / f"{source}.yaml").read_text())
+    change(data)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
+    return tmp_path / "bad.yaml"
+
+
+@pytest.mark.parametrize("source, change, message", [
+    ("pynq-z2", lambda d: d.update(finn_board="Pynq-Z9"),
+     "field 'finn_board' 'Pynq-Z9' is not a zynq board finn-plus knows; known: AUP-ZU3_8GB, KV260_SOM"),
+    ("pynq-z2", lambda d: d.update(part="xc7z999-bogus"),
+     "field 'part' 'xc7z999-bogus' is not a part a zynq shell runs on: expected Zynq-7000"),
+    ("pynq-z2", lambda d: d.update(part="xc7z010clg400-1"),
+     "field 'part' 'xc7z010clg400-1' is not the part finn-plus uses for finn_board 'Pynq-Z2' (xc7z020clg400-1)"),
+    ("pynq-z2", lambda d: d.update(part="xcu250-figd2104-2L-e"), "is not a part a zynq shell runs on"),
+    ("pynq-z2", lambda d: d.update(finn_board="U250"), "'U250' is not a zynq board finn-plus knows"),
+    ("alveo-u250", lambda d: d.update(part="xczu7ev-ffvc1156-2-e"),
+     "is not a part a alveo shell runs on: expected Alveo (xcu...)"),
+    ("alveo-u250", lambda d: d.update(platform="xilinx_u50_gen3x16_xdma_5_202210_1"),
+     "field 'platform' 'xilinx_u50_gen3x16_xdma_5_202210_1' is not a platform of the U250"),
+    ("ulx3s-85f", lambda d: d["fpga"].update(device="85f"),
+     "field 'fpga.device' '85f' is not a nextpnr-ecp5 device; expected one of 12k, 25k"),
+    ("ulx3s-85f", lambda d: d["fpga"].update(device="25k"),
+     "field 'part' 'LFE5U-85F-6BG381C' is not the part fpga.device '25k' selects (LFE5U-25F-...)"),
+    ("ulx3s-85f", lambda d: d["fpga"].update(speed="8"),
+     "field 'fpga.speed' '8' is not the speed grade of part 'LFE5U-85F-6BG381C' ('6')"),
+    ("icebreaker", lambda d: d.update(part="iCE40HX8K-CT256"),
+     "field 'part' 'iCE40HX8K-CT256' is not the part fpga.device 'up5k' selects (iCE40UP5K-...)"),
+    ("icebreaker", lambda d: d.update(finn_board="Pynq-Z2"), "field 'finn_board' is for Xilinx shells"),
+])
+def test_fields_are_checked_against_each_other_and_the_tools(tmp_path, source, change, message):
+    path = _board_file(tmp_path, source, change)
+    with pytest.raises(BoardError) as err:
+        load_board("bad", boards_dir=tmp_path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_every_shipped_board_matches_finn_and_nextpnr():
+    from finn.util.basic import part_map
+
+    from hwq.boards.board import NEXTPNR_DEVICES
+
+    for name in known_boards():
+        board = load_board(name)
+        if board.shell == "open":
+            assert board.part.upper().startswith(NEXTPNR_DEVICES[board.fpga["family"]][board.fpga["device"]].upper())
+        else:
+            assert part_map[board.finn_board] == board.part
+
+
 def test_copy_of_valid_board_loads(tmp_path):
     shutil.copy(BOARDS_DIR / "kv260.yaml", tmp_path / "mine.yaml")
     assert load_board("mine", boards_dir=tmp_path).part == "xck26-sfvc784-2LV-c"

@@ -38,6 +38,12 @@ def builds(trained_tfc_digits, tmp_path_factory):
     return {"pynq-z2": (out / "z2", z2), "zcu104": (out / "zcu", zcu)}
 
 
+def _step_onnx(out, step):
+    """The intermediate ONNX a build saved for ``step`` (named in its manifest)."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    return out / next(s["onnx"] for s in manifest["steps"] if s["name"] == step)
+
+
 def test_builds_for_two_boards_write_everything(builds):
     for board, (out, manifest) in builds.items():
         assert manifest["status"] == "done" and manifest["board"]["name"] == board
@@ -74,12 +80,12 @@ def test_estimates_per_layer_and_total(builds):
 
 def test_cycles_non_increasing_as_parallelism_grows(builds):
     out, _ = builds["pynq-z2"]
-    model = ModelWrapper(str(out / "intermediate" / "09_specialize_layers.onnx"))
+    model = ModelWrapper(str(_step_onnx(out, "specialize_layers")))
     board = load_board("zcu104")
     previous = None
     with finn_session(out / "scratch"):
         for fps in (1_000, 10_000, 100_000, 1_000_000, 10_000_000):
-            summary = estimates.estimate(estimates.fold_for_target(model, board, fps, 1.0), board)
+            summary = estimates.fold_for_target(model, board, fps, 1.0).summary
             cycles = [layer["cycles"] for layer in summary["layers"]]
             if previous is not None:
                 assert all(c <= p for c, p in zip(cycles, previous)), (fps, cycles, previous)
@@ -89,7 +95,7 @@ def test_cycles_non_increasing_as_parallelism_grows(builds):
 
 def test_folding_file_in_finn_format(builds, tmp_path):
     out, _ = builds["pynq-z2"]
-    model = ModelWrapper(str(out / "intermediate" / "09_specialize_layers.onnx"))
+    model = ModelWrapper(str(_step_onnx(out, "specialize_layers")))
     folding = {"Defaults": {}, "MVAU_hls_0": {"PE": 4, "SIMD": 8}, "MVAU_hls_1": {"PE": 2, "SIMD": 16}}
     (tmp_path / "fold.json").write_text(json.dumps(folding))
     with finn_session(tmp_path / "scratch"):
@@ -118,7 +124,8 @@ def test_bit_exact_gate_passes_and_names_planted_fault(builds, trained_tfc_digit
     assert report["passed"] and report["classes_match"] == 1.0 and report["layerwise"]
     assert [t["hw"] for t in report["tensors"]][-2:] == ["XnorPopcountMatMul_2_out0", "global_out"]
     qonnx = ModelWrapper(str(trained_tfc_digits / "model.onnx"))
-    hw = ModelWrapper(str(out / "intermediate" / "08_verify_bit_exact.onnx"))
+    hw = ModelWrapper(str(_step_onnx(out, "verify_bit_exact")))  # the abstract HW graph the gate executed
+    assert not any(n.domain.endswith((".hls", ".rtl")) for n in hw.graph.node)
     gates.check_bit_exact(qonnx, hw, _images())  # unchanged: passes
     node = hw.get_nodes_by_op_type("MVAU")[1]
     weights = hw.get_initializer(node.input[1]).copy()
@@ -144,7 +151,7 @@ def test_finn_declares_int7_and_the_correction_fixes_it(builds):
     code = next((out / "codegen").glob("code_gen_ipgen_MVAU_hls_3_*/top_MVAU_hls_3.cpp")).read_text()
     assert "Slice<ap_uint<7>>" in code  # the generated HLS holds 0..64
     # before the correction, the range gate fails on finn-plus's own declaration
-    uncorrected = ModelWrapper(str(out / "intermediate" / "11_minimize_bit_width.onnx"))
+    uncorrected = ModelWrapper(str(_step_onnx(out, "minimize_bit_width")))
     assert popcount_range_violations(uncorrected)[0]["declared"] == "INT7"
     with pytest.raises(IntegerRangeError, match=r"node 'MVAU_hls_3'.*XnorPopcountMatMul_2_out0.*INT7.*0\.\.64"):
         gates.check_integer_ranges(uncorrected, {})
@@ -160,7 +167,8 @@ def test_build_without_correction_fails_the_range_gate(trained_tfc_digits, tmp_p
                          verify_samples=10, codegen=False)
     with pytest.raises(IntegerRangeError, match="INT7"):
         run_build(trained_tfc_digits, config, progress=False)
-    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert not (tmp_path / "b").exists()  # a failed build is kept aside, as b.failed
+    manifest = json.loads((tmp_path / "b.failed" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["steps"][-1]["name"] == "verify_integer_ranges"
 
 
@@ -276,7 +284,7 @@ def test_corrupt_onnx_names_the_file(trained_tfc_digits, tmp_path):
     run = _copy_run(trained_tfc_digits, tmp_path)
     (run / "model.onnx").write_bytes(b"\x00not an onnx file" * 20)
     with pytest.raises(ModelFileError, match=r"model\.onnx: not a valid ONNX file"):
-        run_build(run, BuildConfig(), progress=False)
+        run_build(run, BuildConfig(force=True), progress=False)  # past the export check: the file changed
     (run / "model.onnx").unlink()
     with pytest.raises(ModelFileError, match=r"model\.onnx: ONNX file not found"):
         run_build(run, BuildConfig(), progress=False)
@@ -289,7 +297,7 @@ def test_plain_onnx_is_not_qonnx(trained_tfc_digits, tmp_path):
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "plain", [x], [y])
     onnx.save(helper.make_model(graph), str(run / "model.onnx"))
     with pytest.raises(ModelFileError, match=r"model\.onnx: not a QONNX model"):
-        run_build(run, BuildConfig(), progress=False)
+        run_build(run, BuildConfig(force=True), progress=False)
 
 
 def test_model_finn_cannot_map_names_the_node(trained_tfc_digits, tmp_path):
@@ -301,7 +309,7 @@ def test_model_finn_cannot_map_names_the_node(trained_tfc_digits, tmp_path):
     model.graph.node.append(helper.make_node("Sin", ["before_sin"], [out], name="Unmappable_Sin"))
     model.save(str(run / "model.onnx"))
     with pytest.raises((MappingError, ModelFileError), match="Sin"):
-        run_build(run, BuildConfig(out_dir=str(tmp_path / "b"), verify_samples=5), progress=False)
+        run_build(run, BuildConfig(out_dir=str(tmp_path / "b"), verify_samples=5, force=True), progress=False)
 
 
 @pytest.mark.slow
@@ -323,7 +331,7 @@ def test_cnv_build_is_bit_exact(tmp_path):
     run.mkdir()
     export_qonnx_model(model, run / "model.onnx")
     write_json(run / "metrics.json", {"config": {"dataset": "cifar10"}})
-    m = run_build(run, BuildConfig(board="zcu104", verify_samples=3), progress=False)
+    m = run_build(run, BuildConfig(board="zcu104", verify_samples=3, force=True), progress=False)  # no export.json
     assert m["status"] == "done" and m["bit_exact"]["passed"] and m["integer_range"]["passed"]
     assert m["host_side_nodes"][0]["op_type"] == "Transpose"
     ops = {layer["op_type"].split("_")[0] for layer in m["estimates"]["layers"]}

@@ -23,13 +23,22 @@ def _xnor_mvau(mw, mh, pe, simd, seed=0):
 @pytest.mark.parametrize("family, device, package, speed", [
     ("ice40", "up5k", "sg48", None), ("ecp5", "25k", "CSFBGA285", "8")])
 def test_small_mvau_synthesises_places_and_packs(family, device, package, speed):
+    import io
+
+    from hwq.dataflow.progress import StepProgress
+
     # relative paths: the WebAssembly tools do not see pytest's /tmp
     design = generate_verilog([_xnor_mvau(32, 16, 4, 8)], f"build-rtl-tmp/test-{device}/rtl", top="small")
+    shown = io.StringIO()
     r = synthesise(design, f"build-rtl-tmp/test-{device}/syn", family=family, device=device, package=package,
-                   speed=speed)
+                   speed=speed, progress=StepProgress("synth", stream=shown))
     assert 50 < r["lut"]["used"] < r["lut"]["available"] and r["ff"] > 50
     assert r["fmax_mhz"] > 30 and r["io"]["used"] <= 39
-    assert r["seconds"]["synth"] < 60
+    assert r["seconds"]["synth"] > 0 and r["seconds"]["pnr"] > 0  # recorded (how long depends on the machine)
+    # each tool is a progress line with its seconds (off a terminal)
+    pack = "icepack" if family == "ice40" else "ecppack"
+    names = [line.rsplit(None, 2)[0].strip() for line in shown.getvalue().splitlines()]
+    assert names == [f"yosys synth_{family}", f"nextpnr-{family} place and route", pack]
 
 
 def test_shortfall_names_resource_and_amount():

@@ -4,6 +4,12 @@
 A board file names the FPGA part, the clock the build targets, the device resources, the shell kind (a Zynq
 board's PYNQ shell or an Alveo card's Vitis platform), and the serial and power-sensor facts the measurement
 harness needs. Unknown or missing fields are errors naming the file and field.
+
+The fields are also checked against each other and against the tools: a Xilinx board's ``finn_board`` must be a
+board finn-plus knows for its shell (``finn.util.basic``'s ``pynq_part_map`` for ``zynq``, ``alveo_part_map`` for
+``alveo``) and its ``part`` must be a part of the shell's family and the one FINN uses for that board; an Alveo
+``platform`` must be the card's; an open board's ``fpga.device`` must be a nextpnr device of its family, the one
+its ``part`` names (and, on ECP5, the part's speed grade must be ``fpga.speed``).
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import re
 
 import yaml
 
@@ -25,6 +33,23 @@ OPEN_FAMILIES = ("ice40", "ecp5")
 POWER_KINDS = ("none", "pmbus", "ina", "xrt")
 #: Coefficients of the emulated power model (``power_model:``; formula in ``hwq/device/power.py``), all >= 0.
 POWER_MODEL_KEYS = ("ps_mw", "pl_static_mw", "mw_per_mhz_per_klut", "mw_per_mhz_per_bram18", "idle_activity")
+
+
+#: Part-number patterns of the Xilinx shells: Zynq-7000 / Zynq UltraScale+ / Kria SOMs, Alveo cards.
+SHELL_PARTS = {"zynq": (re.compile(r"^(xc7z\d{3}[a-z]|xczu\d+[a-z]{2}-|xck2[46]-)", re.I), "Zynq-7000 (xc7z...), "
+                        "Zynq UltraScale+ (xczu...) or Kria (xck26/xck24)"),
+               "alveo": (re.compile(r"^xcu\d+[a-z]?-", re.I), "Alveo (xcu...)")}
+#: nextpnr's device flags per open family, and the part each one selects (``nextpnr-ice40 --help``,
+#: ``nextpnr-ecp5 --help``).
+NEXTPNR_DEVICES = {
+    "ice40": {"lp384": "iCE40LP384", "lp1k": "iCE40LP1K", "lp4k": "iCE40LP4K", "lp8k": "iCE40LP8K",
+              "hx1k": "iCE40HX1K", "hx4k": "iCE40HX4K", "hx8k": "iCE40HX8K", "up3k": "iCE40UP3K",
+              "up5k": "iCE40UP5K", "u1k": "iCE5LP1K", "u2k": "iCE5LP2K", "u4k": "iCE5LP4K"},
+    "ecp5": {"12k": "LFE5U-12F", "25k": "LFE5U-25F", "45k": "LFE5U-45F", "85k": "LFE5U-85F",
+             "um-25k": "LFE5UM-25F", "um-45k": "LFE5UM-45F", "um-85k": "LFE5UM-85F",
+             "um5g-25k": "LFE5UM5G-25F", "um5g-45k": "LFE5UM5G-45F", "um5g-85k": "LFE5UM5G-85F"},
+}
+ECP5_SPEEDS = ("6", "7", "8")
 
 
 class BoardError(ConfigError):
@@ -166,6 +191,8 @@ def board_from_dict(data: Any, path: Path) -> Board:
     if data["shell"] == "alveo" and not data.get("platform"):
         raise BoardError(f"{path}: field 'platform' is required for an alveo shell")
     if is_open:
+        if "finn_board" in data:
+            raise BoardError(f"{path}: field 'finn_board' is for Xilinx shells; an open board is built by hwq.rtl")
         fpga = data["fpga"]
         for key in _FPGA_KEYS:
             if not isinstance(fpga.get(key), str):
@@ -173,9 +200,55 @@ def board_from_dict(data: Any, path: Path) -> Board:
         if fpga["family"] not in OPEN_FAMILIES:
             raise BoardError(f"{path}: field 'fpga.family' must be one of {', '.join(OPEN_FAMILIES)}, "
                              f"got '{fpga['family']}'")
+        check_open_part(data["part"], fpga, path)
+    else:
+        check_xilinx_part(data, path)
     return Board(
         name=path.stem, title=data["title"], part=data["part"], clock_mhz=float(data["clock_mhz"]),
         shell=data["shell"], finn_board=data.get("finn_board"), resources=Resources(**res),
         serial=serial, power=power, platform=data.get("platform"), notes=data.get("notes", ""),
         fpga=data.get("fpga", {}), power_model=model,
     )
+
+
+def check_xilinx_part(data: dict, path: Path) -> None:
+    """A Xilinx board's ``part`` must belong to its shell's family, its ``finn_board`` must be a board finn-plus
+    knows for that shell, with that part; an Alveo ``platform`` must be the card's."""
+    from finn.util.basic import alveo_part_map, pynq_part_map  # finn-plus's own board -> part tables
+
+    shell, part, finn_board = data["shell"], data["part"], data["finn_board"]
+    pattern, family = SHELL_PARTS[shell]
+    if not pattern.match(part):
+        raise BoardError(f"{path}: field 'part' '{part}' is not a part a {shell} shell runs on: expected {family}")
+    known = pynq_part_map if shell == "zynq" else alveo_part_map
+    if finn_board not in known:
+        raise BoardError(f"{path}: field 'finn_board' '{finn_board}' is not a {shell} board finn-plus knows; "
+                         f"known: {', '.join(sorted(known))}")
+    if known[finn_board].lower() != part.lower():
+        raise BoardError(f"{path}: field 'part' '{part}' is not the part finn-plus uses for finn_board "
+                         f"'{finn_board}' ({known[finn_board]})")
+    if shell == "alveo" and not data["platform"].lower().startswith(f"xilinx_{finn_board.lower()}_"):
+        raise BoardError(f"{path}: field 'platform' '{data['platform']}' is not a platform of the "
+                         f"{finn_board} (expected xilinx_{finn_board.lower()}_...)")
+
+
+def check_open_part(part: str, fpga: dict, path: Path) -> None:
+    """An open board's ``fpga.device`` must be a nextpnr device of its family, the one ``part`` names; on ECP5
+    the part's speed grade (``LFE5U-85F-6...``) must be ``fpga.speed``."""
+    devices = NEXTPNR_DEVICES[fpga["family"]]
+    device = fpga["device"]
+    if device not in devices:
+        raise BoardError(f"{path}: field 'fpga.device' '{device}' is not a nextpnr-{fpga['family']} device; "
+                         f"expected one of {', '.join(devices)}")
+    prefix = devices[device]
+    if not part.upper().startswith(prefix.upper() + "-") and part.upper() != prefix.upper():
+        raise BoardError(f"{path}: field 'part' '{part}' is not the part fpga.device '{device}' selects "
+                         f"({prefix}-...)")
+    if fpga["family"] == "ecp5":
+        speed = fpga.get("speed")
+        if speed is not None and str(speed) not in ECP5_SPEEDS:
+            raise BoardError(f"{path}: field 'fpga.speed' must be one of {', '.join(ECP5_SPEEDS)}, got {speed!r}")
+        grade = part[len(prefix) + 1:len(prefix) + 2]
+        if speed is not None and grade != str(speed):
+            raise BoardError(f"{path}: field 'fpga.speed' '{speed}' is not the speed grade of part '{part}' "
+                             f"('{grade}')")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,16 +41,20 @@ class BuildConfig:
     codegen: bool = True
     #: Data folder for the run's dataset; None means the run's own setting, then ``$HWQ_DATA`` / ``../shared/data``.
     data_dir: str | None = None
+    #: Build a ``model.onnx`` whose export verification is missing, failed or about another file (``export.json``);
+    #: off by default, since the hardware would implement a graph nobody checked. The manifest records it.
+    force: bool = False
 
     def __post_init__(self) -> None:
+        check_fields(self, {"board": str, "folding_file": (str, type(None)), "out_dir": (str, type(None)),
+                            "data_dir": (str, type(None)), "fix_datatypes": bool, "codegen": bool, "force": bool})
         if self.target_fps is not None and self.folding_file is not None:
-            raise ConfigError("target_fps and folding_file exclude each other; give one or neither")
-        if self.target_fps is not None and not self.target_fps > 0:
-            raise ConfigError(f"target_fps: expected > 0, got {self.target_fps}")
-        if not 0.0 < self.fit_fraction <= 1.0:
-            raise ConfigError(f"fit_fraction: expected a fraction in (0, 1], got {self.fit_fraction}")
-        if not isinstance(self.verify_samples, int) or self.verify_samples < 1:
-            raise ConfigError(f"verify_samples: expected an integer >= 1, got {self.verify_samples!r}")
+            raise ConfigError("target_fps (--target-fps) and folding_file (--folding) exclude each other; "
+                              "give one or neither")
+        if self.target_fps is not None:
+            check_number("target_fps", "--target-fps", self.target_fps, low=0.0, low_open=True)
+        check_number("fit_fraction", None, self.fit_fraction, low=0.0, low_open=True, high=1.0)
+        check_number("verify_samples", "--verify-samples", self.verify_samples, low=1, integer=True)
 
     @property
     def folding_mode(self) -> str:
@@ -64,3 +69,39 @@ class BuildConfig:
     def replace(self, **changes: Any) -> "BuildConfig":
         """A copy with ``changes`` applied (None values are ignored, as for unset CLI flags)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _name(field: str, flag: str | None) -> str:
+    return f"{field} ({flag})" if flag else field
+
+
+def check_number(field: str, flag: str | None, value: Any, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False, integer: bool = False) -> None:
+    """A one-line ConfigError unless ``value`` is a finite number (an integer if ``integer``) in range.
+
+    >>> check_number("target_fps", "--target-fps", float("nan"), low=0, low_open=True)
+    Traceback (most recent call last):
+    hwq.errors.ConfigError: target_fps (--target-fps): expected a finite number > 0, got nan
+    """
+    kind = "an integer" if integer else "a finite number"
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        bounds.append(f"{'<' if high_open else '<='} {high:g}")
+    expected = f"expected {kind}" + (f" {' and '.join(bounds)}" if bounds else "")
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
+        raise ConfigError(f"{_name(field, flag)}: {expected}, got {value!r}")
+    if (low is not None and (value < low or (low_open and value == low))) or \
+            (high is not None and (value > high or (high_open and value == high))):
+        raise ConfigError(f"{_name(field, flag)}: {expected}, got {value!r}")
+
+
+def check_fields(config: Any, kinds: dict[str, Any]) -> None:
+    """A one-line ConfigError for a field of the wrong type (e.g. a YAML recipe giving ``board: 7``)."""
+    for name, kind in kinds.items():
+        value = getattr(config, name)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{name}: expected {getattr(kind, '__name__', 'a string or nothing')}, "
+                              f"got {value!r}")

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,31 +67,155 @@ def fits(summary: dict[str, Any], fit_fraction: float) -> bool:
     return all(u <= fit_fraction for u in summary["utilisation"].values())
 
 
+#: How resources are named in messages (FINN's keys -> the board's units).
+RESOURCE_NAMES = {"LUT": "LUT", "BRAM_18K": "BRAM18", "DSP": "DSP", "URAM": "URAM"}
+
+
+def shortfall(summary: dict[str, Any], board: Board, fit_fraction: float) -> str:
+    """What exceeds ``fit_fraction`` of the board, per resource: needs, may use, has, over by how much.
+
+    >>> shortfall(summary, load_board("pynq-z2"), 0.8)        # doctest: +SKIP
+    'needs 61,000 LUT, may use 42,560 (80 % of 53,200): over by 43 %'
+    """
+    parts = []
+    for key, field in RESOURCE_KEYS.items():
+        need, have = summary["total"][key], getattr(board.resources, field)
+        limit = int(fit_fraction * have)
+        if need <= fit_fraction * have:
+            continue
+        name = RESOURCE_NAMES[key]
+        if have == 0:
+            parts.append(f"needs {need:,} {name}, {board.name} has none")
+        else:
+            parts.append(f"needs {need:,} {name}, may use {limit:,} ({100 * fit_fraction:.0f} % of {have:,}): "
+                         f"over by {100 * (need / max(limit, 1) - 1):.0f} %")
+    return "; ".join(parts)
+
+
+#: Lattice points faster than the bisection's result that the search also tries (see fold_fastest_fitting).
+LOOKAHEAD = 3
+#: A SetFolding cycle target above any layer's fully folded cycles: every layer gets PE = SIMD = 1.
+FULLY_FOLDED_TARGET = 2 ** 40
+
+
+@dataclass
+class Folded:
+    """A folded model, its estimate summary, the SetFolding target it came from and the search's size."""
+
+    model: ModelWrapper
+    summary: dict[str, Any]
+    target_cycles: int | None = None
+    trials: int = 1
+
+    @property
+    def max_cycles(self) -> int:
+        return self.summary["total"]["max_cycles"]
+
+    @property
+    def fps(self) -> float:
+        return self.summary["total"]["estimated_fps"]
+
+
 def _set_folding(model: ModelWrapper, cycles: int) -> ModelWrapper:
     from finn.transformation.fpgadataflow.set_folding import SetFolding
 
     return model.transform(SetFolding(target_cycles_per_frame=max(1, int(cycles))))
 
 
-def fold_for_target(model: ModelWrapper, board: Board, target_fps: float, fit_fraction: float) -> ModelWrapper:
-    """Fold for ``target_fps`` at the board clock; a folding that does not fit the board is a FoldingError."""
-    folded = _set_folding(model, board.clock_mhz * 1e6 / target_fps)
-    summary = estimate(folded, board)
-    if not fits(summary, fit_fraction):
-        worst = max(summary["utilisation"], key=summary["utilisation"].get)
+def fold_to_cycles(model: ModelWrapper, board: Board, cycles: int) -> Folded:
+    """FINN's ``SetFolding`` for ``cycles`` per frame, with its estimate on ``board``."""
+    folded = _set_folding(model, cycles)
+    return Folded(folded, estimate(folded, board), target_cycles=int(cycles))
+
+
+def fold_for_target(model: ModelWrapper, board: Board, target_fps: float, fit_fraction: float) -> Folded:
+    """Fold for ``target_fps`` at the board clock; a folding that does not fit the board is a FoldingError.
+
+    The result may be slower than the target, where SetFolding cannot parallelise a layer further (``fps``
+    says what was reached; the build warns)."""
+    cycles = max(1, int(board.clock_mhz * 1e6 // target_fps))
+    result = fold_to_cycles(model, board, cycles)
+    if not fits(result.summary, fit_fraction):
         raise FoldingError(
-            f"target_fps {target_fps:g}: the folding needs {summary['total'][worst]} {worst} "
-            f"({100 * summary['utilisation'][worst]:.0f}% of {board.name}, limit {100 * fit_fraction:.0f}%)")
-    return folded
+            f"--target-fps {target_fps:g}: the folding for {cycles} cycle{'s' if cycles > 1 else ''} per frame "
+            f"does not fit {100 * fit_fraction:.0f} % of {board.name}: "
+            f"{shortfall(result.summary, board, fit_fraction)}; "
+            "lower --target-fps, or leave it out for the fastest folding that fits")
+    return result
 
 
-def fold_fastest_fitting(model: ModelWrapper, board: Board, fit_fraction: float) -> ModelWrapper:
-    """The fastest folding (fewest cycles per frame, over powers of two) that fits ``fit_fraction`` of the board."""
-    for k in range(0, 31):
-        folded = _set_folding(model, 2 ** k)
-        if fits(estimate(folded, board), fit_fraction):
-            return folded
-    raise FoldingError(f"no folding fits {100 * fit_fraction:.0f}% of {board.name}'s resources, even fully folded")
+def fold_fastest_fitting(model: ModelWrapper, board: Board, fit_fraction: float) -> Folded:
+    """The fastest folding FINN's ``SetFolding`` reaches whose estimate fits ``fit_fraction`` of the board.
+
+    ``SetFolding(T)`` gives each layer the least parallelism (the first divisor, in FINN's order) whose cycles are
+    at most ``T``, so the foldings it reaches are exactly those of the integer targets, and they only get more
+    parallel as ``T`` shrinks: the achieved ``max_cycles`` ``C(T) <= T`` is the lattice of achievable cycle counts.
+    FINN's LUT estimates grow with parallelism, so "fits" is (nearly) monotone in ``T`` and the smallest fitting
+    ``T`` is found by bisection: the fully folded design first (a model that fits no folding fails at once), then
+    the fastest one (``T = 1``, which SetFolding relaxes to the fastest it reaches, ``C_min``), then doubling ``T``
+    from ``C_min`` until a folding fits, then bisecting the last interval (a fitting trial with ``C(T) < T``
+    narrows it to ``C(T)`` at once): about ``2 log2(T / C_min)`` SetFolding runs. BRAM estimates are not monotone
+    (on the CNV, 26 of 94 lattice steps to more parallelism need up to 12 BRAM18 fewer), so the search then tries
+    the next :data:`LOOKAHEAD` faster lattice points too. :func:`lattice` lists every reachable folding (one
+    SetFolding run each; 94 for the CNV, 25 s); tests check the search against it.
+    """
+    trials: dict[int, Folded] = {}
+
+    def trial(cycles: int) -> Folded:
+        if cycles not in trials:
+            trials[cycles] = fold_to_cycles(model, board, cycles)
+        return trials[cycles]
+
+    slowest = trial(FULLY_FOLDED_TARGET)
+    if not fits(slowest.summary, fit_fraction):
+        raise FoldingError(
+            f"no folding fits {100 * fit_fraction:.0f} % of {board.name}, even fully folded "
+            f"({slowest.max_cycles:,} cycles per frame): {shortfall(slowest.summary, board, fit_fraction)}")
+    fastest = trial(1)                    # the most parallel folding SetFolding reaches, C(1) = C_min cycles
+    if fits(fastest.summary, fit_fraction):
+        return Folded(fastest.model, fastest.summary, target_cycles=1, trials=len(trials))
+    best = slowest
+    # invariant: the folding for target hi fits (best), the one for lo does not; every target up to C_min gives
+    # the fastest folding (SetFolding relaxes an unreachable target to C_min), so lo starts there
+    lo, hi = fastest.max_cycles, slowest.max_cycles
+    cycles = 2 * lo
+    while cycles < hi:                    # doubling
+        if fits(trial(cycles).summary, fit_fraction):
+            best = trial(cycles)
+            hi = min(cycles, best.max_cycles)
+            break
+        lo, cycles = cycles, cycles * 2
+    while hi - lo > 1:                    # bisection of (lo, hi]
+        mid = (lo + hi) // 2
+        if fits(trial(mid).summary, fit_fraction):
+            best = trial(mid)
+            hi = min(mid, best.max_cycles)  # every target in [C(mid), mid] gives this folding
+        else:
+            lo = mid
+    # BRAM estimates are not monotone (a more parallel weight memory can pack into fewer blocks), so a faster
+    # lattice point may still fit: try the next few before settling
+    misses, point = 0, best
+    while misses < LOOKAHEAD and point.max_cycles > fastest.max_cycles:
+        point = trial(point.max_cycles - 1)
+        if fits(point.summary, fit_fraction):
+            best, misses = point, 0
+        else:
+            misses += 1
+    return Folded(best.model, best.summary, target_cycles=best.max_cycles, trials=len(trials))
+
+
+def lattice(model: ModelWrapper, board: Board) -> list[Folded]:
+    """Every folding ``SetFolding`` reaches, slowest first (one run per lattice point: for tests and studies).
+
+    Walks down from the fully folded design: the next faster achievable ``max_cycles`` is ``C(C - 1)``.
+    """
+    points = [fold_to_cycles(model, board, FULLY_FOLDED_TARGET)]
+    while points[-1].max_cycles > 1:
+        faster = fold_to_cycles(model, board, points[-1].max_cycles - 1)
+        if faster.max_cycles >= points[-1].max_cycles:  # SetFolding cannot go faster
+            break
+        points.append(faster)
+    return points
 
 
 def apply_folding_file(model: ModelWrapper, path: str | Path) -> ModelWrapper:

@@ -4,6 +4,7 @@ is the plain list :data:`STEPS`. Steps named ``finn:`` wrap finn-plus 1.6.1's ow
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +20,7 @@ from hwq.dataflow import finn_compat
 from hwq.dataflow.finn_compat import import_finn_steps
 from hwq.dataflow.passes import (ClampPopcountThresholds, CorrectPopcountDatatypes, ScaleUint8Input,
                                  binary_depthwise_matmuls, unmapped_nodes)
+from hwq.dataflow.progress import StepProgress, quiet
 
 
 @dataclass
@@ -32,7 +34,8 @@ class BuildContext:
     qonnx_model: ModelWrapper
     images: np.ndarray  # uint8 (N, C, H, W) held-out test images
     report: dict[str, Any] = field(default_factory=dict)
-    hw_model: ModelWrapper | None = None  # the abstract HW graph, kept for execution
+    hw_model: ModelWrapper | None = None  # the abstract HW graph (create_dataflow_partition), kept for the gate
+    progress: StepProgress = field(default_factory=quiet)  # where warnings go (stderr)
 
 
 def _finn(name: str) -> Callable[[ModelWrapper, BuildContext], ModelWrapper]:
@@ -84,33 +87,70 @@ def step_create_dataflow_partition(model: ModelWrapper, ctx: BuildContext) -> Mo
     if left:
         listed = ", ".join(f"'{n['node']}' ({n['op_type']})" for n in left)
         raise MappingError(f"FINN cannot map node {listed} to a hardware layer")
-    return import_finn_steps().step_create_dataflow_partition(model, ctx.finn_cfg)
+    model = import_finn_steps().step_create_dataflow_partition(model, ctx.finn_cfg)
+    ctx.hw_model = ModelWrapper(copy.deepcopy(model.model))  # the gate executes this abstract graph later
+    return model
+
+
+def step_fold(model: ModelWrapper, ctx: BuildContext) -> ModelWrapper:
+    """Set PE/SIMD: from the folding file, for the target FPS, or the fastest folding that fits the board.
+
+    Runs before the bit-exactness gate (cheap checks first): a model that does not fit the board stops here,
+    with what each resource needs and has, instead of after seconds of executing the HW graph."""
+    cfg = ctx.config
+    if cfg.folding_mode == "file":
+        model = estimates.apply_folding_file(model, cfg.folding_file)
+        result = estimates.Folded(model, estimates.estimate(model, ctx.board))
+        if not estimates.fits(result.summary, cfg.fit_fraction):  # taken as given (e.g. an open-backend folding)
+            ctx.progress.warn(f"folding file {cfg.folding_file} exceeds {100 * cfg.fit_fraction:.0f} % of "
+                              f"{ctx.board.name}: {estimates.shortfall(result.summary, ctx.board, cfg.fit_fraction)}")
+    elif cfg.folding_mode == "target_fps":
+        result = estimates.fold_for_target(model, ctx.board, cfg.target_fps, cfg.fit_fraction)
+    else:
+        result = estimates.fold_fastest_fitting(model, ctx.board, cfg.fit_fraction)
+    from finn.util.config import extract_model_config_to_json
+
+    extract_model_config_to_json(result.model, str(ctx.out_dir / "folding.json"), list(estimates.FOLD_ATTRS))
+    ctx.report["folding"] = _folding_report(cfg, result)
+    if cfg.folding_mode == "target_fps" and not ctx.report["folding"]["met"]:
+        total = result.summary["total"]
+        ctx.progress.warn(
+            f"--target-fps {cfg.target_fps:g} not met on {ctx.board.name}: the fastest folding FINN's SetFolding "
+            f"reaches for it gives {result.fps:,.0f} fps ({total['max_cycles']} cycles per frame at "
+            f"{total['clock_mhz']:g} MHz, bottleneck {total['bottleneck']})")
+    return result.model
+
+
+def _folding_report(cfg: BuildConfig, result: estimates.Folded) -> dict[str, Any]:
+    """The manifest's ``folding``: how it was chosen, the target (if any), what was achieved, whether it fits."""
+    report = {"mode": cfg.folding_mode, "file": cfg.folding_file, "written": "folding.json",
+              "target_fps": cfg.target_fps, "achieved_fps": result.fps, "max_cycles": result.max_cycles,
+              "met": None if cfg.target_fps is None else result.fps >= cfg.target_fps,
+              "fits": estimates.fits(result.summary, cfg.fit_fraction), "fit_fraction": cfg.fit_fraction}
+    if cfg.folding_mode == "fastest_fitting":
+        report["search"] = {"setfolding_runs": result.trials, "target_cycles": result.target_cycles}
+    return report
 
 
 def step_verify_bit_exact(model: ModelWrapper, ctx: BuildContext) -> ModelWrapper:
-    """Bit-exactness gate: the abstract HW graph, executed in Python, against the QONNX model."""
-    ctx.hw_model = model
-    report = gates.check_bit_exact(ctx.qonnx_model, model, ctx.images)
+    """Bit-exactness gate: the abstract HW graph (saved by ``create_dataflow_partition``, before layer
+    specialisation, when every layer still executes in Python) against the QONNX model.
+
+    The folded model passes through unchanged; the step's intermediate ONNX is the graph the gate executed
+    (:func:`_saved_hw_graph`), which the emulated board and the open backend load."""
+    report = gates.check_bit_exact(ctx.qonnx_model, _saved_hw_graph(model, ctx), ctx.images)
     ctx.report["observed_ranges"] = report.pop("observed_ranges")
     ctx.report["bit_exact"] = report
     return model
 
 
-def step_fold(model: ModelWrapper, ctx: BuildContext) -> ModelWrapper:
-    """Set PE/SIMD: from the folding file, for the target FPS, or the fastest folding that fits the board."""
-    cfg = ctx.config
-    if cfg.folding_mode == "file":
-        model = estimates.apply_folding_file(model, cfg.folding_file)
-    elif cfg.folding_mode == "target_fps":
-        model = estimates.fold_for_target(model, ctx.board, cfg.target_fps, cfg.fit_fraction)
-    else:
-        model = estimates.fold_fastest_fitting(model, ctx.board, cfg.fit_fraction)
-    from finn.util.config import extract_model_config_to_json
+def _saved_hw_graph(model: ModelWrapper, ctx: BuildContext) -> ModelWrapper:
+    """The abstract HW graph kept by create_dataflow_partition (the step's input, in a flow without that step)."""
+    return ctx.hw_model if ctx.hw_model is not None else model
 
-    extract_model_config_to_json(model, str(ctx.out_dir / "folding.json"), list(estimates.FOLD_ATTRS))
-    ctx.report["folding"] = {"mode": cfg.folding_mode, "target_fps": cfg.target_fps,
-                             "file": cfg.folding_file, "written": "folding.json"}
-    return model
+
+#: What a check step saves as its intermediate ONNX, where that is not the model it passes on.
+step_verify_bit_exact.saved_graph = _saved_hw_graph
 
 
 def _minimize_bit_width(name: str) -> Callable[[ModelWrapper, BuildContext], ModelWrapper]:
@@ -178,7 +218,8 @@ def step_vendor_flow(model: ModelWrapper, ctx: BuildContext) -> ModelWrapper:
     return model
 
 
-#: The flow: (name, step). Every step's output model is saved as ``intermediate/NN_<name>.onnx``.
+#: The flow: (name, step). Every step's output model is saved as ``intermediate/NN_<name>.onnx``, except that
+#: ``verify_bit_exact`` saves the abstract HW graph it executed (``step.saved_graph``).
 STEPS: list[tuple[str, Callable[[ModelWrapper, BuildContext], ModelWrapper]]] = [
     ("scale_uint8_input", step_scale_uint8_input),
     ("qonnx_to_finn", _finn("qonnx_to_finn")),
@@ -188,9 +229,9 @@ STEPS: list[tuple[str, Callable[[ModelWrapper, BuildContext], ModelWrapper]]] = 
     ("convert_to_hw", _finn("convert_to_hw")),
     ("minimize_bit_width_initial", _minimize_bit_width("minimize_bit_width_initial")),
     ("create_dataflow_partition", step_create_dataflow_partition),
-    ("verify_bit_exact", step_verify_bit_exact),
     ("specialize_layers", _finn("specialize_layers")),
-    ("fold", step_fold),
+    ("fold", step_fold),                                # cheap checks first: resource fit before the gate
+    ("verify_bit_exact", step_verify_bit_exact),
     ("minimize_bit_width", _minimize_bit_width("minimize_bit_width")),
     ("correct_datatypes", step_correct_datatypes),
     ("verify_integer_ranges", step_verify_integer_ranges),

