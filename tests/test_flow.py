@@ -135,3 +135,21 @@ def test_an_interrupted_flow_resumes_its_training(tmp_path, monkeypatch):
     straight, resumed = load_checkpoint(tmp_path / "straight" / "model.pt"), load_checkpoint(run / "model.pt")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     assert run_flow(path, progress=False, echo=lambda _: None)["skipped"] == ["train", "export"]
+
+
+def test_pytorch_qonnx_hw_and_device_accuracies_of_a_w2a2_run_are_equal(digits_tfc_w2a2, tmp_path):
+    """The done-when of the class rule: a w2a2 network (exact integer ties among its classes) has one accuracy,
+    whichever stage computes it, on the whole digits test split (360 images): PyTorch, QONNX, the HW graph (the
+    host's reference in the accuracy run) and the emulated board."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_tfc_w2a2, run)
+    trained = json.loads((run / "metrics.json").read_text())["config"]
+    path = _recipe(tmp_path, train=trained, export={"verify_samples": 360},
+                   measure={"emulate": True, "modes": ["accuracy"], "samples": 360})
+    report = run_flow(path, progress=False, echo=lambda _: None)
+    assert report["skipped"] == ["train"]  # the fixture's run, reused as it was trained
+    acc = report["accuracy"]
+    assert acc["device_samples"] == 360 and acc["device_host_agreement"] == 1.0
+    assert acc["pytorch_test"] == acc["qonnx_verified_subset"] == acc["host_reference"] == acc["device"]
