@@ -15,6 +15,7 @@ which ``export.json`` no longer vouches for.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import os
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwq import manifest as records
 from hwq._io import read_json, write_atomic, write_json
 from hwq.classes import Scores
 from hwq.data import Dataset, load_dataset
@@ -135,6 +137,18 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def export_inputs(run_dir: str | Path) -> dict[str, Path]:
+    """The file an export is made from: the finished training's weights (the record's ``inputs.weights``; the flow
+    compares it to decide whether the export is up to date)."""
+    return {"weights": Path(run_dir) / MODEL_FILE}
+
+
+def _tool_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {p: version(p) for p in ("torch", "brevitas", "qonnx", "onnx")}
+
+
 def verify_qonnx(
     onnx_path: str | Path, model: nn.Module, images: torch.Tensor, config: ExportConfig = ExportConfig(),
 ) -> tuple[dict[str, Any], Scores, Scores]:
@@ -175,14 +189,15 @@ def _export_and_verify(run_dir: Path, config: ExportConfig, training: dict, pend
     weights = MODEL_FILE if training["complete"] else CHECKPOINT_FILE
     model, train_config, spec = load_trained_model(run_dir, weights=weights)
     wrapper = export_qonnx_model(model, pending)
+    exported = time.perf_counter()
 
     dataset = load_dataset(train_config.dataset, train_config.data_dir)
     n = min(config.verify_samples, len(dataset.test_x))
     images = Dataset.to_float(dataset.test_x[:n]).reshape(n, *model.input_shape)
     verification, reference, candidate = verify_qonnx(pending, model, images, config)
     labels = dataset.test_y[:n].numpy()
-    report = {
-        "stage": "export",
+    report = records.start("export", dataclasses.asdict(config), {"weights": run_dir / weights}, _tool_versions())
+    report.update({
         "source": {"run": str(run_dir), "weights": weights, "weights_sha256": _sha256(run_dir / weights)},
         "outputs": {"onnx": ONNX_FILE if verification["passed"] else FAILED_ONNX_FILE,
                     "onnx_sha256": _sha256(pending)},
@@ -197,7 +212,18 @@ def _export_and_verify(run_dir: Path, config: ExportConfig, training: dict, pend
             "torch_accuracy": float(np.mean(reference.classes() == labels)),
         },
         "seconds": round(time.perf_counter() - started, 3),
-    }
+    })
+    v = report["verification"]
+    report["steps"] = [{"name": "export", "seconds": round(exported - started, 3), "status": "done"},
+                       {"name": "verify", "seconds": round(time.perf_counter() - exported, 3),
+                        "status": "done" if v["passed"] else "failed"}]
+    report["results"] = {k: v[k] for k in ("n", "argmax_match", "integer_scores_match", "max_abs_diff",
+                                           "qonnx_accuracy", "torch_accuracy", "passed") if k in v}
+    if v["passed"]:
+        report["status"] = "done"
+    else:
+        records.fail(report, None, mismatch_error(run_dir / ONNX_FILE, v, run_dir / EXPORT_FILE,
+                                                  run_dir / FAILED_ONNX_FILE))
     _publish(run_dir, pending, report)
     return report
 

@@ -18,34 +18,31 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from hwq import manifest as records
 from hwq._io import write_json
-from hwq.errors import HwqError, os_error_message
 
 #: Least time between two rewrites of a running report (a window lasts 10 s; accuracy images come 50 a second).
 CHECKPOINT_S = 1.0
 
 
-def one_line(err: BaseException) -> str:
-    """An exception as the one line a report and the CLI show."""
-    if isinstance(err, HwqError):
-        return str(err)
-    if isinstance(err, OSError):
-        return os_error_message(err)
-    text = str(err).splitlines()[0] if str(err) else ""
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+#: An exception as the one line a report and the CLI show (the shared record's :func:`hwq.manifest.error_line`).
+one_line = records.error_line
 
 
 class ReportFile:
     """The report dict of one run and the JSON file it lives in, plus the files made from it at the end."""
 
     def __init__(self, path: Path, report: dict) -> None:
-        self.path, self.report = Path(path), report
+        self.path, self.report = Path(path), records.conform(report, "measure")
+        self.report["tool_versions"] = {**_tool_versions(), **self.report["tool_versions"]}
+        self._started = time.monotonic()
         self._last_write = 0.0
         #: files made from the finished report: output key -> (file name, writer(path))
         self.derived: dict[str, tuple[str, Callable[[Path], None]]] = {}
 
     def write(self) -> None:
         """Write the report as it stands, atomically (a reader never sees half a file)."""
+        _shape_inputs(self.report)
         write_json(self.path, self.report)
         self._last_write = time.monotonic()
 
@@ -68,6 +65,10 @@ class ReportFile:
         self.report["status"] = status
         if error is not None:
             self.report["error"] = one_line(error)
+        # the shared record's view (hwq.manifest): one step, the measurement, and its summary as the results
+        self.report["steps"] = [{"name": self.report.get("mode", "measure"), "status": status,
+                                 "seconds": round(time.monotonic() - self._started, 3)}]
+        self.report["results"] = self.report.get("summary", {})
         self.write()
         failures = []
         for key, (filename, writer) in self.derived.items():
@@ -84,6 +85,26 @@ class ReportFile:
             except OSError:
                 pass                        # the first write holds every measured number
         return failures
+
+
+def _tool_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import hwq
+
+    try:
+        return {"hwq": hwq.__version__, "pyserial": version("pyserial")}
+    except PackageNotFoundError:
+        return {"hwq": hwq.__version__}
+
+
+def _shape_inputs(report: dict) -> None:
+    """The measured build's manifest as an input of the shared record: ``inputs.build_manifest`` = ``{"path",
+    "sha256"}`` (the measurement records the path and ``build_manifest_sha256`` beside each other)."""
+    inputs = report.get("inputs")
+    if isinstance(inputs, dict) and isinstance(inputs.get("build_manifest"), str):
+        inputs["build_manifest"] = {"path": inputs["build_manifest"],
+                                    "sha256": inputs.get("build_manifest_sha256", report.get("build_manifest_sha256"))}
 
 
 def summary_table(report: dict) -> str:

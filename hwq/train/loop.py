@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import hwq
+from hwq import manifest as records
 from hwq._io import read_json, write_atomic, write_json
 from hwq.data import Dataset, load_dataset
 from hwq.errors import CheckpointError, ConfigError, Interrupted
@@ -144,6 +145,24 @@ def _write_json(path: Path, obj: Any) -> None:
         write_json(path, obj)
 
 
+def train_inputs(config: TrainConfig) -> dict[str, Path]:
+    """The files a training is made from besides its dataset: the teacher's and the initial run's weights (the
+    record's ``inputs``; the flow compares them to decide whether the training is up to date)."""
+    return {name: Path(run) / MODEL_FILE for name, run in (("teacher", config.teacher),
+                                                           ("init_from", config.init_from)) if run}
+
+
+def _record_failure(out_dir: Path, err: BaseException) -> None:
+    """Mark the run's ``metrics.json`` (when a run in progress wrote one) ``interrupted`` or ``failed``."""
+    path = out_dir / METRICS_FILE
+    metrics = records.read(path)
+    if metrics is not None and metrics.get("status") == "running":
+        try:
+            records.fail(metrics, path, err)
+        except OSError:  # a full disk: the checkpoint and the last epoch's metrics are what counts
+            pass
+
+
 # --- the stage -------------------------------------------------------------------------------------------------
 def run_train(
     config: TrainConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False,
@@ -180,8 +199,12 @@ def _train_in_place(config: TrainConfig, out_dir: Path, checkpoint: dict | None,
     try:
         return _train(config, out_dir, checkpoint, progress, "resume" if checkpoint else "start")
     except KeyboardInterrupt as err:
+        _record_failure(out_dir, err)
         detail = interrupted_detail(out_dir, config.epochs, f"resume with: hwq train --out {out_dir} --resume")
         raise Interrupted.wrap(err, detail) from None
+    except Exception as err:
+        _record_failure(out_dir, err)
+        raise
 
 
 def _train_replacing(config: TrainConfig, out_dir: Path, progress: bool) -> dict[str, Any]:
@@ -211,6 +234,8 @@ class _Run:
     teacher: nn.Module | None
     history: list[dict]
     start_epoch: int
+    #: The record's ``inputs`` (:func:`train_inputs`, hashed once per run).
+    inputs: dict = dataclasses.field(default_factory=dict)
 
 
 def _train(
@@ -254,7 +279,8 @@ def _prepare(config: TrainConfig, device: torch.device, checkpoint: dict | None)
         torch.set_rng_state(checkpoint["rng"])
         start_epoch = int(checkpoint["epoch"])
         history = list(checkpoint.get("history", []))[:start_epoch]
-    return _Run(config, device, dataset, spec, model, optimizer, teacher, history, start_epoch)
+    inputs = {name: records.file_record(path) for name, path in train_inputs(config).items()}
+    return _Run(config, device, dataset, spec, model, optimizer, teacher, history, start_epoch, inputs)
 
 
 def _fit(run: _Run, out_dir: Path, progress: bool, started: float) -> None:
@@ -325,12 +351,16 @@ def _finish(run: _Run, out_dir: Path, started: float) -> dict[str, Any]:
     config = run.config
     metrics = _metrics(run, config.epochs, time.perf_counter() - started)
     if not run.history or run.history[-1]["epoch"] != config.epochs:  # a checkpoint without its history
-        metrics["test_acc"] = evaluate(run.model, run.dataset.test_x, run.dataset.test_y)
+        metrics["test_acc"] = metrics["results"]["test_acc"] = evaluate(run.model, run.dataset.test_x,
+                                                                         run.dataset.test_y)
     # A run trained further (resumed after it had finished) replaces weights that later stages were made from;
     # a folder that held no weights keeps whatever it holds.
     removed = remove_downstream(out_dir) if (out_dir / MODEL_FILE).exists() else []
     save_checkpoint(out_dir / MODEL_FILE, {k: v.detach().cpu() for k, v in run.model.state_dict().items()})
     metrics["complete"] = True
+    metrics["status"] = "done"
+    metrics["outputs"] = {"model": MODEL_FILE, "model_sha256": records.sha256_file(out_dir / MODEL_FILE),
+                          "checkpoint": CHECKPOINT_FILE}
     _write_json(out_dir / METRICS_FILE, metrics)
     _log(out_dir, f"# done test_acc {metrics['test_acc']:.4f}"
                   + (f"; removed {', '.join(removed)} (made from the previous weights)" if removed else ""))
@@ -338,10 +368,19 @@ def _finish(run: _Run, out_dir: Path, started: float) -> dict[str, Any]:
 
 
 def _metrics(run: _Run, epochs: int, seconds: float) -> dict[str, Any]:
+    """``metrics.json``: the record of :mod:`hwq.manifest` (``running`` until the training finishes; one step per
+    epoch) with the training's own fields."""
     last = run.history[-1] if run.history else {}
     dataset, spec = run.dataset, run.spec
     return {
         "stage": "train",
+        "status": "running",
+        "inputs": run.inputs,
+        "outputs": {},
+        "steps": [{"name": f"epoch {h['epoch']}", "seconds": h.get("seconds"), "status": "done"}
+                  for h in run.history],
+        "tool_versions": _versions(),
+        "results": {"test_acc": last.get("test_acc"), "train_acc": last.get("train_acc"), "epochs": epochs},
         "test_acc": last.get("test_acc"),
         "train_acc": last.get("train_acc"),
         "epochs": epochs,
