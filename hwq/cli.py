@@ -187,6 +187,11 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                    help="open backend, open board: also estimate Xilinx resources for the folding board with "
                         "Yosys synth_xilinx (default off; always done for a Xilinx board, which is not placed "
                         "and routed)")
+    p.add_argument("--start-step", dest="start_step", metavar="STEP",
+                   help="resume at STEP from the checkpoint of the step before it in the existing build of the "
+                        "same model and settings (default: none, the first step; an unknown name lists them)")
+    p.add_argument("--stop-step", dest="stop_step", metavar="STEP",
+                   help="stop after STEP; the build's status is then 'stopped' (default: none, the last step)")
     p.set_defaults(func=_build)
 
 
@@ -198,6 +203,7 @@ _OPEN_ONLY_FLAGS = {"tree_levels_per_stage": "--tree-levels-per-stage", "simulat
 def _build(args: argparse.Namespace) -> int:
     from hwq.dataflow import BuildConfig, run_build
     from hwq.errors import ConfigError
+    from hwq.manifest import estimate_totals
 
     if args.backend == "open":
         return _build_open(args)
@@ -207,14 +213,23 @@ def _build(args: argparse.Namespace) -> int:
     config = BuildConfig().replace(board=args.board, target_fps=args.target_fps, folding_file=args.folding_file,
                                    out_dir=args.out_dir, verify_samples=args.verify_samples,
                                    data_dir=args.data_dir, force=args.force)
-    m = run_build(args.run, config, progress=args.progress)
-    t, v = m["estimates"]["total"], m["bit_exact"]
+    m = run_build(args.run, config, progress=args.progress, start_step=args.start_step, stop_step=args.stop_step)
+    if m["status"] == "stopped":
+        print(_stopped(args, m))
+        return 0
+    t, v = estimate_totals(m), m["bit_exact"]
     skipped = sorted(k for k, s in m["vendor"].items() if s["status"] == "skipped")
     print(f"built {args.run} for {m['board']['name']}: estimated {t['estimated_fps']:,.0f} fps, "
           f"{t['estimated_latency_us']:.2f} us at {t['clock_mhz']:g} MHz, {t['LUT']:,} LUT, {t['BRAM_18K']} BRAM18, "
           f"{t['DSP']} DSP; bit-exact on {v['n']} test images; "
           f"vendor steps skipped: {', '.join(skipped) or 'none'}")
     return 0
+
+
+def _stopped(args: argparse.Namespace, m: dict) -> str:
+    last = m["steps"][-1]
+    return (f"stopped {args.run} for {m['board']['name']} after step {last['name']} (--stop-step), checkpoint "
+            f"{last['onnx']} in the build folder; continue with --start-step STEP and the same settings")
 
 
 def _build_open(args: argparse.Namespace) -> int:
@@ -224,15 +239,24 @@ def _build_open(args: argparse.Namespace) -> int:
                                            "tree_levels_per_stage", "simulator", "xilinx_estimate")
                 if getattr(args, k) is not None}
     m = run_open_build(args.run, OpenBuildConfig(board=args.board, force=args.force, **settings),
-                       progress=args.progress)
+                       progress=args.progress, start_step=args.start_step, stop_step=args.stop_step)
+    if m["status"] == "stopped":
+        print(_stopped(args, m))
+        return 0
     s, e = m["simulation"], m["finn_estimate"]
-    if "measured" not in m:    # a Xilinx board: synth_xilinx estimates, no place and route
+    if "xilinx_estimate" in m and "measured" not in m:    # a Xilinx board: synth_xilinx estimates, no P&R
         x, c = m["xilinx_estimate"], m["xilinx_estimate"]["counts"]
         print(f"built {args.run} for {m['board']['name']} (open backend, Xilinx estimate): bit-exact in RTL "
               f"simulation ({s['simulator']}) on {s['n']} test images, {s['cycles_per_image']:g} cycles/image -> "
               f"estimated {x['fps']:,.0f} fps at {x['clock_mhz']:g} MHz; synth_xilinx {c['lut']:,} LUT, "
               f"{c['ff']:,} FF, {c['bram18']} BRAM18, {c['dsp']} DSP (FINN estimate for the same folding: "
               f"{e['LUT']:,} LUT, {e['BRAM_18K']} BRAM18)")
+        return 0
+    if "measured" not in m:    # synthesise: false
+        print(f"built {args.run} for {m['board']['name']} (open backend, not synthesised): bit-exact in RTL "
+              f"simulation ({s['simulator']}) on {s['n']} test images, {s['cycles_per_image']:g} cycles/image "
+              f"(folding bound {s['folding_bound_cycles']}; FINN estimate for the same folding: {e['LUT']:,} LUT, "
+              f"{e['BRAM_18K']} BRAM18)")
         return 0
     f = m["measured"]
     print(f"built {args.run} for {m['board']['name']} (open backend): bit-exact in RTL simulation on {s['n']} test "

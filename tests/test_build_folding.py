@@ -12,6 +12,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 
 from hwq.boards import load_board
 from hwq.dataflow import STEPS, BuildConfig, estimates, run_build
+from hwq.dataflow.driver import step_checkpoint
 from hwq.dataflow.finn_compat import finn_session
 
 _NAMES = [name for name, _ in STEPS]
@@ -60,7 +61,7 @@ def test_default_folding_is_the_fastest_that_fits_not_a_power_of_two(mnist_tfc, 
 
 @pytest.mark.parametrize("board_name", ["pynq-z2", "zcu104"])
 def test_search_agrees_with_every_reachable_folding(digits_tfc_build, tmp_path, board_name):
-    model = ModelWrapper(str(next((digits_tfc_build / "intermediate").glob("*_specialize_layers.onnx"))))
+    model = ModelWrapper(str(step_checkpoint(digits_tfc_build, "specialize_layers")))
     board = load_board(board_name)
     with finn_session(tmp_path / "codegen"):
         points = estimates.lattice(model, board)
@@ -73,7 +74,7 @@ def test_search_agrees_with_every_reachable_folding(digits_tfc_build, tmp_path, 
 def test_no_folding_fits_names_what_is_missing(digits_tfc_build, tmp_path):
     from hwq.dataflow.errors import FoldingError
 
-    model = ModelWrapper(str(next((digits_tfc_build / "intermediate").glob("*_specialize_layers.onnx"))))
+    model = ModelWrapper(str(step_checkpoint(digits_tfc_build, "specialize_layers")))
     with finn_session(tmp_path / "codegen"), pytest.raises(FoldingError) as err:
         estimates.fold_fastest_fitting(model, load_board("pynq-z2"), 0.01)
     assert re.fullmatch(r"no folding fits 1 % of pynq-z2, even fully folded \(4,096 cycles per frame\): "

@@ -47,19 +47,20 @@ def test_build_refuses_a_node_with_an_unknown_domain(exported_tfc_w1a1, tmp_path
 
 
 def test_the_emulated_board_and_the_open_backend_refuse_it_too(digits_tfc_build, tmp_path, planted_module):
+    from hwq.dataflow.driver import step_checkpoint
     from hwq.device import BuildModel
     from hwq.errors import HwqError
-    from hwq.rtl.build import _finn_software, _step_file
+    from hwq.rtl.steps import finn_execution
 
     name, _ = planted_module
     build = tmp_path / "build"
     shutil.copytree(digits_tfc_build, build)
-    for step in ("create_dataflow_partition", "verify_bit_exact"):
-        _plant(_step_file(build, step), name)
-    with pytest.raises(HwqError, match=rf"_verify_bit_exact\.onnx: node 'MVAU_0' \(MVAU\) has domain '{name}'"):
+    _plant(step_checkpoint(build, "create_dataflow_partition"), name)
+    with pytest.raises(HwqError, match=rf"create_dataflow_partition\.onnx: node 'MVAU_0' \(MVAU\) has domain "
+                                      rf"'{name}'"):
         BuildModel.from_build_dir(build)
     with pytest.raises(UnknownDomainError, match=rf"has domain '{name}'"):
-        _finn_software(_step_file(build, "verify_bit_exact"), None)
+        finn_execution(step_checkpoint(build, "create_dataflow_partition"), None)
 
 
 def test_nodes_in_subgraphs_are_checked_and_a_python_module_name_is_refused():

@@ -62,13 +62,15 @@ def test_successful_rebuild_replaces_the_build_and_its_failed_attempt(exported_t
     assert manifest["status"] == "done" and manifest["folding"]["target_fps"] == 200000
     assert not (out / "measure").exists()                        # it measured the build that was replaced
     # FINN's absolute paths (node attributes, memstream wrappers, Tcl) point at the final folder
-    codegen = ModelWrapper(str(out / manifest["steps"][-2]["onnx"]))
+    codegen = ModelWrapper(str(out / next(s["onnx"] for s in manifest["steps"] if s["name"] == "hw_codegen")))
     dirs = [a.s.decode() for n in codegen.graph.node for a in n.attribute if a.name == "code_gen_dir_ipgen"]
     assert dirs and all(d.startswith(str((out / "codegen").resolve())) and os.path.isdir(d) for d in dirs)
     assert subprocess.run(["grep", "-rl", ".partial-", str(out)], capture_output=True).stdout == b""
-    # the emulated board loads the build's abstract HW graph (saved by verify_bit_exact, before specialisation)
+    # the emulated board loads the build's abstract HW graph (the checkpoint of create_dataflow_partition, before
+    # specialisation), which the bit-exactness gate executed
     model = BuildModel.from_build_dir(out)
-    assert model.onnx_path.name.endswith("_verify_bit_exact.onnx")
+    assert model.onnx_path.name == "create_dataflow_partition.onnx"
+    assert manifest["bit_exact"]["hw_graph"] == "intermediate/create_dataflow_partition.onnx"
     assert not any(n.domain.endswith((".hls", ".rtl")) for n in model.model.graph.node)
     # progress off a terminal (pytest's capture): a line per step with its seconds
     lines = capsys.readouterr().err.splitlines()
@@ -101,7 +103,10 @@ def test_open_backend_failure_keeps_the_previous_build(exported_tfc_w1a1, tmp_pa
     assert json.loads((out / "manifest.json").read_text()) == {"status": "done", "backend": "open"}
     manifest = json.loads((tmp_path / "build-ulx3s-85f.failed" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "does not fit" in manifest["error"]
-    assert (tmp_path / "build-ulx3s-85f.failed" / "finn-build" / "manifest.json").is_file()
+    # one manifest, one list of steps: FINN's, then the open backend's (no nested FINN build)
+    last = manifest["steps"][-1]
+    assert manifest["backend"] == "open" and last["name"] == "fold" and last["status"] == "failed"
+    assert not (tmp_path / "build-ulx3s-85f.failed" / "finn-build").exists()
 
 
 def test_unwritable_out_is_one_line_before_any_step(exported_tfc_w1a1, tmp_path, capsys):

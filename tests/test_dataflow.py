@@ -17,7 +17,7 @@ from qonnx.custom_op.registry import getCustomOp
 from hwq.boards import load_board
 from hwq.cli import main
 from hwq.data import load_dataset
-from hwq.dataflow import BuildConfig, run_build
+from hwq.dataflow import STEPS, BuildConfig, run_build
 from hwq.dataflow import estimates, gates
 from hwq.dataflow.errors import (BitExactnessError, FoldingError, IntegerRangeError, MappingError,
                                  ModelFileError)
@@ -48,9 +48,11 @@ def test_builds_for_two_boards_write_everything(builds):
     for board, (out, manifest) in builds.items():
         assert manifest["status"] == "done" and manifest["board"]["name"] == board
         assert json.loads((out / "manifest.json").read_text())["status"] == "done"
+        # a checkpoint per step, named by the step (adding a step renames no other)
         onnx_files = sorted(p.name for p in (out / "intermediate").glob("*.onnx"))
-        assert len(onnx_files) == 16 and onnx_files[0] == "00_scale_uint8_input.onnx"
-        ops = [n.op_type for n in ModelWrapper(str(out / "intermediate" / "15_hw_codegen.onnx")).graph.node]
+        assert onnx_files == sorted(f"{name}.onnx" for name, _ in STEPS)
+        assert [s["onnx"] for s in manifest["steps"]] == [f"intermediate/{name}.onnx" for name, _ in STEPS]
+        ops = [n.op_type for n in ModelWrapper(str(_step_onnx(out, "hw_codegen"))).graph.node]
         assert ops == ["MVAU_hls"] * 4 + ["LabelSelect_hls"]
         files = manifest["codegen"]["files"]
         assert sum(f.endswith(".cpp") for f in files) == 5 and all((out / f).is_file() for f in files)
@@ -124,7 +126,8 @@ def test_bit_exact_gate_passes_and_names_planted_fault(builds, trained_tfc_digit
     assert report["passed"] and report["classes_match"] == 1.0 and report["layerwise"]
     assert [t["hw"] for t in report["tensors"]][-2:] == ["XnorPopcountMatMul_2_out0", "global_out"]
     qonnx = ModelWrapper(str(trained_tfc_digits / "model.onnx"))
-    hw = ModelWrapper(str(_step_onnx(out, "verify_bit_exact")))  # the abstract HW graph the gate executed
+    hw = ModelWrapper(str(out / report["hw_graph"]))  # the abstract HW graph the gate executed
+    assert report["hw_graph"] == str(_step_onnx(out, "create_dataflow_partition").relative_to(out))
     assert not any(n.domain.endswith((".hls", ".rtl")) for n in hw.graph.node)
     gates.check_bit_exact(qonnx, hw, _images())  # unchanged: passes
     node = hw.get_nodes_by_op_type("MVAU")[1]
@@ -145,7 +148,7 @@ def test_finn_declares_int7_and_the_correction_fixes_it(builds):
         {"node": "MVAU_hls_3", "tensor": "XnorPopcountMatMul_2_out0 (accumulator)", "field": "accDataType",
          "declared": "INT7", "range": [0, 64], "corrected": "UINT7"}]
     assert manifest["integer_range"]["passed"] and manifest["integer_range"]["tensors_checked"] > 10
-    final = ModelWrapper(str(out / "intermediate" / "15_hw_codegen.onnx"))
+    final = ModelWrapper(str(_step_onnx(out, "hw_codegen")))
     assert final.get_tensor_datatype("XnorPopcountMatMul_2_out0") == DataType["UINT7"]
     assert getCustomOp(final.get_node_from_name("MVAU_hls_3")).get_nodeattr("accDataType") == "UINT7"
     code = next((out / "codegen").glob("code_gen_ipgen_MVAU_hls_3_*/top_MVAU_hls_3.cpp")).read_text()
@@ -174,7 +177,7 @@ def test_build_without_correction_fails_the_range_gate(trained_tfc_digits, tmp_p
 
 def test_range_gate_catches_planted_narrow_type(builds):
     out, manifest = builds["pynq-z2"]
-    model = ModelWrapper(str(out / "intermediate" / "15_hw_codegen.onnx"))
+    model = ModelWrapper(str(_step_onnx(out, "hw_codegen")))
     observed = {"global_in": (0.0, 255.0), "XnorPopcountMatMul_2_out0": (5.0, 60.0)}
     assert gates.check_integer_ranges(model, observed)["passed"]
     model.set_tensor_datatype("global_in", DataType["UINT4"])  # plant: declare the pixels 4-bit

@@ -63,7 +63,7 @@ def test_mobilenet_builds_with_both_gates(mobilenet_build):
 
 def test_mobilenet_depthwise_layers_are_vvaus_on_binary_streams(mobilenet_build):
     _, manifest, out = mobilenet_build
-    model = ModelWrapper(str(out / "intermediate" / "15_hw_codegen.onnx"))
+    model = ModelWrapper(str(out / "intermediate" / "hw_codegen.onnx"))  # checkpoints are named by step
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("VVAU_hls") == 3 and "XnorPopcountMatMul" not in ops
     assert ops.count("MVAU_hls") == 5  # stem, 3 pointwise (XNOR), classifier (XNOR)

@@ -9,17 +9,19 @@ import numpy as np
 import pytest
 from qonnx.core.modelwrapper import ModelWrapper
 
-from hwq.rtl.build import OpenBuildConfig, _finn_software, _step_file, run_open_build
+from hwq.dataflow.driver import step_checkpoint
+from hwq.rtl.build import OpenBuildConfig, run_open_build
 from hwq.rtl.layers import layers_from_model, run_layers
+from hwq.rtl.steps import finn_execution
 from tests.conftest import RTL_SMALL_FOLDING, RTL_UP5K_CYCLES
 
 
 def test_layers_of_the_folded_graph_compute_what_finn_computes(digits_tfc_build):
     """The NumPy chain of the folded graph equals finn's execution of the abstract HW graph, on random pixels."""
-    layers = layers_from_model(ModelWrapper(str(_step_file(digits_tfc_build, "correct_datatypes"))))
+    layers = layers_from_model(ModelWrapper(str(step_checkpoint(digits_tfc_build, "correct_datatypes"))))
     assert [type(layer).__name__ for layer in layers] == ["MVAULayer"] * 4 + ["LabelSelectLayer"]
     x = np.random.default_rng(0).integers(0, 256, (30, layers[0].in_elems))
-    software = _finn_software(_step_file(digits_tfc_build, "verify_bit_exact"), x)
+    software = finn_execution(step_checkpoint(digits_tfc_build, "create_dataflow_partition"), x)
     np.testing.assert_array_equal(software.reshape(-1, 1), run_layers(layers, x))
 
 
@@ -88,7 +90,6 @@ def test_n2uq_learned_thresholds_simulate_bit_exact(tmp_path):
     sim = m["simulation"]
     assert m["status"] == "done" and sim["bit_exact"] and sim["n"] == 10
     assert sim["cycles_per_image"] == sim["folding_bound_cycles"]
-    layers = layers_from_model(ModelWrapper(str(_step_file(run / "build-ulx3s-85f" / "finn-build",
-                                                           "correct_datatypes"))))
+    layers = layers_from_model(ModelWrapper(str(step_checkpoint(run / "build-ulx3s-85f", "correct_datatypes"))))
     gaps = [np.diff(layer.thresholds, axis=-1) for layer in layers if getattr(layer, "thresholds", None) is not None]
     assert gaps and any(len(np.unique(g)) > 1 for g in gaps)        # not a uniform quantizer's evenly spaced steps

@@ -3,7 +3,7 @@
 
 It reads ``<run>/model.onnx`` (from ``hwq export``) and writes ``<run>/build-<board>/``:
 
-- ``intermediate/NN_<step>.onnx``: the model after every step (Netron opens them);
+- ``intermediate/<step>.onnx``: the model each step passed on, its checkpoint (Netron opens them);
 - ``folding.json``: the folding used, in FINN's format (usable as ``--folding``);
 - ``codegen/``: generated HLS C++ / Verilog per layer; ``finn/report/``: FINN's own estimate reports;
 - ``build.log``: what FINN printed; ``manifest.json``: steps, gates, estimates, vendor-step status.
@@ -11,33 +11,30 @@ It reads ``<run>/model.onnx`` (from ``hwq export``) and writes ``<run>/build-<bo
 Cheap checks come first: the config, the board file, the export's verification record (``export.json``), the
 graph's node domains, the test images and the output folder, all before any FINN step; and among the steps the
 resource fit (``fold``) before the bit-exactness gate. The build is written into a staging folder next to the
-target and replaces the previous build only when it succeeds (:mod:`hwq.dataflow.staging`).
+target and replaces the previous build only when it succeeds (:mod:`hwq.dataflow.staging`). The steps are run by
+:mod:`hwq.dataflow.driver`; :func:`build_with_steps` is the frame both backends share.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
-import shutil
 import time
-import warnings
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable
 
 from qonnx.core.modelwrapper import ModelWrapper
 
-from hwq._io import read_json, write_json
-from hwq.boards import load_board
+from hwq import manifest as records
+from hwq._io import read_json
 from hwq.dataflow.config import BuildConfig
+from hwq.dataflow.driver import check_resumable, restore, run_steps, step_range
 from hwq.dataflow.errors import ModelFileError
-from hwq.dataflow.finn_compat import finn_session
+from hwq.dataflow.finn_compat import finn_output_to, finn_session
 from hwq.dataflow.progress import StepProgress
 from hwq.dataflow.staging import StagedOutput
-from hwq.dataflow.steps import STEPS, BuildContext
-from hwq.dataflow.vendor import vendor_status
+from hwq.dataflow.steps import HW_GRAPH_STEP, STEPS, BuildContext
 from hwq.errors import ConfigError, HwqError, Interrupted, VerificationError
+from hwq.manifest import sha256_file
 from hwq.onnx_check import check_domains
 
 MANIFEST_FILE, ONNX_FILE, EXPORT_FILE = "manifest.json", "model.onnx", "export.json"
@@ -46,10 +43,6 @@ QONNX_OPS = ("Quant", "BipolarQuant", "BinaryQuant", "Trunc")
 
 class UnverifiedModelError(VerificationError):
     """``model.onnx`` has no passed export verification (``export.json``) that matches it."""
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def check_export(run_dir: Path, force: bool = False) -> dict[str, Any]:
@@ -120,23 +113,13 @@ def _test_images(run_dir: Path, config: BuildConfig):
     return dataset.name, dataset.test_x[:config.verify_samples].numpy()
 
 
-def _replace_in_place(out_dir: Path) -> None:
-    """Unstaged builds (inside a folder the caller stages, e.g. the open backend's): clear ``out_dir``."""
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not (out_dir / MANIFEST_FILE).is_file():
-            raise ConfigError(f"--out {out_dir}: exists and is not a build directory (no {MANIFEST_FILE}); "
-                              "choose another --out")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-
 def check_inputs(run_dir: Path, config: BuildConfig) -> dict[str, Any]:
     """The cheap checks, before any output is written: board, export record, graph, folding file, images.
 
     Returns what the build needs from them (``board``, ``qonnx_model``, ``dataset``, ``images``, ``export``)."""
-    board = load_board(config.board)
-    if board.shell == "open":
-        raise ConfigError(f"board '{board.name}' is built by the open backend (shell: open): add --backend open")
+    from hwq.boards import load_board
+
+    board = load_board(config.canonical().board)
     export = check_export(run_dir, config.force)
     qonnx_model = load_qonnx(run_dir / ONNX_FILE)
     if config.folding_file is not None and not Path(config.folding_file).is_file():
@@ -145,7 +128,8 @@ def check_inputs(run_dir: Path, config: BuildConfig) -> dict[str, Any]:
     return {"board": board, "export": export, "qonnx_model": qonnx_model, "dataset": dataset, "images": images}
 
 
-def _finn_config(board, out_dir: Path):
+def finn_config(board, out_dir: Path):
+    """FINN's build config for ``board`` with its outputs under ``out_dir/finn`` (estimate reports only)."""
     from finn.builder.build_dataflow_config import DataflowBuildConfig, DataflowOutputType, ShellFlowType
 
     return DataflowBuildConfig(
@@ -156,109 +140,141 @@ def _finn_config(board, out_dir: Path):
     )
 
 
+def build_inputs(run_dir: str | Path, config) -> dict[str, Path]:
+    """The files a build (either backend) is made from: ``model.onnx`` and, if given, the folding file. The
+    manifest records their SHA-256 (``inputs``); the flow compares them to decide whether a build is up to date."""
+    inputs = {"onnx": Path(run_dir) / ONNX_FILE}
+    if config.folding_file is not None:
+        inputs["folding_file"] = Path(config.folding_file)
+    return inputs
+
+
+def new_manifest(run_dir: Path, config, inputs: dict[str, Any], backend: str, board,
+                 tool_versions: dict[str, str]) -> dict[str, Any]:
+    """A build's manifest as it starts (``running``), either backend: the shared shape (:mod:`hwq.manifest`) plus
+    ``backend``, ``board`` and ``source`` (the model, its dataset and the export check)."""
+    source = run_dir / ONNX_FILE
+    return records.start(
+        "build", config.to_dict(), build_inputs(run_dir, config), tool_versions, backend=backend,
+        board=board.to_dict(),
+        source={"run": str(run_dir), "onnx": str(source), "onnx_sha256": sha256_file(source),
+                "dataset": inputs["dataset"], "export_check": inputs["export"]})
+
+
 def run_build(
     run_dir: str | Path, config: BuildConfig = BuildConfig(), progress: bool = True,
-    steps: list[tuple[str, Callable]] | None = None, *, staged: bool = True,
+    steps: list[tuple[str, Callable]] | None = None, *, start_step: str | None = None, stop_step: str | None = None,
 ) -> dict[str, Any]:
     """Build ``run_dir``'s exported model into a FINN dataflow accelerator for ``config.board``.
 
-    Returns the manifest (also written to ``<out>/manifest.json``, also when a step fails). ``staged=False``
-    writes straight into the output folder, for a caller that stages a folder around it (the open backend).
+    Runs ``steps`` (default :data:`~hwq.dataflow.steps.STEPS`) from ``start_step`` (resuming from the checkpoint of
+    the step before it in the existing build of the same model and settings) to ``stop_step`` (then the build is
+    ``stopped``). Returns the manifest (also written to ``<out>/manifest.json``, also when a step fails).
 
     >>> manifest = run_build("runs/tfc-digits", BuildConfig(board="pynq-z2", target_fps=100_000))  # doctest: +SKIP
-    >>> manifest["estimates"]["total"]["estimated_fps"]                                            # doctest: +SKIP
+    >>> hwq.manifest.estimate_totals(manifest)["estimated_fps"]                                    # doctest: +SKIP
     156250.0
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
+    config = config.canonical()
+    steps = list(steps or STEPS)
+    first, last = step_range(steps, start_step, stop_step)
     inputs = check_inputs(run_dir, config)
     board = inputs["board"]
-    target = Path(config.out_dir) if config.out_dir else run_dir / f"build-{board.name}"
-    stage = StagedOutput.begin(target) if staged else None
-    out_dir = stage.staging if stage else target
-    if not staged:
-        _replace_in_place(out_dir)
-    shown = StepProgress(board.name, total=len(steps or STEPS), show=progress)
+    shown = StepProgress(board.name, total=last - first + 1, show=progress)
     if inputs["export"]["status"] != "passed":
         shown.warn(f"building an unverified model (--force): {inputs['export']['problem']}")
-    source = run_dir / ONNX_FILE
-    manifest: dict[str, Any] = {
-        "stage": "build", "status": "running",
-        "source": {"run": str(run_dir), "onnx": str(source), "onnx_sha256": sha256_file(source),
-                   "dataset": inputs["dataset"], "export_check": inputs["export"]},
-        "board": board.to_dict(), "config": config.to_dict(),
-        "tool_versions": {p: version(p) for p in ("finn-plus", "qonnx", "onnx")},
-        "steps": [],
-    }
-    try:
-        _build_into(out_dir, steps or STEPS, inputs, config, manifest, shown, started)
-    except HwqError as err:
-        if stage:
-            stage.fail(err)  # kept as <target>.failed; the message now says where
-        raise
-    except KeyboardInterrupt as err:
-        if stage:
-            stage.keep_failed()
-            raise Interrupted.wrap(err, stage.where_kept()) from None
-        raise
-    if stage:
-        stage.commit()
+    manifest = new_manifest(run_dir, config, inputs, "finn", board,
+                            {p: version(p) for p in ("finn-plus", "qonnx", "onnx")})
+
+    def context(out_dir: Path) -> BuildContext:
+        return BuildContext(config=config, board=board, out_dir=out_dir, finn_cfg=finn_config(board, out_dir),
+                            qonnx_model=inputs["qonnx_model"], images=inputs["images"], progress=shown)
+
+    build_with_steps(config.build_dir(run_dir), steps, (first, last), inputs["qonnx_model"], context, manifest,
+                     shown, start_step=start_step, complete=_complete, started=started)
+    for vendor_step, state in manifest.get("vendor", {}).items():  # reported even without progress output
+        if state["status"] == "skipped":
+            shown.print(f"  {vendor_step:<28} skipped: {state['reason']}", always=True)
     return manifest
 
 
-def _build_into(out_dir: Path, steps, inputs: dict, config: BuildConfig, manifest: dict, shown: StepProgress,
-                started: float) -> None:
-    """Run the steps with ``out_dir`` as the build folder; ``manifest`` is filled in and written, also on failure."""
-    board, source = inputs["board"], Path(manifest["source"]["onnx"])
-    (out_dir / "intermediate").mkdir(parents=True, exist_ok=True)
-    with finn_session(out_dir / "codegen"):
-        ctx = BuildContext(config=config, board=board, out_dir=out_dir, finn_cfg=_finn_config(board, out_dir),
-                           qonnx_model=inputs["qonnx_model"], images=inputs["images"], progress=shown)
-        ctx.report["vendor"] = vendor_status(board.shell)
-        try:
-            _run_steps(steps, inputs["qonnx_model"], ctx, manifest, shown)
-            manifest["status"] = "done"
-        except HwqError as err:
-            manifest.update(status="failed", error=str(err))
-            raise
-        except KeyboardInterrupt:
-            manifest.update(status="interrupted", error=f"interrupted in step '{manifest['steps'][-1]['name']}'")
-            raise
-        except Exception as err:  # a FINN transform failing on this model: report it against the model file
-            manifest.update(status="failed", error=f"{type(err).__name__}: {err}")
-            raise ModelFileError(f"{source}: FINN failed in step '{manifest['steps'][-1]['name']}' "
-                                 f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                                 f"see {out_dir / 'build.log'}") from err
-        finally:
-            ctx.report.pop("observed_ranges", None)
-            manifest.update({k: v for k, v in ctx.report.items()})
-            manifest["seconds"] = round(time.perf_counter() - started, 3)
-            write_json(out_dir / MANIFEST_FILE, manifest)
+def _complete(manifest: dict[str, Any]) -> None:
+    """The end of a successful FINN build (also one stopped by ``--stop-step``): every step's section is in
+    ``manifest``; add what is derived from them (``outputs``, ``results``) before it is written as done."""
+    manifest["outputs"].update(build_outputs(manifest))
+    total = manifest.get("estimates", {}).get("total", {})
+    manifest["results"] = {key: value for key, value in {
+        "kind": "FINN analytical estimate" if total else None,
+        "fps": total.get("estimated_fps"), "latency_us": total.get("estimated_latency_us"),
+        "cycles_per_image": total.get("max_cycles"), "clock_mhz": total.get("clock_mhz"),
+        "lut": total.get("LUT"), "bram": total.get("BRAM_18K"), "bram_kind": "BRAM18" if total else None,
+        "dsp": total.get("DSP"), "uram": total.get("URAM"),
+        "bit_exact": manifest.get("bit_exact", {}).get("passed"),
+        "integer_range": manifest.get("integer_range", {}).get("passed")}.items() if value is not None}
 
 
-def _run_steps(steps, model, ctx: BuildContext, manifest: dict, shown: StepProgress) -> ModelWrapper:
-    """Run each step with FINN's console output captured into ``build.log``; save its ONNX; time it."""
-    log = (ctx.out_dir / "build.log").open("w")
-    with log, shown:
-        for index, (name, step) in enumerate(steps):
-            record: dict[str, Any] = {"name": name}
-            manifest["steps"].append(record)
-            log.write(f"== {name}\n")
-            with shown.step(name) as timing, contextlib.redirect_stdout(io.StringIO()) as captured, \
-                    warnings.catch_warnings(record=True) as warned:
-                warnings.simplefilter("always")
-                try:
-                    model = step(model, ctx)
-                finally:
-                    log.write(captured.getvalue())
-                    log.writelines(f"warning: {w.message}\n" for w in warned)
-            record["seconds"] = timing["seconds"]
-            if name != "vendor_flow":
-                onnx_name = f"intermediate/{index:02d}_{name}.onnx"
-                saved = getattr(step, "saved_graph", None)  # a check step saves the graph it checked
-                (saved(model, ctx) if saved else model).save(str(ctx.out_dir / onnx_name))
-                record["onnx"] = onnx_name
-    for vendor_step, state in ctx.report["vendor"].items():  # reported even without progress output
-        if state["status"] == "skipped":
-            shown.print(f"  {vendor_step:<28} skipped: {state['reason']}", always=True)
-    return model
+def build_outputs(manifest: dict[str, Any]) -> dict[str, str]:
+    """The files a build's steps wrote that a later stage reads: the HW graph (:data:`HW_GRAPH_STEP`'s
+    checkpoint), the folding (``folding.json``), FINN's console output (``build.log``)."""
+    outputs = {"log": "build.log"}
+    hw_graph = records.step_checkpoint(manifest, HW_GRAPH_STEP)
+    if hw_graph:
+        outputs["hw_graph"] = hw_graph
+    if "folding" in manifest:
+        outputs["folding"] = "folding.json"
+    return outputs
+
+
+def build_with_steps(target: Path, steps: list, step_range_: tuple[int, int], model: ModelWrapper,
+                     make_context: Callable[[Path], Any], manifest: dict[str, Any], shown: StepProgress, *,
+                     start_step: str | None, complete: Callable[[dict], None], started: float) -> dict[str, Any]:
+    """The frame of a build, either backend: stage ``target``, run ``steps[first:last + 1]`` in a FINN session with
+    FINN's console output in ``build.log`` (:func:`~hwq.dataflow.finn_compat.finn_output_to`), then ``complete``
+    the manifest and write it as done (stopped), or record the failure; replace ``target`` only on success.
+
+    With ``first > 0`` the build resumes from ``target`` (:func:`~hwq.dataflow.driver.check_resumable`, checked
+    before anything is written)."""
+    first, last = step_range_
+    previous = check_resumable(target, steps, first, manifest, start_step) if first > 0 else None
+    stage = StagedOutput.begin(target)
+    out_dir, path = stage.staging, stage.staging / MANIFEST_FILE
+    source = manifest["source"]["onnx"]
+    try:
+        ctx = make_context(out_dir)
+        if previous is not None:
+            model = ModelWrapper(check_domains(restore(target, previous, out_dir, steps, first, manifest, ctx)))
+            manifest["resumed_from"] = {"build": str(target), "start_step": start_step}
+        with finn_session(out_dir / "codegen"), (out_dir / "build.log").open("a") as log, shown, \
+                finn_output_to(log):
+            try:
+                run_steps(steps[first:last + 1], model, ctx, manifest, progress=shown, log=log)
+            except Exception as err:
+                if isinstance(err, HwqError):
+                    raise
+                # a FINN transform (or a tool) failing on this model: report it against the model file
+                name = manifest["steps"][-1]["name"] if manifest["steps"] else "?"
+                text = str(err).splitlines()[0] if str(err) else ""
+                raise ModelFileError(f"{source}: step '{name}' failed ({type(err).__name__}: {text}); see "
+                                     f"{out_dir / 'build.log'}") from err
+        if last < len(steps) - 1:
+            manifest["stop_step"] = steps[last][0]
+        complete(manifest)
+        manifest["seconds"] = round(time.perf_counter() - started, 3)
+        records.finish(manifest, path, "done" if last == len(steps) - 1 else "stopped")
+    except HwqError as err:
+        _record_failure(manifest, path, err, started)
+        stage.fail(err)  # kept as <target>.failed; the message now says where
+        raise
+    except KeyboardInterrupt as err:
+        _record_failure(manifest, path, err, started)
+        stage.keep_failed()
+        raise Interrupted.wrap(err, stage.where_kept()) from None
+    stage.commit()
+    return manifest
+
+
+def _record_failure(manifest: dict[str, Any], path: Path, err: BaseException, started: float) -> None:
+    manifest["seconds"] = round(time.perf_counter() - started, 3)
+    records.fail(manifest, path, err)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hwq.errors import ConfigError
@@ -65,6 +66,21 @@ class BuildConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def canonical(self) -> "BuildConfig":
+        """This config with the board's own name (``PYNQ-Z2`` -> ``pynq-z2``), checked to be a FINN board: what a
+        build records and the flow compares. An unknown or open board is a one-line ConfigError."""
+        from hwq.boards import load_board
+
+        board = load_board(self.board)
+        if board.shell == "open":
+            raise ConfigError(f"board '{board.name}' is built by the open backend (shell: open): add --backend "
+                              "open")
+        return dataclasses.replace(self, board=board.name)
+
+    def build_dir(self, run_dir: str | Path) -> Path:
+        """Where the build goes: ``out_dir``, else ``<run>/build-<board>`` (the board's own name)."""
+        return Path(self.out_dir) if self.out_dir else Path(run_dir) / f"build-{self.canonical().board}"
 
     def replace(self, **changes: Any) -> "BuildConfig":
         """A copy with ``changes`` applied (None values are ignored, as for unset CLI flags)."""

@@ -30,6 +30,10 @@ library without Xilinx tools it needs three things, each applied here and undone
    ``Recast<Binary>`` for bipolar weights, ``Identity`` for integer ones) compute exactly what the layer's Python
    execution computes, ``sum_k w_k b_k``. :func:`finn_session` lets that case through, for VVAU only, and puts
    finn-plus's method back on exit (:func:`_vvau_template_params`).
+7. Console output: finn-plus's builder steps ``print()`` what they do ("Converting quantized matmul layers...")
+   and FINN and qonnx raise Python warnings; finn-plus's own ``build_dataflow`` replaces ``sys.stdout`` for the
+   rest of the process. :func:`finn_output_to` sends both to a build's ``build.log`` for the duration of one build
+   only, and restores them on exit. It is the one place hwq redirects stdout.
 
 Nothing here runs at import time.
 
@@ -44,9 +48,10 @@ import contextlib
 import importlib
 import os
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any, Iterator, TextIO
 
 #: The dummy ``XILINX_VIVADO`` value: it parses as a Vivado version, and no file lies behind it.
 DUMMY_VIVADO = "/nonexistent/hwq-no-vivado/2024.2"
@@ -107,6 +112,26 @@ def finn_session(codegen_dir: str | Path) -> Iterator[None]:
         log.setLevel(saved_level)
         log.propagate = saved_propagate
         VVAU_hls.get_template_param_values = saved_vvau
+
+
+@contextlib.contextmanager
+def finn_output_to(log: TextIO) -> Iterator[None]:
+    """Send what FINN prints (``sys.stdout``) and every Python warning to ``log`` while a build runs (workaround 7).
+
+    A warning becomes a line ``warning: <message>``. ``sys.stdout``, the warning filters and
+    ``warnings.showwarning`` are restored on exit, also on error. Enter it inside a progress bar (rich's bar
+    redirects stdout itself while it is shown), so that FINN's lines go to the log, not above the bar.
+
+    >>> with open("build.log", "w") as log, finn_output_to(log):     # doctest: +SKIP
+    ...     model = import_finn_steps().step_convert_to_hw(model, cfg)
+    """
+    def to_log(message, category, filename, lineno, file=None, line=None) -> None:
+        log.write(f"warning: {message}\n")
+
+    with contextlib.redirect_stdout(log), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = to_log
+        yield
 
 
 def _vvau_template_params(original):

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """What a build directory says about the accelerator: its HW-layer graph, its input layout and its timing.
 
-The HW graph is the one saved after the build's bit-exactness gate (``verify_bit_exact``, or else
-``create_dataflow_partition``): every layer still executes in Python, bit-exact with the hardware. Its input is
+The HW graph is the checkpoint of the build's ``create_dataflow_partition`` step, named in the manifest's
+``steps``, which the bit-exactness gate executed: every layer still executes in Python, bit-exact with the
+hardware. Its input is
 ``uint8`` pixels in the accelerator's layout (NHWC for images; a leading NCHW->NHWC Transpose runs on the host).
 Timing comes from the manifest: the initiation interval is ``max_cycles`` (the slowest layer), the pipeline fill
 is ``critical_path_cycles``, both at the board clock.
@@ -24,8 +25,8 @@ from hwq._io import read_json
 from hwq.classes import top_class
 from hwq.errors import HwqError
 
-#: Build steps whose saved graph is the abstract HW-layer graph, best first.
-HW_GRAPH_STEPS = ("verify_bit_exact", "create_dataflow_partition")
+#: Build steps whose checkpoint is the abstract HW-layer graph, best first (looked up in the manifest's steps).
+HW_GRAPH_STEPS = ("create_dataflow_partition",)
 
 
 @dataclass
@@ -49,8 +50,10 @@ class BuildModel:
 
         build_dir = Path(build_dir)
         manifest = read_json(build_dir / "manifest.json", "build manifest")
-        steps = {s["name"]: s.get("onnx") for s in manifest.get("steps", [])}
-        onnx = next((build_dir / steps[s] for s in HW_GRAPH_STEPS if steps.get(s)), None)
+        from hwq.manifest import step_checkpoint
+
+        onnx = next((build_dir / step_checkpoint(manifest, s) for s in HW_GRAPH_STEPS
+                     if step_checkpoint(manifest, s)), None)
         if onnx is None or not onnx.is_file():
             raise HwqError(f"{build_dir}/manifest.json: no HW-layer graph saved by step "
                            f"{' or '.join(HW_GRAPH_STEPS)}")

