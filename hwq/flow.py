@@ -1,11 +1,14 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """The flow runner: ``hwq run flows/<recipe>.yaml`` runs train, export, build and measure in order.
 
-A recipe names one run directory and each stage's settings. A stage whose outputs are up to date with its inputs
-is skipped: training when ``metrics.json`` is complete for the same settings; export when ``export.json`` passed
-for the current ``model.pt``; build when ``manifest.json`` is done for the current ``model.onnx`` and the same
-settings; measurement when its reports exist for the current build. ``flow.json`` in the run directory holds the
-final report, which is also printed.
+A recipe names one run directory and each stage's settings; its ``build`` section takes ``backend: finn``
+(default) or ``backend: open`` and that backend's settings. The recipe is checked whole before any stage runs.
+Every stage writes one record of the same shape (:mod:`hwq.manifest`), and one function decides whether a stage is
+up to date and skipped (:func:`hwq.manifest.up_to_date`: done, same settings, same input hashes, outputs present):
+training (``metrics.json``), export (``export.json``, from ``model.pt``), build (the build folder the build itself
+uses, :meth:`~hwq.dataflow.BuildConfig.build_dir`; from ``model.onnx``) and measurement (``measure-<mode>.json``,
+from the build's ``manifest.json``). ``flow.json`` in the run directory holds the final report, which is also
+printed, in the same shape (``stage: flow``, one step per stage).
 
 >>> report = run_flow("flows/digits-demo.yaml")      # doctest: +SKIP
 >>> report["measured"]["throughput_median_per_s"] == report["estimated"]["fps"]  # doctest: +SKIP
@@ -15,17 +18,23 @@ True
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from hwq import manifest as records
 from hwq._config import check_mapping, config_from_mapping
-from hwq._io import read_yaml_mapping, write_json
+from hwq._io import read_yaml_mapping
 from hwq.errors import ConfigError
 
 STAGES = ("train", "export", "build", "measure")
+#: The build backends a recipe's ``build: {backend: ...}`` names; finn when it names none.
+BACKENDS = ("finn", "open")
+#: The port recorded for an emulated board is a new pseudo-terminal each time: not a setting that makes a
+#: measurement out of date.
+VARYING_MEASURE_SETTINGS = ("port",)
 
 
 @dataclass
@@ -91,7 +100,6 @@ class Recipe:
     def validate(self, path: Path) -> None:
         """Build every stage's config from its section, so that a typo in ``measure`` is reported before
         training starts; each error names the recipe file and the section."""
-        from hwq.dataflow import BuildConfig
         from hwq.export import ExportConfig
         from hwq.train import TrainConfig
 
@@ -100,16 +108,57 @@ class Recipe:
         _check_model(train, f"{path}: train")
         config_from_mapping(ExportConfig, self.export, f"{path}: export")
         if self.build is not None:
-            from hwq.boards import load_board
-
-            build = _section(BuildConfig, self.build, f"{path}: build")
-            _section(load_board, build.board, f"{path}: build: board")
+            self.build_config(path)
         if self.measure is not None:
             if self.build is None:
                 raise ConfigError(f"{path}: measure needs a build section")
             settings = _section(MeasureSettings, self.measure, f"{path}: measure")
             _section(settings.configs, "(recipe check)", f"{path}: measure", "measure", "build")
             self.measure = dataclasses.asdict(settings)
+
+    def build_config(self, path: str | Path | None = None):
+        """``(backend, config)`` of the ``build`` section: the backend's config (``BuildConfig`` or
+        ``OpenBuildConfig``) with the boards' own names, as the build records it (``canonical()``).
+
+        Errors name the recipe, the section and the field: an unknown backend or key, a wrong type, an unknown
+        board, a board the backend does not build for."""
+        where = f"{path or f'recipe {self.name}'}: build"
+        if not isinstance(self.build, dict):
+            raise ConfigError(f"{where}: expected a mapping of settings, got {self.build!r}")
+        backend = self.build.get("backend", "finn")
+        if backend not in BACKENDS:
+            raise ConfigError(f"{where}: backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+        settings = {key: value for key, value in self.build.items() if key != "backend"}
+        config = _section(_build_config_class(backend), settings, where)
+        _section(load_board_named, config.board, f"{where}: board")
+        return backend, _section(lambda c: c.canonical(), config, where)
+
+
+def _build_config_class(backend: str) -> type:
+    if backend == "open":
+        from hwq.rtl.config import OpenBuildConfig
+
+        return OpenBuildConfig
+    from hwq.dataflow.config import BuildConfig
+
+    return BuildConfig
+
+
+def _run_build_function(backend: str) -> Callable:
+    if backend == "open":
+        from hwq.rtl.build import run_open_build
+
+        return run_open_build
+    from hwq.dataflow import run_build
+
+    return run_build
+
+
+def load_board_named(name: str):
+    """``hwq.boards.load_board`` (imported when a recipe has a build section)."""
+    from hwq.boards import load_board
+
+    return load_board(name)
 
 
 def _section(make: Callable, data: Any, where: str, *args: Any):
@@ -136,18 +185,7 @@ def _check_model(config, where: str) -> None:
         raise ConfigError(f"{where}: {err}") from None
 
 
-def _sha256(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-
-
-def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-# --- the stages: each returns (skipped, summary) -------------------------------------------------------------------
+# --- the stages: each returns (skipped, the stage's record) ----------------------------------------------------------
 def _train(recipe: Recipe, run: Path, progress: bool) -> tuple[bool, dict]:
     """Skip a finished training of the recipe's settings, resume an unfinished one (an interrupted ``hwq run``),
     else train; a run of other settings is replaced only once the new one has finished."""
@@ -155,28 +193,23 @@ def _train(recipe: Recipe, run: Path, progress: bool) -> tuple[bool, dict]:
 
     from hwq.errors import Interrupted
     from hwq.train import TrainConfig, run_train
+    from hwq.train.loop import METRICS_FILE, train_inputs
     from hwq.train.resume import checkpoint_epoch, interrupted_detail
 
     config = TrainConfig.from_dict(recipe.train, source=f"recipe {recipe.name}: train")
-
-    def same_settings(recorded: Any) -> bool:
-        # A recipe without ``threads`` accepts the count the run recorded (the default follows the machine).
-        wanted, recorded = config.to_dict(), dict(recorded) if isinstance(recorded, dict) else {}
-        if wanted["threads"] is None:
-            wanted.pop("threads")
-            recorded.pop("threads", None)
-        return recorded == wanted
-
-    metrics = _json(run / "metrics.json")
-    if metrics.get("complete") and same_settings(metrics.get("config")):
-        return True, metrics
+    wanted = config.to_dict()
+    if wanted["threads"] is None:  # a recipe without threads accepts the count the run recorded (the machine's)
+        wanted.pop("threads")
+    if records.up_to_date(run / METRICS_FILE, wanted, train_inputs(config)):
+        return True, records.read(run / METRICS_FILE)
+    metrics = records.read(run / METRICS_FILE) or {}
     try:
         settings = yaml.safe_load((run / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
         settings = None
-    resume = (not metrics.get("complete") and isinstance(settings, dict) and same_settings(settings)
-              and checkpoint_epoch(run) is not None)
-    overwrite = not resume and ((run / "checkpoint.pt").exists() or (run / "metrics.json").exists())
+    resume = (not metrics.get("complete") and isinstance(settings, dict)
+              and records.config_difference(settings, wanted) is None and checkpoint_epoch(run) is not None)
+    overwrite = not resume and ((run / "checkpoint.pt").exists() or (run / METRICS_FILE).exists())
     if resume:  # with the run's own thread count, so the resumed bits are those of a straight run
         config = config.replace(threads=settings.get("threads"))
     try:
@@ -190,30 +223,27 @@ def _train(recipe: Recipe, run: Path, progress: bool) -> tuple[bool, dict]:
 
 def _export(recipe: Recipe, run: Path, progress: bool) -> tuple[bool, dict]:
     from hwq.export import ExportConfig, run_export
+    from hwq.export.qonnx_export import EXPORT_FILE, export_inputs
 
-    report = _json(run / "export.json")
-    if (report.get("verification", {}).get("passed") and report["source"].get("weights_sha256") ==
-            _sha256(run / "model.pt") and report["outputs"].get("onnx_sha256") == _sha256(run / "model.onnx")):
-        return True, report
-    return False, run_export(run, ExportConfig(**recipe.export))
+    config = ExportConfig(**recipe.export)
+    if records.up_to_date(run / EXPORT_FILE, dataclasses.asdict(config), export_inputs(run)):
+        return True, records.read(run / EXPORT_FILE)
+    return False, run_export(run, config)
 
 
 def _build_dir(recipe: Recipe, run: Path) -> Path:
-    from hwq.dataflow import BuildConfig
-
-    config = BuildConfig(**recipe.build)
-    return Path(config.out_dir) if config.out_dir else run / f"build-{config.board}"
+    """The build folder: the one the build itself writes (``config.build_dir``, with the board's own name)."""
+    return recipe.build_config()[1].build_dir(run)
 
 
 def _build(recipe: Recipe, run: Path, progress: bool) -> tuple[bool, dict]:
-    from hwq.dataflow import BuildConfig, run_build
+    from hwq.dataflow.build import MANIFEST_FILE, build_inputs
 
-    config = BuildConfig(**recipe.build)
-    manifest = _json(_build_dir(recipe, run) / "manifest.json")
-    if (manifest.get("status") == "done" and manifest.get("config") == config.to_dict()
-            and manifest.get("source", {}).get("onnx_sha256") == _sha256(run / "model.onnx")):
-        return True, manifest
-    return False, run_build(run, config, progress=progress)
+    backend, config = recipe.build_config()
+    path = config.build_dir(run) / MANIFEST_FILE
+    if records.up_to_date(path, config.to_dict(), build_inputs(run, config)):
+        return True, records.read(path)
+    return False, _run_build_function(backend)(run, config, progress=progress)
 
 
 def _measure(recipe: Recipe, run: Path, progress: bool) -> tuple[bool, dict]:
@@ -221,13 +251,17 @@ def _measure(recipe: Recipe, run: Path, progress: bool) -> tuple[bool, dict]:
 
     settings, build = MeasureSettings(**recipe.measure), _build_dir(recipe, run)
     out = build / "measure"
-    stamp = _sha256(build / "manifest.json")
-    reports = {mode: _json(out / f"measure-{mode}.json") for mode in settings.modes}
-    if all(r.get("status") == "done" and r.get("build_manifest_sha256") == stamp for r in reports.values()):
-        return True, reports
+    inputs = {"build_manifest": build / "manifest.json"}
+
+    def up_to_date(config) -> bool:
+        wanted = {k: v for k, v in dataclasses.asdict(config).items() if k not in VARYING_MEASURE_SETTINGS}
+        return records.up_to_date(out / f"measure-{config.mode}.json", wanted, inputs)
+
+    if all(up_to_date(c) for c in settings.configs(settings.port or "(emulated)", str(out), str(build))):
+        return True, {mode: records.read(out / f"measure-{mode}.json") for mode in settings.modes}
 
     def measure_on(port: str) -> dict:
-        # Each report records the build manifest's SHA-256 itself (the up-to-date stamp above).
+        # Each report records the build manifest and its SHA-256 (its input).
         return {config.mode: run_measure(config) for config in settings.configs(port, str(out), str(build))}
 
     if not settings.emulate:
@@ -244,20 +278,51 @@ STAGE_FUNCTIONS: dict[str, Callable[[Recipe, Path, bool], tuple[bool, dict]]] = 
 
 
 def run_flow(recipe_path: str | Path, progress: bool = True, echo: Callable[[str], None] = print) -> dict:
-    """Run a recipe's stages in order, skipping those that are up to date; returns (and writes) the final report."""
+    """Run a recipe's stages in order, skipping those that are up to date; returns (and writes) the final report,
+    ``flow.json``: the report's fields beside the shared record's (:mod:`hwq.manifest`), also when a stage fails."""
+    import hwq
+
     recipe = Recipe.from_yaml(recipe_path)
     run = Path(recipe.run_dir)
     wanted = [s for s in STAGES if s in ("train", "export") or getattr(recipe, s) is not None]
+    record = records.start("flow", {k: getattr(recipe, k) for k in ("name", "run_dir", "train", "export", "build",
+                                                                      "measure")},
+                           {"recipe": recipe_path}, {"hwq": hwq.__version__})
     results, skipped = {}, []
-    for stage in wanted:
-        was_skipped, results[stage] = STAGE_FUNCTIONS[stage](recipe, run, progress)
-        if was_skipped:
-            skipped.append(stage)
-        echo(f"{stage:<8} {'up to date, skipped' if was_skipped else 'done'}")
+    try:
+        for stage in wanted:
+            entry = records.step(record, stage, status="running")
+            started = time.perf_counter()
+            was_skipped, results[stage] = STAGE_FUNCTIONS[stage](recipe, run, progress)
+            entry.update(seconds=round(time.perf_counter() - started, 3), status="skipped" if was_skipped else "done")
+            if was_skipped:
+                skipped.append(stage)
+            echo(f"{stage:<8} {'up to date, skipped' if was_skipped else 'done'}")
+    except BaseException as err:
+        if run.is_dir():
+            records.fail(record, run / FLOW_FILE, err)
+        raise
     report = final_report(recipe, results, skipped)
-    write_json(run / "flow.json", report)
+    record["outputs"] = _stage_records(recipe, run, wanted)
+    record["results"] = {k: v for k, v in report.items() if k not in ("recipe", "run_dir", "skipped")}
+    record = {**report, **{k: v for k, v in record.items() if k not in report}}
+    records.finish(record, run / FLOW_FILE)
     echo(format_report(report))
-    return report
+    return record
+
+
+FLOW_FILE = "flow.json"
+
+
+def _stage_records(recipe: Recipe, run: Path, stages: list[str]) -> dict[str, str]:
+    """Each stage's record, relative to the run directory (``flow.json``'s folder)."""
+    paths = {"train": run / "metrics.json", "export": run / "export.json"}
+    if "build" in stages:
+        build = _build_dir(recipe, run)
+        paths["build"] = build / "manifest.json"
+        for mode in (recipe.measure or {}).get("modes", []) if "measure" in stages else []:
+            paths[f"measure-{mode}"] = build / "measure" / f"measure-{mode}.json"
+    return {name: os.path.relpath(path, run) for name, path in paths.items()}
 
 
 def final_report(recipe: Recipe, results: dict, skipped: list[str]) -> dict:
@@ -268,11 +333,16 @@ def final_report(recipe: Recipe, results: dict, skipped: list[str]) -> dict:
                           "qonnx_verified_subset": export["verification"]["qonnx_accuracy"],
                           "export_argmax_match": export["verification"]["argmax_match"]}
     if "build" in results:
-        total = results["build"]["estimates"]["total"]
-        report["estimated"] = {"fps": total["estimated_fps"], "latency_us": total.get("estimated_latency_us"),
-                               "LUT": total["LUT"], "BRAM_18K": total["BRAM_18K"], "DSP": total["DSP"],
-                               "clock_mhz": total.get("clock_mhz"), "board": results["build"]["board"]["name"]}
-        report["bit_exact"] = results["build"]["bit_exact"]["passed"]
+        build = results["build"]
+        report["build"] = {"backend": build.get("backend", "finn"), "board": build["board"]["name"],
+                           **build.get("results", {})}
+        if "estimates" in build:   # FINN's estimate, for the board FINN folded for (an open build's fold_board)
+            total = records.estimate_totals(build)
+            report["estimated"] = {"fps": total["estimated_fps"], "latency_us": total.get("estimated_latency_us"),
+                                   "LUT": total["LUT"], "BRAM_18K": total["BRAM_18K"], "DSP": total["DSP"],
+                                   "clock_mhz": total.get("clock_mhz"),
+                                   "board": build["config"].get("fold_board", build["board"]["name"])}
+        report["bit_exact"] = build.get("results", {}).get("bit_exact")
     measured = results.get("measure", {})
     if "performance" in measured:
         s = measured["performance"]["summary"]
@@ -314,7 +384,17 @@ def format_report(report: dict) -> str:
     if "estimated" in report:
         e = report["estimated"]
         lines.append(f"  estimated     {e['fps']:,.0f} inf/s, {e['latency_us']:.2f} us at {e['clock_mhz']} MHz "
-                     f"on {e['board']}; {e['LUT']:,} LUT, {e['BRAM_18K']} BRAM18, {e['DSP']} DSP")
+                     f"on {e['board']}; {e['LUT']:,} LUT, {e['BRAM_18K']} BRAM18, {e['DSP']} DSP (FINN)")
+    build = report.get("build", {})
+    if build.get("backend") == "open":
+        line = f"  open backend  {build['board']}: RTL simulation bit-exact {build.get('bit_exact')}"
+        if "cycles_per_image" in build:
+            line += f", {build['cycles_per_image']:g} cycles/image"
+        if build.get("fps"):
+            line += (f"; {build['fps']:,.0f} inf/s" + (f" at Fmax {build['fmax_mhz']:.1f} MHz"
+                                                      if build.get("fmax_mhz") else " (estimate)")
+                     + f", {build['lut']:,} LUT, {build['bram']} {build['bram_kind']}")
+        lines.append(line)
     if "measured" in report:
         m = report["measured"]
         lines.append(f"  measured      {m['throughput_median_per_s']:,.0f} inf/s (median of windows), "

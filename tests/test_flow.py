@@ -52,6 +52,92 @@ def test_second_run_skips_up_to_date_stages(flow):
     again = run_flow(path, progress=False, echo=lambda _: None)
     assert again["skipped"] == ["train", "export", "build", "measure"]
     assert again["measured"] == first["measured"] and again["estimated"] == first["estimated"]
+    # flow.json is a stage record too: one step per stage
+    assert again["stage"] == "flow" and again["status"] == "done"
+    assert [(s["name"], s["status"]) for s in again["steps"]] == [
+        ("train", "skipped"), ("export", "skipped"), ("build", "skipped"), ("measure", "skipped")]
+    assert again["outputs"]["build"] == "build-pynq-z2/manifest.json"
+
+
+def test_every_stage_writes_the_same_record_shape(flow):
+    from hwq.manifest import FIELDS
+
+    tmp_path, _, _, _ = flow
+    run = tmp_path / "run"
+    for path in (run / "metrics.json", run / "export.json", run / "build-pynq-z2" / "manifest.json",
+                 run / "build-pynq-z2" / "measure" / "measure-performance.json", run / "flow.json"):
+        record = json.loads(path.read_text())
+        assert set(FIELDS) <= set(record) and record["status"] == "done", path
+        # (a measurement's inputs also say how its build check went: build_status, forced, ...)
+        assert all(set(entry) == {"path", "sha256"} for entry in record["inputs"].values()
+                   if isinstance(entry, dict)), path
+        assert all({"name", "seconds", "status"} <= set(step) for step in record["steps"]), path
+    # the fields the stages had before stay where they were
+    build = json.loads((run / "build-pynq-z2" / "manifest.json").read_text())
+    assert build["estimates"]["total"]["estimated_fps"] == build["results"]["fps"]
+    assert json.loads((run / "metrics.json").read_text())["test_acc"] > 0
+    assert json.loads((run / "export.json").read_text())["verification"]["argmax_match"] == 1.0
+    measured = json.loads((run / "build-pynq-z2" / "measure" / "measure-performance.json").read_text())
+    assert measured["inputs"]["build_manifest"]["sha256"] == measured["build_manifest_sha256"]
+
+
+def test_a_board_name_in_capitals_reuses_the_build(flow, tmp_path):
+    """``board: PYNQ-Z2`` is the board pynq-z2: the flow looks in build-pynq-z2, where the build writes, and
+    finds every stage up to date."""
+    base, path, _, _ = flow
+    recipe = yaml.safe_load(open(path))
+    recipe["build"]["board"] = "PYNQ-Z2"
+    capitals = tmp_path / "capitals.yaml"
+    capitals.write_text(yaml.safe_dump(recipe))
+    again = run_flow(capitals, progress=False, echo=lambda _: None)
+    assert again["skipped"] == ["train", "export", "build", "measure"]
+    assert sorted(p.name for p in (base / "run").glob("build-*")) == ["build-pynq-z2"]
+
+
+def test_a_changed_build_setting_rebuilds_and_a_changed_model_too(flow, tmp_path):
+    from hwq.manifest import stale_reason
+
+    from hwq.dataflow.build import build_inputs
+
+    base, path, _, _ = flow
+    recipe = Recipe.from_yaml(path)
+    _, config = recipe.build_config()
+    manifest = base / "run" / "build-pynq-z2" / "manifest.json"
+    assert stale_reason(manifest, config.to_dict(), build_inputs(base / "run", config)) is None
+    assert stale_reason(manifest, config.replace(verify_samples=21).to_dict(), build_inputs(base / "run", config)) \
+        == "other settings (verify_samples: 20 there, 21 here)"
+    copy = tmp_path / "model.onnx"
+    copy.write_bytes((base / "run" / "model.onnx").read_bytes() + b"\0")
+    assert stale_reason(manifest, config.to_dict(), {"onnx": copy}) == f"{copy} changed"
+
+
+def test_an_open_backend_recipe_runs_train_export_build_and_is_then_up_to_date(digits_tfc_w1a1, tmp_path):
+    """``build: {backend: open, ...}``: train (the fixture's run, reused) -> export -> open build (generated,
+    simulated bit-exactly, not synthesised) in one ``hwq run``; the second run skips every stage."""
+    import shutil
+
+    from tests.conftest import RTL_SMALL_FOLDING
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_tfc_w1a1, run)
+    folding = tmp_path / "small_folding.json"
+    folding.write_text(json.dumps(RTL_SMALL_FOLDING))
+    trained = json.loads((run / "metrics.json").read_text())["config"]
+    path = _recipe(tmp_path, train=trained, export={"verify_samples": 50}, measure=None,
+                   build={"backend": "open", "board": "icebreaker", "folding_file": str(folding),
+                          "synthesise": False, "verify_samples": 5})
+    lines: list[str] = []
+    report = run_flow(path, progress=False, echo=lines.append)
+    assert report["skipped"] == ["train"] and report["bit_exact"] is True
+    assert report["build"]["backend"] == "open" and report["build"]["board"] == "icebreaker"
+    assert report["build"]["cycles_per_image"] == 128 and report["estimated"]["board"] == "pynq-z2"
+    assert any(line.startswith("  open backend  icebreaker: RTL simulation bit-exact True, 128 cycles/image")
+               for line in "\n".join(lines).splitlines())
+    manifest = json.loads((run / "build-icebreaker" / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["simulation"]["n"] == 5
+    assert [s["name"] for s in manifest["steps"]][-4:] == ["read_layers", "check_reference", "generate_verilog",
+                                                           "simulate"]
+    assert run_flow(path, progress=False, echo=lambda _: None)["skipped"] == ["train", "export", "build"]
 
 
 def test_changed_training_reruns_what_depends_on_it(tmp_path):
@@ -81,12 +167,32 @@ def test_changed_training_reruns_what_depends_on_it(tmp_path):
     ({"run_dir": "x", "train": {}, "build": {}, "measure": {"modes": ["speed"]}}, "measure: modes: expected a list"),
     ({"run_dir": "x", "train": {}, "build": {}, "measure": {"windows": "five"}}, "measure: windows: expected an int"),
     ({"run_dir": "x", "train": {}, "build": {}, "measure": {"windows": 0}}, "measure: --windows 0: expected an integer >= 1"),
+    # the build section: either backend, validated whole (keys, types, ranges, boards) before any stage runs
+    ({"run_dir": "x", "train": {}, "build": {"backend": "vivado"}},
+     r"build: backend: expected one of finn, open, got 'vivado'$"),
+    ({"run_dir": "x", "train": {}, "build": {"board": "icebreaker"}},
+     r"build: board 'icebreaker' is built by the open backend \(shell: open\)"),
+    ({"run_dir": "x", "train": {}, "build": {"backend": "open", "board": "icebreaker", "bogus": 1}},
+     r"build: unknown field\(s\) bogus; known: board, data_dir, .*xilinx_estimate$"),
+    ({"run_dir": "x", "train": {}, "build": {"backend": "open", "synthesise": "no"}},
+     r"build: synthesise: expected true or false, got 'no'$"),
+    ({"run_dir": "x", "train": {}, "build": {"backend": "open", "simulator": "vcs"}},
+     r"build: simulator 'vcs': expected one of icarus, verilator$"),
+    ({"run_dir": "x", "train": {}, "build": {"backend": "open", "tree_levels_per_stage": 99}},
+     r"build: tree_levels_per_stage \(--tree-levels-per-stage\): expected an integer >= 0 and <= 32, got 99$"),
+    ({"run_dir": "x", "train": {}, "build": {"backend": "open", "board": "ulx3s-99f"}},
+     r"build: board: unknown board 'ulx3s-99f'; known: "),
+    ({"run_dir": "x", "train": {}, "build": {"backend": "open", "fold_board": "orangecrab-25f"}},
+     r"build: fold_board 'orangecrab-25f': expected a FINN \(Xilinx\) board"),
+    ({"run_dir": "x", "train": {}, "build": {"backend": "open", "fold_board": "pynq-z9"}},
+     r"build: fold_board: unknown board 'pynq-z9'"),
 ])
 def test_bad_recipes_are_clear_errors(tmp_path, recipe, message):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as err:
         Recipe.from_yaml(path)
+    assert "\n" not in str(err.value)
 
 
 def test_cli_run(flow, capsys):
