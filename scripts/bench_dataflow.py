@@ -28,9 +28,11 @@ import torch
 from hwq._io import write_atomic, write_json
 from hwq.boards import load_board
 from hwq.dataflow import BuildConfig, estimates, run_build
+from hwq.dataflow.driver import step_checkpoint
 from hwq.dataflow.errors import FoldingError
 from hwq.dataflow.finn_compat import finn_session
 from hwq.export import export_qonnx_model
+from hwq.manifest import estimate_totals
 from hwq.models import ModelSpec, build_model
 
 SHAPES = {"tfc": ((1, 28, 28), "mnist"), "sfc": ((1, 28, 28), "mnist"), "lfc": ((1, 28, 28), "mnist"),
@@ -66,7 +68,7 @@ def best_power_of_two(build_dir: Path, board_name: str) -> dict:
     from qonnx.core.modelwrapper import ModelWrapper
 
     board = load_board(board_name)
-    model = ModelWrapper(str(next((build_dir / "intermediate").glob("*_specialize_layers.onnx"))))
+    model = ModelWrapper(str(step_checkpoint(build_dir, "specialize_layers")))
     with finn_session(build_dir / "scratch-pow2"):
         for k in range(31):
             folded = estimates.fold_to_cycles(model, board, 2 ** k)
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append({"model": f"{name.upper()}-w1a1", "board": board, "error": failed["error"],
                                  "published": PUBLISHED[name]})
                     continue
-                t = m["estimates"]["total"]
+                t = estimate_totals(m)
                 rows.append({"model": f"{name.upper()}-w1a1", "board": board, "clock_mhz": t["clock_mhz"],
                              "max_cycles": t["max_cycles"], "est_fps": round(t["estimated_fps"]),
                              "est_latency_us": round(t["estimated_latency_us"], 2), "LUT": t["LUT"],

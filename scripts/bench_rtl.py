@@ -21,7 +21,7 @@ OUT = Path(__file__).resolve().parents[1] / "benchmarks"
 
 def _row(run: str, m: dict) -> dict:
     meas, est, sim = m["measured"], m["finn_estimate"], m["simulation"]
-    return {"run": run, "board": m["board"]["name"], "folding": m["folding"],
+    return {"run": run, "board": m["board"]["name"], "folding": m["layers"],
             "tree_levels_per_stage": m["design"].get("tree_levels_per_stage", 0), "n_images": sim["n"],
             "bit_exact": sim["bit_exact"], "cycles_per_image": meas["cycles_per_image"],
             "folding_bound": sim["folding_bound_cycles"], "latency_cycles": meas["latency_cycles"],
@@ -29,7 +29,8 @@ def _row(run: str, m: dict) -> dict:
             "bram": meas["bram"], "dsp": meas["dsp"], "lut_per_kfps": round(meas["lut"] / (meas["fps"] / 1e3), 2),
             "finn_estimate": {k: est[k] for k in ("board", "LUT", "BRAM_18K", "DSP", "estimated_fps", "clock_mhz")},
             "finn_lut_per_kfps": round(est["LUT"] / (est["estimated_fps"] / 1e3), 2),
-            "seconds": m["seconds"]}
+            "seconds": {**{s["name"]: s["seconds"] for s in m["steps"]
+                           if s["name"] in ("simulate", "synthesise", "place_and_route")}, "total": m["seconds"]}}
 
 
 def main() -> None:
@@ -48,7 +49,7 @@ def main() -> None:
                                                  tree_levels_per_stage=args.tree_levels_per_stage))
     path = OUT / "rtl.json"
     rows = json.loads(path.read_text()) if path.is_file() else []
-    key = (args.run, args.board, m["folding"], args.tree_levels_per_stage)
+    key = (args.run, args.board, m["layers"], args.tree_levels_per_stage)
     rows = [r for r in rows if (r["run"], r["board"], r["folding"], r.get("tree_levels_per_stage", 0)) != key]
     rows.append(_row(args.run, m))
     write_json(path, rows)

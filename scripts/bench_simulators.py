@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Simulation speed of Icarus and Verilator on the same generated accelerator: cycles per second of wall time.
 
-Reads the folded graph of a FINN build (its ``intermediate/*_correct_datatypes.onnx``), generates the Verilog,
+Reads the folded graph of a FINN build (the checkpoint of its ``correct_datatypes`` step), generates the Verilog,
 streams ``--images`` random images through it free-running on each simulator with the same cocotb bench, checks
 every output against the NumPy reference and records the compile seconds, the run seconds and the simulated cycles
 per second of the bench's own wall time (without the simulator's startup). Adds (or replaces) the run in
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 
-from hwq.rtl.build import _step_file
+from hwq.dataflow.driver import step_checkpoint
 from hwq.rtl.generate import generate_verilog
 from hwq.rtl.layers import layers_from_model, run_layers
 from hwq.rtl.simulate import SIMULATORS, simulate, simulator_version
@@ -28,7 +28,7 @@ OUT = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def bench(finn_build: Path, images: int, work: Path, simulators) -> list[dict]:
-    layers = layers_from_model(ModelWrapper(str(_step_file(finn_build, "correct_datatypes"))))
+    layers = layers_from_model(ModelWrapper(str(step_checkpoint(finn_build, "correct_datatypes"))))
     design = generate_verilog(layers, work / "rtl", top="accel")
     first = layers[0]
     x = np.random.default_rng(0).integers(first.in_type.lo, first.in_type.hi + 1, (images, first.in_elems))
@@ -46,7 +46,7 @@ def bench(finn_build: Path, images: int, work: Path, simulators) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("finn_build", type=Path, help="a FINN build folder with intermediate/*_correct_datatypes.onnx")
+    ap.add_argument("finn_build", type=Path, help="a FINN build folder (its manifest names the step checkpoints)")
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--work", type=Path, default=Path("build-rtl-tmp/bench-simulators"))
     ap.add_argument("--simulators", nargs="+", default=list(SIMULATORS), choices=SIMULATORS)

@@ -1,9 +1,12 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Place and route the open backend's Verilog of a FINN-folded network for an open board (no simulation).
 
-Reads the ``correct_datatypes`` graph of an existing FINN build, generates the design and runs Yosys + nextpnr for
-the board; writes ``result.json`` (resources, Fmax, seconds) under ``--out``. For designs too slow to simulate in
-``hwq build --backend open`` (CNV: ``scripts/sim_cnv_rtl.py`` checks it bit-exactly instead).
+Composes the open backend's public steps (``hwq.rtl.steps``) on an existing FINN build: from its
+``correct_datatypes`` checkpoint, ``read_layers``, ``generate_verilog``, ``synthesise`` (Yosys) and
+``place_and_route`` (nextpnr, packer) for the board; writes ``result.json`` (resources, Fmax, FPS at Fmax, the
+steps' seconds) under ``--out``. For designs too slow to simulate in ``hwq build --backend open`` (CNV:
+``scripts/sim_cnv_rtl.py`` checks it bit-exactly instead); ``measured`` uses the folding bound as the cycles per
+image.
 
     python scripts/synth_cnv_rtl.py runs/cnv-w1a1-cifar10/build-pynq-z2 --board ulx3s-85f --out build-rtl-tmp/cnv-85f
 """
@@ -12,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 
@@ -20,27 +22,36 @@ def main() -> None:
     from qonnx.core.modelwrapper import ModelWrapper
 
     from hwq._io import write_json
-    from hwq.boards import load_board
-    from hwq.rtl.generate import generate_verilog
-    from hwq.rtl.layers import layers_from_model
-    from hwq.rtl.synth import synthesise
+    from hwq.dataflow.driver import Step, run_steps, step_checkpoints
+    from hwq.dataflow.progress import StepProgress
+    from hwq.rtl.config import OpenBuildConfig
+    from hwq.rtl.steps import OpenBuildContext, open_steps, step_generate_verilog, step_read_layers
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("build", type=Path, help="a FINN build folder holding intermediate/*_correct_datatypes.onnx")
+    ap.add_argument("build", type=Path, help="a FINN build folder (its manifest names the step checkpoints)")
     ap.add_argument("--board", default="ulx3s-85f")
     ap.add_argument("--out", type=Path, default=Path("build-rtl-tmp/synth"))
     args = ap.parse_args()
-    found = sorted((args.build / "intermediate").glob("*_correct_datatypes.onnx"))
-    if not found:
-        raise SystemExit(f"{args.build / 'intermediate'}: no 'correct_datatypes' model")
-    layers = layers_from_model(ModelWrapper(str(found[-1])))
-    design = generate_verilog(layers, args.out / "rtl")
-    board, started = load_board(args.board), time.time()
-    fpga = board.fpga
-    result = synthesise(design, args.out / "synth", family=fpga["family"], device=fpga["device"],
-                        package=fpga["package"], speed=fpga.get("speed"), freq_mhz=board.clock_mhz)
-    result.update(seconds=round(time.time() - started, 1), cycles_bound=design.cycles_bound, board=board.name,
-                  fps_at_fmax=result["fmax_mhz"] * 1e6 / design.cycles_bound)
+    config = OpenBuildConfig(board=args.board)
+    checkpoints = step_checkpoints(args.build)
+    ctx = OpenBuildContext.for_steps(args.out, config, None, checkpoints)
+    steps = {name: run for name, run in open_steps(config)}
+    report: dict = {"build": str(args.build), "steps": []}
+
+    def no_simulation(model, ctx):
+        """Instead of simulating: the folding bound as the cycles per image (what the simulation measures for a
+        design without stalls)."""
+        bound = ctx.reports["design"]["cycles_bound"]
+        return model, {"simulation": {"cycles_per_image": bound, "latency_cycles": None, "simulated": False}}
+
+    chain = [Step("read_layers", step_read_layers), Step("generate_verilog", step_generate_verilog),
+             Step("cycles_bound", no_simulation), Step("synthesise", steps["synthesise"]),
+             Step("place_and_route", steps["place_and_route"])]
+    with StepProgress(f"{args.board} (open backend)") as shown:
+        run_steps(chain, ModelWrapper(str(checkpoints["correct_datatypes"])), ctx, report, progress=shown,
+                  save=False)
+    result = {**report["synthesis"], "board": args.board, "cycles_bound": report["design"]["cycles_bound"],
+              "fps_at_fmax": report["measured"]["fps"], "steps": report["steps"]}
     write_json(args.out / "result.json", result)
     print(json.dumps(result, indent=1, default=str))
 
