@@ -108,7 +108,9 @@ class Recipe:
         _check_model(train, f"{path}: train")
         config_from_mapping(ExportConfig, self.export, f"{path}: export")
         if self.build is not None:
-            self.build_config(path)
+            _, build = self.build_config(path)
+            if build.folding_file is not None and not Path(build.folding_file).is_file():
+                raise ConfigError(f"{path}: build: folding_file {build.folding_file}: file not found")
         if self.measure is not None:
             if self.build is None:
                 raise ConfigError(f"{path}: measure needs a build section")

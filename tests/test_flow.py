@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -150,6 +151,15 @@ def test_changed_training_reruns_what_depends_on_it(tmp_path):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 4
 
 
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path(__file__).parents[1].glob("flows/*.yaml")))
+def test_the_recipes_in_flows_are_valid(path, monkeypatch):
+    monkeypatch.chdir(Path(__file__).parents[1])   # their folding files are named relative to the repository
+    recipe = Recipe.from_yaml(path)
+    if recipe.build is not None:
+        backend, config = recipe.build_config()
+        assert config.build_dir(recipe.run_dir).name.startswith("build-")
+
+
 @pytest.mark.parametrize("recipe,message", [
     ({"train": {}}, "missing field 'run_dir'"),
     ({"run_dir": "x", "train": {}, "bogus": 1}, r"unknown field\(s\) bogus"),
@@ -186,6 +196,8 @@ def test_changed_training_reruns_what_depends_on_it(tmp_path):
      r"build: fold_board 'orangecrab-25f': expected a FINN \(Xilinx\) board"),
     ({"run_dir": "x", "train": {}, "build": {"backend": "open", "fold_board": "pynq-z9"}},
      r"build: fold_board: unknown board 'pynq-z9'"),
+    ({"run_dir": "x", "train": {}, "build": {"backend": "open", "folding_file": "no-such.json"}},
+     r"build: folding_file no-such.json: file not found$"),
 ])
 def test_bad_recipes_are_clear_errors(tmp_path, recipe, message):
     path = tmp_path / "bad.yaml"
