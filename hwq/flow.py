@@ -124,6 +124,8 @@ class Recipe:
 
         Errors name the recipe, the section and the field: an unknown backend or key, a wrong type, an unknown
         board, a board the backend does not build for."""
+        from hwq.boards import load_board
+
         where = f"{path or f'recipe {self.name}'}: build"
         if not isinstance(self.build, dict):
             raise ConfigError(f"{where}: expected a mapping of settings, got {self.build!r}")
@@ -132,7 +134,7 @@ class Recipe:
             raise ConfigError(f"{where}: backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
         settings = {key: value for key, value in self.build.items() if key != "backend"}
         config = _section(_build_config_class(backend), settings, where)
-        _section(load_board_named, config.board, f"{where}: board")
+        _section(load_board, config.board, f"{where}: board")
         return backend, _section(lambda c: c.canonical(), config, where)
 
 
@@ -154,13 +156,6 @@ def _run_build_function(backend: str) -> Callable:
     from hwq.dataflow import run_build
 
     return run_build
-
-
-def load_board_named(name: str):
-    """``hwq.boards.load_board`` (imported when a recipe has a build section)."""
-    from hwq.boards import load_board
-
-    return load_board(name)
 
 
 def _section(make: Callable, data: Any, where: str, *args: Any):

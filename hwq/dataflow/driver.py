@@ -94,7 +94,8 @@ def run_steps(steps: Sequence[tuple[str, Callable]], model: Any, ctx: Any, manif
     ``ctx.out_dir`` is the build folder: checkpoints go to ``<out_dir>/intermediate/<step>.onnx`` (``save``) and
     ``manifest.json`` is rewritten after every step. ``ctx.reports`` is set to a read-only view of ``manifest`` and
     ``ctx.checkpoints`` (step -> ONNX path) grows by each saved checkpoint, for steps that read what an earlier
-    step reported or saved. A failing step is recorded (``failed`` / ``interrupted``) and its exception re-raised.
+    step reported or saved. A step that raises keeps its entry ``running`` (with its seconds) and the exception
+    goes to the caller, which records the failure (:func:`hwq.manifest.fail` marks the entry).
     """
     out_dir = Path(ctx.out_dir)
     ctx.reports = MappingProxyType(manifest)
@@ -107,12 +108,12 @@ def run_steps(steps: Sequence[tuple[str, Callable]], model: Any, ctx: Any, manif
         timing: dict = {}
         try:
             with progress.step(name) as timing:
-                model, report = run(model, ctx)
+                result = run(model, ctx)
         finally:  # also when the step fails: its seconds so far go into the manifest
             entry["seconds"] = timing.get("seconds")
             if log is not None:
                 log.flush()
-        _check_report(name, report)
+        model, report = _checked(name, result)
         manifest.update(report)
         entry.update(status="done", reported=sorted(report))
         if save:
@@ -124,12 +125,15 @@ def run_steps(steps: Sequence[tuple[str, Callable]], model: Any, ctx: Any, manif
     return model
 
 
-def _check_report(name: str, report: Any) -> None:
-    if not isinstance(report, dict):
-        raise TypeError(f"step '{name}' returned {type(report).__name__} as its report; expected a dict")
-    clash = sorted(set(report) & set(records.FIELDS + ("error",)))
+def _checked(name: str, result: Any) -> tuple[Any, dict[str, Any]]:
+    """A step's ``(model, report)``; anything else (a custom step of the old ``-> model`` signature, a report that
+    is not a dict or names a field the driver owns) is a TypeError naming the step."""
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict)):
+        raise TypeError(f"step '{name}' returned {type(result).__name__}; a step returns (model, report dict)")
+    clash = sorted(set(result[1]) & set(records.FIELDS + ("error",)))
     if clash:
         raise TypeError(f"step '{name}' reported {', '.join(clash)}, which the driver owns")
+    return result
 
 
 # --- resuming -------------------------------------------------------------------------------------------------------
