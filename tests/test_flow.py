@@ -112,24 +112,22 @@ def test_a_changed_build_setting_rebuilds_and_a_changed_model_too(flow, tmp_path
     assert stale_reason(manifest, config.to_dict(), {"onnx": copy}) == f"{copy} changed"
 
 
-def test_an_open_backend_recipe_runs_train_export_build_and_is_then_up_to_date(digits_tfc_w1a1, tmp_path):
-    """``build: {backend: open, ...}``: train (the fixture's run, reused) -> export -> open build (generated,
-    simulated bit-exactly, not synthesised) in one ``hwq run``; the second run skips every stage."""
-    import shutil
-
+def test_an_open_backend_recipe_runs_train_export_build_and_is_then_up_to_date(tmp_path):
+    """``build: {backend: open, ...}``: train -> export -> open build (generated, simulated bit-exactly, not
+    synthesised) in one ``hwq run``; the second run skips every stage."""
     from tests.conftest import RTL_SMALL_FOLDING
 
     run = tmp_path / "run"
-    shutil.copytree(digits_tfc_w1a1, run)
     folding = tmp_path / "small_folding.json"
     folding.write_text(json.dumps(RTL_SMALL_FOLDING))
-    trained = json.loads((run / "metrics.json").read_text())["config"]
-    path = _recipe(tmp_path, train=trained, export={"verify_samples": 50}, measure=None,
+    train = {"model": "tfc", "dataset": "digits", "epochs": 3, "threads": 1, "train_subset": 300}
+    path = _recipe(tmp_path, train=train, export={"verify_samples": 50}, measure=None,
                    build={"backend": "open", "board": "icebreaker", "folding_file": str(folding),
                           "synthesise": False, "verify_samples": 5})
     lines: list[str] = []
     report = run_flow(path, progress=False, echo=lines.append)
-    assert report["skipped"] == ["train"] and report["bit_exact"] is True
+    assert report["skipped"] == [] and report["bit_exact"] is True
+    assert [line.split()[0] for line in lines[:3]] == ["train", "export", "build"]
     assert report["build"]["backend"] == "open" and report["build"]["board"] == "icebreaker"
     assert report["build"]["cycles_per_image"] == 128 and report["estimated"]["board"] == "pynq-z2"
     assert any(line.startswith("  open backend  icebreaker: RTL simulation bit-exact True, 128 cycles/image")
@@ -138,7 +136,8 @@ def test_an_open_backend_recipe_runs_train_export_build_and_is_then_up_to_date(d
     assert manifest["status"] == "done" and manifest["simulation"]["n"] == 5
     assert [s["name"] for s in manifest["steps"]][-4:] == ["read_layers", "check_reference", "generate_verilog",
                                                            "simulate"]
-    assert run_flow(path, progress=False, echo=lambda _: None)["skipped"] == ["train", "export", "build"]
+    again = run_flow(path, progress=False, echo=lambda _: None)
+    assert again["skipped"] == ["train", "export", "build"] and again["build"] == report["build"]
 
 
 def test_changed_training_reruns_what_depends_on_it(tmp_path):
