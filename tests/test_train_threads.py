@@ -25,9 +25,10 @@ def _weights(run) -> dict[str, torch.Tensor]:
 
 
 def _without_timings(metrics: dict) -> dict:
-    """``metrics.json`` without what a clock measured (the run's and each epoch's seconds)."""
+    """``metrics.json`` without what a clock measured (the run's and each epoch's seconds, also in its steps)."""
     out = {k: v for k, v in metrics.items() if k != "seconds"}
     out["history"] = [{k: v for k, v in h.items() if k != "seconds"} for h in metrics["history"]]
+    out["steps"] = [{k: v for k, v in s.items() if k != "seconds"} for s in metrics["steps"]]
     return out
 
 
