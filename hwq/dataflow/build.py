@@ -29,6 +29,7 @@ from typing import Any, Callable
 from qonnx.core.modelwrapper import ModelWrapper
 
 from hwq._io import read_json, write_json
+from hwq.accelerator import finn_accelerator
 from hwq.boards import load_board
 from hwq.dataflow.config import BuildConfig
 from hwq.dataflow.errors import ModelFileError
@@ -217,6 +218,7 @@ def _build_into(out_dir: Path, steps, inputs: dict, config: BuildConfig, manifes
         ctx.report["vendor"] = vendor_status(board.shell)
         try:
             _run_steps(steps, inputs["qonnx_model"], ctx, manifest, shown)
+            ctx.report["accelerator"] = finn_accelerator(manifest | ctx.report, out_dir)  # what emulate/measure read
             manifest["status"] = "done"
         except HwqError as err:
             manifest.update(status="failed", error=str(err))

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from hwq._io import read_json, write_json
+from hwq.accelerator import open_accelerator
 from hwq.boards import load_board
 from hwq.dataflow.config import check_fields, check_number
 from hwq.dataflow.progress import StepProgress
@@ -263,3 +264,4 @@ def _open_build_into(out: Path, run_dir: Path, config: OpenBuildConfig, board, f
                 "latency_us": sim["latency_cycles"] / fmax if fmax else None,
                 "lut": syn["lut"]["used"], "ff": syn["ff"], "bram": syn["bram"]["used"], "dsp": syn["dsp"]["used"],
                 "label": "measured: cycles in RTL simulation, Fmax and resources from nextpnr"}
+    manifest["accelerator"] = open_accelerator(manifest, finn.get("accelerator"), "finn-build")  # emulate/measure
