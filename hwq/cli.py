@@ -261,7 +261,8 @@ def _boards(args: argparse.Namespace) -> int:
 
 def _add_emulate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("emulate", help="serve a build as an emulated board on a pseudo-terminal (path printed first)")
-    p.add_argument("build_dir", help="build directory written by 'hwq build'")
+    p.add_argument("build_dir", help="build directory written by 'hwq build' (either backend: its manifest's "
+                                      "accelerator section is what the emulated board runs)")
     p.add_argument("--name", default="hwq-emulator",
                    help="device name answered to 'name%%' (default: %(default)s)")
     p.add_argument("--force", action="store_true",
