@@ -242,20 +242,31 @@ def _build_open(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_boards_dir_argument(p: argparse.ArgumentParser) -> None:
+    """``--boards-dir DIR`` (``args.boards_dir``), for every verb that takes ``--board``: a folder of the user's own
+    board files, searched before ``$HWQ_BOARDS`` and the packaged boards; pass it on as ``load_board(name,
+    boards_dir=args.boards_dir)``."""
+    p.add_argument("--boards-dir", dest="boards_dir", metavar="DIR",
+                   help="folder of your own board YAML files, searched before $HWQ_BOARDS and the boards that ship "
+                        "with hwq; a board of the same name replaces the shipped one (default: none)")
+
+
 def _add_boards(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("boards", help="list the boards hwq can build for (each YAML file checked as it is read)")
+    add_boards_dir_argument(p)
     p.set_defaults(func=_boards)
 
 
 def _boards(args: argparse.Namespace) -> int:
-    from hwq.boards import known_boards, load_board
+    from hwq.boards import BOARDS_DIR, known_boards, load_board
 
-    for name in known_boards():
-        b = load_board(name)
+    for name in known_boards(args.boards_dir):
+        b = load_board(name, args.boards_dir)
         r = b.resources
         target = f"FINN {b.finn_board}" if b.finn_board else f"nextpnr-{b.fpga['family']} {b.fpga['device']}"
+        source = "" if b.path.parent == BOARDS_DIR else f"  ({b.path})"
         print(f"{name:<14} {b.part:<22} {b.clock_mhz:>5g} MHz  {b.shell:<5}  {target:<20}  LUT {r.lut:>9,}  "
-              f"BRAM18 {r.bram18:>5}  DSP {r.dsp:>5}  URAM {r.uram:>4}  power: {b.power.get('kind', 'none')}")
+              f"BRAM18 {r.bram18:>5}  DSP {r.dsp:>5}  URAM {r.uram:>4}  power: {b.power.get('kind', 'none')}{source}")
     return 0
 
 
