@@ -52,7 +52,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="train on this many training images (class-balanced, seeded); the test set stays whole "
                         "(default: all)")
     p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                   help="model/quantizer option, repeatable; VALUE is read as YAML, e.g. width=0.5 (default: none)")
+                   help="model or quantizer-family option, repeatable ('hwq models' lists each one's); VALUE is "
+                        "read as YAML, e.g. width=0.5 (default: none)")
     p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME (required)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint; only --epochs (upwards), --threads, "

@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Network topologies, built from a quantizer family (FINN's TFC/SFC/LFC and CNV)."""
 
-from hwq.models.registry import MODELS, ModelSpec, build_model, register_model
+from hwq.models.registry import MODEL_OPTIONS, MODELS, ModelSpec, build_model, check_model_options, register_model
 
-__all__ = ["MODELS", "ModelSpec", "build_model", "register_model"]
+__all__ = ["MODEL_OPTIONS", "MODELS", "ModelSpec", "build_model", "check_model_options", "register_model"]
 from hwq.models import mobilenet  # noqa: E402,F401  (registers mobilenet, mobilenet_tiny)
 from hwq.models import resnet  # noqa: E402,F401  (registers resnet20)
