@@ -154,8 +154,9 @@ def check_options(options: Mapping[str, Any], declared: tuple[Option, ...], owne
     for key, value in options.items():
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
+            owners_of_key = (elsewhere or {}).get(key)
             hint = (f" (did you mean {close[0]}?)" if close else
-                    f" ({key} is an option of {' and '.join(elsewhere[key])})" if elsewhere and key in elsewhere else "")
+                    f" ({key} is an option of {' and '.join(owners_of_key)})" if owners_of_key else "")
             raise ConfigError(f"model_options.{key}: not an option of {owner}{hint}; "
                               f"known: {', '.join(sorted(known)) or 'none'}")
         known[key].read({key: value})

@@ -1,5 +1,10 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Network topologies, built from a quantizer family (FINN's TFC/SFC/LFC and CNV)."""
+"""Network topologies, built from a quantizer family (FINN's TFC/SFC/LFC and CNV, ResNet-20, MobileNet).
+
+Importing this package fills the model registry (``MODELS``, ``MODEL_OPTIONS``): the modules below register their
+builders with ``@register_model``. That and the family registry (:mod:`hwq.quant`) are all hwq does at import time
+(README, "Registries").
+"""
 
 from hwq.models.registry import MODEL_OPTIONS, MODELS, ModelSpec, build_model, check_model_options, register_model
 

@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from brevitas.core.scaling import ScalingImplType
 from brevitas.core.stats import StatsOp
-from brevitas.core.stats.stats_op import register_stats_implementation
 from brevitas.inject.enum import ScalingPerOutputType
 from brevitas.quant.solver import WeightQuantSolver
 from brevitas.nn import QuantLinear
@@ -234,9 +233,11 @@ def l1_clip_gain(bits: int) -> float:
     return (2**bits - 1) / 2 ** (bits - 1)
 
 
-@register_stats_implementation(signed=False)
 class L1ClipRange(brevitas.jit.ScriptModule):
     """Brevitas scaling statistic: ``gain * mean(|w|)`` over each output channel, without gradient.
+
+    Not entered in Brevitas' ``SIGNEDNESS_STATS`` (``@register_stats_implementation``, an import-time write to
+    Brevitas' global table): Brevitas reads that table only for power-of-two scales, and these scales are floats.
 
     The paper detaches this scale (it is a statistic, not a parameter). Brevitas divides it by the largest
     integer of the grid, so the top level sits at ``gain * mean|w|`` (at 1 bit: ``sign(w) * mean|w|``).
