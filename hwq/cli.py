@@ -446,10 +446,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run one verb. A user-facing error is one line on stderr and exit status 2; an interruption (Ctrl-C,
     SIGTERM) is one line and 130/143, after the stage has kept what it finished."""
     args = build_parser().parse_args(argv)
-    warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
     try:
-        # ``hwq emulate`` handles SIGTERM itself (it stops serving and closes its pty).
-        with sigterm_as_interrupt(enabled=args.verb != "emulate"):
+        # ``hwq emulate`` handles SIGTERM itself (it stops serving and closes its pty). Brevitas' notice that an
+        # optional package is missing is not the user's concern; the filter lasts as long as the verb.
+        with sigterm_as_interrupt(enabled=args.verb != "emulate"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
             return args.func(args)
     except HwqError as err:
         print(f"hwq {args.verb}: error: {err}", file=sys.stderr)
