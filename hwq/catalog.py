@@ -1,12 +1,18 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""What hwq offers (models, quantizer families, datasets), without importing torch.
+"""What hwq offers (models, quantizer families, their options, datasets), without importing torch.
 
 ``hwq models`` and the CLI's help read this table, so they answer in a tenth of a second instead of the three
-seconds torch and Brevitas take to import. The registries (``hwq.models.MODELS``, ``hwq.quant.FAMILIES``,
-``hwq.data.DATASETS``) stay the truth: ``tests/test_catalog.py`` fails when this table and they disagree.
+seconds torch and Brevitas take to import, and ``TrainConfig`` checks a run's ``model_options`` against it when it
+is made. The registries (``hwq.models.MODELS`` and ``MODEL_OPTIONS``, ``hwq.quant.FAMILIES`` with each family's
+``declared_options``, ``hwq.data.DATASETS``) stay the truth: ``tests/test_catalog.py`` fails when this table and
+they disagree.
 """
 
 from __future__ import annotations
+
+from typing import Any, Mapping
+
+from hwq import options as o
 
 #: Model name -> what it is.
 MODELS: dict[str, str] = {
@@ -15,8 +21,14 @@ MODELS: dict[str, str] = {
     "lfc": "FINN's LFC: 3 fully connected hidden layers of 1024",
     "cnv": "FINN's CNV: 6 convolutions + 3 fully connected layers (CIFAR-10)",
     "resnet20": "ResNet-20 for CIFAR-10 (average-pooled classifier; not built by FINN)",
-    "mobilenet": "MobileNet-v1 for 32x32 images (option width, default 0.5)",
-    "mobilenet_tiny": "MobileNet-style, 3 blocks, for digits and MNIST (option width, default 1.0)",
+    "mobilenet": "MobileNet-v1 for 32x32 images",
+    "mobilenet_tiny": "MobileNet-style, 3 blocks, for digits and MNIST",
+}
+
+#: Model name -> the options its builder reads (``--option``, ``model_options``).
+MODEL_OPTIONS: dict[str, tuple[o.Option, ...]] = {
+    "tfc": o.FC_OPTIONS, "sfc": o.FC_OPTIONS, "lfc": o.FC_OPTIONS, "cnv": o.CNV_OPTIONS,
+    "resnet20": o.RESNET_OPTIONS, "mobilenet": o.MOBILENET_OPTIONS, "mobilenet_tiny": o.MOBILENET_TINY_OPTIONS,
 }
 
 #: Quantizer family -> (what it is, weight bit-widths, activation bit-widths).
@@ -30,6 +42,11 @@ FAMILIES: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
     "bitat": ("BiTAT: importance-weighted, progressive binarization (docs/bitat.md)", (1,), (1,)),
 }
 
+#: Quantizer family -> the options it reads.
+FAMILY_OPTIONS: dict[str, tuple[o.Option, ...]] = {
+    "uniform": o.UNIFORM_OPTIONS, "float": o.FLOAT_OPTIONS, "n2uq": o.N2UQ_OPTIONS, "bitat": o.BITAT_OPTIONS,
+}
+
 #: Dataset name -> what it is.
 DATASETS: dict[str, str] = {
     "digits": "sklearn's bundled 8x8 digits, 1,437 train / 360 test (no data folder needed)",
@@ -38,11 +55,32 @@ DATASETS: dict[str, str] = {
 }
 
 
+def check_model_options(model: str, quant: str, options: Mapping[str, Any]) -> None:
+    """Raise a one-line ConfigError for a key of ``options`` that neither ``model`` nor the family ``quant`` reads
+    (naming the ones they do), or a value of the wrong type. A model or family this table does not know (one
+    registered by the user's code) is left to ``hwq.models.build_model``, which checks against the registries.
+
+    >>> check_model_options("tfc", "bitat", {"bitat_penalti": 0.1})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    hwq.errors.ConfigError: model_options.bitat_penalti: not an option of model 'tfc' with --quant bitat (did you ...
+    """
+    if model not in MODEL_OPTIONS or quant not in FAMILY_OPTIONS:
+        return
+    o.check_options(options, MODEL_OPTIONS[model] + FAMILY_OPTIONS[quant], f"model '{model}' with --quant {quant}",
+                    o.owners({"model": MODEL_OPTIONS, "--quant": FAMILY_OPTIONS}))
+
+
+def _options_data(declared: tuple[o.Option, ...]) -> list[dict]:
+    return [{"name": opt.name, "type": opt.expected(), "default": opt.default, "help": opt.help} for opt in declared]
+
+
 def as_dict() -> dict:
     """The catalog as plain data (``hwq models --json``)."""
     return {
-        "models": {name: {"description": text} for name, text in MODELS.items()},
-        "quant": {name: {"description": text, "wbits": list(w), "abits": list(a)}
+        "models": {name: {"description": text, "options": _options_data(MODEL_OPTIONS[name])}
+                   for name, text in MODELS.items()},
+        "quant": {name: {"description": text, "wbits": list(w), "abits": list(a),
+                         "options": _options_data(FAMILY_OPTIONS[name])}
                   for name, (text, w, a) in FAMILIES.items()},
         "datasets": {name: {"description": text} for name, text in DATASETS.items()},
     }
@@ -53,10 +91,27 @@ def _bits(bits: tuple[int, ...]) -> str:
         ",".join(map(str, bits))
 
 
+def _option_lines(declared: tuple[o.Option, ...]) -> list[str]:
+    return [f"      {opt.name + ' = ' + opt.default_text():<36} {opt.expected().removesuffix(' or null')}: {opt.help}"
+            for opt in declared]
+
+
+def options_markdown(declared: tuple[o.Option, ...]) -> str:
+    """A Markdown table of ``declared`` (the options tables in ``docs/n2uq.md`` and ``docs/bitat.md`` are these,
+    checked by ``tests/test_options.py``)."""
+    rows = ["| option | takes | default | what it does |", "| --- | --- | --- | --- |"]
+    rows += [f"| `{opt.name}` | {opt.expected().removesuffix(' or null')} | {opt.default_text()} | {opt.help} |"
+             for opt in declared]
+    return "\n".join(rows)
+
+
 def as_table() -> str:
-    """The catalog as a readable table (``hwq models``)."""
-    lines = ["models"] + [f"  {name:<16} {text}" for name, text in MODELS.items()]
+    """The catalog as a readable table (``hwq models``), each model and family followed by its options."""
+    lines = ["models (--model); below each model and family its options (--option KEY=VALUE) with their defaults"]
+    for name, text in MODELS.items():
+        lines += [f"  {name:<16} {text}", *_option_lines(MODEL_OPTIONS[name])]
     lines += ["", "quantizer families (--quant)", f"  {'':<16} {'wbits':<6} {'abits':<6}"]
-    lines += [f"  {name:<16} {_bits(w):<6} {_bits(a):<6} {text}" for name, (text, w, a) in FAMILIES.items()]
+    for name, (text, w, a) in FAMILIES.items():
+        lines += [f"  {name:<16} {_bits(w):<6} {_bits(a):<6} {text}", *_option_lines(FAMILY_OPTIONS[name])]
     lines += ["", "datasets"] + [f"  {name:<16} {text}" for name, text in DATASETS.items()]
     return "\n".join(lines)

@@ -52,7 +52,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="train on this many training images (class-balanced, seeded); the test set stays whole "
                         "(default: all)")
     p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                   help="model/quantizer option, repeatable; VALUE is read as YAML, e.g. width=0.5 (default: none)")
+                   help="model or quantizer-family option, repeatable ('hwq models' lists each one's); VALUE is "
+                        "read as YAML, e.g. width=0.5 (default: none)")
     p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME (required)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint; only --epochs (upwards), --threads, "
@@ -266,26 +267,38 @@ def _build_open(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_boards_dir_argument(p: argparse.ArgumentParser) -> None:
+    """``--boards-dir DIR`` (``args.boards_dir``), for every verb that takes ``--board``: a folder of the user's own
+    board files, searched before ``$HWQ_BOARDS`` and the packaged boards; pass it on as ``load_board(name,
+    boards_dir=args.boards_dir)``."""
+    p.add_argument("--boards-dir", dest="boards_dir", metavar="DIR",
+                   help="folder of your own board YAML files, searched before $HWQ_BOARDS and the boards that ship "
+                        "with hwq; a board of the same name replaces the shipped one (default: none)")
+
+
 def _add_boards(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("boards", help="list the boards hwq can build for (each YAML file checked as it is read)")
+    add_boards_dir_argument(p)
     p.set_defaults(func=_boards)
 
 
 def _boards(args: argparse.Namespace) -> int:
-    from hwq.boards import known_boards, load_board
+    from hwq.boards import BOARDS_DIR, known_boards, load_board
 
-    for name in known_boards():
-        b = load_board(name)
+    for name in known_boards(args.boards_dir):
+        b = load_board(name, args.boards_dir)
         r = b.resources
         target = f"FINN {b.finn_board}" if b.finn_board else f"nextpnr-{b.fpga['family']} {b.fpga['device']}"
+        source = "" if b.path.parent == BOARDS_DIR else f"  ({b.path})"
         print(f"{name:<14} {b.part:<22} {b.clock_mhz:>5g} MHz  {b.shell:<5}  {target:<20}  LUT {r.lut:>9,}  "
-              f"BRAM18 {r.bram18:>5}  DSP {r.dsp:>5}  URAM {r.uram:>4}  power: {b.power.get('kind', 'none')}")
+              f"BRAM18 {r.bram18:>5}  DSP {r.dsp:>5}  URAM {r.uram:>4}  power: {b.power.get('kind', 'none')}{source}")
     return 0
 
 
 def _add_emulate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("emulate", help="serve a build as an emulated board on a pseudo-terminal (path printed first)")
-    p.add_argument("build_dir", help="build directory written by 'hwq build'")
+    p.add_argument("build_dir", help="build directory written by 'hwq build' (either backend: its manifest's "
+                                      "accelerator section is what the emulated board runs)")
     p.add_argument("--name", default="hwq-emulator",
                    help="device name answered to 'name%%' (default: %(default)s)")
     p.add_argument("--force", action="store_true",
@@ -457,10 +470,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run one verb. A user-facing error is one line on stderr and exit status 2; an interruption (Ctrl-C,
     SIGTERM) is one line and 130/143, after the stage has kept what it finished."""
     args = build_parser().parse_args(argv)
-    warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
     try:
-        # ``hwq emulate`` handles SIGTERM itself (it stops serving and closes its pty).
-        with sigterm_as_interrupt(enabled=args.verb != "emulate"):
+        # ``hwq emulate`` handles SIGTERM itself (it stops serving and closes its pty). Brevitas' notice that an
+        # optional package is missing is not the user's concern; the filter lasts as long as the verb.
+        with sigterm_as_interrupt(enabled=args.verb != "emulate"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
             return args.func(args)
     except HwqError as err:
         print(f"hwq {args.verb}: error: {err}", file=sys.stderr)

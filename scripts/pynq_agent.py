@@ -11,6 +11,10 @@ Without a board, the same agent on a named stand-in overlay (the build's HW grap
 it prints first; measure it from another shell with ``hwq measure --port <path> ...``:
 
     python scripts/pynq_agent.py --stand-in runs/NAME/build-pynq-z2
+
+On a board the agent imports only ``hwq/wire.py`` (the protocol codec it shares with the host) and
+``hwq/device/{dut,pty,pynq_agent}.py``, with the standard library, NumPy and pyserial; ``--stand-in`` also needs
+the host's packages (QONNX, FINN), since it executes the build's HW graph.
 """
 
 from __future__ import annotations

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
 import yaml
 
-from hwq.boards import BOARDS_DIR, BoardError, known_boards, load_board
+from hwq.boards import BOARDS_DIR, BoardError, board_dirs, known_boards, load_board
 from hwq.cli import main
 
 EXPECTED = {"pynq-z1", "pynq-z2", "ultra96-v2", "zcu104", "kv260", "aup-zu3", "alveo-u250"}
@@ -118,3 +119,72 @@ def test_cli_lists_boards(capsys):
     out = capsys.readouterr().out
     for name in EXPECTED:
         assert name in out
+
+
+# --- names in any letter case, a user's own board folders --------------------------------------------------------
+def test_names_are_case_insensitive_with_the_file_stem_as_canonical_spelling():
+    assert load_board("PYNQ-Z2").name == load_board("pynq-z2").name == "pynq-z2"
+    assert load_board("Ulx3s-85F").path == BOARDS_DIR / "ulx3s-85f.yaml"
+    assert known_boards() == sorted(p.stem for p in BOARDS_DIR.glob("*.yaml"))
+
+
+def _user_board(folder, name, source="kv260", **changes):
+    folder.mkdir(parents=True, exist_ok=True)
+    data = yaml.safe_load((BOARDS_DIR / f"{source}.yaml").read_text())
+    data.update(changes)
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(data))
+    return folder / f"{name}.yaml"
+
+
+def test_a_users_folder_is_searched_first_and_replaces_a_shipped_board_of_the_same_name(tmp_path, monkeypatch):
+    monkeypatch.delenv("HWQ_BOARDS", raising=False)
+    mine = _user_board(tmp_path / "mine", "My-Board")
+    override = _user_board(tmp_path / "mine", "PYNQ-Z2", source="pynq-z2", clock_mhz=125)
+    assert load_board("my-board", boards_dir=tmp_path / "mine").name == "My-Board"
+    assert load_board("pynq-z2", boards_dir=tmp_path / "mine").path == override
+    assert load_board("pynq-z2", boards_dir=tmp_path / "mine").clock_mhz == 125.0
+    assert load_board("pynq-z2").clock_mhz == 100.0  # without the folder: the shipped one
+    names = known_boards(tmp_path / "mine")
+    assert "My-Board" in names and "PYNQ-Z2" in names and "pynq-z2" not in names and "zcu104" in names
+    assert mine.parent in board_dirs(tmp_path / "mine")
+
+
+def test_hwq_boards_env_is_searched_after_boards_dir(tmp_path, monkeypatch):
+    first = _user_board(tmp_path / "first", "lab", clock_mhz=150)
+    second = _user_board(tmp_path / "second", "lab", clock_mhz=200)
+    _user_board(tmp_path / "third", "other")
+    monkeypatch.setenv("HWQ_BOARDS", f"{second.parent}{os.pathsep}{tmp_path / 'third'}")
+    assert load_board("LAB").path == second and load_board("other").name == "other"
+    assert load_board("lab", boards_dir=first.parent).path == first
+    assert board_dirs(first.parent) == [first.parent, second.parent, tmp_path / "third", BOARDS_DIR]
+
+
+def test_a_missing_folder_or_names_differing_only_in_case_are_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv("HWQ_BOARDS", raising=False)
+    with pytest.raises(BoardError, match=r"^--boards-dir: '.*nope' is not a folder"):
+        load_board("pynq-z2", boards_dir=tmp_path / "nope")
+    monkeypatch.setenv("HWQ_BOARDS", str(tmp_path / "gone"))
+    with pytest.raises(BoardError, match=r"^HWQ_BOARDS: '.*gone' is not a folder"):
+        known_boards()
+    monkeypatch.delenv("HWQ_BOARDS")
+    _user_board(tmp_path / "twins", "lab")
+    _user_board(tmp_path / "twins", "LAB")
+    with pytest.raises(BoardError, match="LAB.yaml and lab.yaml differ only in letter case"):
+        load_board("zcu104", boards_dir=tmp_path / "twins")
+
+
+def test_unknown_board_lists_the_users_boards_too(tmp_path):
+    _user_board(tmp_path, "lab")
+    with pytest.raises(BoardError, match=r"unknown board 'zedboard'; known: .*kv260, lab, orangecrab"):
+        load_board("zedboard", boards_dir=tmp_path)
+
+
+def test_cli_lists_a_users_boards_with_their_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HWQ_BOARDS", raising=False)
+    path = _user_board(tmp_path, "Lab-Board")
+    assert main(["boards", "--boards-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.startswith("Lab-Board ")][0].endswith(f"({path})")
+    assert not any(line.endswith(".yaml)") for line in lines if not line.startswith("Lab-Board "))
+    assert main(["boards", "--boards-dir", str(tmp_path / "nope")]) == 2
+    assert "hwq boards: error: --boards-dir: " in capsys.readouterr().err

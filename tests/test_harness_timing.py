@@ -24,16 +24,17 @@ SLOW_II_CYCLES, SLOW_FILL_CYCLES = 128, 500
 
 @pytest.fixture(scope="module")
 def slow_build(digits_tfc_build, tmp_path_factory):
-    """The digits build with a manifest that says 128 cycles per inference and a 500-cycle pipeline (the emulated
-    board's timing follows the manifest). One inference then takes 5 us, far from 1/throughput = 1.28 us, and
-    5 us is a whole number of timer ticks, so every ``infer 1`` window reads exactly 5 us."""
+    """The digits build with an accelerator section that says 128 cycles per inference and a 500-cycle pipeline
+    (the emulated board's timing and the harness's figures follow that section). One inference then takes 5 us,
+    far from 1/throughput = 1.28 us, and 5 us is a whole number of timer ticks, so every ``infer 1`` window reads
+    exactly 5 us."""
     out = tmp_path_factory.mktemp("builds") / "build-slow"
     shutil.copytree(digits_tfc_build, out)
     manifest = json.loads((out / "manifest.json").read_text())
-    total = manifest["estimates"]["total"]
-    assert total["clock_mhz"] == 100.0
-    total.update(max_cycles=SLOW_II_CYCLES, critical_path_cycles=SLOW_FILL_CYCLES,
-                 estimated_fps=100e6 / SLOW_II_CYCLES, estimated_latency_us=SLOW_FILL_CYCLES / 100.0)
+    section = manifest["accelerator"]
+    assert section["clock_mhz"] == 100.0
+    section.update(cycles_per_image=SLOW_II_CYCLES, latency_cycles=SLOW_FILL_CYCLES,
+                   fps=100e6 / SLOW_II_CYCLES, latency_us=SLOW_FILL_CYCLES / 100.0)
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 

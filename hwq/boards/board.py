@@ -1,5 +1,9 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Reading and validating ``boards/*.yaml``.
+"""Reading and validating board files (``hwq/boards/builtin/*.yaml``, also reachable as ``boards/``).
+
+Boards are found by name, in any letter case, in a user's folders first (``--boards-dir``, ``$HWQ_BOARDS``), then
+among the boards packaged with hwq (:func:`board_dirs`); ``Board.name`` is the file's stem, the one spelling used
+in paths.
 
 A board file names the FPGA part, the clock the build targets, the device resources, the shell kind (a Zynq
 board's PYNQ shell or an Alveo card's Vitis platform), and the serial and power-sensor facts the measurement
@@ -14,18 +18,20 @@ its ``part`` names (and, on ECP5, the part's speed grade must be ``fpga.speed``)
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import re
 
 import yaml
 
 from hwq.errors import ConfigError
 
-#: ``boards/`` beside the package (the repository root), where the YAML files live.
-BOARDS_DIR = Path(__file__).resolve().parents[2] / "boards"
+#: The boards packaged with hwq (package data, so also in a wheel); ``boards/`` in the repository links here.
+BOARDS_DIR = Path(__file__).resolve().parent / "builtin"
+#: Environment variable naming folders of a user's own board files, searched before the packaged ones.
+BOARDS_ENV = "HWQ_BOARDS"
 
 SHELLS = ("zynq", "alveo", "open")
 #: FPGA families the open backend (hwq.rtl, Yosys + nextpnr) builds for, from a board's ``fpga`` field.
@@ -70,9 +76,9 @@ class Resources:
 
 @dataclass(frozen=True)
 class Board:
-    """One board, as read from ``boards/<name>.yaml``."""
+    """One board, as read from ``<folder>/<name>.yaml``."""
 
-    #: Lower-case key used on the command line (``--board pynq-z2``); the file's stem.
+    #: The canonical spelling of the name (the file's stem): ``--board PYNQ-Z2`` finds ``pynq-z2``; paths use it.
     name: str
     #: Human-readable name.
     title: str
@@ -97,6 +103,8 @@ class Board:
     fpga: dict[str, Any] = field(default_factory=dict)
     #: Emulated power model coefficients (``POWER_MODEL_KEYS``); empty when the board has none.
     power_model: dict[str, float] = field(default_factory=dict)
+    #: The file it was read from (not part of :meth:`to_dict`).
+    path: Path | None = field(default=None, compare=False)
 
     @property
     def clock_period_ns(self) -> float:
@@ -111,23 +119,64 @@ class Board:
         }
 
 
-def known_boards(boards_dir: str | Path = BOARDS_DIR) -> list[str]:
-    """Names of the boards described in ``boards_dir`` (sorted)."""
-    return sorted(p.stem for p in Path(boards_dir).glob("*.yaml"))
+def board_dirs(boards_dir: str | Path | None = None) -> list[Path]:
+    """The folders searched for board files, first match wins: ``boards_dir`` (``--boards-dir``), then each folder
+    of ``$HWQ_BOARDS`` (separated by ``:``), then the boards packaged with hwq (:data:`BOARDS_DIR`).
+
+    A user's board of the same name as a packaged one (in any letter case) is used instead of it. A folder that
+    does not exist is an error naming where it came from.
+    """
+    given = [("--boards-dir", boards_dir)] if boards_dir is not None else []
+    given += [(BOARDS_ENV, d) for d in os.environ.get(BOARDS_ENV, "").split(os.pathsep) if d]
+    for source, folder in given:
+        if not Path(folder).is_dir():
+            raise BoardError(f"{source}: '{folder}' is not a folder (expected a folder of board YAML files)")
+    return [Path(folder) for _, folder in given] + [BOARDS_DIR]
 
 
-def load_board(name: str, boards_dir: str | Path = BOARDS_DIR) -> Board:
-    """Load and validate ``boards_dir/<name>.yaml`` (the name is case-insensitive).
+def _board_files(boards_dir: str | Path | None) -> dict[str, Path]:
+    """Lower-case name -> board file, over :func:`board_dirs` (an earlier folder's file wins)."""
+    found: dict[str, Path] = {}
+    for folder in board_dirs(boards_dir):
+        here: dict[str, Path] = {}
+        for path in sorted(folder.glob("*.yaml")):
+            key = path.stem.lower()
+            if key in here:
+                raise BoardError(f"{folder}: board files {here[key].name} and {path.name} differ only in letter case; "
+                                 "board names are case-insensitive, keep one")
+            here[key] = path
+        for key, path in here.items():
+            found.setdefault(key, path)
+    return found
 
+
+def known_boards(boards_dir: str | Path | None = None) -> list[str]:
+    """Names of the boards found (see :func:`board_dirs`), each spelled as its file's stem, sorted."""
+    return sorted((p.stem for p in _board_files(boards_dir).values()), key=str.lower)
+
+
+def board_path(name: str, boards_dir: str | Path | None = None) -> Path:
+    """The file describing board ``name`` (case-insensitive); an unknown name lists the known ones."""
+    files = _board_files(boards_dir)
+    if not isinstance(name, str) or name.lower() not in files:
+        known = ", ".join(sorted((p.stem for p in files.values()), key=str.lower)) or "(none)"
+        raise BoardError(f"unknown board '{name}'; known: {known}")
+    return files[name.lower()]
+
+
+def load_board(name: str, boards_dir: str | Path | None = None) -> Board:
+    """Load and validate the file of board ``name``; the name is case-insensitive, ``Board.name`` is the canonical
+    spelling (the file's stem), for paths such as ``build-<name>``.
+
+    >>> load_board("PYNQ-Z2").name
+    'pynq-z2'
     >>> load_board("zcu104").resources.uram
     96
     >>> load_board("nope")  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
     BoardError: unknown board 'nope'; known: ...
     """
-    path = Path(boards_dir) / f"{name.lower()}.yaml"
-    if not path.is_file():
-        raise BoardError(f"unknown board '{name}'; known: {', '.join(known_boards(boards_dir)) or '(none)'}")
+    path = board_path(name, boards_dir)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -207,7 +256,7 @@ def board_from_dict(data: Any, path: Path) -> Board:
         name=path.stem, title=data["title"], part=data["part"], clock_mhz=float(data["clock_mhz"]),
         shell=data["shell"], finn_board=data.get("finn_board"), resources=Resources(**res),
         serial=serial, power=power, platform=data.get("platform"), notes=data.get("notes", ""),
-        fpga=data.get("fpga", {}), power_model=model,
+        fpga=data.get("fpga", {}), power_model=model, path=path,
     )
 
 

@@ -26,6 +26,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 
 from hwq import manifest as records
 from hwq._io import read_json
+from hwq.accelerator import finn_accelerator
 from hwq.dataflow.config import BuildConfig
 from hwq.dataflow.driver import check_resumable, restore, run_steps, step_range
 from hwq.dataflow.errors import ModelFileError
@@ -200,11 +201,12 @@ def run_build(
     return manifest
 
 
-def _complete(manifest: dict[str, Any]) -> None:
-    """The end of a successful FINN build (also one stopped by ``--stop-step``): every step's section is in
-    ``manifest``; add what is derived from them (``outputs``, ``results``) before it is written as done."""
+def _complete(manifest: dict[str, Any], out_dir: Path) -> None:
+    """The end of a successful FINN build in ``out_dir`` (also one stopped by ``--stop-step``): every step's
+    section is in ``manifest``; add what is derived from them (``outputs``, ``results``, ``accelerator``) before it
+    is written as done."""
     manifest["outputs"].update(build_outputs(manifest))
-    total = manifest.get("estimates", {}).get("total", {})
+    total = records.estimate_totals(manifest) if "estimates" in manifest else {}
     manifest["results"] = {key: value for key, value in {
         "kind": "FINN analytical estimate" if total else None,
         "fps": total.get("estimated_fps"), "latency_us": total.get("estimated_latency_us"),
@@ -213,6 +215,7 @@ def _complete(manifest: dict[str, Any]) -> None:
         "dsp": total.get("DSP"), "uram": total.get("URAM"),
         "bit_exact": manifest.get("bit_exact", {}).get("passed"),
         "integer_range": manifest.get("integer_range", {}).get("passed")}.items() if value is not None}
+    manifest["accelerator"] = finn_accelerator(manifest, out_dir)  # what emulate/measure read
 
 
 def build_outputs(manifest: dict[str, Any]) -> dict[str, str]:
@@ -229,10 +232,11 @@ def build_outputs(manifest: dict[str, Any]) -> dict[str, str]:
 
 def build_with_steps(target: Path, steps: list, step_range_: tuple[int, int], model: ModelWrapper,
                      make_context: Callable[[Path], Any], manifest: dict[str, Any], shown: StepProgress, *,
-                     start_step: str | None, complete: Callable[[dict], None], started: float) -> dict[str, Any]:
+                     start_step: str | None, complete: Callable[[dict, Path], None], started: float) -> dict[str, Any]:
     """The frame of a build, either backend: stage ``target``, run ``steps[first:last + 1]`` in a FINN session with
     FINN's console output in ``build.log`` (:func:`~hwq.dataflow.finn_compat.finn_output_to`), then ``complete``
-    the manifest and write it as done (stopped), or record the failure; replace ``target`` only on success.
+    the manifest (``complete(manifest, build_folder)``, the backend's one place where the finished manifest is
+    filled in) and write it as done (stopped), or record the failure; replace ``target`` only on success.
 
     With ``first > 0`` the build resumes from ``target`` (:func:`~hwq.dataflow.driver.check_resumable`, checked
     before anything is written)."""
@@ -260,7 +264,7 @@ def build_with_steps(target: Path, steps: list, step_range_: tuple[int, int], mo
                                      f"{out_dir / 'build.log'}") from err
         if last < len(steps) - 1:
             manifest["stop_step"] = steps[last][0]
-        complete(manifest)
+        complete(manifest, out_dir)
         manifest["seconds"] = round(time.perf_counter() - started, 3)
         records.finish(manifest, path, "done" if last == len(steps) - 1 else "stopped")
     except HwqError as err:

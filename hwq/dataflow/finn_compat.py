@@ -11,7 +11,7 @@ library without Xilinx tools it needs three things, each applied here and undone
    lookup raises without ``XILINX_VIVADO``. :func:`import_finn_steps` sets ``finn.xsi.SimEngine = None`` only for
    that import and removes it again (nothing in the estimate/codegen steps uses the simulator).
 3. Vivado's path: a few estimate routines read ``XILINX_VIVADO`` (e.g. OuterShuffle cycle estimates).
-   :func:`finn_session` sets a dummy value only where none is set, and restores the environment on exit.
+   :func:`finn_session` sets a dummy value only where none is set, and removes it again on exit.
 
 4. Bit-width minimisation of XNOR-popcount layers: finn-plus's ``_minimize_bit_width`` (behind
    ``step_minimize_bit_width_initial`` and ``step_minimize_bit_width``) gives a thresholded popcount a signed
@@ -35,7 +35,8 @@ library without Xilinx tools it needs three things, each applied here and undone
    rest of the process. :func:`finn_output_to` sends both to a build's ``build.log`` for the duration of one build
    only, and restores them on exit. It is the one place hwq redirects stdout.
 
-Nothing here runs at import time.
+Nothing here runs at import time. :data:`FORKS` records the finn-plus code that workarounds 4 to 6 copy or wrap;
+``tests/test_finn_compat.py`` fails, naming the workaround, when an installed finn-plus differs from it.
 
 >>> with finn_session("runs/demo/build-pynq-z2/codegen"):   # doctest: +SKIP
 ...     steps = import_finn_steps()
@@ -49,6 +50,7 @@ import importlib
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterator, TextIO
@@ -81,8 +83,10 @@ def import_finn_steps() -> ModuleType:
 def finn_session(codegen_dir: str | Path) -> Iterator[None]:
     """Run finn-plus transforms with settings whose build folder is ``codegen_dir`` (workarounds 1, 3 and 6).
 
-    The previous global settings, ``os.environ``, the FINN logger's level and ``VVAU_hls``'s code-generation types
-    (workaround 6) are restored on exit, also on error.
+    The previous global settings, the FINN logger's level and ``VVAU_hls``'s code-generation types (workaround 6)
+    are restored on exit, also on error; of ``os.environ`` only the key this session set (``XILINX_VIVADO``, when it
+    was unset) is removed again, so the rest of the environment is never cleared, not even for a moment (another
+    thread may read it), and what other code sets meanwhile stays.
     """
     from finn.custom_op.fpgadataflow.hls.vectorvectoractivation_hls import VVAU_hls
     from finn.interface.settings import FINNSettings
@@ -92,7 +96,7 @@ def finn_session(codegen_dir: str | Path) -> Iterator[None]:
     codegen_dir = Path(codegen_dir).resolve()
     codegen_dir.mkdir(parents=True, exist_ok=True)
     saved_settings = finn_settings._SETTINGS
-    saved_env = dict(os.environ)
+    set_vivado = "XILINX_VIVADO" not in os.environ
     saved_level, saved_propagate = log.level, log.propagate
     saved_vvau = vars(VVAU_hls)["get_template_param_values"]
     try:
@@ -101,14 +105,15 @@ def finn_session(codegen_dir: str | Path) -> Iterator[None]:
             flow_config=codegen_dir / "hwq-flow.yaml", finn_build_dir=str(codegen_dir),
             auto_set_environment_vars=False,
         )
-        os.environ.setdefault("XILINX_VIVADO", DUMMY_VIVADO)
+        if set_vivado:
+            os.environ["XILINX_VIVADO"] = DUMMY_VIVADO
         log.setLevel("ERROR")  # FINN's own warnings go to build.log via the captured stdout, not the terminal
         log.propagate = False
         yield
     finally:
         finn_settings._SETTINGS = saved_settings
-        os.environ.clear()
-        os.environ.update(saved_env)
+        if set_vivado and os.environ.get("XILINX_VIVADO") == DUMMY_VIVADO:
+            del os.environ["XILINX_VIVADO"]
         log.setLevel(saved_level)
         log.propagate = saved_propagate
         VVAU_hls.get_template_param_values = saved_vvau
@@ -165,7 +170,7 @@ def vivado_is_real() -> bool:
 def minimize_bit_width(model, cfg, clamp: Any = None):
     """finn-plus 1.6.1's ``_minimize_bit_width`` (workaround 4), with the popcount ranges corrected.
 
-    The transforms and their order are finn-plus's own; ``clamp`` (a
+    The transforms and their order are finn-plus's own, and each line hwq adds ends with ``# hwq``; ``clamp`` (a
     :class:`~hwq.dataflow.passes.ClampPopcountThresholds`, whose ``corrections`` the caller may report) runs
     first, because the HLS MVAU's ``MinimizeWeightBitWidth`` asserts non-negative XNOR thresholds, and again
     right after ``MinimizeAccumulatorWidth``, which re-derives the signed accumulator, so that
@@ -181,12 +186,12 @@ def minimize_bit_width(model, cfg, clamp: Any = None):
     from hwq.dataflow.passes import ClampPopcountThresholds
 
     clamp = clamp if clamp is not None else ClampPopcountThresholds()
-    model = model.transform(clamp)
+    model = model.transform(clamp)  # hwq
     if cfg.minimize_bit_width:
         model = model.transform(MinimizeWeightBitWidth(), apply_to_subgraphs=True)
         model = model.transform(MinimizeAccumulatorWidth(), apply_to_subgraphs=True)
         model = model.transform(InferDataTypes(), apply_to_subgraphs=True)
-    model = model.transform(clamp)
+    model = model.transform(clamp)  # hwq
     model = model.transform(RoundAndClipThresholds(), apply_to_subgraphs=True)
     model = model.transform(InferDataTypes(), apply_to_subgraphs=True)
     if cfg.minimize_bit_width:
@@ -198,9 +203,12 @@ def minimize_bit_width(model, cfg, clamp: Any = None):
 def streamline(model, cfg):
     """finn-plus 1.6.1's ``step_streamline`` (workaround 5), with hwq's passes for padded binary convolutions.
 
-    The transforms and their order are finn-plus's own. Between lowering the convolutions and
-    ``ConvertBipolarMatMulToXnorPopcount`` hwq inserts (all in :mod:`hwq.dataflow.passes`) ``AbsorbPadIntoIm2Col``
-    (an explicit Pad becomes the Im2Col's ``pad_amount``/``pad_value``), ``ConvertBipolarDepthwiseToBinaryInput``
+    The transforms and their order are finn-plus's own; each line hwq adds ends with ``# hwq`` (so that
+    ``tests/test_finn_compat.py`` can compare the rest with the installed finn-plus). Between lowering the
+    convolutions and ``ConvertBipolarMatMulToXnorPopcount`` hwq inserts (all in :mod:`hwq.dataflow.passes`)
+    ``AbsorbPadIntoIm2Col`` (an explicit Pad becomes the Im2Col's ``pad_amount``/``pad_value``; then
+    ``AbsorbConsecutiveTransposes`` again, for the Transposes the Pad stood between),
+    ``ConvertBipolarDepthwiseToBinaryInput``
     (binary depthwise convolutions get 0/1 inputs and become VVAUs rather than XNOR layers) and
     ``check_bipolar_pads``; right after the XNOR conversion, ``BinaryPadsForXnorConvs``. On a network without
     padded binary convolutions (TFC, CNV) none of them changes anything. They run inside this one step because the
@@ -227,7 +235,7 @@ def streamline(model, cfg):
         model = model.transform(MakeMaxPoolNHWC())
         model = model.transform(absorb.AbsorbConsecutiveTransposes())
     model = model.transform(AbsorbPadIntoIm2Col())                    # hwq
-    model = model.transform(absorb.AbsorbConsecutiveTransposes())
+    model = model.transform(absorb.AbsorbConsecutiveTransposes())     # hwq: the Transposes a Pad stood between
     model = model.transform(ConvertBipolarDepthwiseToBinaryInput())  # hwq
     check_bipolar_pads(model)                                         # hwq
     model = model.transform(ConvertBipolarMatMulToXnorPopcount())
@@ -237,3 +245,36 @@ def streamline(model, cfg):
     model = model.transform(InferDataLayouts())
     model = model.transform(RemoveUnusedTensors())
     return model
+
+
+# --- the finn-plus code the workarounds copy or replace -------------------------------------------------------------
+@dataclass(frozen=True)
+class Fork:
+    """A finn-plus function that a workaround copies (4, 5) or wraps (6), as it was when the workaround was written.
+
+    ``tests/test_finn_compat.py`` hashes the installed finn-plus's function (its syntax tree without the docstring:
+    signature, decorators and body, not comments or formatting) and compares it with ``code_hash``, and compares
+    the transforms it applies with those of hwq's copy; a finn-plus upgrade that changes either fails that test,
+    naming the workaround to revisit. After porting the change, put the new hash here.
+    """
+
+    #: ``module:qualname`` in finn-plus.
+    upstream: str
+    #: The code hash in finn-plus 1.6.1.
+    code_hash: str
+    #: The workaround (its number in this module's docstring) and hwq's function that replaces or wraps it.
+    workaround: str
+
+
+FORKS = (
+    Fork("finn.builder.build_dataflow_steps:step_streamline", "e827261cf257076d",
+         "5, hwq.dataflow.finn_compat.streamline"),
+    Fork("finn.builder.build_dataflow_steps:_minimize_bit_width", "1c11d833f1967b29",
+         "4, hwq.dataflow.finn_compat.minimize_bit_width"),
+    Fork("finn.builder.build_dataflow_steps:step_minimize_bit_width_initial", "c31ff2993392bca4",
+         "4, hwq.dataflow.finn_compat.minimize_bit_width"),
+    Fork("finn.builder.build_dataflow_steps:step_minimize_bit_width", "6530ebf35fcd2b1f",
+         "4, hwq.dataflow.finn_compat.minimize_bit_width"),
+    Fork("finn.custom_op.fpgadataflow.hls.vectorvectoractivation_hls:VVAU_hls.get_template_param_values",
+         "3f21a9f158934a6c", "6, hwq.dataflow.finn_compat._vvau_template_params"),
+)

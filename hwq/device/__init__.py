@@ -1,6 +1,9 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Device side of the harness: the protocol session every device shares (``dut``), the emulated board
-(``emulator``), the PYNQ on-board agent (``pynq_agent``) and what they share with the host (the build's HW graph).
+(``emulator``), the PYNQ on-board agent (``pynq_agent``). What they share with the host lives outside both packages,
+so that ``hwq.device`` and ``hwq.harness`` never import each other: the wire codec (:mod:`hwq.wire`), the build's
+accelerator section and functional model (:mod:`hwq.accelerator`, :mod:`hwq.accelerator_model`), the power model
+(:mod:`hwq.power_model`); ``BuildModel`` and ``PowerModel`` are re-exported here.
 
 Names are imported on first use, so that the on-board agent, which imports ``hwq.device.dut`` and
 ``hwq.device.pynq_agent`` on a board's small Python, does not pull in QONNX or the emulator.
@@ -18,8 +21,8 @@ import importlib
 _EXPORTS = {
     "AcceleratorError": "hwq.device.dut", "DutSession": "hwq.device.dut", "Window": "hwq.device.dut",
     "EmulatedAccelerator": "hwq.device.emulator", "Emulator": "hwq.device.emulator",
-    "FaultConfig": "hwq.device.emulator", "BuildModel": "hwq.device.model", "VirtualClock": "hwq.device.model",
-    "EmulatedLpm01a": "hwq.device.power", "PowerModel": "hwq.device.power", "PowerTimeline": "hwq.device.power",
+    "FaultConfig": "hwq.device.emulator", "BuildModel": "hwq.accelerator_model", "VirtualClock": "hwq.device.clock",
+    "EmulatedLpm01a": "hwq.device.power", "PowerModel": "hwq.power_model", "PowerTimeline": "hwq.device.power",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -7,7 +7,8 @@ each command into reply lines; an :class:`Accelerator` does the inference and ke
 (:mod:`hwq.device.pynq_agent`: a FINN overlay on a real clock) are two accelerators behind the same session, so
 both answer exactly the same protocol. :func:`serve_link` runs a session on any byte link.
 
-Only the standard library and :mod:`hwq.harness.protocol` are imported here: this module also runs on a board.
+Only the standard library and :mod:`hwq.wire` (the codec the host shares) are imported here: this module also runs
+on a board.
 
 >>> class Echo:                     # the smallest accelerator: one input byte, the class is that byte mod 2
 ...     name, input_bytes = "echo", 1
@@ -26,12 +27,11 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from hwq.harness.protocol import MAX_COMMAND_CHARS, TERMINATOR, format_results
+from hwq.wire import (BOOT_LINES, MAX_COMMAND_CHARS, MAX_INPUT_BYTES, CommandFramer, format_results,  # noqa: F401
+                      format_rails, format_rails_line, reply_bytes)
 
 HELP = ("{name} (MLPerf Tiny protocol)\r\n"
         "name | profile | timestamp | db load N | db HEX | db print [N] [offset] | infer N [W] | results | power | help")
-BOOT_LINES = ["m-timestamp-mode-performance", "m-lap-us-0", "m-init-done"]
-MAX_INPUT_BYTES = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class DutSession:
                              f"{self.accelerator.input_bytes}")
         window = self.accelerator.infer(bytes(self._buffer), n, w)
         self._results = list(window.scores)
-        power = [] if window.rails_mw is None else [f"m-power-window-[{format_rails(window.rails_mw)}]"]
+        power = [] if window.rails_mw is None else [format_rails_line("window", window.rails_mw)]
         return [f"m-warmup-start-{w}", "m-warmup-done", f"m-infer-start-{n}", f"m-lap-us-{window.t0_us}",
                 f"m-lap-us-{window.t1_us}", "m-infer-done", format_results(self._results)] + power
 
@@ -152,38 +152,7 @@ class DutSession:
         rails = self.accelerator.rails_mw(False)
         if rails is None:
             raise ValueError("this board reports no power rails")
-        return [f"m-power-mw-[{format_rails(rails)}]"]
-
-
-def format_rails(rails: dict[str, float]) -> str:
-    """``pl=12.500,ps=1500.000``: the body of the ``m-power-`` lines (hwq's rails extension, docs/harness.md)."""
-    return ",".join(f"{name}={mw:.3f}" for name, mw in rails.items())
-
-
-def reply_bytes(lines: list[str]) -> bytes:
-    """A reply as it goes on the wire: each line ended by CR LF, then ``m-ready``."""
-    return "".join(f"{line}\r\n" for line in lines + ["m-ready"]).encode("ascii")
-
-
-class CommandFramer:
-    """Split the host's byte stream into commands at ``%``; noise that never ends in one is dropped.
-
-    >>> f = CommandFramer(); f.feed(b"na"), f.feed(b"me%infer 1%")
-    ([], ['name', 'infer 1'])
-    """
-
-    def __init__(self) -> None:
-        self._pending = b""
-
-    def feed(self, data: bytes) -> list[str]:
-        self._pending += data
-        commands = []
-        while TERMINATOR.encode() in self._pending:
-            raw, _, self._pending = self._pending.partition(TERMINATOR.encode())
-            commands.append(raw.decode("ascii", errors="replace").strip())
-        if len(self._pending) > 4 * MAX_COMMAND_CHARS:
-            self._pending = b""
-        return commands
+        return [format_rails_line("mw", rails)]
 
 
 def serve_link(read: Callable[[], bytes | None], handle: Callable[[str], None], stop: threading.Event) -> None:

@@ -1,13 +1,15 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """The emulated board: a pseudo-terminal that answers the MLPerf Tiny protocol like an accelerator would.
 
-Inference is bit-exact (the build's HW-layer graph, executed by FINN/QONNX in Python); timestamps come from a
-virtual clock at the board clock: ``infer N W`` advances it by the cycles of W warm-ups, reads t0, advances it by
-``fill + (N - 1) * II`` cycles (manifest: ``critical_path_cycles`` and ``max_cycles``), reads t1. So a host
-measures exactly the manifest's ``estimated_fps`` (up to the microsecond rounding and the one pipeline fill), and
-``infer 1 W`` takes ``fill`` cycles, the manifest's ``estimated_latency_us``: the pipeline latency of one inference
-(to the timer's whole microsecond). Between commands the virtual clock also follows wall time, so ``timestamp``
-moves like a real timer.
+Everything comes from the build manifest's ``accelerator`` section (:mod:`hwq.accelerator`), so a FINN build and an
+open-backend build are emulated alike. Inference is bit-exact (the HW-layer graph the section names, executed by
+FINN/QONNX in Python); timestamps come from a virtual clock at the section's ``clock_mhz`` (a FINN build: the board
+clock; an open build: the Fmax nextpnr measured, or the board clock without synthesis): ``infer N W`` advances it
+by the cycles of W warm-ups, reads t0, advances it by ``fill + (N - 1) * II`` cycles (``latency_cycles`` and
+``cycles_per_image``: FINN's estimate, or the RTL simulation's count), reads t1. So a host measures exactly the
+section's ``fps`` (up to the microsecond rounding and the one pipeline fill), and ``infer 1 W`` takes ``fill``
+cycles, the section's ``latency_us``: the pipeline latency of one inference (to the timer's whole microsecond).
+Between commands the virtual clock also follows wall time, so ``timestamp`` moves like a real timer.
 
 Fault injection (:class:`FaultConfig`, range-checked): reply bytes dropped or replaced by line noise (non-ASCII
 bytes), a delay before every reply, a reboot (boot lines, buffer lost) on the Nth command.
@@ -20,18 +22,19 @@ bytes), a delay before every reply, a reboot (boot lines, buffer lost) on the Nt
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
 from dataclasses import dataclass
 
+from hwq.accelerator_model import BuildModel
+from hwq.checks import check_int, check_number
+from hwq.device.clock import VirtualClock
 from hwq.device.dut import DutSession, Window, reply_bytes, serve_link
-from hwq.device.model import BuildModel, VirtualClock
-from hwq.device.power import PowerModel, PowerTimeline
+from hwq.device.power import PowerTimeline
 from hwq.device.pty import close_quietly, open_raw_pty, read_available, write_all
 from hwq.errors import ConfigError, HwqError
-from hwq.harness.config import check_int, check_number
+from hwq.power_model import PowerModel
 
 
 @dataclass(frozen=True)
@@ -66,14 +69,15 @@ def check_device_name(name: str) -> None:
 
 class EmulatedAccelerator:
     """The build's HW graph as an :class:`hwq.device.dut.Accelerator`: bit-exact scores, virtual-clock timing,
-    power from the board's power model on a :class:`PowerTimeline` (which an emulated monitor samples)."""
+    power from the board's power model on a :class:`PowerTimeline` (which an emulated monitor samples); all from
+    the build's ``accelerator`` section (``model.accelerator``)."""
 
     def __init__(self, model: BuildModel) -> None:
         self.model = model
         self.input_bytes = model.input_bytes
         self.clock = VirtualClock(model.clock_mhz)
         try:                                # rails extension and emulated monitors need the board's power model
-            self.power: PowerModel | None = PowerModel.from_manifest(model.manifest)
+            self.power: PowerModel | None = PowerModel.from_accelerator(model.accelerator)
         except HwqError:
             self.power = None
         self.timeline = PowerTimeline()     # total power on the virtual time line (for an emulated LPM01A)
@@ -103,10 +107,8 @@ class EmulatedAccelerator:
 
     # --- Accelerator -------------------------------------------------------------------------------------------
     def profile(self) -> tuple[str, str]:
-        source = self.model.manifest.get("source", {})
-        model_id = os.path.basename(str(source.get("run", "hwq"))) or "hwq"
-        board = self.model.manifest.get("board", {}).get("name", "?")
-        return f"hwq emulator {board} {self.model.clock_mhz:g}MHz", model_id
+        spec = self.model.accelerator
+        return f"hwq emulator {spec.board} {spec.clock_mhz:g}MHz", spec.model_id
 
     def timestamp_us(self) -> int:
         return self.clock.us()
@@ -149,7 +151,7 @@ class Emulator:
     def from_build_dir(cls, build_dir: str, force: bool = False, **settings) -> Emulator:
         """An emulator of the build in ``build_dir``; a build whose manifest is not done or whose gates failed is
         refused (one-line HwqError naming the manifest) unless ``force``. ``settings``: ``name``, ``faults``."""
-        from hwq.harness.inputs import check_build
+        from hwq.build_check import check_build
 
         if "name" in settings:
             check_device_name(settings["name"])         # a bad flag before the build is even read

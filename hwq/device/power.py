@@ -1,21 +1,13 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Emulated power: the board's power model, the power timeline of the emulated board, an emulated ST LPM01A.
+"""Emulated power: the power timeline of the emulated board and an emulated ST LPM01A.
 
-Power model (coefficients under ``power_model:`` in ``boards/<board>.yaml``; LUT and BRAM18 counts from the build
-manifest's ``estimates.total``, clock ``f`` in MHz)::
+The board's power model (:class:`hwq.power_model.PowerModel`, re-exported here) gives the power while busy or
+idle, from the build's ``accelerator`` section; the emulated board keeps a :class:`PowerTimeline`
+(piecewise-constant power on its virtual time line) and marks the GPIO edges around every timed window;
+:class:`EmulatedLpm01a` samples that timeline on its own pty.
 
-    dynamic_mW = f * (mw_per_mhz_per_klut * LUT / 1000 + mw_per_mhz_per_bram18 * BRAM18)
-    pl_mW      = pl_static_mw + activity * dynamic_mW      (activity 1 while inferring, idle_activity otherwise)
-    ps_mW      = ps_mw                                     (processing system, memory, board: constant)
-    total_mW   = ps_mW + pl_mW
-
-The emulated board keeps a :class:`PowerTimeline` (piecewise-constant power on its virtual time line) and marks
-the GPIO edges around every timed window; :class:`EmulatedLpm01a` samples that timeline on its own pty.
-
->>> m = PowerModel(ps_mw=1000, pl_static_mw=100, mw_per_mhz_per_klut=0.02, mw_per_mhz_per_bram18=0.005,
-...                idle_activity=0.1, clock_mhz=100, lut=10000, bram18=20)
->>> m.total_mw(busy=True), round(m.total_mw(busy=False), 3)
-(1130.0, 1103.0)
+>>> tl = PowerTimeline(); tl.extend(1.0, 100.0); tl.extend(2.0, 300.0); tl.average_mw(0.5, 1.5)
+200.0
 """
 
 from __future__ import annotations
@@ -23,54 +15,12 @@ from __future__ import annotations
 import os
 import select
 import threading
-from dataclasses import dataclass
 
-from hwq.boards.board import POWER_MODEL_KEYS
 from hwq.device.pty import close_quietly, open_raw_pty, write_all
-from hwq.errors import HwqError
-from hwq.harness.power import LPM_FREQS_HZ, format_lpm_value
+from hwq.power_model import PowerModel  # noqa: F401  (re-exported: the board's power, shared with the host)
+from hwq.wire import LPM_FREQS_HZ, format_lpm_value
 
 PROMPT = "PowerShield > "
-
-
-@dataclass(frozen=True)
-class PowerModel:
-    """The emulated board's power (mW) while busy or idle, split into rails ``ps`` and ``pl``."""
-
-    ps_mw: float                    # processing system, DDR, regulators, board: constant (mW)
-    pl_static_mw: float             # programmable logic static (leakage) power (mW)
-    mw_per_mhz_per_klut: float      # dynamic power per MHz per 1000 LUTs at full activity (mW)
-    mw_per_mhz_per_bram18: float    # dynamic power per MHz per 18 Kb BRAM at full activity (mW)
-    idle_activity: float            # fraction of the dynamic power drawn while clocked but idle (0..1)
-    clock_mhz: float
-    lut: float
-    bram18: float
-
-    @classmethod
-    def from_manifest(cls, manifest: dict) -> PowerModel:
-        """Coefficients of the build's board (``power_model`` in its YAML), resources and clock of the build."""
-        board = manifest.get("board", {})
-        coeffs = board.get("power_model")
-        if coeffs is None:
-            from hwq.boards import load_board
-
-            coeffs = getattr(load_board(board.get("name", "?")), "power_model", None)
-        if not coeffs:
-            raise HwqError(f"boards/{board.get('name', '?')}.yaml: no power_model (needed for emulated power)")
-        total = manifest.get("estimates", {}).get("total", {})
-        return cls(**{k: float(coeffs[k]) for k in POWER_MODEL_KEYS}, clock_mhz=float(total.get("clock_mhz", 0)),
-                   lut=float(total.get("LUT", 0)), bram18=float(total.get("BRAM_18K", 0)))
-
-    @property
-    def dynamic_mw(self) -> float:
-        return self.clock_mhz * (self.mw_per_mhz_per_klut * self.lut / 1000 + self.mw_per_mhz_per_bram18 * self.bram18)
-
-    def rails_mw(self, busy: bool) -> dict[str, float]:
-        activity = 1.0 if busy else self.idle_activity
-        return {"ps": self.ps_mw, "pl": self.pl_static_mw + activity * self.dynamic_mw}
-
-    def total_mw(self, busy: bool) -> float:
-        return sum(self.rails_mw(busy).values())
 
 
 class PowerTimeline:

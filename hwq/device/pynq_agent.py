@@ -291,16 +291,16 @@ def open_accelerator(config: AgentConfig) -> OverlayAccelerator:
     """The overlay of ``config`` (FINN's driver and bitfile, or the stand-in for a build) as an accelerator."""
     rails, mark, classes = None, None, config.num_classes
     if config.stand_in:
-        from hwq.device.model import BuildModel
-        from hwq.device.power import PowerModel
+        from hwq.accelerator_model import BuildModel
         from hwq.device.standin_overlay import StandInOverlay, standin_rails
         from hwq.errors import HwqError
+        from hwq.power_model import PowerModel
 
         build = BuildModel.from_build_dir(config.stand_in)
         overlay, classes = StandInOverlay(build), classes or build.num_classes
         if config.rails:
             try:
-                rails = PynqRails(standin_rails(overlay, PowerModel.from_manifest(build.manifest)),
+                rails = PynqRails(standin_rails(overlay, PowerModel.from_accelerator(build.accelerator)),
                                   config.rail_interval_s)
             except HwqError:
                 rails = None

@@ -19,8 +19,8 @@ from finn.util.data_packing import finnpy_to_packed_bytearray, packed_bytearray_
 from qonnx.core.onnx_exec import execute_onnx
 from qonnx.custom_op.registry import getCustomOp
 
-from hwq.device.model import BuildModel
-from hwq.device.power import PowerModel
+from hwq.accelerator_model import BuildModel
+from hwq.power_model import PowerModel
 
 
 def _hw_nodes(model):

@@ -10,73 +10,24 @@ hwq.errors.ConfigError: --samples -5: expected an integer >= 1 (or none: the who
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
 
+# The range checks are shared with the emulated board's settings (hwq.device.emulator.FaultConfig).
+from hwq.checks import check_choice, check_int, check_number, check_text, is_int  # noqa: F401
 from hwq.errors import ConfigError
+from hwq.wire import LPM_FREQS_HZ, MAX_INPUT_BYTES  # noqa: F401  (re-exported: the flags' ranges)
 
 MODES = ("performance", "accuracy", "energy")
 POWER_SOURCES = ("rails", "lpm01a")
-#: The LPM01A's sampling frequencies (its ``freq`` command), in Hz.
-LPM_FREQS_HZ = {"100k": 100_000, "50k": 50_000, "20k": 20_000, "10k": 10_000, "5k": 5000, "2k": 2000,
-                "1k": 1000, "500": 500, "200": 200, "100": 100, "50": 50, "20": 20, "10": 10, "5": 5, "2": 2, "1": 1}
 #: The LPM01A supplies 1.8 V to 3.3 V.
 LPM_VOLTAGE_RANGE_V = (1.8, 3.3)
 #: The shortest timed window asked for: 1 ms is 1,000 ticks of the 1 us timer (0.1 % rounding at worst).
 MIN_WINDOW_S = 0.001
-#: The largest input a device is asked to hold (the emulated board's ``db load`` limit, 16 MiB).
-MAX_INPUT_BYTES = 1 << 24
 
 #: Fields set by a flag of ``hwq measure`` whose name is not ``--`` + the field name with dashes; fields without
 #: a flag are named as ``MeasureConfig.<field>`` in errors.
 _FLAGS = {"out_dir": "--out", "build_dir": "--build", "timeout_s": "--timeout", "power_voltage_v": "--power-voltage"}
 _NO_FLAG = {"max_n", "probe_us", "resets_allowed", "power_baud", "power_freq"}
-
-
-def is_int(value: Any) -> bool:
-    """An integer, and not a bool (YAML's ``true`` would pass ``isinstance(value, int)``)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_int(flag: str, value: Any, minimum: int, maximum: int | None = None, note: str = "") -> None:
-    """Raise a one-line ConfigError unless ``value`` is an integer in ``[minimum, maximum]``.
-
-    >>> check_int("--windows", 0, 1)
-    Traceback (most recent call last):
-    hwq.errors.ConfigError: --windows 0: expected an integer >= 1
-    """
-    if is_int(value) and value >= minimum and (maximum is None or value <= maximum):
-        return
-    span = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-    raise ConfigError(f"{flag} {value!r}: expected an integer {span}{note}")
-
-
-def check_number(flag: str, value: Any, minimum: float, maximum: float | None = None, *, above: bool = False,
-                 unit: str = "") -> None:
-    """Raise a one-line ConfigError unless ``value`` is a finite number ``>= minimum`` (``> minimum`` with
-    ``above``) and ``<= maximum``.
-
-    >>> check_number("--timeout", 0.0, 0, above=True, unit="seconds")
-    Traceback (most recent call last):
-    hwq.errors.ConfigError: --timeout 0.0: expected a number of seconds > 0
-    """
-    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if number and (value > minimum if above else value >= minimum) and (maximum is None or value <= maximum):
-        return
-    what = f"a number of {unit}" if unit else "a number"
-    span = (f"{'>' if above else '>='} {minimum:g}" if maximum is None else f"in [{minimum:g}, {maximum:g}]")
-    raise ConfigError(f"{flag} {value!r}: expected {what} {span}")
-
-
-def check_choice(flag: str, value: Any, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{flag} {value!r}: expected one of {', '.join(choices)}")
-
-
-def check_text(flag: str, value: Any) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{flag} {value!r}: expected a non-empty path or name")
 
 
 def flag(field: str) -> str:

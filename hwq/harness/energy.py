@@ -4,7 +4,8 @@
 Per window: ``energy_uJ`` = trapezoidal integral of the power samples over the window (mW x s x 1000),
 ``average_power_mW = energy_uJ / (1000 * window_s)``, ``energy_per_inference_uJ = energy_uJ / N``; the summary has
 medians (and min/max/spread) over the windows (at least 5, as MLPerf Tiny). With a build, the board's power model
-(``power_model:`` in its YAML) gives ``model_energy_per_inference_uJ = busy_power_mW / estimated_fps * 1000``
+(``power_model:`` in its YAML, with the clock and resources of the build's ``accelerator`` section) gives
+``model_energy_per_inference_uJ = busy_power_mW / fps * 1000``
 (the emulated board's exact value; an estimate on real hardware). Windows are sized and checked as in
 performance mode (:class:`~hwq.harness.windows.TimedWindows`: each lasts at least ``min_window_s``). After the
 report, writes ``power-trace.csv`` and ``power.png``. Interrupted (Ctrl-C, SIGTERM), the windows the samples
@@ -111,18 +112,17 @@ def energy_summary(windows: list[dict], model) -> dict:
                "average_power_median_mW": statistics.median(p),
                "throughput_median_per_s": statistics.median(w["throughput_per_s"] for w in windows)}
     if model is not None:
-        from hwq.device.power import PowerModel
         from hwq.errors import HwqError
+        from hwq.power_model import PowerModel
 
         try:
-            pm = PowerModel.from_manifest(model.manifest)
+            pm = PowerModel.from_accelerator(model.accelerator)
         except HwqError:
             return summary
-        busy = pm.total_mw(busy=True)
-        summary.update(model_power_busy_mW=busy, model_power_idle_mW=pm.total_mw(busy=False),
-                       model_energy_per_inference_uJ=busy / model.estimated_fps * 1e3,
-                       measured_over_model=summary["energy_per_inference_median_uJ"]
-                       / (busy / model.estimated_fps * 1e3))
+        per_inference = pm.energy_per_inference_uJ(model.accelerator.fps)
+        summary.update(model_power_busy_mW=pm.total_mw(busy=True), model_power_idle_mW=pm.total_mw(busy=False),
+                       model_energy_per_inference_uJ=per_inference,
+                       measured_over_model=summary["energy_per_inference_median_uJ"] / per_inference)
     return summary
 
 

@@ -54,7 +54,7 @@ class Run:
     """What the parts of one measurement share: its settings, the build's model, the report file, progress."""
 
     config: MeasureConfig
-    model: object | None                    # hwq.device.model.BuildModel, or None without --build
+    model: object | None                    # hwq.accelerator_model.BuildModel, or None without --build
     file: ReportFile
     progress: Callable[[str], None] | None = None
 
@@ -152,7 +152,7 @@ def _load_model(config: MeasureConfig):
         if config.mode == "accuracy" or not config.input_bytes:
             raise ConfigError(f"--mode {config.mode}: give --build BUILD_DIR (or --input-bytes for performance)")
         return None
-    from hwq.device.model import BuildModel
+    from hwq.accelerator_model import BuildModel
 
     return BuildModel.from_build_dir(config.build_dir)
 
@@ -187,7 +187,8 @@ def _performance(dut: Device, run: Run) -> None:
 
 def perf_summary(report: dict, model) -> dict:
     """Throughput (timed windows), time per inference (its inverse) and the latency of one inference (``infer 1``
-    windows), with the build's estimates beside them."""
+    windows), with the build's own figures beside them (its ``accelerator`` section: FINN's estimate, or an open
+    build's simulated cycles at its measured Fmax; ``estimate_source`` says which)."""
     windows, lat = report.get("windows", []), report.get("latency_windows", [])
     summary: dict = {"windows": len(windows)}
     if windows:
@@ -203,11 +204,11 @@ def perf_summary(report: dict, model) -> dict:
                        latency_max_us=max(us), latency_mean_us=statistics.fmean(us))
     summary["clock_resolution_us"] = CLOCK_RESOLUTION_US
     if model is not None:
-        est = model.manifest["estimates"]["total"]
-        summary.update(estimated_fps_per_s=est["estimated_fps"],
-                       estimated_latency_us=est.get("estimated_latency_us"))
+        spec = model.accelerator
+        summary.update(estimated_fps_per_s=spec.fps, estimated_latency_us=spec.latency_us,
+                       estimate_source=spec.source)
         if windows:
-            summary["measured_over_estimated"] = summary["throughput_median_per_s"] / est["estimated_fps"]
+            summary["measured_over_estimated"] = summary["throughput_median_per_s"] / spec.fps
     return summary
 
 

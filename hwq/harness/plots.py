@@ -58,7 +58,7 @@ def performance_figure(report: dict):
     if thr:
         left.plot(range(1, len(thr) + 1), thr, "o-", label="measured N / (t1 - t0)")
     if est_fps:
-        left.axhline(est_fps, color="gray", ls="--", label="estimate (manifest)")
+        left.axhline(est_fps, color="gray", ls="--", label="build's figure (accelerator section)")
     values = thr + ([est_fps] if est_fps else [])
     if values:
         mid = sorted(values)[len(values) // 2]
@@ -76,7 +76,7 @@ def performance_figure(report: dict):
     if lat_us:
         right.plot(range(1, len(lat_us) + 1), lat_us, "s-", color="C1", label="measured infer 1 (t1 - t0)")
     if est_lat:
-        right.axhline(est_lat, color="gray", ls="--", label="estimate: pipeline latency")
+        right.axhline(est_lat, color="gray", ls="--", label="build's pipeline latency")
     right.set_ylim(0, 1.3 * max(lat_us + [est_lat or 0, report.get("clock_resolution_us", 1)]))
     plain_axes(right, max(len(lat_us), 1))
     right.set_xlabel("one-inference window")

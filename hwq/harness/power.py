@@ -20,7 +20,6 @@ monitor on its own pty; both follow the board's power model (``docs/harness.md``
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 import time
@@ -28,13 +27,16 @@ from dataclasses import dataclass, field
 
 import serial
 
-from hwq.harness.config import LPM_FREQS_HZ, LPM_VOLTAGE_RANGE_V
-from hwq.harness.errors import HarnessError, PortError, ProtocolError
+from hwq import wire
+from hwq.harness.config import LPM_VOLTAGE_RANGE_V
+from hwq.harness.errors import HarnessError, PortError
+from hwq.harness.protocol import host_side
+from hwq.wire import LPM_FREQS_HZ, format_lpm_value  # noqa: F401  (the monitor's side, re-exported)
 
-#: ``m-power-mw-[pl=12.5,ps=1500]`` (instantaneous) and ``m-power-window-[...]`` (average over the last window).
-_RAILS = re.compile(r"^m-power-(mw|window)-\[([^\]]*)\]$")
-#: One LPM01A ``ascii_dec`` value: 4-digit mantissa, signed 2-digit power of ten (``6409-07`` = 6409e-7).
-_LPM_VALUE = re.compile(r"(\d{4})([-+])(\d{2})")
+_LPM_VALUE = wire.LPM_VALUE
+#: One LPM01A ``ascii_dec`` value: ``6409-07`` -> 6.409e-4 (A in ``output current``); ProtocolError if malformed.
+parse_lpm_value = host_side(wire.parse_lpm_value)
+_rails_line = host_side(wire.parse_rails_line)
 _LPM_EVENT = re.compile(r"^event (\d+) (ris|fal)")
 _LPM_PROMPT = "PowerShield > "
 
@@ -99,18 +101,9 @@ def parse_rails(lines: list[str], kind: str = "mw") -> dict[str, float] | None:
     {'ps': 1500.0, 'pl': 12.5}
     """
     for line in lines:
-        m = _RAILS.match(line)
-        if m and m.group(1) == kind:
-            rails = {}
-            for item in filter(None, m.group(2).split(",")):
-                name, sep, value = item.partition("=")
-                try:
-                    rails[name.strip()] = float(value)
-                except ValueError:
-                    raise ProtocolError(f"m-power-{kind}: bad rail entry {item!r}") from None
-                if not sep or not name.strip():
-                    raise ProtocolError(f"m-power-{kind}: bad rail entry {item!r}")
-            return rails
+        parsed = _rails_line(line)
+        if parsed and parsed[0] == kind:
+            return parsed[1]
     return None
 
 
@@ -145,29 +138,6 @@ class BoardRails(PowerSource):
 
 
 # --- ST LPM01A ---------------------------------------------------------------------------------------------------
-def parse_lpm_value(text: str) -> float:
-    """One ``ascii_dec`` value: ``6409-07`` -> 6.409e-4 (A in ``output current``).
-
-    >>> parse_lpm_value("6409-07")
-    0.0006409
-    """
-    m = _LPM_VALUE.fullmatch(text.strip())
-    if not m:
-        raise ProtocolError(f"LPM01A: not an ascii_dec value: {text[:20]!r}")
-    return float(f"{m.group(1)}e{m.group(2)}{m.group(3)}")
-
-
-def format_lpm_value(value: float) -> str:
-    """The monitor side of :func:`parse_lpm_value`: 4-digit mantissa and power of ten (``0000+00`` for zero)."""
-    if value <= 0:
-        return "0000+00"
-    exp = math.floor(math.log10(value)) - 3
-    mant = round(value / 10.0 ** exp)
-    if mant >= 10000:
-        mant, exp = round(mant / 10), exp + 1
-    return f"{mant:04d}{'-' if exp < 0 else '+'}{abs(exp):02d}"
-
-
 @dataclass(frozen=True)
 class LpmLine:
     """One classified LPM01A output line: ``kind`` is values, event, timestamp, ack, error or message."""

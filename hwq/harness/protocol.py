@@ -1,5 +1,8 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""The MLPerf Tiny device protocol: framing, line splitting and typed reply parsers (no I/O here).
+"""The host's reading of the MLPerf Tiny device protocol: typed reply parsers (no I/O here).
+
+The codec both ends share (framing, line splitting, limits, the ``m-results`` and ``m-power-`` formats) is
+:mod:`hwq.wire`; its names are re-exported here.
 
 Host to device: an ASCII command ended by ``%`` (at most 80 characters). Device to host: ``\\r\\n`` lines; a
 reply ends with a line containing ``m-ready``; ``e-[...]`` lines are errors. Hosts drop ``\\r`` and NUL bytes.
@@ -17,65 +20,41 @@ b'infer 10 1%'
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
+from hwq import wire
 from hwq.classes import top_class
 from hwq.harness.errors import DeviceError, ProtocolError
-
-TERMINATOR = "%"
-READY = "m-ready"
-MAX_COMMAND_CHARS = 80            # the reference firmware's command buffer, terminator included
-DB_CHUNK_BYTES = 31               # bytes per ``db <hex>`` command, as the reference host sends them
-BOOT_MARKERS = ("m-init-done", "m-timestamp-mode-")
+# The codec both ends share (hwq.wire), re-exported under the names the host has always used.
+from hwq.wire import (BOOT_MARKERS, DB_CHUNK_BYTES, MAX_COMMAND_CHARS, READY, TERMINATOR, LineSplitter,  # noqa: F401
+                      format_results, hex_chunks, is_boot, is_ready)
 
 _LAP = re.compile(r"^m-lap-us-(\d+)$")
 _ERROR = re.compile(r"^e-\[(.*)\]$")
 _NAME = re.compile(r"^m-name-dut-\[([^\]]+)\]$")
 _PROFILE = re.compile(r"^m-(profile|model)-\[([^\]]+)\]$")
-_RESULTS = re.compile(r"^m-results-\[(.*)\]$")
 _EXPECT = re.compile(r"^m-\[Expecting (\d+) bytes\]$")
 
 
-def frame_command(command: str) -> bytes:
-    """The bytes to send for ``command``: printable ASCII without ``%``, then ``%``; at most 80 characters."""
-    if not command.isascii() or not command.isprintable() or TERMINATOR in command:
-        raise ProtocolError(f"command {command[:40]!r}: expected printable ASCII without '%'")
-    if len(command) + 1 > MAX_COMMAND_CHARS:
-        raise ProtocolError(f"command {command[:20]!r}...: {len(command) + 1} characters, at most "
-                            f"{MAX_COMMAND_CHARS} allowed")
-    return (command + TERMINATOR).encode("ascii")
+def host_side(codec):
+    """``codec`` (a :mod:`hwq.wire` function) with its :class:`~hwq.wire.WireError` raised as the host's
+    :class:`ProtocolError`, same message."""
+    @functools.wraps(codec)
+    def call(*args, **kwargs):
+        try:
+            return codec(*args, **kwargs)
+        except wire.WireError as err:
+            raise ProtocolError(str(err)) from None
+    return call
 
 
-class LineSplitter:
-    """Turn a byte stream into text lines: drop ``\\r`` and NUL, split on ``\\n``, keep the unfinished tail.
-
-    Bytes that are not ASCII (line noise) become U+FFFD, so they can never look like a protocol line.
-    """
-
-    def __init__(self) -> None:
-        self._tail = b""
-
-    def feed(self, data: bytes) -> list[str]:
-        """Add ``data``; return the lines completed by it (without their line ends)."""
-        buf = self._tail + data.replace(b"\r", b"").replace(b"\x00", b"")
-        *lines, self._tail = buf.split(b"\n")
-        return [line.decode("ascii", errors="replace") for line in lines]
-
-    @property
-    def pending(self) -> bytes:
-        """Bytes received after the last complete line."""
-        return self._tail
-
-
-def is_ready(line: str) -> bool:
-    """True for the line that ends a reply (it *contains* ``m-ready``, as the reference host checks)."""
-    return READY in line
-
-
-def is_boot(line: str) -> bool:
-    """True for a line a device prints only when it (re)boots."""
-    return line.startswith(BOOT_MARKERS)
+#: The bytes to send for a command (``frame_command("infer 10 1") == b"infer 10 1%"``); ProtocolError if invalid.
+frame_command = host_side(wire.frame_command)
+#: The numbers of ``m-results-[a,b,...]``'s bracket; ProtocolError if they are not numbers.
+parse_values = host_side(wire.parse_values)
+_results_line = host_side(wire.parse_results_line)
 
 
 def errors_in(lines: list[str]) -> list[str]:
@@ -197,19 +176,12 @@ def parse_load(lines: list[str]) -> LoadProgress:
     return LoadProgress(expect[0] if expect else None, any(line == "m-load-done" for line in lines))
 
 
-def parse_values(text: str) -> tuple[float, ...]:
-    """The numbers of ``m-results-[a,b,...]``'s bracket."""
-    if not text.strip():
-        return ()
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise ProtocolError(f"m-results: not a list of numbers: {text[:60]!r}") from None
-
-
 def parse_results(lines: list[str]) -> Results:
     check_errors(lines, "results")
-    return Results(parse_values(_one(lines, _RESULTS, "'m-results-[...]'").group(1)))
+    found = [v for v in map(_results_line, lines) if v is not None]
+    if len(found) != 1:
+        raise ProtocolError(f"expected one 'm-results-[...]' line, got {len(found)} in {len(lines)} lines")
+    return Results(found[0])
 
 
 def parse_infer(lines: list[str], n: int, warmup: int) -> InferResult:
@@ -227,13 +199,3 @@ def parse_infer(lines: list[str], n: int, warmup: int) -> InferResult:
     if laps[1] < laps[0]:
         raise ProtocolError(f"infer {n} {warmup}: t1 {laps[1]} us before t0 {laps[0]} us")
     return InferResult(n, warmup, laps[0], laps[1], parse_results(lines[start:]))
-
-
-def hex_chunks(data: bytes, chunk: int = DB_CHUNK_BYTES) -> list[str]:
-    """The ``db <hex>`` commands that upload ``data``, ``chunk`` bytes each."""
-    return [f"db {data[i:i + chunk].hex()}" for i in range(0, len(data), chunk)]
-
-
-def format_results(values) -> str:
-    """The device side of ``m-results``: three decimals, as the reference firmware prints."""
-    return "m-results-[" + ",".join(f"{float(v):.3f}" for v in values) + "]"

@@ -1,8 +1,13 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Network topologies, built from a quantizer family (FINN's TFC/SFC/LFC and CNV)."""
+"""Network topologies, built from a quantizer family (FINN's TFC/SFC/LFC and CNV, ResNet-20, MobileNet).
 
-from hwq.models.registry import MODELS, ModelSpec, build_model, register_model
+Importing this package fills the model registry (``MODELS``, ``MODEL_OPTIONS``): the modules below register their
+builders with ``@register_model``. That and the family registry (:mod:`hwq.quant`) are all hwq does at import time
+(README, "Registries").
+"""
 
-__all__ = ["MODELS", "ModelSpec", "build_model", "register_model"]
+from hwq.models.registry import MODEL_OPTIONS, MODELS, ModelSpec, build_model, check_model_options, register_model
+
+__all__ = ["MODEL_OPTIONS", "MODELS", "ModelSpec", "build_model", "check_model_options", "register_model"]
 from hwq.models import mobilenet  # noqa: E402,F401  (registers mobilenet, mobilenet_tiny)
 from hwq.models import resnet  # noqa: E402,F401  (registers resnet20)

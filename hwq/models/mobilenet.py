@@ -28,6 +28,7 @@ from torch import nn
 
 from hwq.errors import ConfigError
 from hwq.models.registry import ModelSpec, register_model
+from hwq.options import MOBILENET_OPTIONS, MOBILENET_TINY_OPTIONS, PAD_VALUE, Option, option_named
 from hwq.models.tensor_norm import TensorNorm
 from hwq.quant import UniformFamily
 
@@ -81,30 +82,25 @@ class MobileNet(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-def _width(spec: ModelSpec, default: float) -> float:
-    width = spec.options.get("width", default)
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0.0 < width <= 4.0:
-        raise ConfigError(f"model_options.width: expected a multiplier in (0, 4], got {width!r}")
-    return float(width)
+def _width(spec: ModelSpec, declared: tuple[Option, ...]) -> float:
+    return option_named(declared, "width").read(spec.options)
 
 
 def _pad_value(spec: ModelSpec) -> float:
-    value = spec.options.get("pad_value", -1.0 if spec.abits == 1 else 0.0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"model_options.pad_value: expected a number (-1 for binary activations), got {value!r}")
-    return float(value)
+    value = PAD_VALUE.read(spec.options)
+    return (-1.0 if spec.abits == 1 else 0.0) if value is None else value
 
 
-@register_model("mobilenet")
+@register_model("mobilenet", MOBILENET_OPTIONS)
 def _mobilenet(spec: ModelSpec, family: UniformFamily) -> nn.Module:
     if tuple(spec.image_shape[1:]) != (32, 32):
         raise ConfigError(f"model 'mobilenet' is laid out for 32x32 images (CIFAR-10); got "
                           f"{spec.image_shape[1]}x{spec.image_shape[2]}; use 'mobilenet_tiny'")
     return MobileNet(family, spec.wbits, spec.abits, spec.image_shape, spec.num_classes, MOBILENET_V1_CIFAR,
-                     _width(spec, 0.5), dropout=0.0, pad_value=_pad_value(spec))
+                     _width(spec, MOBILENET_OPTIONS), dropout=0.0, pad_value=_pad_value(spec))
 
 
-@register_model("mobilenet_tiny")
+@register_model("mobilenet_tiny", MOBILENET_TINY_OPTIONS)
 def _mobilenet_tiny(spec: ModelSpec, family: UniformFamily) -> nn.Module:
     return MobileNet(family, spec.wbits, spec.abits, spec.image_shape, spec.num_classes, MOBILENET_TINY,
-                     _width(spec, 1.0), dropout=0.0, pad_value=_pad_value(spec))
+                     _width(spec, MOBILENET_TINY_OPTIONS), dropout=0.0, pad_value=_pad_value(spec))

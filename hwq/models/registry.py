@@ -1,5 +1,9 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Model names -> builders. A builder takes a :class:`ModelSpec` and a quantizer family."""
+"""Model names -> builders. A builder takes a :class:`ModelSpec` and a quantizer family.
+
+A model declares the ``model_options`` its builder reads (:mod:`hwq.options`) when it registers; ``build_model``
+rejects any key that neither the model nor the quantizer family declares, before a layer exists.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from typing import Callable
 from torch import nn
 
 from hwq.errors import ConfigError
-from hwq.quant import UniformFamily, get_family
+from hwq.options import CNV_OPTIONS, FC_OPTIONS, Option, check_options, owners
+from hwq.quant import FAMILIES, UniformFamily, get_family
 
 
 @dataclass(frozen=True)
@@ -25,19 +30,22 @@ class ModelSpec:
     num_classes: int = 10
     #: FINN's bnn_pynq networks use 0.2 on the input and after each hidden layer of the MLPs.
     dropout: float = 0.2
-    #: Options a builder or a family may read (for example a backbone's width multiplier).
+    #: The run's ``model_options``: those the builder declares (a backbone's width) and the family's.
     options: dict = field(default_factory=dict)
 
 
 Builder = Callable[[ModelSpec, UniformFamily], nn.Module]
 MODELS: dict[str, Builder] = {}
+#: Model name -> the options its builder reads (``hwq models`` lists them).
+MODEL_OPTIONS: dict[str, tuple[Option, ...]] = {}
 
 
-def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: make ``builder`` available as ``--model name``."""
+def register_model(name: str, options: tuple[Option, ...] = ()) -> Callable[[Builder], Builder]:
+    """Decorator: make ``builder`` available as ``--model name``, reading the declared ``options``."""
 
     def decorate(builder: Builder) -> Builder:
         MODELS[name] = builder
+        MODEL_OPTIONS[name] = tuple(options)
         return builder
 
     return decorate
@@ -52,12 +60,12 @@ def _fc(hidden: tuple[int, ...]) -> Builder:
     return build
 
 
-register_model("tfc")(_fc((64, 64, 64)))
-register_model("sfc")(_fc((256, 256, 256)))
-register_model("lfc")(_fc((1024, 1024, 1024)))
+register_model("tfc", FC_OPTIONS)(_fc((64, 64, 64)))
+register_model("sfc", FC_OPTIONS)(_fc((256, 256, 256)))
+register_model("lfc", FC_OPTIONS)(_fc((1024, 1024, 1024)))
 
 
-@register_model("cnv")
+@register_model("cnv", CNV_OPTIONS)
 def _cnv(spec: ModelSpec, family: UniformFamily) -> nn.Module:
     from hwq.models.cnv import CNV
 
@@ -73,6 +81,16 @@ def build_model(spec: ModelSpec) -> nn.Module:
     """
     if spec.name not in MODELS:
         raise ConfigError(f"unknown model '{spec.name}'; known: {', '.join(sorted(MODELS))}")
+    if spec.quant in FAMILIES:
+        check_model_options(spec.name, spec.quant, spec.options)
     family = get_family(spec.quant, spec.options)
     family.check_bits(spec.wbits, spec.abits)
     return MODELS[spec.name](spec, family)
+
+
+def check_model_options(model: str, quant: str, options: dict) -> None:
+    """Raise a one-line ConfigError for a key of ``options`` that neither ``model`` nor the family ``quant`` declares
+    (listing those they do), or for a value of the wrong type."""
+    families = {name: cls.declared_options for name, cls in FAMILIES.items()}
+    check_options(options, MODEL_OPTIONS[model] + families[quant], f"model '{model}' with --quant {quant}",
+                  owners({"model": MODEL_OPTIONS, "--quant": families}))

@@ -21,6 +21,7 @@ from torch import nn
 from hwq.errors import ConfigError
 from hwq.models.registry import ModelSpec, register_model
 from hwq.models.tensor_norm import TensorNorm
+from hwq.options import RESNET_OPTIONS
 from hwq.quant import UniformFamily
 
 STAGES = ((16, 1), (32, 2), (64, 2))  # (channels, stride of the first block)
@@ -76,6 +77,6 @@ class ResNet20(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
 
 
-@register_model("resnet20")
+@register_model("resnet20", RESNET_OPTIONS)
 def _resnet20(spec: ModelSpec, family: UniformFamily) -> nn.Module:
     return ResNet20(family, spec.wbits, spec.abits, spec.image_shape, spec.num_classes)

@@ -34,6 +34,7 @@ from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear
 from torch import nn
 
 from hwq.errors import ConfigError
+from hwq.options import BITAT_MAX_EIGEN_DIM, BITAT_OPTIONS, option_named
 from hwq.quant import bitat_transform as T
 from hwq.quant.brevitas_map import to_injector
 from hwq.quant.family import UniformFamily, register_family
@@ -41,13 +42,13 @@ from hwq.quant.family import UniformFamily, register_family
 if TYPE_CHECKING:
     from hwq.train.progressive import ProgressivePlan
 
-TRANSFORMS = ("eigen", "cayley", "none")
-CODES = ("importance", "sign")
+TRANSFORMS = option_named(BITAT_OPTIONS, "bitat_transform").choices
+CODES = option_named(BITAT_OPTIONS, "bitat_codes").choices
 #: Weight of the running average of ``E[x x^T]`` given to each new batch.
 CORR_MOMENTUM = 0.1
 #: Layers with more inputs than this keep the coordinate basis (``bitat_max_eigen_dim``); MobileNet's pointwise
 #: layers (at most 512 inputs) and TFC (784) are below it, its flattened classifier (8192) above.
-MAX_EIGEN_DIM = 2048
+MAX_EIGEN_DIM = BITAT_MAX_EIGEN_DIM
 
 
 class _Unit:
@@ -288,7 +289,8 @@ class BiTATAct(_HostFlags, nn.Module):
 
 @register_family
 class BiTATFamily(UniformFamily):
-    """W1A1 only. Options (``--option KEY=VALUE``): ``bitat_transform`` eigen|cayley|none,
+    """W1A1 only. Options (``--option KEY=VALUE``; declared with their defaults in
+    :data:`hwq.options.BITAT_OPTIONS`, tabled in ``docs/bitat.md``): ``bitat_transform`` eigen|cayley|none,
     ``bitat_importance`` (false: s = 1), ``bitat_progressive`` (false: all binary at once), ``bitat_penalty``
     (weight of the penalty), ``bitat_importance_power``, ``bitat_final``, ``bitat_warmup``, ``bitat_stages``,
     ``bitat_codes`` importance|sign (how a layer's signs are chosen at its switch), ``bitat_codes_every`` (steps;
@@ -297,28 +299,23 @@ class BiTATFamily(UniformFamily):
     name = "bitat"
     weight_bits = (1,)
     act_bits = (1,)
+    declared_options = BITAT_OPTIONS
 
     def __init__(self, options: dict | None = None) -> None:
         # Imported here: hwq.train imports the model registry, which imports this package.
         from hwq.train.progressive import ProgressivePlan
 
         super().__init__(options)
-        o = self.options
-        self.transform = o.get("bitat_transform", "eigen")
-        if self.transform not in TRANSFORMS:
-            raise ConfigError(f"model_options.bitat_transform: expected one of {', '.join(TRANSFORMS)}, "
-                              f"got '{self.transform}'")
-        self.use_importance = _flag(o, "bitat_importance", True)
-        self.penalty = _number(o, "bitat_penalty", 1e-2)
-        self.power = _number(o, "bitat_importance_power", 0.5)
-        self.codes = o.get("bitat_codes", "sign")
-        if self.codes not in CODES:
-            raise ConfigError(f"model_options.bitat_codes: expected one of {', '.join(CODES)}, got '{self.codes}'")
-        self.codes_every = int(_number(o, "bitat_codes_every", 0))
-        self.max_eigen_dim = int(_number(o, "bitat_max_eigen_dim", MAX_EIGEN_DIM))
+        self.transform = self._option("bitat_transform")
+        self.use_importance = self._option("bitat_importance")
+        self.penalty = self._option("bitat_penalty")
+        self.power = self._option("bitat_importance_power")
+        self.codes = self._option("bitat_codes")
+        self.codes_every = self._option("bitat_codes_every")
+        self.max_eigen_dim = self._option("bitat_max_eigen_dim")
         self.plan = ProgressivePlan(
-            enabled=_flag(o, "bitat_progressive", True), final_fraction=_number(o, "bitat_final", 0.25),
-            warmup_fraction=_number(o, "bitat_warmup", 0.0), stages=o.get("bitat_stages"),
+            enabled=self._option("bitat_progressive"), final_fraction=self._option("bitat_final"),
+            warmup_fraction=self._option("bitat_warmup"), stages=self._option("bitat_stages"),
         )
         #: Units in construction order, which is the forward order of the sequential models hwq builds.
         self.units: list[_Unit] = []
@@ -353,20 +350,6 @@ class BiTATFamily(UniformFamily):
         if not self.units:
             raise ConfigError("bitat: an activation must follow a weight layer (it switches with that layer)")
         return BiTATAct(QuantIdentity(act_quant=to_injector(self.act_spec(bits))), self.units[-1])
-
-
-def _flag(options: dict, key: str, default: bool) -> bool:
-    value = options.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"model_options.{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _number(options: dict, key: str, default: float) -> float:
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"model_options.{key}: expected a non-negative number, got {value!r}")
-    return float(value)
 
 
 def bitat_layers(model: nn.Module) -> list[_BiTATWeights]:

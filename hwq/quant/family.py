@@ -2,7 +2,8 @@
 """Quantizer families: how a model's layers are quantized.
 
 Models never name a quantizer. They ask a family for layers (``family.linear(...)``, ``family.act(...)``),
-so a new scheme (N2UQ, BiTAT) is a subclass that overrides what differs and registers itself:
+so a new scheme (N2UQ, BiTAT) is a subclass that overrides what differs and registers itself. A family's options
+(``model_options``) are declared as data in :mod:`hwq.options` (``declared_options``) and read with ``_option``:
 
 >>> @register_family
 ... class MyFamily(UniformFamily):
@@ -18,6 +19,7 @@ from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear
 from torch import nn
 
 from hwq.errors import ConfigError
+from hwq.options import FLOAT_OPTIONS, UNIFORM_OPTIONS, Option, option_named
 from hwq.quant.brevitas_map import to_injector
 from hwq.quant.spec import MAX_BITS, MIN_BITS, QuantSpec, Role, Scaling
 
@@ -39,10 +41,17 @@ class UniformFamily:
     name = "uniform"
     weight_bits: tuple[int, ...] = tuple(range(MIN_BITS, MAX_BITS + 1))
     act_bits: tuple[int, ...] = tuple(range(MIN_BITS, MAX_BITS + 1))
+    #: The ``model_options`` this family reads (``hwq models`` lists them); ``build_model`` rejects other keys
+    #: that the model does not declare either.
+    declared_options: tuple[Option, ...] = UNIFORM_OPTIONS
 
     def __init__(self, options: dict | None = None) -> None:
-        #: Family settings from the run's ``model_options`` (a family reads the keys it knows).
+        #: Settings from the run's ``model_options`` (the model's and the family's); read them with ``_option``.
         self.options = dict(options or {})
+
+    def _option(self, key: str):
+        """The value of the declared option ``key`` in ``options`` (its default when absent), type-checked."""
+        return option_named(self.declared_options, key).read(self.options)
 
     def check_bits(self, wbits: int, abits: int) -> None:
         """Raise a ConfigError naming the flag when a bit-width is outside this family's range."""
@@ -115,6 +124,7 @@ class FloatFamily(UniformFamily):
     """
 
     name = "float"
+    declared_options = FLOAT_OPTIONS
 
     def check_bits(self, wbits: int, abits: int) -> None:
         return None
@@ -133,10 +143,7 @@ class FloatFamily(UniformFamily):
                          bias=False)
 
     def act(self, bits: int, channels: int) -> nn.Module:
-        kind = self.options.get("float_act", "relu")
-        if kind not in ("relu", "hardtanh"):
-            raise ConfigError(f"model_options.float_act: expected relu or hardtanh, got '{kind}'")
-        return nn.ReLU() if kind == "relu" else nn.Hardtanh()
+        return nn.ReLU() if self._option("float_act") == "relu" else nn.Hardtanh()
 
 
 FAMILIES: dict[str, type[UniformFamily]] = {}

@@ -31,13 +31,13 @@ import torch
 import torch.nn.functional as F
 from brevitas.core.scaling import ScalingImplType
 from brevitas.core.stats import StatsOp
-from brevitas.core.stats.stats_op import register_stats_implementation
 from brevitas.inject.enum import ScalingPerOutputType
 from brevitas.quant.solver import WeightQuantSolver
 from brevitas.nn import QuantLinear
 from torch import nn
 
 from hwq.errors import ConfigError
+from hwq.options import N2UQ_DEFAULT_RANGE, N2UQ_OPTIONS
 from hwq.quant.brevitas_map import FinnCompatibleQuant
 from hwq.quant.family import UniformFamily, register_family
 
@@ -45,8 +45,8 @@ ACT_BITS = (1, 2, 3, 4)
 #: Smallest gap: ``softplus`` could underflow to 0 in float32; 1e-3 keeps thresholds strictly increasing
 #: (float32 rounding of a threshold near 10 is about 1e-6).
 MIN_GAP = 1e-3
-#: The paper's output range: levels ``k * 2 / (2^b - 1)``.
-DEFAULT_RANGE = 2.0
+#: The paper's output range: levels ``k * 2 / (2^b - 1)`` (the default of ``n2uq_range``).
+DEFAULT_RANGE = N2UQ_DEFAULT_RANGE
 
 
 def _channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -233,9 +233,11 @@ def l1_clip_gain(bits: int) -> float:
     return (2**bits - 1) / 2 ** (bits - 1)
 
 
-@register_stats_implementation(signed=False)
 class L1ClipRange(brevitas.jit.ScriptModule):
     """Brevitas scaling statistic: ``gain * mean(|w|)`` over each output channel, without gradient.
+
+    Not entered in Brevitas' ``SIGNEDNESS_STATS`` (``@register_stats_implementation``, an import-time write to
+    Brevitas' global table): Brevitas reads that table only for power-of-two scales, and these scales are floats.
 
     The paper detaches this scale (it is a statistic, not a parameter). Brevitas divides it by the largest
     integer of the grid, so the top level sits at ``gain * mean|w|`` (at 1 bit: ``sign(w) * mean|w|``).
@@ -281,14 +283,12 @@ class L1ScaleWeight(FinnCompatibleQuant, WeightQuantSolver):
 class N2UQFamily(UniformFamily):
     """``--quant n2uq``: N2UQ activations (1..4 bits) and L1-scaled per-channel weights (1..8 bits).
 
-    The 8-bit input quantizer is the uniform family's. Options (``--option key=value``), all optional:
-    ``n2uq_range`` (output levels ``k * range / n``; default 2.0, the paper's), ``n2uq_per_channel`` (one
-    threshold set per channel; default false, the paper's), ``n2uq_start`` and ``n2uq_gaps`` (initial start and
-    gaps) or ``n2uq_thresholds`` (initial thresholds), ``n2uq_threshold_lr_scale`` (default 0.1, the paper's),
-    ``n2uq_weight_per_channel`` (default true; false gives one weight scale per layer), and
-    ``n2uq_classifier_per_channel`` (default false: the last layer keeps one scale, which FINN absorbs into its
-    label selection; true scales it per class as the other layers, which trains as the paper but does not map
-    to FINN).
+    The 8-bit input quantizer is the uniform family's. Options (``--option key=value``, declared in
+    :data:`hwq.options.N2UQ_OPTIONS`; ``docs/n2uq.md`` has the table), all optional: the output range, per-channel
+    thresholds, the initial start and gaps or thresholds, the thresholds' learning-rate factor, per-channel weight
+    scales, and ``n2uq_classifier_per_channel`` (default false: the last layer keeps one scale, which FINN absorbs
+    into its label selection; true scales it per class as the other layers, which trains as the paper but does not
+    map to FINN).
 
     >>> from hwq.quant import get_family
     >>> get_family("n2uq").act(2, channels=64)
@@ -297,39 +297,24 @@ class N2UQFamily(UniformFamily):
 
     name = "n2uq"
     act_bits = ACT_BITS
-
-    def _option(self, key: str, default, kinds: tuple[type, ...]):
-        value = self.options.get(key, default)
-        if value is not None and (isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds)):
-            raise ConfigError(f"model_options.{key}: expected {' or '.join(k.__name__ for k in kinds)}, "
-                              f"got {value!r}")
-        return value
+    declared_options = N2UQ_OPTIONS
 
     def weight_quant(self, bits: int, per_channel: bool | None = None):
         if per_channel is None:
-            per_channel = self._option("n2uq_weight_per_channel", True, (bool,))
+            per_channel = self._option("n2uq_weight_per_channel")
         quant = L1ScaleWeight.let(bit_width=bits, signed=True, narrow_range=True, l1_gain=l1_clip_gain(bits))
         if not per_channel:
             quant = quant.let(scaling_per_output_channel=False, scaling_per_output_type=ScalingPerOutputType.TENSOR)
         return quant
 
     def classifier(self, in_features: int, num_classes: int, bits: int) -> nn.Module:
-        per_channel = self._option("n2uq_classifier_per_channel", False, (bool,))
-        per_channel = per_channel and self._option("n2uq_weight_per_channel", True, (bool,))
+        per_channel = self._option("n2uq_classifier_per_channel") and self._option("n2uq_weight_per_channel")
         layer = QuantLinear(in_features, num_classes, bias=False, weight_quant=self.weight_quant(bits, per_channel))
         return self._init_weights(layer, bits)
 
     def act(self, bits: int, channels: int) -> nn.Module:
-        per_channel = self._option("n2uq_per_channel", False, (bool,))
-        gaps = self.options.get("n2uq_gaps")
-        if gaps is not None and not isinstance(gaps, (int, float, list, tuple)):
-            raise ConfigError(f"model_options.n2uq_gaps: expected a number or a list, got {gaps!r}")
-        thresholds = self.options.get("n2uq_thresholds")
-        if thresholds is not None and not isinstance(thresholds, (list, tuple)):
-            raise ConfigError(f"model_options.n2uq_thresholds: expected a list, got {thresholds!r}")
         return N2UQAct(
-            bits, channels=channels if per_channel else 1,
-            out_range=self._option("n2uq_range", DEFAULT_RANGE, (int, float)),
-            start=self._option("n2uq_start", 0.0, (int, float)), gaps=gaps, thresholds=thresholds,
-            lr_scale=self._option("n2uq_threshold_lr_scale", 0.1, (int, float)),
+            bits, channels=channels if self._option("n2uq_per_channel") else 1,
+            out_range=self._option("n2uq_range"), start=self._option("n2uq_start"), gaps=self._option("n2uq_gaps"),
+            thresholds=self._option("n2uq_thresholds"), lr_scale=self._option("n2uq_threshold_lr_scale"),
         )

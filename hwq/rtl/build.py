@@ -22,6 +22,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from hwq.accelerator import finn_accelerator, open_accelerator
 from hwq.dataflow.build import build_outputs, build_with_steps, check_inputs, finn_config, new_manifest
 from hwq.dataflow.driver import step_range
 from hwq.dataflow.progress import StepProgress
@@ -67,10 +68,10 @@ def run_open_build(run_dir: str | Path, config: OpenBuildConfig = OpenBuildConfi
                             manifest, shown, start_step=start_step, complete=_complete, started=started)
 
 
-def _complete(manifest: dict[str, Any]) -> None:
-    """The end of a successful open build (also one stopped by ``--stop-step``): every step's section is in
-    ``manifest``; add what is derived from them (``finn_estimate``, ``outputs``, ``results``) before it is
-    written as done."""
+def _complete(manifest: dict[str, Any], out_dir: Path) -> None:
+    """The end of a successful open build in ``out_dir`` (also one stopped by ``--stop-step``): every step's
+    section is in ``manifest``; add what is derived from them (``finn_estimate``, ``outputs``, ``results``,
+    ``accelerator``) before it is written as done."""
     if "estimates" in manifest:
         manifest["finn_estimate"] = {"board": manifest["config"]["fold_board"], **estimate_totals(manifest),
                                      "label": "FINN analytical estimate (Xilinx, same folding)"}
@@ -81,6 +82,8 @@ def _complete(manifest: dict[str, Any]) -> None:
         outputs["bitstream"] = f"synth/{manifest['synthesis']['bitstream']}"
     manifest["outputs"].update(outputs)
     manifest["results"] = _results(manifest)
+    if "simulation" in manifest:  # what emulate/measure read: the simulated cycles, FINN's steps' HW graph
+        manifest["accelerator"] = open_accelerator(manifest, finn_accelerator(manifest, out_dir), "")
 
 
 def _results(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from hwq._io import read_yaml_mapping
+from hwq.catalog import check_model_options
 from hwq.errors import ConfigError
 
 
@@ -73,7 +74,8 @@ class TrainConfig:
     #: Train on this many training images (class-balanced, drawn with ``seed``); None uses them all. The test
     #: set is always whole. For quick or CPU-sized experiments on the large datasets.
     train_subset: int | None = None
-    #: Options passed to the model builder and quantizer family (for families added later).
+    #: Options of the model builder and the quantizer family (``hwq models`` lists each one's); any other key, or a
+    #: value of the wrong type, is an error when the config is made.
     model_options: dict[str, Any] = field(default_factory=dict)
     #: Run directory of a trained (e.g. full-precision) model to distil from; None trains on labels alone.
     teacher: str | None = None
@@ -98,6 +100,7 @@ class TrainConfig:
                 ) from None
         self._check_types()
         self._check_ranges()
+        check_model_options(self.model, self.quant, self.model_options)
 
     def _check_types(self) -> None:
         for name in ("model", "dataset", "quant", "device"):

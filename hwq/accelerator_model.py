@@ -1,0 +1,149 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The functional model of a build's accelerator: the HW-layer graph its ``accelerator`` section names, executed.
+
+The emulated board computes its answers with it, and the host harness uses it as the reference a device's answers
+are compared with (accuracy mode) and to lay out a test image as the accelerator's input bytes. It reads only the
+manifest's ``accelerator`` section (:mod:`hwq.accelerator`) and the graph file that section names: every layer
+of that graph still executes in Python, bit-exact with the hardware (the build's gates checked it: FINN's
+bit-exactness gate; for an open build also the RTL simulation). Its input is ``uint8`` pixels in the
+accelerator's layout (NHWC for images: the host transposes an NCHW image).
+
+>>> model = BuildModel.from_build_dir("runs/tfc-digits/build-pynq-z2")      # doctest: +SKIP
+>>> model.classify(model.to_device_bytes(image))                           # doctest: +SKIP
+7
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from hwq._io import read_json
+from hwq.accelerator import CLASS_INDEX, AcceleratorSpec
+from hwq.classes import top_class
+from hwq.errors import HwqError
+
+
+@dataclass
+class BuildModel:
+    """A build's accelerator: its section (timing, layout, classes) and its HW graph (qonnx ``ModelWrapper``)."""
+
+    build_dir: Path
+    accelerator: AcceleratorSpec
+    manifest: dict                  # the whole manifest as read (for reports); the model uses only ``accelerator``
+    onnx_path: Path
+    model: object                   # qonnx ModelWrapper of the HW graph
+
+    @classmethod
+    def from_build_dir(cls, build_dir: str | Path) -> BuildModel:
+        """Load ``build_dir`` (written by ``hwq build``, either backend); raises HwqError naming what is wrong."""
+        from qonnx.core.modelwrapper import ModelWrapper
+
+        build_dir = Path(build_dir)
+        where = build_dir / "manifest.json"
+        manifest = read_json(where, "build manifest")
+        spec = AcceleratorSpec.from_manifest(manifest, str(where))
+        onnx = build_dir / spec.hw_graph
+        if not onnx.is_file():
+            raise HwqError(f"{where}: accelerator.hw_graph {spec.hw_graph}: file not found in {build_dir}")
+        if spec.input_dtype != "uint8":
+            raise HwqError(f"{where}: accelerator.input.dtype is {spec.input_dtype!r}; the harness sends uint8 "
+                           "pixels only")
+        import finn.custom_op.fpgadataflow  # noqa: F401  (registers FINN's HW layers for execution)
+
+        from hwq.dataflow.passes import CorrectPopcountDatatypes
+        from hwq.onnx_check import check_domains
+
+        # check_domains: an untrusted graph file, no node may name a module for qonnx to import. The saved HW
+        # graph predates the build's datatype correction (finn-plus declares INT7 for a 0..64 popcount): apply
+        # it, so the emulated board is the corrected hardware and no tensor exceeds its type.
+        model = ModelWrapper(check_domains(onnx, source=onnx)).transform(CorrectPopcountDatatypes())
+        shape = tuple(int(d) for d in model.get_tensor_shape(model.graph.input[0].name))
+        if shape != spec.input_shape:
+            raise HwqError(f"{onnx}: input shape {list(shape)}, accelerator.input.shape says "
+                           f"{list(spec.input_shape)} (the file changed after the build: rebuild)")
+        return cls(build_dir, spec, manifest, onnx, model)
+
+    # --- what the section says ---------------------------------------------------------------------------------
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return self.accelerator.input_shape
+
+    @property
+    def input_bytes(self) -> int:
+        return self.accelerator.input_bytes
+
+    @property
+    def num_classes(self) -> int:
+        return self.accelerator.num_classes
+
+    @property
+    def ii_cycles(self) -> float:
+        """Initiation interval: cycles between results once the pipeline is full."""
+        return self.accelerator.cycles_per_image
+
+    @property
+    def fill_cycles(self) -> int:
+        """Cycles from the first input to the first result (the pipeline latency)."""
+        return self.accelerator.latency_cycles
+
+    @property
+    def clock_mhz(self) -> float:
+        return self.accelerator.clock_mhz
+
+    @property
+    def estimated_fps(self) -> float:
+        """Throughput at the section's clock (``accelerator.source`` says whether estimated or measured)."""
+        return self.accelerator.fps
+
+    def window_cycles(self, n: int) -> Fraction:
+        """Cycles for ``n`` back-to-back inferences: pipeline fill, then one initiation interval each (exact: a
+        simulated interval need not be a whole number of cycles)."""
+        ii = Fraction(self.ii_cycles).limit_denominator(1_000_000)
+        return self.fill_cycles + (n - 1) * ii if n > 0 else Fraction(0)
+
+    # --- the function ------------------------------------------------------------------------------------------
+    def to_device_bytes(self, image: np.ndarray) -> bytes:
+        """One ``uint8`` image (C, H, W) or flat vector as the accelerator's input bytes (NHWC for images)."""
+        x = np.asarray(image, dtype=np.uint8)
+        if x.ndim == 3 and self.accelerator.input_layout == "NHWC" \
+                and tuple(self.in_shape[1:]) == x.shape[1:] + x.shape[:1]:
+            x = x.transpose(1, 2, 0)
+        if x.size != self.input_bytes:
+            raise HwqError(f"{self.onnx_path.name}: input has {x.size} values, the accelerator takes "
+                           f"{self.input_bytes}")
+        return np.ascontiguousarray(x).tobytes()
+
+    def classify(self, data: bytes) -> int:
+        """Execute the HW graph on one input (accelerator layout) and return the class it outputs.
+
+        A label selection's output is checked against the class rule (:mod:`hwq.classes`, the first arg-max of
+        the integer scores it reads), so the emulated board, the host reference and every other stage decide a
+        tie alike; a graph that outputs scores is classified by that rule."""
+        from qonnx.core.onnx_exec import execute_onnx
+
+        if len(data) != self.input_bytes:
+            raise HwqError(f"{self.onnx_path.name}: got {len(data)} input bytes, expected {self.input_bytes}")
+        x = np.frombuffer(data, dtype=np.uint8).astype(np.float32).reshape(self.in_shape)
+        name = self.model.graph.input[0].name
+        context = execute_onnx(self.model, {name: x}, return_full_exec_context=True)
+        out = np.asarray(context[self.model.graph.output[0].name]).reshape(-1)
+        if self.accelerator.output_kind != CLASS_INDEX:
+            return top_class(out)
+        label = int(out[0])
+        select = self.model.find_producer(self.model.graph.output[0].name)
+        if select is not None and select.op_type.startswith(("LabelSelect", "TopK")):
+            expected = top_class(np.asarray(context[select.input[0]]).reshape(-1))
+            if label != expected:
+                raise HwqError(f"{self.onnx_path.name}: node '{select.name}' selected class {label}, the class "
+                               f"rule (first arg-max of its integer scores) gives {expected}")
+        return label
+
+    def scores(self, data: bytes) -> list[float]:
+        """The output vector sent in ``m-results``: one-hot on the class (the accelerator returns top-1 only)."""
+        vec = [0.0] * self.num_classes
+        vec[self.classify(data)] = 1.0
+        return vec

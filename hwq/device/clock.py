@@ -1,0 +1,26 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The emulated board's timer: a cycle counter at the accelerator's clock, read in whole microseconds (floored,
+like a hardware timer). Cycles may be fractions (a simulated initiation interval need not be whole), so that a
+window of N inferences lasts exactly ``fill + (N - 1) * II`` cycles.
+
+>>> clock = VirtualClock(100.0); clock.advance(250); clock.us()
+2
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+
+class VirtualClock:
+    """Cycles since the (last) boot at ``clock_mhz``; :meth:`us` is the microsecond timer the protocol reads."""
+
+    def __init__(self, clock_mhz: float) -> None:
+        self.cycles: Fraction = Fraction(0)
+        self._mhz = Fraction(clock_mhz).limit_denominator(1_000_000)
+
+    def advance(self, cycles: int | Fraction) -> None:
+        self.cycles += Fraction(cycles)
+
+    def us(self) -> int:
+        return int(self.cycles / self._mhz)

@@ -1,0 +1,246 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The options of the quantizer families and model builders (``--option KEY=VALUE``, ``model_options:``), as data.
+
+Each family and each model declares its options here, in a module that imports no torch, so that a config is
+checked when it is made (before any data is loaded or torch imported) and ``hwq models`` lists them from
+:mod:`hwq.catalog`. The families and builders read their values through :meth:`Option.read`, so the type checks,
+the defaults and the error messages exist once:
+
+>>> PAD_VALUE.read({"pad_value": -1})
+-1.0
+>>> option_named(BITAT_OPTIONS, "bitat_penalty").read({})
+0.01
+>>> check_options({"bitat_penalti": 0.1}, BITAT_OPTIONS, "--quant bitat")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+hwq.errors.ConfigError: model_options.bitat_penalti: not an option of --quant bitat (did you mean bitat_penalty?); ...
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from hwq.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Range:
+    """An interval of allowed numbers; ``None`` leaves a side open-ended.
+
+    >>> str(Range(0, 4, low_open=True)), 4 in Range(0, 4, low_open=True), 0 in Range(0, 4, low_open=True)
+    ('in (0, 4]', True, False)
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return low_ok and high_ok
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return ""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_numbers(value: Any) -> bool:
+    return isinstance(value, list | tuple) and all(_is_number(v) for v in value)
+
+
+#: Option type -> (test of a value, the type in words).
+TYPES: dict[str, tuple[Any, str]] = {
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "number": (_is_number, "a number"),
+    "integer": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "choice": (lambda v: isinstance(v, str), "one of"),
+    "numbers": (_is_numbers, "a list of numbers"),
+    "number or numbers": (lambda v: _is_number(v) or _is_numbers(v), "a number or a list of numbers"),
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a family or model: its name, type, default and a one-line help.
+
+    ``default`` None means "not set": the reader then decides (``help`` says how), and ``null`` is accepted.
+    """
+
+    name: str
+    #: One of :data:`TYPES`.
+    type: str
+    default: Any
+    help: str
+    #: The allowed values of a ``choice``.
+    choices: tuple[str, ...] = ()
+    #: The allowed values of a ``number`` or ``integer`` (of every element of ``numbers``).
+    range: Range = Range()
+
+    def __post_init__(self) -> None:
+        if self.type not in TYPES:
+            raise ValueError(f"option {self.name}: type '{self.type}' is not one of {', '.join(TYPES)}")
+        if (self.type == "choice") != bool(self.choices):
+            raise ValueError(f"option {self.name}: a 'choice' and only a 'choice' has choices")
+
+    def expected(self) -> str:
+        """The allowed values in words, e.g. ``a number >= 0`` or ``one of eigen, cayley, none``."""
+        words = TYPES[self.type][1]
+        if self.type == "choice":
+            words += " " + ", ".join(self.choices)
+        elif str(self.range):
+            words += f" {self.range}" if self.type in ("number", "integer") else f", each {self.range}"
+        return words + (" or null" if self.default is None else "")
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.default is None
+        if not TYPES[self.type][0](value):
+            return False
+        if self.type == "choice":
+            return value in self.choices
+        values = value if isinstance(value, list | tuple) else [value]
+        return all(v in self.range for v in values)
+
+    def read(self, options: Mapping[str, Any]) -> Any:
+        """This option's value in ``options`` (its default when absent): numbers as float, lists as lists.
+
+        A value of the wrong type or outside the range is a ConfigError naming ``model_options.<name>``.
+        """
+        value = options.get(self.name, self.default)
+        if not self.accepts(value):
+            raise ConfigError(f"model_options.{self.name}: expected {self.expected()}, got {value!r}")
+        if value is None or self.type in ("bool", "choice", "integer"):
+            return value
+        if isinstance(value, list | tuple):
+            return [float(v) for v in value]
+        return float(value)
+
+    def default_text(self) -> str:
+        return "unset" if self.default is None else _yaml_text(self.default)
+
+
+def _yaml_text(value: Any) -> str:
+    return {True: "true", False: "false"}.get(value, str(value)) if isinstance(value, bool) else str(value)
+
+
+def option_named(declared: tuple[Option, ...], name: str) -> Option:
+    """The option called ``name`` among ``declared`` (a KeyError names it otherwise: a bug, not a user error)."""
+    for option in declared:
+        if option.name == name:
+            return option
+    raise KeyError(f"no declared option '{name}' (declared: {', '.join(o.name for o in declared)})")
+
+
+def check_options(options: Mapping[str, Any], declared: tuple[Option, ...], owner: str,
+                  elsewhere: Mapping[str, list[str]] | None = None) -> None:
+    """Raise a one-line ConfigError for the first key of ``options`` that is not ``declared`` or whose value is not
+    one it takes. ``owner`` says whose options they are (``model 'tfc' with --quant bitat``); ``elsewhere`` maps
+    option names of other families and models to their owners, for a hint.
+    """
+    known = {o.name: o for o in declared}
+    for key, value in options.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            owners_of_key = (elsewhere or {}).get(key)
+            hint = (f" (did you mean {close[0]}?)" if close else
+                    f" ({key} is an option of {' and '.join(owners_of_key)})" if owners_of_key else "")
+            raise ConfigError(f"model_options.{key}: not an option of {owner}{hint}; "
+                              f"known: {', '.join(sorted(known)) or 'none'}")
+        known[key].read({key: value})
+
+
+def owners(tables: Mapping[str, Mapping[str, tuple[Option, ...]]]) -> dict[str, list[str]]:
+    """Option name -> who declares it, over ``{"model": {name: options}, "--quant": {name: options}}``.
+
+    >>> owners({"model": {"mobilenet": MOBILENET_OPTIONS}})["width"]
+    ["model 'mobilenet'"]
+    """
+    out: dict[str, list[str]] = {}
+    for kind, table in tables.items():
+        for name, declared in table.items():
+            for option in declared:
+                out.setdefault(option.name, []).append(f"{kind} '{name}'" if kind == "model" else f"{kind} {name}")
+    return out
+
+
+# --- quantizer families (hwq.quant) ----------------------------------------------------------------------------
+UNIFORM_OPTIONS: tuple[Option, ...] = ()
+
+FLOAT_OPTIONS = (
+    Option("float_act", "choice", "relu", "activation after each normalisation (hardtanh: what sign approximates)",
+           choices=("relu", "hardtanh")),
+)
+
+#: The paper's output range: levels ``k * 2 / (2^b - 1)`` (``hwq.quant.n2uq.DEFAULT_RANGE``).
+N2UQ_DEFAULT_RANGE = 2.0
+
+N2UQ_OPTIONS = (
+    Option("n2uq_range", "number", N2UQ_DEFAULT_RANGE, "output levels k * range / (2^abits - 1); 2.0 is the paper's",
+           range=Range(0, None, low_open=True)),
+    Option("n2uq_per_channel", "bool", False, "one learned threshold set per channel (the paper: one per layer)"),
+    Option("n2uq_start", "number", 0.0, "initial start of the first segment"),
+    Option("n2uq_gaps", "number or numbers", None, "initial segment widths, one or one per segment (unset: the steps)",
+           range=Range(0, None, low_open=True)),
+    Option("n2uq_thresholds", "numbers", None, "initial thresholds, 2^abits - 1 increasing (instead of start, gaps)"),
+    Option("n2uq_threshold_lr_scale", "number", 0.1, "learning-rate factor of the thresholds (the paper's 0.1)",
+           range=Range(0, None)),
+    Option("n2uq_weight_per_channel", "bool", True, "one weight scale per output channel (false: per layer)"),
+    Option("n2uq_classifier_per_channel", "bool", False,
+           "scale the last layer per class too (trains as the paper, but FINN cannot absorb it)"),
+)
+
+#: Layers with more inputs than this keep the coordinate basis (``hwq.quant.bitat.MAX_EIGEN_DIM``).
+BITAT_MAX_EIGEN_DIM = 2048
+
+BITAT_OPTIONS = (
+    Option("bitat_transform", "choice", "eigen", "basis of the importance metric (none: the coordinate basis)",
+           choices=("eigen", "cayley", "none")),
+    Option("bitat_importance", "bool", True, "learn the importance vector s (false: s = 1)"),
+    Option("bitat_progressive", "bool", True, "binarize layer by layer, input side first (false: all at once)"),
+    Option("bitat_penalty", "number", 1e-2, "weight of the importance-weighted binarization penalty",
+           range=Range(0, None)),
+    Option("bitat_importance_power", "number", 0.5, "s starts as the eigenvalues to this power", range=Range(0, None)),
+    Option("bitat_final", "number", 0.25, "fraction of the epochs fine-tuning the all-binary network at the end",
+           range=Range(0, 1, high_open=True)),
+    Option("bitat_warmup", "number", 0.0, "fraction of the epochs in full precision first",
+           range=Range(0, 1, high_open=True)),
+    Option("bitat_stages", "integer", None, "stages of the progressive schedule (unset: one per layer)",
+           range=Range(1, None)),
+    Option("bitat_codes", "choice", "sign", "how a layer's signs are chosen when it switches to binary",
+           choices=("importance", "sign")),
+    Option("bitat_codes_every", "integer", 0, "re-apply importance codes every this many steps (0: at the switch)",
+           range=Range(0, None)),
+    Option("bitat_max_eigen_dim", "integer", BITAT_MAX_EIGEN_DIM,
+           "layers with more inputs keep the coordinate basis (an eigendecomposition costs n^3)",
+           range=Range(0, None)),
+)
+
+# --- models (hwq.models) ---------------------------------------------------------------------------------------
+FC_OPTIONS: tuple[Option, ...] = ()
+CNV_OPTIONS: tuple[Option, ...] = ()
+RESNET_OPTIONS: tuple[Option, ...] = ()
+
+PAD_VALUE = Option("pad_value", "number", None,
+                   "padding of the depthwise convolutions (unset: -1 with binary activations, which have no 0, else 0)")
+
+
+def _width(default: float) -> Option:
+    return Option("width", "number", default, "channel multiplier of MobileNet-v1's widths",
+                  range=Range(0, 4, low_open=True))
+
+
+MOBILENET_OPTIONS = (_width(0.5), PAD_VALUE)
+MOBILENET_TINY_OPTIONS = (_width(1.0), PAD_VALUE)
