@@ -112,22 +112,28 @@ def test_a_changed_build_setting_rebuilds_and_a_changed_model_too(flow, tmp_path
     assert stale_reason(manifest, config.to_dict(), {"onnx": copy}) == f"{copy} changed"
 
 
-def test_an_open_backend_recipe_runs_train_export_build_and_is_then_up_to_date(tmp_path):
+def test_an_open_backend_recipe_runs_every_stage_and_is_then_up_to_date(tmp_path):
     """``build: {backend: open, ...}``: train -> export -> open build (generated, simulated bit-exactly, not
-    synthesised) in one ``hwq run``; the second run skips every stage."""
+    synthesised) -> emulated board -> measurement in one ``hwq run``; the second run skips every stage."""
     from tests.conftest import RTL_SMALL_FOLDING
 
     run = tmp_path / "run"
     folding = tmp_path / "small_folding.json"
     folding.write_text(json.dumps(RTL_SMALL_FOLDING))
     train = {"model": "tfc", "dataset": "digits", "epochs": 3, "threads": 1, "train_subset": 300}
-    path = _recipe(tmp_path, train=train, export={"verify_samples": 50}, measure=None,
+    path = _recipe(tmp_path, train=train, export={"verify_samples": 50},
                    build={"backend": "open", "board": "icebreaker", "folding_file": str(folding),
-                          "synthesise": False, "verify_samples": 5})
+                          "synthesise": False, "verify_samples": 5},
+                   measure={"emulate": True, "modes": ["performance", "accuracy"], "min_window_s": 0.2,
+                            "samples": 50})
     lines: list[str] = []
     report = run_flow(path, progress=False, echo=lines.append)
     assert report["skipped"] == [] and report["bit_exact"] is True
-    assert [line.split()[0] for line in lines[:3]] == ["train", "export", "build"]
+    assert [line.split()[0] for line in lines[:4]] == ["train", "export", "build", "measure"]
+    # measured on the emulated board over the serial protocol: the open build's own timing (128 simulated cycles
+    # per image at the board clock, synthesis skipped), and the classes of its HW graph
+    assert report["measured"]["measured_over_estimated"] == pytest.approx(1.0, abs=0.01)
+    assert report["accuracy"]["device_host_agreement"] == 1.0 and report["accuracy"]["device_samples"] == 50
     assert report["build"]["backend"] == "open" and report["build"]["board"] == "icebreaker"
     assert report["build"]["cycles_per_image"] == 128 and report["estimated"]["board"] == "pynq-z2"
     assert any(line.startswith("  open backend  icebreaker: RTL simulation bit-exact True, 128 cycles/image")
@@ -137,7 +143,7 @@ def test_an_open_backend_recipe_runs_train_export_build_and_is_then_up_to_date(t
     assert [s["name"] for s in manifest["steps"]][-4:] == ["read_layers", "check_reference", "generate_verilog",
                                                            "simulate"]
     again = run_flow(path, progress=False, echo=lambda _: None)
-    assert again["skipped"] == ["train", "export", "build"] and again["build"] == report["build"]
+    assert again["skipped"] == ["train", "export", "build", "measure"] and again["build"] == report["build"]
 
 
 def test_changed_training_reruns_what_depends_on_it(tmp_path):
