@@ -136,3 +136,21 @@ def test_agent_script_serves_a_standin_on_a_pty(digits_tfc_build):
         proc.terminate()
         proc.wait(timeout=10)
     assert proc.returncode == 0
+
+
+def test_a_driver_folder_is_loaded_and_taken_off_sys_path(tmp_path):
+    """FINN's driver.py imports driver_base from its own folder; the folder is on sys.path only while it loads.
+    (The two files here are stand-ins of FINN's generated ones: same names, same import, no PYNQ.)"""
+    import sys
+
+    driver = tmp_path / "deploy" / "driver"
+    driver.mkdir(parents=True)
+    (driver / "driver_base.py").write_text(
+        "class FINNExampleOverlay:\n    def __init__(self, **settings):\n        self.settings = settings\n")
+    (driver / "driver.py").write_text("from driver_base import FINNExampleOverlay\nio_shape_dict = {'ishape': 1}\n")
+    (tmp_path / "x.bit").write_bytes(b"")
+    before = list(sys.path)
+    overlay = load_finn_overlay(driver, tmp_path / "x.bit", download=False)
+    assert overlay.settings["io_shape_dict"] == {"ishape": 1} and overlay.settings["bitfile_name"].endswith("x.bit")
+    assert sys.path == before
+    sys.modules.pop("driver_base", None)

@@ -184,6 +184,16 @@ def _no_rails() -> Iterator[dict[str, float]]:
     yield {}
 
 
+@contextmanager
+def _first_on_sys_path(folder: Path) -> Iterator[None]:
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        if str(folder) in sys.path:
+            sys.path.remove(str(folder))
+
+
 def load_finn_overlay(driver_dir: str | Path, bitfile: str | Path, platform: str = "zynq-iodma",
                       download: bool = True):
     """FINN's generated PYNQ driver (``deploy/driver``: ``driver.py`` with ``io_shape_dict``, ``driver_base.py``
@@ -192,11 +202,12 @@ def load_finn_overlay(driver_dir: str | Path, bitfile: str | Path, platform: str
     for path in (driver_dir / "driver.py", driver_dir / "driver_base.py", bitfile):
         if not path.is_file():
             raise AcceleratorError(f"{path}: not found (copy the build's deploy/ folder to the board)")
-    # driver.py imports driver_base (and its bundled finn/qonnx helpers) by name from its own folder.
-    sys.path.insert(0, str(driver_dir.resolve()))
+    # driver.py imports driver_base (and its bundled finn/qonnx helpers) by name from its own folder, all at
+    # module level: the folder is on sys.path while it loads, and taken off again.
     spec = importlib.util.spec_from_file_location("finn_pynq_driver", driver_dir / "driver.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with _first_on_sys_path(driver_dir.resolve()):
+        spec.loader.exec_module(module)
     if not hasattr(module, "io_shape_dict"):
         raise AcceleratorError(f"{driver_dir / 'driver.py'}: no io_shape_dict (not a FINN-generated driver)")
     return module.FINNExampleOverlay(bitfile_name=str(bitfile), platform=platform,
