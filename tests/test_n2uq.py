@@ -357,8 +357,9 @@ def test_finn_maps_n2uq_to_the_same_hw_layers_as_uniform_bit_exactly(tmp_path):
     for quant in ("uniform", "n2uq"):
         run = tmp_path / quant
         # One scale per weight tensor: a per-class scale on the last layer could not fold into FINN's TopK.
+        options = {"n2uq_weight_per_channel": False} if quant == "n2uq" else {}  # an option of n2uq only
         run_train(TrainConfig(model="tfc", dataset="digits", quant=quant, wbits=2, abits=2, epochs=5, lr=0.01,
-                              model_options={"n2uq_weight_per_channel": False}), run, progress=False)
+                              model_options=options), run, progress=False)
         graphs[quant] = _hw_graph(run, tmp_path, f"build-{quant}")
     kinds = {q: [n.op_type for n in g.graph.node] for q, g in graphs.items()}
     assert kinds["n2uq"] == kinds["uniform"], kinds
