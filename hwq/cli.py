@@ -155,6 +155,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="build an exported run into a FINN dataflow accelerator for a board")
     p.add_argument("run", help="run directory holding model.onnx and export.json from 'hwq export'")
     p.add_argument("--board", default="pynq-z2", help="board name (see 'hwq boards'; default pynq-z2)")
+    add_boards_dir_argument(p)
     fold = p.add_mutually_exclusive_group()
     fold.add_argument("--target-fps", dest="target_fps", type=float,
                       help="frames/s to fold for (default: none, the fastest folding that fits 80%% of the board)")
@@ -213,7 +214,7 @@ def _build(args: argparse.Namespace) -> int:
         raise ConfigError(f"{', '.join(given)}: only for --backend open")
     config = BuildConfig().replace(board=args.board, target_fps=args.target_fps, folding_file=args.folding_file,
                                    out_dir=args.out_dir, verify_samples=args.verify_samples,
-                                   data_dir=args.data_dir, force=args.force)
+                                   data_dir=args.data_dir, force=args.force, boards_dir=args.boards_dir)
     m = run_build(args.run, config, progress=args.progress, start_step=args.start_step, stop_step=args.stop_step)
     if m["status"] == "stopped":
         print(_stopped(args, m))
@@ -237,7 +238,7 @@ def _build_open(args: argparse.Namespace) -> int:
     from hwq.rtl.build import OpenBuildConfig, run_open_build
 
     settings = {k: getattr(args, k) for k in ("target_fps", "folding_file", "out_dir", "verify_samples", "data_dir",
-                                           "tree_levels_per_stage", "simulator", "xilinx_estimate")
+                                           "tree_levels_per_stage", "simulator", "xilinx_estimate", "boards_dir")
                 if getattr(args, k) is not None}
     m = run_open_build(args.run, OpenBuildConfig(board=args.board, force=args.force, **settings),
                        progress=args.progress, start_step=args.start_step, stop_step=args.stop_step)

@@ -134,7 +134,7 @@ class Recipe:
             raise ConfigError(f"{where}: backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
         settings = {key: value for key, value in self.build.items() if key != "backend"}
         config = _section(_build_config_class(backend), settings, where)
-        _section(load_board, config.board, f"{where}: board")
+        _section(load_board, config.board, f"{where}: board", config.boards_dir)
         return backend, _section(lambda c: c.canonical(), config, where)
 
 

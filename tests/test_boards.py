@@ -188,3 +188,31 @@ def test_cli_lists_a_users_boards_with_their_file(tmp_path, capsys, monkeypatch)
     assert not any(line.endswith(".yaml)") for line in lines if not line.startswith("Lab-Board "))
     assert main(["boards", "--boards-dir", str(tmp_path / "nope")]) == 2
     assert "hwq boards: error: --boards-dir: " in capsys.readouterr().err
+
+
+def test_a_users_board_folder_reaches_the_build_and_the_recipe(exported_tfc_w1a1, tmp_path):
+    """``--boards-dir`` (and a recipe's ``build: {boards_dir: ...}``) finds a board file of the user's own: the
+    build is named after it, its manifest records it, and a name that is nowhere is a one-line error."""
+    import json
+    import shutil
+
+    import yaml
+
+    from hwq.cli import main
+    from hwq.flow import Recipe
+
+    mine = tmp_path / "my-boards"
+    mine.mkdir()
+    shutil.copy(BOARDS_DIR / "pynq-z2.yaml", mine / "lab-z2.yaml")
+    run = tmp_path / "run"
+    shutil.copytree(exported_tfc_w1a1, run, ignore=shutil.ignore_patterns("build-*"))
+    assert main(["build", str(run), "--board", "LAB-Z2", "--boards-dir", str(mine), "--verify-samples", "5",
+                 "--no-progress"]) == 0
+    manifest = json.loads((run / "build-lab-z2" / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["board"]["name"] == "lab-z2"
+    assert main(["build", str(run), "--board", "lab-z2", "--no-progress"]) == 2  # not without the folder
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"run_dir": str(run), "train": {},
+                                      "build": {"board": "Lab-Z2", "boards_dir": str(mine)}}))
+    assert Recipe.from_yaml(recipe).build_config()[1].board == "lab-z2"

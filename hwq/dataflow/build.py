@@ -120,7 +120,7 @@ def check_inputs(run_dir: Path, config: BuildConfig) -> dict[str, Any]:
     Returns what the build needs from them (``board``, ``qonnx_model``, ``dataset``, ``images``, ``export``)."""
     from hwq.boards import load_board
 
-    board = load_board(config.canonical().board)
+    board = load_board(config.canonical().board, config.boards_dir)
     export = check_export(run_dir, config.force)
     qonnx_model = load_qonnx(run_dir / ONNX_FILE)
     if config.folding_file is not None and not Path(config.folding_file).is_file():

@@ -45,10 +45,13 @@ class BuildConfig:
     #: Build a ``model.onnx`` whose export verification is missing, failed or about another file (``export.json``);
     #: off by default, since the hardware would implement a graph nobody checked. The manifest records it.
     force: bool = False
+    #: A folder of the user's own board files, searched before ``$HWQ_BOARDS`` and the packaged boards.
+    boards_dir: str | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, {"board": str, "folding_file": (str, type(None)), "out_dir": (str, type(None)),
-                            "data_dir": (str, type(None)), "fix_datatypes": bool, "codegen": bool, "force": bool})
+                            "data_dir": (str, type(None)), "fix_datatypes": bool, "codegen": bool, "force": bool,
+                            "boards_dir": (str, type(None))})
         if self.target_fps is not None and self.folding_file is not None:
             raise ConfigError("target_fps (--target-fps) and folding_file (--folding) exclude each other; "
                               "give one or neither")
@@ -72,7 +75,7 @@ class BuildConfig:
         build records and the flow compares. An unknown or open board is a one-line ConfigError."""
         from hwq.boards import load_board
 
-        board = load_board(self.board)
+        board = load_board(self.board, self.boards_dir)
         if board.shell == "open":
             raise ConfigError(f"board '{board.name}' is built by the open backend (shell: open): add --backend "
                               "open")

@@ -48,13 +48,16 @@ class OpenBuildConfig:
     xilinx_estimate: bool = False
     #: As in :class:`hwq.dataflow.BuildConfig`: build a model whose export verification is missing or failed.
     force: bool = False
+    #: As in :class:`hwq.dataflow.BuildConfig`: a folder of the user's own board files.
+    boards_dir: str | None = None
 
     def __post_init__(self) -> None:
         from hwq.rtl.simulate import check_simulator
 
         check_fields(self, {"board": str, "fold_board": str, "folding_file": (str, type(None)),
                             "out_dir": (str, type(None)), "data_dir": (str, type(None)), "synthesise": bool,
-                            "simulator": str, "xilinx_estimate": bool, "force": bool})
+                            "simulator": str, "xilinx_estimate": bool, "force": bool,
+                            "boards_dir": (str, type(None))})
         check_simulator(self.simulator)
         if self.target_fps is not None and self.folding_file is not None:
             raise ConfigError("target_fps (--target-fps) and folding_file (--folding) exclude each other; "
@@ -77,7 +80,7 @@ class OpenBuildConfig:
         ConfigError names the field."""
         from hwq.boards import load_board
 
-        board = load_board(self.board)
+        board = load_board(self.board, self.boards_dir)
         xilinx = board.shell != "open"
         if xilinx and not board.finn_board:
             raise ConfigError(f"board '{board.name}': --backend open needs an open board (shell: open) or a "
@@ -85,7 +88,7 @@ class OpenBuildConfig:
         if xilinx:  # FINN's estimate for the board itself
             return board, board, True
         try:
-            fold = load_board(self.fold_board)
+            fold = load_board(self.fold_board, self.boards_dir)
         except ConfigError as err:
             raise ConfigError(f"fold_board: {err}") from None
         if fold.shell == "open":
@@ -111,4 +114,4 @@ class OpenBuildConfig:
         estimate; no code generation)."""
         return BuildConfig(board=self.canonical().fold_board, target_fps=self.target_fps,
                            folding_file=self.folding_file, verify_samples=self.verify_samples,
-                           data_dir=self.data_dir, codegen=False, force=self.force)
+                           data_dir=self.data_dir, codegen=False, force=self.force, boards_dir=self.boards_dir)
