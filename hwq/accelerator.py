@@ -18,7 +18,8 @@ open backend, Xilinx board                ``RTL simulation (cycles) + Yosys synt
 A section as written (``to_dict``; digits TFC on the Pynq-Z2)::
 
     {"board": "pynq-z2", "model_id": "tfc-digits",
-     "input": {"layout": "flat", "shape": [1, 64], "dtype": "uint8", "bytes": 64},
+     "input": {"layout": "flat", "shape": [1, 64], "dtype": "uint8", "bytes": 64,
+               "convention": {"kind": "pixels/255", "formula": "x = pixels / 255", ...}},
      "output": {"kind": "class index", "classes": 10},
      "cycles_per_image": 8, "latency_cycles": 33, "clock_mhz": 100.0, "fps": 12500000.0, "latency_us": 0.33,
      "resources": {"lut": 37553, "ff": null, "bram": 64, "bram_kbit": 18, "dsp": 0, "uram": 0},
@@ -78,6 +79,9 @@ class AcceleratorSpec:
     #: lut, ff, bram (cells of bram_kbit kilobits), bram_kbit, dsp (+ uram for FINN); None where not reported.
     resources: dict[str, Any] = field(default_factory=dict)
     power_model: dict[str, float] | None = None     # the board's ``power_model:`` coefficients, or None
+    #: How the pixels relate to the float input of the model the build was made from (``x = pixels / 255``, ...;
+    #: :mod:`hwq.dataflow.input_convention`): what a host must send is always the uint8 pixels themselves.
+    input_convention: dict[str, Any] | None = None
 
     @property
     def input_bytes(self) -> int:
@@ -98,7 +102,7 @@ class AcceleratorSpec:
         """The section as it goes into ``manifest.json`` (``fps`` and ``latency_us`` derived, for readers)."""
         return {"board": self.board, "model_id": self.model_id,
                 "input": {"layout": self.input_layout, "shape": list(self.input_shape), "dtype": self.input_dtype,
-                          "bytes": self.input_bytes},
+                          "bytes": self.input_bytes, "convention": self.input_convention},
                 "output": {"kind": self.output_kind, "classes": self.num_classes},
                 "cycles_per_image": self.cycles_per_image, "latency_cycles": self.latency_cycles,
                 "clock_mhz": self.clock_mhz, "fps": self.fps, "latency_us": self.latency_us,
@@ -134,7 +138,8 @@ class AcceleratorSpec:
                                 "a path relative to the build directory"),
                    dataset=get("dataset.name", str), source=get("source", str),
                    data_dir=d.get("dataset", {}).get("data_dir"),
-                   resources=get("resources", dict), power_model=d.get("power_model"))
+                   resources=get("resources", dict), power_model=d.get("power_model"),
+                   input_convention=d["input"].get("convention"))
         if spec.input_bytes != d["input"].get("bytes", spec.input_bytes):
             raise HwqError(f"{where}: accelerator.input.bytes is {d['input']['bytes']!r}, its shape "
                            f"{list(spec.input_shape)} holds {spec.input_bytes}")
@@ -176,7 +181,7 @@ def finn_accelerator(manifest: dict, build_dir: str | Path) -> dict | None:
         cycles_per_image=int(estimate["max_cycles"]), latency_cycles=int(estimate["critical_path_cycles"]),
         clock_mhz=float(estimate["clock_mhz"]), hw_graph=hw_graph, dataset=manifest["source"]["dataset"],
         data_dir=manifest.get("config", {}).get("data_dir"), source=FINN_SOURCE, resources=resources,
-        power_model=board.get("power_model")).to_dict()
+        power_model=board.get("power_model"), input_convention=manifest["source"].get("input")).to_dict()
 
 
 def open_accelerator(manifest: dict, fold_section: dict | None, fold_dir: str) -> dict:
@@ -206,11 +211,12 @@ def open_accelerator(manifest: dict, fold_section: dict | None, fold_dir: str) -
         input_dtype=fold.input_dtype, output_kind=fold.output_kind, num_classes=fold.num_classes,
         cycles_per_image=_whole(sim["cycles_per_image"]), latency_cycles=int(sim["latency_cycles"]),
         clock_mhz=clock, hw_graph=hw_graph, dataset=fold.dataset, data_dir=fold.data_dir, source=source,
-        resources=resources, power_model=board.get("power_model")).to_dict()
+        resources=resources, power_model=board.get("power_model"), input_convention=fold.input_convention).to_dict()
 
 
 def _model_id(manifest: dict) -> str:
-    return os.path.basename(str(manifest.get("source", {}).get("run", "hwq")).rstrip("/")) or "hwq"
+    name = os.path.basename(str(manifest.get("source", {}).get("run", "hwq")).rstrip("/")) or "hwq"
+    return name[:-len(".onnx")] if name.endswith(".onnx") else name   # a bare QONNX file: its stem
 
 
 def _whole(cycles: float) -> float | int:

@@ -153,8 +153,21 @@ def _models(args: argparse.Namespace) -> int:
 
 def _add_build(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="build an exported run into a FINN dataflow accelerator for a board")
-    p.add_argument("run", help="run directory holding model.onnx and export.json from 'hwq export'")
+    p.add_argument("run", metavar="RUN_OR_MODEL",
+                   help="run directory holding model.onnx and export.json from 'hwq export', or a QONNX file (or a "
+                        "folder holding only model.onnx) that hwq did not train: then give --dataset or "
+                        "--calibration (docs/byo-model.md)")
     p.add_argument("--board", default="pynq-z2", help="board name (see 'hwq boards'; default pynq-z2)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--dataset", help="dataset whose test images feed the gates: digits, mnist, cifar10 "
+                                          "(default: the run's; required for a model hwq did not train)")
+    source.add_argument("--calibration", metavar="FILE.npz",
+                        help="your own uint8 images for the gates: an .npz with an array 'images' (N, C, H, W) "
+                             "(default: none)")
+    p.add_argument("--input-scale", dest="input_scale", type=float,
+                   help="the graph's input is pixels * SCALE + OFFSET (default: pixels / 255, or the pixels for an "
+                        "input annotated UINT8)")
+    p.add_argument("--input-offset", dest="input_offset", type=float, help="see --input-scale (default 0)")
     add_boards_dir_argument(p)
     fold = p.add_mutually_exclusive_group()
     fold.add_argument("--target-fps", dest="target_fps", type=float,
@@ -214,7 +227,8 @@ def _build(args: argparse.Namespace) -> int:
         raise ConfigError(f"{', '.join(given)}: only for --backend open")
     config = BuildConfig().replace(board=args.board, target_fps=args.target_fps, folding_file=args.folding_file,
                                    out_dir=args.out_dir, verify_samples=args.verify_samples,
-                                   data_dir=args.data_dir, force=args.force, boards_dir=args.boards_dir)
+                                   data_dir=args.data_dir, force=args.force, boards_dir=args.boards_dir,
+                                   **_source_settings(args))
     m = run_build(args.run, config, progress=args.progress, start_step=args.start_step, stop_step=args.stop_step)
     if m["status"] == "stopped":
         print(_stopped(args, m))
@@ -223,9 +237,22 @@ def _build(args: argparse.Namespace) -> int:
     skipped = sorted(k for k, s in m["vendor"].items() if s["status"] == "skipped")
     print(f"built {args.run} for {m['board']['name']}: estimated {t['estimated_fps']:,.0f} fps, "
           f"{t['estimated_latency_us']:.2f} us at {t['clock_mhz']:g} MHz, {t['LUT']:,} LUT, {t['BRAM_18K']} BRAM18, "
-          f"{t['DSP']} DSP; bit-exact on {v['n']} test images; "
+          f"{t['DSP']} DSP; {_gate_claim(v)}; "
           f"vendor steps skipped: {', '.join(skipped) or 'none'}")
     return 0
+
+
+def _source_settings(args: argparse.Namespace) -> dict:
+    """The flags that say what feeds the gates and what the graph's input is, where given."""
+    return {k: getattr(args, k) for k in ("dataset", "calibration", "input_scale", "input_offset")
+            if getattr(args, k) is not None}
+
+
+def _gate_claim(gate: dict) -> str:
+    """What the bit-exactness gate compared, as the CLI says it: layer-wise only when it was."""
+    if gate.get("layerwise"):
+        return f"bit-exact layer by layer on {gate['n']} test images"
+    return f"bit-exact on {gate['n']} test images in {gate.get('compared', 'the classes only')}"
 
 
 def _stopped(args: argparse.Namespace, m: dict) -> str:
@@ -240,6 +267,7 @@ def _build_open(args: argparse.Namespace) -> int:
     settings = {k: getattr(args, k) for k in ("target_fps", "folding_file", "out_dir", "verify_samples", "data_dir",
                                            "tree_levels_per_stage", "simulator", "xilinx_estimate", "boards_dir")
                 if getattr(args, k) is not None}
+    settings.update(_source_settings(args))
     m = run_open_build(args.run, OpenBuildConfig(board=args.board, force=args.force, **settings),
                        progress=args.progress, start_step=args.start_step, stop_step=args.stop_step)
     if m["status"] == "stopped":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 from qonnx.core.modelwrapper import ModelWrapper
 
@@ -35,9 +36,10 @@ def mnist_tfc(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "tfc-mnist-shape"
     run.mkdir()
     export_qonnx_model(build_model(ModelSpec("tfc", 1, 1, image_shape=(1, 28, 28))).eval(), run / "model.onnx")
-    write_json(run / "metrics.json", {"config": {"dataset": "digits"}})  # images for the input checks only
-    m = run_build(run, BuildConfig(force=True, verify_samples=1, out_dir=str(run / "hw")), progress=False,
-                  steps=UP_TO_SPECIALIZE)
+    write_json(run / "metrics.json", {"config": {"dataset": "mnist"}})   # its images: the calibration file
+    np.savez(run / "images.npz", images=np.zeros((1, 1, 28, 28), np.uint8))  # for the input checks only
+    m = run_build(run, BuildConfig(force=True, verify_samples=1, out_dir=str(run / "hw"),
+                                   calibration=str(run / "images.npz")), progress=False, steps=UP_TO_SPECIALIZE)
     return run, ModelWrapper(str(run / "hw" / m["steps"][-1]["onnx"]))
 
 

@@ -188,7 +188,7 @@ def test_the_recipes_in_flows_are_valid(path, monkeypatch):
     ({"run_dir": "x", "train": {}, "build": {"board": "icebreaker"}},
      r"build: board 'icebreaker' is built by the open backend \(shell: open\)"),
     ({"run_dir": "x", "train": {}, "build": {"backend": "open", "board": "icebreaker", "bogus": 1}},
-     r"build: unknown field\(s\) bogus; known: board, boards_dir, data_dir, .*xilinx_estimate$"),
+     r"build: unknown field\(s\) bogus; known: board, boards_dir, .*xilinx_estimate$"),
     ({"run_dir": "x", "train": {}, "build": {"backend": "open", "synthesise": "no"}},
      r"build: synthesise: expected true or false, got 'no'$"),
     ({"run_dir": "x", "train": {}, "build": {"backend": "open", "simulator": "vcs"}},

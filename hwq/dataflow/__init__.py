@@ -6,7 +6,8 @@
 >>> manifest = run_build("runs/tfc-digits", steps=[*STEPS[:3], Step("mine", step_mine), *STEPS[3:]])  # doctest: +SKIP
 """
 
-from hwq.dataflow.build import load_qonnx, run_build
+from hwq.dataflow.build import run_build
+from hwq.dataflow.model_import import load_qonnx
 from hwq.dataflow.config import BuildConfig
 from hwq.dataflow.driver import Step
 from hwq.dataflow.steps import STEPS

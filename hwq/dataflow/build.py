@@ -22,6 +22,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 
 from hwq import manifest as records
@@ -29,7 +30,7 @@ from hwq._io import read_json
 from hwq.accelerator import finn_accelerator
 from hwq.dataflow.config import BuildConfig
 from hwq.dataflow.driver import check_resumable, restore, run_steps, step_range
-from hwq.dataflow.errors import ModelFileError
+from hwq.dataflow.errors import MappingError, ModelFileError
 from hwq.dataflow.finn_compat import finn_output_to, finn_session
 from hwq.dataflow.progress import StepProgress
 from hwq.dataflow.staging import StagedOutput
@@ -39,7 +40,6 @@ from hwq.manifest import sha256_file
 from hwq.onnx_check import check_domains
 
 MANIFEST_FILE, ONNX_FILE, EXPORT_FILE = "manifest.json", "model.onnx", "export.json"
-QONNX_OPS = ("Quant", "BipolarQuant", "BinaryQuant", "Trunc")
 
 
 class UnverifiedModelError(VerificationError):
@@ -78,55 +78,142 @@ def check_export(run_dir: Path, force: bool = False) -> dict[str, Any]:
     return {"file": EXPORT_FILE, "status": "overridden (--force)", "problem": problem}
 
 
-def load_qonnx(path: str | Path) -> ModelWrapper:
-    """Load a QONNX file; a missing, corrupt or non-QONNX file is a ModelFileError naming it."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: ONNX file not found (run 'hwq export' first)")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # onnx raises DecodeError, ...
-        raise ModelFileError(f"{path}: not a valid ONNX file ({type(err).__name__})") from None
-    check_domains(proto, source=path)  # before qonnx, which imports the module a node's domain names
-    try:
-        onnx.checker.check_model(proto)
-    except Exception as err:  # ValidationError, ...
-        raise ModelFileError(f"{path}: not a valid ONNX file ({type(err).__name__})") from None
-    model = ModelWrapper(proto)
-    if not any(n.op_type in QONNX_OPS for n in model.graph.node):
-        raise ModelFileError(f"{path}: not a QONNX model (no {'/'.join(QONNX_OPS)} nodes)")
-    if len(model.graph.input) != 1 or len(model.graph.output) != 1:
-        raise ModelFileError(f"{path}: expected one graph input and one output")
-    return model
+def source_onnx(source: str | Path) -> Path:
+    """The QONNX file a build reads: ``source`` itself when it is a ``.onnx`` file, else ``<run>/model.onnx``."""
+    source = Path(source)
+    return source if source.suffix == ".onnx" else source / ONNX_FILE
 
 
-def _test_images(run_dir: Path, config: BuildConfig):
+def _is_hwq_run(source: Path) -> bool:
+    """A folder ``hwq train`` / ``hwq export`` wrote (its records say what the model is and whether it passed)."""
+    return source.suffix != ".onnx" and any((source / name).is_file() for name in (EXPORT_FILE, "metrics.json"))
+
+
+def check_source(source: Path, config: BuildConfig) -> dict[str, Any]:
+    """Where the model comes from, checked: an hwq run (its export must have passed, :func:`check_export`), or
+    a model hwq did not make (a bare QONNX file, or a folder holding only ``model.onnx``), which needs
+    ``--dataset`` or ``--calibration`` for the gate's inputs and is compared with the file itself."""
+    if source.suffix == ".onnx":
+        if source.is_dir():
+            raise ModelFileError(f"{source}: a folder; expected a QONNX file or a run folder without .onnx")
+        if not source.is_file():
+            raise ModelFileError(f"{source}: ONNX file not found")
+    elif not source.is_dir():
+        raise ModelFileError(f"{source}: no such run folder (or give a QONNX file: MODEL.onnx)")
+    if _is_hwq_run(source):
+        return check_export(source, config.force)
+    if not source_onnx(source).is_file():
+        raise ModelFileError(f"{source_onnx(source)}: ONNX file not found")
+    return {"file": None, "status": "not an hwq export",
+            "note": "a model hwq did not train: the gates compare the build with this QONNX file itself"}
+
+
+def _test_images(source: Path, config: BuildConfig) -> tuple[str, np.ndarray]:
+    """The gate's uint8 images: ``--calibration FILE.npz``, else the test split of ``--dataset`` (else the run's
+    dataset); the first ``verify_samples``."""
     from hwq.data import load_dataset
 
-    metrics = read_json(run_dir / "metrics.json", "training metrics")
-    train = metrics.get("config", {})
-    dataset = load_dataset(train.get("dataset", "digits"), config.data_dir or train.get("data_dir"))
-    if config.verify_samples > len(dataset.test_x):
-        raise ConfigError(f"verify_samples (--verify-samples) {config.verify_samples}: the {dataset.name} test "
-                          f"split has {len(dataset.test_x)} images")
-    return dataset.name, dataset.test_x[:config.verify_samples].numpy()
+    if config.calibration is not None:
+        images = read_calibration(config.calibration)
+        name = f"calibration:{config.calibration}"
+    else:
+        dataset = config.dataset
+        if dataset is None and _is_hwq_run(source) and (source / "metrics.json").is_file():
+            dataset = read_json(source / "metrics.json", "training metrics").get("config", {}).get("dataset")
+        if dataset is None:
+            raise ConfigError(f"{source}: no dataset for the gate's test images: give --dataset NAME (digits, "
+                              "mnist, cifar10) or --calibration FILE.npz")
+        train = read_json(source / "metrics.json", "training metrics").get("config", {}) \
+            if _is_hwq_run(source) and (source / "metrics.json").is_file() else {}
+        loaded = load_dataset(dataset, config.data_dir or train.get("data_dir"))
+        images, name = loaded.test_x.numpy(), loaded.name
+    if config.verify_samples > len(images):
+        what = name if config.calibration is not None else f"the {name} test split"
+        raise ConfigError(f"verify_samples (--verify-samples) {config.verify_samples}: {what} has "
+                          f"{len(images)} images")
+    return name, np.asarray(images[:config.verify_samples])
+
+
+def read_calibration(path: str | Path) -> np.ndarray:
+    """The images of a ``.npz`` file (the array ``images``, or its only array): uint8 pixels, one image per row
+    (N, C, H, W) or (N, features). A one-line ConfigError otherwise."""
+    path = Path(path)
+    field = f"calibration (--calibration) {path}"
+    if not path.is_file():
+        raise ConfigError(f"{field}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names = list(data.files)
+            key = "images" if "images" in names else names[0] if len(names) == 1 else None
+            if key is None:
+                raise ConfigError(f"{field}: expected an array named 'images' (or a single array); it holds "
+                                  f"{', '.join(names) or 'nothing'}")
+            images = data[key]
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(f"{field}: not a readable .npz file ({type(err).__name__})") from None
+    if images.ndim < 2 or not len(images):
+        raise ConfigError(f"{field}: expected images as (N, ...) uint8 pixels, got shape {list(images.shape)}")
+    if images.dtype != np.uint8:
+        if not np.issubdtype(images.dtype, np.integer) or images.min() < 0 or images.max() > 255:
+            raise ConfigError(f"{field}: expected uint8 pixels 0..255 (the bytes the accelerator receives), got "
+                              f"{images.dtype}")
+        images = images.astype(np.uint8)
+    return images
+
+
+def check_image_shape(images: np.ndarray, model: ModelWrapper, source: Path, what: str) -> None:
+    """Each image must hold as many values as the graph input."""
+    name = model.graph.input[0].name
+    shape = [int(d) for d in model.get_tensor_shape(name)]
+    if int(np.prod(images.shape[1:])) != int(np.prod(shape[1:])):
+        raise ConfigError(f"{source}: graph input '{name}' takes {shape}, the images of {what} are "
+                          f"{list(images.shape[1:])} ({int(np.prod(images.shape[1:]))} values)")
 
 
 def check_inputs(run_dir: Path, config: BuildConfig) -> dict[str, Any]:
-    """The cheap checks, before any output is written: board, export record, graph, folding file, images.
+    """The cheap checks, before any output is written: board, source (export record or bring-your-own), graph
+    (import tidying, input convention), folding file, images.
 
-    Returns what the build needs from them (``board``, ``qonnx_model``, ``dataset``, ``images``, ``export``)."""
+    Returns what the build needs from them (``board``, ``qonnx_model``, ``dataset``, ``images``, ``export``,
+    ``import``, ``input_convention``)."""
     from hwq.boards import load_board
+    from hwq.dataflow.input_convention import find_input_convention
+    from hwq.dataflow.model_import import check_tidy, load_qonnx
 
+    source = Path(run_dir)
     board = load_board(config.canonical().board, config.boards_dir)
-    export = check_export(run_dir, config.force)
-    qonnx_model = load_qonnx(run_dir / ONNX_FILE)
+    export = check_source(source, config)
+    onnx_path = source_onnx(source)
+    qonnx_model, imported = load_qonnx(onnx_path)
+    try:
+        convention = find_input_convention(qonnx_model, config.input_scale, config.input_offset)
+    except MappingError as err:
+        raise MappingError(f"{onnx_path}: {err}") from None
     if config.folding_file is not None and not Path(config.folding_file).is_file():
         raise ConfigError(f"folding_file (--folding) {config.folding_file}: file not found")
-    dataset, images = _test_images(run_dir, config)
-    return {"board": board, "export": export, "qonnx_model": qonnx_model, "dataset": dataset, "images": images}
+    dataset, images = _test_images(source, config)
+    check_image_shape(images, qonnx_model, onnx_path, dataset)
+    if len(imported["passes"]) > 1:  # more than qonnx's cleanup: compare the tidied graph with the file as given
+        original = ModelWrapper(_as_given(onnx_path))
+        imported["check"] = check_tidy(original, qonnx_model, convention.graph_input(images[:4]))
+        if not imported["check"]["passed"]:
+            raise VerificationError(f"{onnx_path}: the tidied graph differs from the file (max |diff| "
+                                    f"{imported['check']['max_abs_diff']:.3g}); please report this model")
+    return {"board": board, "export": export, "qonnx_model": qonnx_model, "dataset": dataset, "images": images,
+            "import": imported, "input_convention": convention, "onnx": onnx_path}
+
+
+def _as_given(path: Path):
+    """The file as the user gave it (domains already checked), with its external data and opset imports."""
+    import onnx
+
+    from hwq.dataflow.model_import import add_missing_opset_imports
+
+    proto = onnx.load(str(path))
+    add_missing_opset_imports(proto)
+    return proto
 
 
 def finn_config(board, out_dir: Path):
@@ -144,7 +231,9 @@ def finn_config(board, out_dir: Path):
 def build_inputs(run_dir: str | Path, config) -> dict[str, Path]:
     """The files a build (either backend) is made from: ``model.onnx`` and, if given, the folding file. The
     manifest records their SHA-256 (``inputs``); the flow compares them to decide whether a build is up to date."""
-    inputs = {"onnx": Path(run_dir) / ONNX_FILE}
+    inputs = {"onnx": source_onnx(run_dir)}
+    if getattr(config, "calibration", None) is not None:
+        inputs["calibration"] = Path(config.calibration)
     if config.folding_file is not None:
         inputs["folding_file"] = Path(config.folding_file)
     return inputs
@@ -154,12 +243,13 @@ def new_manifest(run_dir: Path, config, inputs: dict[str, Any], backend: str, bo
                  tool_versions: dict[str, str]) -> dict[str, Any]:
     """A build's manifest as it starts (``running``), either backend: the shared shape (:mod:`hwq.manifest`) plus
     ``backend``, ``board`` and ``source`` (the model, its dataset and the export check)."""
-    source = run_dir / ONNX_FILE
+    source = inputs["onnx"]
     return records.start(
         "build", config.to_dict(), build_inputs(run_dir, config), tool_versions, backend=backend,
         board=board.to_dict(),
         source={"run": str(run_dir), "onnx": str(source), "onnx_sha256": sha256_file(source),
-                "dataset": inputs["dataset"], "export_check": inputs["export"]})
+                "dataset": inputs["dataset"], "export_check": inputs["export"], "import": inputs["import"],
+                "input": inputs["input_convention"].to_dict()})
 
 
 def run_build(
@@ -184,14 +274,15 @@ def run_build(
     inputs = check_inputs(run_dir, config)
     board = inputs["board"]
     shown = StepProgress(board.name, total=last - first + 1, show=progress)
-    if inputs["export"]["status"] != "passed":
+    if inputs["export"]["status"].startswith("overridden"):
         shown.warn(f"building an unverified model (--force): {inputs['export']['problem']}")
     manifest = new_manifest(run_dir, config, inputs, "finn", board,
                             {p: version(p) for p in ("finn-plus", "qonnx", "onnx")})
 
     def context(out_dir: Path) -> BuildContext:
         return BuildContext(config=config, board=board, out_dir=out_dir, finn_cfg=finn_config(board, out_dir),
-                            qonnx_model=inputs["qonnx_model"], images=inputs["images"], progress=shown)
+                            qonnx_model=inputs["qonnx_model"], images=inputs["images"], progress=shown,
+                            input_convention=inputs["input_convention"])
 
     build_with_steps(config.build_dir(run_dir), steps, (first, last), inputs["qonnx_model"], context, manifest,
                      shown, start_step=start_step, complete=_complete, started=started)

@@ -47,11 +47,22 @@ class BuildConfig:
     force: bool = False
     #: A folder of the user's own board files, searched before ``$HWQ_BOARDS`` and the packaged boards.
     boards_dir: str | None = None
+    #: The dataset whose test split feeds the gates (digits, mnist, cifar10); None means the run's own (an hwq
+    #: run); a model hwq did not train needs it, or ``calibration``.
+    dataset: str | None = None
+    #: A ``.npz`` of the user's own uint8 images (array ``images``) for the gates, instead of a dataset's.
+    calibration: str | None = None
+    #: The graph's input is ``pixels * input_scale + input_offset``; None for both means the convention found on
+    #: the graph (``pixels / 255``, or the pixels themselves for an input annotated UINT8); see
+    #: :mod:`hwq.dataflow.input_convention`.
+    input_scale: float | None = None
+    input_offset: float | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, {"board": str, "folding_file": (str, type(None)), "out_dir": (str, type(None)),
                             "data_dir": (str, type(None)), "fix_datatypes": bool, "codegen": bool, "force": bool,
                             "boards_dir": (str, type(None))})
+        check_source_fields(self)
         if self.target_fps is not None and self.folding_file is not None:
             raise ConfigError("target_fps (--target-fps) and folding_file (--folding) exclude each other; "
                               "give one or neither")
@@ -82,12 +93,43 @@ class BuildConfig:
         return dataclasses.replace(self, board=board.name)
 
     def build_dir(self, run_dir: str | Path) -> Path:
-        """Where the build goes: ``out_dir``, else ``<run>/build-<board>`` (the board's own name)."""
-        return Path(self.out_dir) if self.out_dir else Path(run_dir) / f"build-{self.canonical().board}"
+        """Where the build goes: ``out_dir``, else ``<run>/build-<board>`` (the board's own name); for a bare
+        QONNX file ``MODEL.onnx``, ``MODEL-build-<board>`` beside it."""
+        return Path(self.out_dir) if self.out_dir else default_build_dir(run_dir, self.canonical().board)
 
     def replace(self, **changes: Any) -> "BuildConfig":
         """A copy with ``changes`` applied (None values are ignored, as for unset CLI flags)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def default_build_dir(source: str | Path, suffix: str) -> Path:
+    """``<run>/build-<suffix>`` for a run folder, ``<dir>/<stem>-build-<suffix>`` for a file ``<dir>/<stem>.onnx``.
+
+    >>> default_build_dir("runs/a", "pynq-z2").as_posix(), default_build_dir("m/tfc.onnx", "pynq-z2").as_posix()
+    ('runs/a/build-pynq-z2', 'm/tfc-build-pynq-z2')
+    """
+    source = Path(source)
+    if source.suffix == ".onnx":
+        return source.parent / f"{source.stem}-build-{suffix}"
+    return source / f"build-{suffix}"
+
+
+def check_source_fields(config: Any) -> None:
+    """The fields that say what feeds the gates and what the graph's input is (both backends' configs)."""
+    check_fields(config, {"dataset": (str, type(None)), "calibration": (str, type(None))})
+    if config.dataset is not None and config.calibration is not None:
+        raise ConfigError("dataset (--dataset) and calibration (--calibration) exclude each other; give one")
+    if config.dataset is not None:
+        from hwq.catalog import DATASETS
+
+        if config.dataset not in DATASETS:
+            raise ConfigError(f"dataset (--dataset) '{config.dataset}': expected one of {', '.join(DATASETS)}")
+    if config.input_scale is not None:
+        check_number("input_scale", "--input-scale", config.input_scale)
+        if config.input_scale == 0:
+            raise ConfigError("input_scale (--input-scale): expected a non-zero number, got 0")
+    if config.input_offset is not None:
+        check_number("input_offset", "--input-offset", config.input_offset)
 
 
 def _name(field: str, flag: str | None) -> str:

@@ -119,7 +119,49 @@ class Folded:
 def _set_folding(model: ModelWrapper, cycles: int) -> ModelWrapper:
     from finn.transformation.fpgadataflow.set_folding import SetFolding
 
-    return model.transform(SetFolding(target_cycles_per_frame=max(1, int(cycles))))
+    folded = model.transform(SetFolding(target_cycles_per_frame=max(1, int(cycles))))
+    return repair_folding(folded)
+
+
+def folding_problem(model: ModelWrapper, node) -> str | None:
+    """Why FINN cannot generate ``node`` with its PE/SIMD (a folding that does not divide its shapes), or None.
+
+    FINN's layers check divisibility when asked for their folded stream shapes (``PE must divide last axis``)."""
+    inst = getCustomOp(node)
+    if not hasattr(inst, "get_folded_input_shape"):
+        return None
+    try:
+        for i, tensor in enumerate(node.input):  # the streamed inputs (weights and thresholds are not)
+            if tensor and model.get_initializer(tensor) is None:
+                inst.get_folded_input_shape(i)
+        inst.get_folded_output_shape()
+    except Exception as err:  # noqa: BLE001 - FINN raises AssertionError, ValueError or bare Exceptions here
+        return str(err).strip() or type(err).__name__
+    return None
+
+
+def repair_folding(model: ModelWrapper) -> ModelWrapper:
+    """Lower each layer's PE/SIMD to the largest value at most the chosen one that FINN can generate.
+
+    finn-plus 1.6.1's ``SetFolding`` gives some layers (a ``Reshape`` of a 28x28 input, a ``Thresholding``
+    before it) a PE that does not divide their last axis; code generation then fails. Lowering it keeps the layer
+    within the cycles asked for whenever any valid folding is (fewer elements a cycle on a short axis)."""
+    for node in model.graph.node:
+        if folding_problem(model, node) is None:
+            continue
+        inst = getCustomOp(node)
+        for attr in ("PE", "SIMD"):
+            if attr not in inst.get_nodeattr_types():
+                continue
+            start = int(inst.get_nodeattr(attr))
+            for value in range(start, 0, -1):
+                inst.set_nodeattr(attr, value)
+                if folding_problem(model, node) is None:
+                    break
+            if folding_problem(model, node) is None:
+                break
+            inst.set_nodeattr(attr, start)  # not this attribute: leave it as chosen
+    return model
 
 
 def fold_to_cycles(model: ModelWrapper, board: Board, cycles: int) -> Folded:
@@ -253,11 +295,13 @@ def apply_folding_file(model: ModelWrapper, path: str | Path) -> ModelWrapper:
                                    f"{dim}={inst.get_nodeattr(dim)}")
     try:
         model = model.transform(ApplyConfig(str(path)))
-        for node in model.graph.node:  # FINN checks PE/SIMD divisibility when asked for the folded shapes
-            inst = getCustomOp(node)
-            if hasattr(inst, "get_folded_input_shape"):
-                inst.get_folded_input_shape()
-                inst.get_folded_output_shape()
-    except (AssertionError, ValueError, Exception) as err:  # noqa: B014 - FINN raises bare Exceptions here
+    except Exception as err:  # noqa: BLE001 - FINN raises bare Exceptions here
         raise FoldingError(f"{path}: FINN rejects the folding ({str(err).strip() or type(err).__name__})") from None
+    for node in model.graph.node:  # FINN checks PE/SIMD divisibility when asked for the folded shapes
+        problem = folding_problem(model, node)
+        if problem is not None:
+            inst = getCustomOp(node)
+            given = ", ".join(f"{a}={inst.get_nodeattr(a)}" for a in ("PE", "SIMD") if a in inst.get_nodeattr_types())
+            raise FoldingError(f"{path}: node '{node.name}' ({node.op_type}): {given} cannot be generated "
+                               f"({problem})")
     return model

@@ -31,6 +31,7 @@ from qonnx.custom_op.registry import getCustomOp
 from hwq.classes import FLOAT, INTEGER, top_classes
 from hwq.dataflow.errors import BitExactnessError, IntegerRangeError
 from hwq.export.scores import FinalMatMul, final_matmul, integer_dot, quant_scale, run_qonnx_graph
+from hwq.dataflow.input_convention import InputConvention, find_input_convention
 from hwq.dataflow.passes import popcount_range_violations, popcount_threshold_violations
 
 #: HW layers whose outputs are compared with QONNX layer outputs (in graph order).
@@ -84,19 +85,24 @@ def _to_nhwc(x: np.ndarray) -> np.ndarray:
 
 
 # --- the gates -----------------------------------------------------------------------------------------------------
-def check_bit_exact(qonnx_model: ModelWrapper, hw_model: ModelWrapper, images: np.ndarray) -> dict[str, Any]:
-    """Compare the HW graph on ``uint8`` ``images`` (N, C, H, W) with the QONNX model on ``images / 255``.
+def check_bit_exact(qonnx_model: ModelWrapper, hw_model: ModelWrapper, images: np.ndarray,
+                    convention: InputConvention | None = None) -> dict[str, Any]:
+    """Compare the HW graph on ``uint8`` ``images`` (N, C, H, W) with the QONNX model on what it expects for them
+    (``convention.graph_input(images)``; default ``images / 255``).
 
     Returns a report (also holding ``observed_ranges`` of every HW tensor, used by the integer-range gate);
-    raises :class:`BitExactnessError` naming the first differing tensor.
+    ``layerwise`` says whether every layer's integer output was compared or only the classes and final scores
+    (``compared`` says it in words). Raises :class:`BitExactnessError` naming the first differing tensor.
     """
+    convention = convention or find_input_convention(qonnx_model)
     acts, final = qonnx_layer_outputs(qonnx_model)
     layers = hw_layer_outputs(hw_model)
     q_out, h_out = qonnx_model.graph.output[0].name, hw_model.graph.output[0].name
     q_keep = [q_out] + [a["tensor"] for a in acts] + ([final.act, final.weight, final.tensor] if final else [])
     h_keep = [h_out] + [n.output[0] for n in layers]
     q_in_shape = qonnx_model.get_tensor_shape(qonnx_model.graph.input[0].name)[1:]
-    ref = run_qonnx_graph(qonnx_model, images.reshape(len(images), *q_in_shape) / 255.0, list(dict.fromkeys(q_keep)),
+    ref = run_qonnx_graph(qonnx_model, convention.graph_input(images).reshape(len(images), *q_in_shape),
+                          list(dict.fromkeys(q_keep)),
                           constant=(final.weight,) if final else ())
     hw_images = images.astype(np.float32)
     hw_shape = hw_model.get_tensor_shape(hw_model.graph.input[0].name)
@@ -146,6 +152,7 @@ def check_bit_exact(qonnx_model: ModelWrapper, hw_model: ModelWrapper, images: n
             first = {**compared[-1], "image": int(bad[0])}
     report = {
         "n": int(len(images)), "layerwise": layerwise, "integer_output_compared": dot is not None,
+        "compared": _what_was_compared(layerwise, dot is not None, len(acts), len(layers)),
         "class_rule": INTEGER if dot is not None and final.orientation is not None else FLOAT,
         "classes_match": float(np.mean(ref_classes == hw_classes)), "ties_broken_differently": int(tied.sum()),
         "tensors": compared,
@@ -158,6 +165,17 @@ def check_bit_exact(qonnx_model: ModelWrapper, hw_model: ModelWrapper, images: n
             f"of {len(images)} test images (first: image {first['image']}; {first['values_differing']} of "
             f"{first['values']} values)")
     return report
+
+
+def _what_was_compared(layerwise: bool, integer_output: bool, qonnx_acts: int, hw_layers: int) -> str:
+    """The gate's claim in words, for the CLI line and the manifest."""
+    if layerwise:
+        return f"layer-wise: the integer output of each of {hw_layers} layers, and the classes"
+    why = (f"the QONNX graph has {qonnx_acts} activation quantizers for {hw_layers} HW compute layers, so the "
+           f"layers do not pair up")
+    if integer_output:
+        return f"the final integer scores and the classes only ({why})"
+    return f"the classes only (no integer scores found; {why})"
 
 
 def wrap_to_datatype(values: np.ndarray, dt: DataType) -> np.ndarray:

