@@ -52,7 +52,9 @@ class BuildModel:
         if spec.input_dtype != "uint8":
             raise HwqError(f"{where}: accelerator.input.dtype is {spec.input_dtype!r}; the harness sends uint8 "
                            "pixels only")
-        import finn.custom_op.fpgadataflow  # noqa: F401  (registers FINN's HW layers for execution)
+        from hwq.dataflow.finn_compat import import_finn_layers
+
+        import_finn_layers()  # FINN's HW layers, executable (finn_compat workaround 8)
 
         from hwq.dataflow.passes import CorrectPopcountDatatypes
         from hwq.onnx_check import check_domains

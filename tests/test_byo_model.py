@@ -98,6 +98,30 @@ def test_a_fastest_folding_is_one_finn_can_generate(exports, bare):
     assert 28 % reshape["PE"] == 0
 
 
+def test_a_build_with_a_reshape_layer_executes_outside_the_build(exports, bare):
+    """The emulated board executes the HW graph in a fresh process, where finn-plus's Reshape layer is not
+    registered unless imported (finn_compat workaround 8); it classifies like the build's gate."""
+    import subprocess
+    import sys
+
+    model = bare("tfc_1w1a-ts")
+    run_build(model, BuildConfig(calibration=str(exports["calibration"]), verify_samples=2, codegen=False),
+              progress=False, stop_step="estimate")
+    build = model.with_name("tfc_1w1a-ts-build-pynq-z2")
+    images = np.load(exports["calibration"])["images"][:3]
+    code = ("import sys, numpy as np; from hwq.accelerator_model import BuildModel; "
+            f"m = BuildModel.from_build_dir({str(build)!r}); x = np.load({str(exports['calibration'])!r})['images']; "
+            "print([m.classify(m.to_device_bytes(i)) for i in x[:3]])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    from hwq.dataflow.gates import run_hw_graph
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    hw = ModelWrapper(str(build / "intermediate" / "create_dataflow_partition.onnx"))
+    expected, _ = run_hw_graph(hw, images.astype(np.float32), [hw.graph.output[0].name])
+    assert out.stdout.strip() == str([int(c) for c in expected[hw.graph.output[0].name].reshape(-1)])
+
+
 def test_a_folding_file_finn_cannot_generate_is_refused_naming_the_layer(exports, bare, tmp_path):
     model = bare("tfc_1w1a-ts")
     first = run_build(model, BuildConfig(calibration=str(exports["calibration"]), verify_samples=2),

@@ -35,6 +35,13 @@ library without Xilinx tools it needs three things, each applied here and undone
    rest of the process. :func:`finn_output_to` sends both to a build's ``build.log`` for the duration of one build
    only, and restores them on exit. It is the one place hwq redirects stdout.
 
+8. HW layers that register only when their module is imported: ``finn.custom_op.fpgadataflow`` registers its
+   layers in its ``__init__``, except ``Reshape`` (``reshape.py`` registers itself with ``@register_custom_op``
+   and only FINN's conversion passes import it). A HW graph holding a ``Reshape`` (any 28x28 input) then executes
+   inside a build but fails elsewhere (the emulated board: "No opset import for domain
+   'finn.custom_op.fpgadataflow'"). :func:`import_finn_layers` imports them all; whatever executes a HW graph calls
+   it first.
+
 Nothing here runs at import time. :data:`FORKS` records the finn-plus code that workarounds 4 to 6 copy or wrap;
 ``tests/test_finn_compat.py`` fails, naming the workaround, when an installed finn-plus differs from it.
 
@@ -59,6 +66,17 @@ from typing import Any, Iterator, TextIO
 DUMMY_VIVADO = "/nonexistent/hwq-no-vivado/2024.2"
 
 _STEPS_MODULE = "finn.builder.build_dataflow_steps"
+
+
+#: finn-plus modules whose HW layers register only when imported (workaround 8).
+SELF_REGISTERING_LAYERS = ("finn.custom_op.fpgadataflow.reshape",)
+
+
+def import_finn_layers() -> None:
+    """Make every FINN HW layer executable by qonnx (workaround 8)."""
+    importlib.import_module("finn.custom_op.fpgadataflow")
+    for name in SELF_REGISTERING_LAYERS:
+        importlib.import_module(name)
 
 
 def import_finn_steps() -> ModuleType:

@@ -87,7 +87,10 @@ def finn_execution(model: ModelWrapper | str | Path, x: np.ndarray) -> np.ndarra
     """
     from qonnx.core.onnx_exec import execute_onnx
 
+    from hwq.dataflow.finn_compat import import_finn_layers
     from hwq.onnx_check import check_domains
+
+    import_finn_layers()
 
     if not isinstance(model, ModelWrapper):
         model = ModelWrapper(check_domains(model))
