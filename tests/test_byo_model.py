@@ -274,3 +274,25 @@ def test_a_source_without_its_own_record_is_not_treated_as_an_hwq_export(exports
         run_build(run, BuildConfig(calibration=str(exports["calibration"])), progress=False)
     with pytest.raises(ConfigError, match="exclude each other"):
         BuildConfig(dataset="mnist", calibration="x.npz")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ts", "dynamo"])
+def test_cnv_reference_network_builds_layer_wise(tmp_path, how):
+    """FINN's CNV-1w1a (8-bit Q1.7 input after 2x - 1, three conv blocks with max-pools), both exports."""
+    import torch
+    from brevitas.export import export_qonnx
+    from brevitas_examples.bnn_pynq.models import model_with_cfg
+
+    torch.manual_seed(0)
+    model, _ = model_with_cfg("cnv_1w1a", pretrained=False)
+    path = tmp_path / f"cnv_1w1a-{how}.onnx"
+    export_qonnx(model.eval(), input_t=torch.rand(1, 3, 32, 32), export_path=str(path), dynamo=how == "dynamo")
+    np.savez(tmp_path / "images.npz",
+             images=np.random.default_rng(1).integers(0, 256, size=(3, 3, 32, 32), dtype=np.uint8))
+    m = run_build(path, BuildConfig(calibration=str(tmp_path / "images.npz"), verify_samples=3, codegen=False),
+                  progress=False, stop_step="estimate")
+    assert m["bit_exact"]["passed"] and m["bit_exact"]["layerwise"]
+    assert m["source"]["input"]["quantizer"].startswith("Quant") and "Mul, Sub" in m["source"]["input"]["quantizer"]
+    ops = [layer["op_type"].split("_")[0] for layer in m["estimates"]["layers"]]
+    assert ops[0] == "Thresholding" and {"ConvolutionInputGenerator", "MVAU", "Pool", "LabelSelect"} <= set(ops)
