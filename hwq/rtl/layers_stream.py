@@ -315,13 +315,17 @@ def quant_avg_pool_layer(node) -> QuantAvgPoolLayer:
 def reshape_layer(model, node) -> None:
     """A ``Reshape`` node: the stream is the tensor in row-major order and a reshape keeps that order, so it
     needs no hardware (None: no layer). Its input and output must hold the same number of elements."""
-    from qonnx.custom_op.registry import getCustomOp
+    from onnx import helper
 
-    op = getCustomOp(node)
-    n_in, n_out = int(np.prod(op.get_nodeattr("inp_shape"))), int(np.prod(op.get_nodeattr("out_shape")))
+    # read from the node itself: finn-plus registers its Reshape op only once its module is imported
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if not {"inp_shape", "out_shape", "dtype"} <= set(attrs):
+        raise UnsupportedLayerError(f"{_where(node)}: expected the attributes inp_shape, out_shape and dtype")
+    n_in, n_out = int(np.prod(attrs["inp_shape"])), int(np.prod(attrs["out_shape"]))
     if n_in != n_out:
         raise UnsupportedLayerError(f"{_where(node)}: inp_shape holds {n_in} elements, out_shape {n_out}")
-    _elem_type(op.get_nodeattr("dtype"), node.name)
+    dtype = attrs["dtype"]
+    _elem_type(dtype.decode() if isinstance(dtype, bytes) else dtype, node.name)
     return None
 
 
