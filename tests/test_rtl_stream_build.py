@@ -1,0 +1,127 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""A network hwq did not train, FINN's reference-network style (input ``2x - 1``, then a 2-bit quantizer), through
+hwq's FINN steps to a HW graph with a leading standalone Thresholding and an FMPadding (a padded conv), then
+through the open backend's steps ``read_layers`` .. ``simulate``: bit-exact with back-pressure.
+
+The graph's input is annotated UINT8 with a ``Mul(1/255)`` in front by the test itself (``_uint8_input``): hwq's
+``scale_uint8_input`` step only takes hwq's own 8-bit input quantizer, and the pass that prepends the uint8 scaling
+for a ``2x - 1`` input is the integrator's; this stands in for it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from hwq.dataflow.driver import run_steps, step_names
+from hwq.dataflow.steps import HW_GRAPH_STEP
+
+
+def _two_x_minus_one_net():
+    """Untrained Brevitas network on 6x6 images: ``2x - 1``, a 2-bit QuantIdentity, a padded 3x3 QuantConv2d
+    (INT2 weights) with BatchNorm and a 2-bit activation, flatten, a QuantLinear classifier."""
+    import torch
+    from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear
+    from torch import nn
+
+    class Net(nn.Module):
+        input_shape = (1, 6, 6)
+
+        def __init__(self):
+            super().__init__()
+            self.q0 = QuantIdentity(bit_width=2, return_quant_tensor=True)
+            self.conv = QuantConv2d(1, 4, 3, padding=1, bias=False, weight_bit_width=2)
+            self.bn = nn.BatchNorm2d(4)
+            self.q1 = QuantIdentity(bit_width=2, return_quant_tensor=True)
+            self.fc = QuantLinear(4 * 6 * 6, 10, bias=False, weight_bit_width=2)
+
+        def forward(self, x):
+            x = self.q0(2 * x - 1)
+            x = self.q1(self.bn(self.conv(x)))
+            return self.fc(torch.flatten(x, 1))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():     # statistics as if trained, so the thresholds differ per channel
+        net.bn.running_mean.uniform_(-1, 1)
+        net.bn.running_var.uniform_(0.5, 2)
+    return net
+
+
+def _uint8_input(path):
+    """The exported graph with ``Mul(1/255)`` on a UINT8 input in front (the images reach FINN as 0..255)."""
+    from onnx import helper
+    from qonnx.core.datatype import DataType
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    model = ModelWrapper(str(path))
+    graph_in = model.graph.input[0].name
+    scaled = model.make_new_valueinfo_name()
+    for node in model.graph.node:
+        node.input[:] = [scaled if name == graph_in else name for name in node.input]
+    scale = model.make_new_valueinfo_name()
+    model.set_initializer(scale, np.asarray(1 / 255, dtype=np.float32))
+    model.graph.node.insert(0, helper.make_node("Mul", [graph_in, scale], [scaled], name="uint8_input_scale"))
+    model.set_tensor_datatype(graph_in, DataType["UINT8"])
+    return model
+
+
+FOLDING = {"Defaults": {},
+           "Thresholding_rtl_0": {"PE": 1}, "FMPadding_rtl_0": {"SIMD": 1},
+           "ConvolutionInputGenerator_rtl_0": {"SIMD": 1, "parallel_window": 0},
+           "MVAU_hls_0": {"PE": 2, "SIMD": 3}, "MVAU_hls_1": {"PE": 2, "SIMD": 12}, "LabelSelect_hls_0": {"PE": 1}}
+
+
+def test_two_x_minus_one_network_through_finn_and_the_open_backend_is_bit_exact(tmp_path):
+    from qonnx.custom_op.registry import getCustomOp
+
+    from hwq.dataflow.build import finn_config
+    from hwq.dataflow.finn_compat import finn_output_to, finn_session
+    from hwq.dataflow.progress import quiet
+    from hwq.export.qonnx_export import export_qonnx_model
+    from hwq.rtl.config import OpenBuildConfig
+    from hwq.rtl.layers_stream import FMPaddingLayer, ThresholdingLayer
+    from hwq.rtl.steps import OpenBuildContext, open_steps
+
+    qonnx = export_qonnx_model(_two_x_minus_one_net(), tmp_path / "model.onnx")
+    (tmp_path / "folding.json").write_text(json.dumps(FOLDING))
+    config = OpenBuildConfig(board="icebreaker", synthesise=False, folding_file=str(tmp_path / "folding.json"),
+                             verify_samples=6)
+    board, fold_board, _ = config.boards()
+    images = np.random.default_rng(0).integers(0, 256, (6, 1, 6, 6)).astype(np.uint8)
+    out = tmp_path / "build"
+    out.mkdir()
+    ctx = OpenBuildContext(config=config.fold_config(), board=fold_board, out_dir=out,
+                           finn_cfg=finn_config(fold_board, out), qonnx_model=qonnx, images=images,
+                           progress=quiet(), open_config=config, target=board)
+    steps = [s for s in open_steps(config, xilinx=False) if s[0] != "scale_uint8_input"]   # done by _uint8_input
+    assert step_names(steps)[-4:] == ["read_layers", "check_reference", "generate_verilog", "simulate"]
+    manifest = {"steps": []}
+    with finn_session(out / "codegen"), (out / "build.log").open("w") as log, finn_output_to(log):
+        run_steps(steps, _uint8_input(tmp_path / "model.onnx"), ctx, manifest, progress=quiet(), log=log)
+
+    # FINN's HW graph: the standalone thresholds on the pixels first, the padding before the sliding window, and
+    # no reshape left for the flatten (RemoveCNVtoFCFlatten folds it into the classifier's weights)
+    hw = ctx.checkpoint("correct_datatypes")
+    ops = [n.op_type for n in hw.graph.node]
+    assert ops == ["Thresholding_rtl", "FMPadding_rtl", "ConvolutionInputGenerator_rtl", "MVAU_hls", "MVAU_hls",
+                   "LabelSelect_hls"]
+    thr = getCustomOp(hw.graph.node[0])
+    assert (thr.get_nodeattr("inputDataType"), thr.get_nodeattr("outputDataType"), thr.get_nodeattr("ActVal")) \
+        == ("UINT8", "INT2", -2)
+    assert manifest["bit_exact"]["passed"] and HW_GRAPH_STEP in ctx.checkpoints
+    layers = manifest["layers"]
+    assert list(layers)[:2] == ["Thresholding_rtl_0", "FMPadding_rtl_0"]
+    assert layers["Thresholding_rtl_0"]["PE"] == 1 and layers["FMPadding_rtl_0"]["SIMD"] == 1
+    assert manifest["reference"]["passed"] and manifest["reference"]["n"] == 6
+    sim = manifest["simulation"]
+    assert sim["bit_exact"] and sim["n"] == 6 and sim["back_pressure"]["p_stall"] > 0
+    assert sim["cycles_per_image"] >= sim["folding_bound_cycles"]
+    text = (out / "rtl" / "accel.v").read_text()
+    assert "module Thresholding_rtl_0" in text and "module FMPadding_rtl_0" in text
+    from hwq.rtl.layers import layers_from_model
+
+    kinds = [type(layer) for layer in layers_from_model(hw)]
+    assert kinds[:2] == [ThresholdingLayer, FMPaddingLayer]
+
