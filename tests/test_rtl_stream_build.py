@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""A network hwq did not train, FINN's reference-network style (input ``2x - 1``, then a 2-bit quantizer), through
-hwq's FINN steps to a HW graph with a leading standalone Thresholding and an FMPadding (a padded conv), then
-through the open backend's steps ``read_layers`` .. ``simulate``: bit-exact with back-pressure.
+"""Networks hwq did not train, in the style of FINN's reference networks (input ``2x - 1``, then a 2-bit or a
+bipolar quantizer), through hwq's FINN steps to a HW graph with a leading standalone Thresholding (and, for a
+padded conv, an FMPadding), then through the open backend's steps ``read_layers`` .. ``simulate``: the reference
+equals finn's execution, and the simulation is bit-exact with back-pressure.
 
 The graph's input is annotated UINT8 with a ``Mul(1/255)`` in front by the test itself (``_uint8_input``): hwq's
 ``scale_uint8_input`` step only takes hwq's own 8-bit input quantizer, and the pass that prepends the uint8 scaling
@@ -13,19 +14,23 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from hwq.dataflow.driver import run_steps, step_names
 from hwq.dataflow.steps import HW_GRAPH_STEP
 
 
-def _two_x_minus_one_net():
-    """Untrained Brevitas network on 6x6 images: ``2x - 1``, a 2-bit QuantIdentity, a padded 3x3 QuantConv2d
-    (INT2 weights) with BatchNorm and a 2-bit activation, flatten, a QuantLinear classifier."""
+def _two_x_minus_one_net(kind: str):
+    """An untrained Brevitas network on 6x6 images whose input is ``2x - 1``, then (``conv-w2a2``) a 2-bit
+    QuantIdentity, a padded 3x3 QuantConv2d (INT2 weights) with BatchNorm and a 2-bit activation, flatten, a
+    QuantLinear classifier; or (``fc-w1a1``, bnn_pynq's TFC in small) a bipolar QuantIdentity and binary
+    QuantLinear layers with BatchNorm and bipolar activations."""
     import torch
     from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear
+    from brevitas.quant import SignedBinaryActPerTensorConst, SignedBinaryWeightPerTensorConst
     from torch import nn
 
-    class Net(nn.Module):
+    class ConvNet(nn.Module):
         input_shape = (1, 6, 6)
 
         def __init__(self):
@@ -41,8 +46,24 @@ def _two_x_minus_one_net():
             x = self.q1(self.bn(self.conv(x)))
             return self.fc(torch.flatten(x, 1))
 
+    class BinaryFC(nn.Module):
+        input_shape = (36,)          # flat: a leading Flatten would stay on the host (FINN maps no HW layer to it)
+
+        def __init__(self):
+            super().__init__()
+            binary = dict(bias=False, weight_quant=SignedBinaryWeightPerTensorConst)
+            self.q0 = QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True)
+            self.fc0 = QuantLinear(36, 16, **binary)
+            self.bn = nn.BatchNorm1d(16)
+            self.q1 = QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True)
+            self.fc1 = QuantLinear(16, 10, **binary)
+
+        def forward(self, x):
+            x = self.q0(2 * x - 1)
+            return self.fc1(self.q1(self.bn(self.fc0(x))))
+
     torch.manual_seed(0)
-    net = Net().eval()
+    net = (ConvNet() if kind == "conv-w2a2" else BinaryFC()).eval()
     with torch.no_grad():     # statistics as if trained, so the thresholds differ per channel
         net.bn.running_mean.uniform_(-1, 1)
         net.bn.running_var.uniform_(0.5, 2)
@@ -67,13 +88,25 @@ def _uint8_input(path):
     return model
 
 
+#: The conv network's folding (a sliding window one element a beat: hwq's block has no parallel_window).
 FOLDING = {"Defaults": {},
            "Thresholding_rtl_0": {"PE": 1}, "FMPadding_rtl_0": {"SIMD": 1},
            "ConvolutionInputGenerator_rtl_0": {"SIMD": 1, "parallel_window": 0},
            "MVAU_hls_0": {"PE": 2, "SIMD": 3}, "MVAU_hls_1": {"PE": 2, "SIMD": 12}, "LabelSelect_hls_0": {"PE": 1}}
 
 
-def test_two_x_minus_one_network_through_finn_and_the_open_backend_is_bit_exact(tmp_path):
+#: The HW layers FINN leaves: the standalone thresholds on the pixels first, the padding before the sliding window,
+#: and no reshape for the flatten (RemoveCNVtoFCFlatten folds it into the classifier's weights).
+OPS = {"conv-w2a2": ["Thresholding_rtl", "FMPadding_rtl", "ConvolutionInputGenerator_rtl", "MVAU_hls", "MVAU_hls",
+                     "LabelSelect_hls"],
+       "fc-w1a1": ["Thresholding_rtl", "MVAU_hls", "MVAU_hls", "LabelSelect_hls"]}
+#: The first Thresholding's input type, output type and ActVal: pixels into INT2 (-2..1), or into the 0/1 bits
+#: that FINN's XNOR conversion makes of the bipolar input.
+THRESHOLDS = {"conv-w2a2": ("UINT8", "INT2", -2), "fc-w1a1": ("UINT8", "BINARY", 0)}
+
+
+@pytest.mark.parametrize("kind", ["conv-w2a2", "fc-w1a1"])
+def test_two_x_minus_one_network_through_finn_and_the_open_backend_is_bit_exact(tmp_path, kind):
     from qonnx.custom_op.registry import getCustomOp
 
     from hwq.dataflow.build import finn_config
@@ -81,15 +114,20 @@ def test_two_x_minus_one_network_through_finn_and_the_open_backend_is_bit_exact(
     from hwq.dataflow.progress import quiet
     from hwq.export.qonnx_export import export_qonnx_model
     from hwq.rtl.config import OpenBuildConfig
-    from hwq.rtl.layers_stream import FMPaddingLayer, ThresholdingLayer
+    from hwq.rtl.layers import layers_from_model
+    from hwq.rtl.layers_stream import ThresholdingLayer
     from hwq.rtl.steps import OpenBuildContext, open_steps
 
-    qonnx = export_qonnx_model(_two_x_minus_one_net(), tmp_path / "model.onnx")
-    (tmp_path / "folding.json").write_text(json.dumps(FOLDING))
-    config = OpenBuildConfig(board="icebreaker", synthesise=False, folding_file=str(tmp_path / "folding.json"),
-                             verify_samples=6)
+    net = _two_x_minus_one_net(kind)
+    qonnx = export_qonnx_model(net, tmp_path / "model.onnx")
+    folding = None
+    if kind == "conv-w2a2":
+        folding = tmp_path / "folding.json"
+        folding.write_text(json.dumps(FOLDING))
+    config = OpenBuildConfig(board="icebreaker", synthesise=False, verify_samples=6,
+                             folding_file=str(folding) if folding else None)
     board, fold_board, _ = config.boards()
-    images = np.random.default_rng(0).integers(0, 256, (6, 1, 6, 6)).astype(np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (6, *net.input_shape)).astype(np.uint8)
     out = tmp_path / "build"
     out.mkdir()
     ctx = OpenBuildContext(config=config.fold_config(), board=fold_board, out_dir=out,
@@ -101,27 +139,17 @@ def test_two_x_minus_one_network_through_finn_and_the_open_backend_is_bit_exact(
     with finn_session(out / "codegen"), (out / "build.log").open("w") as log, finn_output_to(log):
         run_steps(steps, _uint8_input(tmp_path / "model.onnx"), ctx, manifest, progress=quiet(), log=log)
 
-    # FINN's HW graph: the standalone thresholds on the pixels first, the padding before the sliding window, and
-    # no reshape left for the flatten (RemoveCNVtoFCFlatten folds it into the classifier's weights)
     hw = ctx.checkpoint("correct_datatypes")
-    ops = [n.op_type for n in hw.graph.node]
-    assert ops == ["Thresholding_rtl", "FMPadding_rtl", "ConvolutionInputGenerator_rtl", "MVAU_hls", "MVAU_hls",
-                   "LabelSelect_hls"]
+    assert [n.op_type for n in hw.graph.node] == OPS[kind]
     thr = getCustomOp(hw.graph.node[0])
-    assert (thr.get_nodeattr("inputDataType"), thr.get_nodeattr("outputDataType"), thr.get_nodeattr("ActVal")) \
-        == ("UINT8", "INT2", -2)
+    assert tuple(thr.get_nodeattr(a) for a in ("inputDataType", "outputDataType", "ActVal")) == THRESHOLDS[kind]
     assert manifest["bit_exact"]["passed"] and HW_GRAPH_STEP in ctx.checkpoints
-    layers = manifest["layers"]
-    assert list(layers)[:2] == ["Thresholding_rtl_0", "FMPadding_rtl_0"]
-    assert layers["Thresholding_rtl_0"]["PE"] == 1 and layers["FMPadding_rtl_0"]["SIMD"] == 1
-    assert manifest["reference"]["passed"] and manifest["reference"]["n"] == 6
+    layers = layers_from_model(hw)
+    assert isinstance(layers[0], ThresholdingLayer) and layers[0].in_elems == 36
+    assert list(manifest["layers"]) == [n.name for n in hw.graph.node]
+    assert manifest["reference"]["passed"] and manifest["reference"]["n"] == 6   # == finn's execution
     sim = manifest["simulation"]
     assert sim["bit_exact"] and sim["n"] == 6 and sim["back_pressure"]["p_stall"] > 0
     assert sim["cycles_per_image"] >= sim["folding_bound_cycles"]
     text = (out / "rtl" / "accel.v").read_text()
-    assert "module Thresholding_rtl_0" in text and "module FMPadding_rtl_0" in text
-    from hwq.rtl.layers import layers_from_model
-
-    kinds = [type(layer) for layer in layers_from_model(hw)]
-    assert kinds[:2] == [ThresholdingLayer, FMPaddingLayer]
-
+    assert all(f"module {n.name} (" in text for n in hw.graph.node)
