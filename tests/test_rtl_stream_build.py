@@ -23,27 +23,33 @@ from hwq.dataflow.steps import HW_GRAPH_STEP
 def _two_x_minus_one_net(kind: str):
     """An untrained Brevitas network on 6x6 images whose input is ``2x - 1``, then (``conv-w2a2``) a 2-bit
     QuantIdentity, a padded 3x3 QuantConv2d (INT2 weights) with BatchNorm and a 2-bit activation, flatten, a
-    QuantLinear classifier; or (``fc-w1a1``, bnn_pynq's TFC in small) a bipolar QuantIdentity and binary
+    QuantLinear classifier; (``conv-avgpool``) the same with a 2-bit ReLU and a 2x2 TruncAvgPool2d before the
+    flatten; or (``fc-w1a1``, bnn_pynq's TFC in small) a bipolar QuantIdentity and binary
     QuantLinear layers with BatchNorm and bipolar activations."""
     import torch
-    from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear
+    from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU, TruncAvgPool2d
     from brevitas.quant import SignedBinaryActPerTensorConst, SignedBinaryWeightPerTensorConst
     from torch import nn
 
     class ConvNet(nn.Module):
         input_shape = (1, 6, 6)
 
-        def __init__(self):
+        def __init__(self, pool: bool):
             super().__init__()
             self.q0 = QuantIdentity(bit_width=2, return_quant_tensor=True)
             self.conv = QuantConv2d(1, 4, 3, padding=1, bias=False, weight_bit_width=2)
             self.bn = nn.BatchNorm2d(4)
-            self.q1 = QuantIdentity(bit_width=2, return_quant_tensor=True)
-            self.fc = QuantLinear(4 * 6 * 6, 10, bias=False, weight_bit_width=2)
+            if pool:   # 2-bit ReLU, then Brevitas' truncating average pool (AveragePool + Trunc: QuantAvgPool)
+                self.q1 = QuantReLU(bit_width=2, return_quant_tensor=True)
+                self.pool = TruncAvgPool2d(2, stride=2, bit_width=2, float_to_int_impl_type="FLOOR")
+            else:
+                self.q1 = QuantIdentity(bit_width=2, return_quant_tensor=True)
+                self.pool = nn.Identity()
+            self.fc = QuantLinear(4 * (9 if pool else 36), 10, bias=False, weight_bit_width=2)
 
         def forward(self, x):
             x = self.q0(2 * x - 1)
-            x = self.q1(self.bn(self.conv(x)))
+            x = self.pool(self.q1(self.bn(self.conv(x))))
             return self.fc(torch.flatten(x, 1))
 
     class BinaryFC(nn.Module):
@@ -63,7 +69,7 @@ def _two_x_minus_one_net(kind: str):
             return self.fc1(self.q1(self.bn(self.fc0(x))))
 
     torch.manual_seed(0)
-    net = (ConvNet() if kind == "conv-w2a2" else BinaryFC()).eval()
+    net = (BinaryFC() if kind == "fc-w1a1" else ConvNet(pool=kind == "conv-avgpool")).eval()
     with torch.no_grad():     # statistics as if trained, so the thresholds differ per channel
         net.bn.running_mean.uniform_(-1, 1)
         net.bn.running_var.uniform_(0.5, 2)
@@ -88,24 +94,29 @@ def _uint8_input(path):
     return model
 
 
-#: The conv network's folding (a sliding window one element a beat: hwq's block has no parallel_window).
-FOLDING = {"Defaults": {},
-           "Thresholding_rtl_0": {"PE": 1}, "FMPadding_rtl_0": {"SIMD": 1},
-           "ConvolutionInputGenerator_rtl_0": {"SIMD": 1, "parallel_window": 0},
-           "MVAU_hls_0": {"PE": 2, "SIMD": 3}, "MVAU_hls_1": {"PE": 2, "SIMD": 12}, "LabelSelect_hls_0": {"PE": 1}}
-
-
+_SWG = {"SIMD": 1, "parallel_window": 0}      # hwq's sliding window sends SIMD channels a beat, not whole windows
+#: Foldings (None: FINN's fastest fitting one).
+FOLDINGS = {"conv-w2a2": {"Defaults": {}, "Thresholding_rtl_0": {"PE": 1}, "FMPadding_rtl_0": {"SIMD": 1},
+                          "ConvolutionInputGenerator_rtl_0": _SWG, "MVAU_hls_0": {"PE": 2, "SIMD": 3},
+                          "MVAU_hls_1": {"PE": 2, "SIMD": 12}, "LabelSelect_hls_0": {"PE": 1}},
+            "conv-avgpool": {"Defaults": {}, "ConvolutionInputGenerator_rtl_0": _SWG,
+                             "ConvolutionInputGenerator_rtl_1": {"SIMD": 2, "parallel_window": 0},
+                             "Pool_hls_0": {"PE": 2}},
+            "fc-w1a1": None}
 #: The HW layers FINN leaves: the standalone thresholds on the pixels first, the padding before the sliding window,
-#: and no reshape for the flatten (RemoveCNVtoFCFlatten folds it into the classifier's weights).
-OPS = {"conv-w2a2": ["Thresholding_rtl", "FMPadding_rtl", "ConvolutionInputGenerator_rtl", "MVAU_hls", "MVAU_hls",
-                     "LabelSelect_hls"],
+#: the average pool as a depthwise window and a QuantAvgPool, and no reshape for the flatten
+#: (RemoveCNVtoFCFlatten folds it into the classifier's weights).
+_CONV = ["Thresholding_rtl", "FMPadding_rtl", "ConvolutionInputGenerator_rtl", "MVAU_hls"]
+OPS = {"conv-w2a2": [*_CONV, "MVAU_hls", "LabelSelect_hls"],
+       "conv-avgpool": [*_CONV, "ConvolutionInputGenerator_rtl", "Pool_hls", "MVAU_hls", "LabelSelect_hls"],
        "fc-w1a1": ["Thresholding_rtl", "MVAU_hls", "MVAU_hls", "LabelSelect_hls"]}
 #: The first Thresholding's input type, output type and ActVal: pixels into INT2 (-2..1), or into the 0/1 bits
 #: that FINN's XNOR conversion makes of the bipolar input.
-THRESHOLDS = {"conv-w2a2": ("UINT8", "INT2", -2), "fc-w1a1": ("UINT8", "BINARY", 0)}
+THRESHOLDS = {"conv-w2a2": ("UINT8", "INT2", -2), "conv-avgpool": ("UINT8", "INT2", -2),
+              "fc-w1a1": ("UINT8", "BINARY", 0)}
 
 
-@pytest.mark.parametrize("kind", ["conv-w2a2", "fc-w1a1"])
+@pytest.mark.parametrize("kind", ["conv-w2a2", "conv-avgpool", "fc-w1a1"])
 def test_two_x_minus_one_network_through_finn_and_the_open_backend_is_bit_exact(tmp_path, kind):
     from qonnx.custom_op.registry import getCustomOp
 
@@ -115,15 +126,15 @@ def test_two_x_minus_one_network_through_finn_and_the_open_backend_is_bit_exact(
     from hwq.export.qonnx_export import export_qonnx_model
     from hwq.rtl.config import OpenBuildConfig
     from hwq.rtl.layers import layers_from_model
-    from hwq.rtl.layers_stream import ThresholdingLayer
+    from hwq.rtl.layers_stream import QuantAvgPoolLayer, ThresholdingLayer
     from hwq.rtl.steps import OpenBuildContext, open_steps
 
     net = _two_x_minus_one_net(kind)
     qonnx = export_qonnx_model(net, tmp_path / "model.onnx")
     folding = None
-    if kind == "conv-w2a2":
+    if FOLDINGS[kind] is not None:
         folding = tmp_path / "folding.json"
-        folding.write_text(json.dumps(FOLDING))
+        folding.write_text(json.dumps(FOLDINGS[kind]))
     config = OpenBuildConfig(board="icebreaker", synthesise=False, verify_samples=6,
                              folding_file=str(folding) if folding else None)
     board, fold_board, _ = config.boards()
@@ -146,6 +157,9 @@ def test_two_x_minus_one_network_through_finn_and_the_open_backend_is_bit_exact(
     assert manifest["bit_exact"]["passed"] and HW_GRAPH_STEP in ctx.checkpoints
     layers = layers_from_model(hw)
     assert isinstance(layers[0], ThresholdingLayer) and layers[0].in_elems == 36
+    if kind == "conv-avgpool":     # 2-bit sums of 4 need 4 bits: shifted right by 2 into UINT2
+        pool = layers[5]
+        assert isinstance(pool, QuantAvgPoolLayer) and (pool.window, pool.shift, pool.out_type.bits) == (4, 2, 2)
     assert list(manifest["layers"]) == [n.name for n in hw.graph.node]
     assert manifest["reference"]["passed"] and manifest["reference"]["n"] == 6   # == finn's execution
     sim = manifest["simulation"]
