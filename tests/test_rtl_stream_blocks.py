@@ -263,7 +263,8 @@ def test_quant_avg_pool_block_matches_reference(tmp_path, seed):
 
 def stream_chain(rng) -> list:
     """Pixels -> thresholds (INT2, 2x - 1 absorbed) -> padding -> 3x3 window -> integer MVAU without activation ->
-    global sum pool -> label select: the new blocks between the existing ones, beats converted between them."""
+    thresholds on its signed sums -> global sum pool -> label select: the new blocks between the existing ones,
+    beats converted between them."""
     c0, c1 = 2, 4
     thr = ThresholdingLayer("thr", c0, 2, 16, ElemType(8, False), ElemType(2, True),
                             np.sort(rng.integers(0, 256, (c0, 3)), axis=1), -2)
@@ -275,10 +276,11 @@ def stream_chain(rng) -> list:
     hi = int(np.maximum(w * -2, w * 1).sum(axis=0).max())
     mvau = MVAULayer("mvau", 9 * c0, c1, 2, 6, False, ElemType(2, True), ElemType.for_range(lo, hi), w, None,
                      vectors=16)
-    acc_t = mvau.out_type
-    gap = GlobalAccPoolLayer("gap", c1, 16, 2, acc_t, ElemType.for_range(16 * acc_t.lo, 16 * acc_t.hi))
+    acc_t = mvau.out_type          # FINN's standalone thresholds after an MVAU: signed sums -> UINT2
+    act = ThresholdingLayer("act", c1, 1, 16, acc_t, ElemType(2, False), np.array([[-3, 0, 3]]))   # one set
+    gap = GlobalAccPoolLayer("gap", c1, 16, 2, act.out_type, ElemType.for_range(0, 16 * 3))
     ls = LabelSelectLayer("ls", c1, 1, gap.out_type, ElemType(8, False))
-    return [thr, pad, swg, mvau, gap, ls]
+    return [thr, pad, swg, mvau, act, gap, ls]
 
 
 def test_stream_chain_and_a_planted_mismatch_is_caught(tmp_path):
@@ -297,3 +299,18 @@ def test_stream_chain_and_a_planted_mismatch_is_caught(tmp_path):
     planted[2, 0] = (planted[2, 0] + 1) % 4
     with pytest.raises(VerificationError, match="image 2"):
         simulate(design, x, planted, tmp_path / "bad")
+
+
+@pytest.mark.slow
+def test_stream_chain_on_verilator_matches_icarus(tmp_path):
+    """The same chain on Verilator (about 30 s of C++ compilation here): no lint warning beyond the waivers, the
+    same outputs under back-pressure and the same cycles as Icarus."""
+    rng = np.random.default_rng(50)
+    layers = stream_chain(rng)
+    design = generate_verilog(layers, tmp_path / "rtl", top="chain")
+    x = _images(rng, layers[0], 5)
+    want = run_layers(layers, x)
+    runs = {sim: simulate(design, x, want, tmp_path / sim, simulator=sim, p_gap=0.2, p_stall=0.3, seed=1)
+            for sim in ("verilator", "icarus")}
+    assert runs["verilator"]["cycles_per_image"] == runs["icarus"]["cycles_per_image"]
+    assert runs["verilator"]["latency_cycles"] == runs["icarus"]["latency_cycles"]
