@@ -173,6 +173,9 @@ def test_a_reshape_is_no_layer_and_a_transpose_is_refused():
                              dict(Channels=4, PE=2, KernelSize=[2, 2], Function="QuantAvgPool", OutImgDims=[2, 2],
                                   InputDataType="UINT4", OutputDataType="UINT4", Size=1), "UINT4"),
      r"^qap0 \(Pool\): Size=1 \(the HLS shift\) differs from the shift 2 of FINN's execution"),
+    (lambda rng: _node_model("Reshape", "flat0", [1, 2, 2, 4], [1, 12],
+                             dict(inp_shape=[1, 2, 2, 4], out_shape=[1, 12], dtype="UINT2"), "UINT2"),
+     r"^flat0 \(Reshape\): inp_shape holds 16 elements, out_shape 12"),
 ])
 def test_readers_refuse_unsupported_settings_in_one_line_naming_the_node(make, message):
     model = make(np.random.default_rng(5))
