@@ -122,8 +122,9 @@ def thresholding_verilog(layer: ThresholdingLayer, in_beat: int) -> str:
     n_thr, cw, cf = thr.shape[1], cmp_t.bits, c // a
     sgn = "signed " if cmp_t.signed else ""
     L = _ports(layer.name, a * ib, layer.pe * ob)
-    L += [f"    // {layer.name}: {layer.vectors} x {c} channels of {ib}-bit {'signed' if layer.in_type.signed else 'unsigned'} "
-          f"values, {n_thr} threshold(s) each, ActVal {layer.act_val}, {ob}-bit outputs"
+    kind = "signed" if layer.in_type.signed else "unsigned"
+    L += [f"    // {layer.name}: {layer.vectors} x {c} channels of {ib}-bit {kind} values, {n_thr} threshold(s) "
+          f"each, ActVal {layer.act_val}, {ob}-bit outputs"
           f"{' (BIPOLAR as 0/1)' if layer.bipolar else ''}; {a} in, {layer.pe} out per beat",
           "    wire s_ready;",
           "    wire s_valid = in_valid;",

@@ -281,7 +281,8 @@ def global_acc_pool_layer(node) -> GlobalAccPoolLayer:
     out_type = _elem_type(op.get_output_datatype().name, node.name)
     pixels = vecs[1] * vecs[2]
     if pixels * in_type.lo < out_type.lo or pixels * in_type.hi > out_type.hi:
-        raise UnsupportedLayerError(f"{_where(node)}: the sums of {pixels} pixels do not fit {op.get_output_datatype()}")
+        raise UnsupportedLayerError(f"{_where(node)}: the sums of {pixels} pixels do not fit "
+                                    f"{op.get_output_datatype()}")
     return GlobalAccPoolLayer(name=node.name, channels=channels, pixels=pixels, pe=pe, in_type=in_type,
                               out_type=out_type)
 
