@@ -200,17 +200,23 @@ def layers_from_model(model) -> list:
 
     The sliding window and pooling layers live in :mod:`hwq.rtl.layers_conv`.
     """
-    from hwq.rtl import layers_conv  # imports this module's types; read here to avoid an import cycle
+    from hwq.rtl import layers_conv, layers_stream  # import this module's types; read here to avoid a cycle
 
     readers = {"MVAU": lambda node: _mvau(model, node), "LabelSelect": _label_select,
-               "ConvolutionInputGenerator": layers_conv.sliding_window_layer, "Pool": layers_conv.pool_layer}
+               "ConvolutionInputGenerator": layers_conv.sliding_window_layer, "Pool": layers_conv.pool_layer,
+               "Thresholding": lambda node: layers_stream.thresholding_layer(model, node),
+               "FMPadding": layers_stream.fm_padding_layer, "GlobalAccPool": layers_stream.global_acc_pool_layer,
+               "Reshape": lambda node: layers_stream.reshape_layer(model, node),
+               **dict.fromkeys(("Shuffle", "InnerShuffle", "OuterShuffle"), layers_stream.reordering_layer)}
     layers = []
     for node in model.graph.node:
         kind = node.op_type.rsplit("_", 1)[0] if node.op_type.endswith(("_hls", "_rtl")) else node.op_type
         if kind not in readers:
             raise UnsupportedLayerError(f"{node.name}: {node.op_type} has no Verilog generator "
                                         f"({', '.join(readers)})")
-        layers.append(readers[kind](node))
+        layer = readers[kind](node)
+        if layer is not None:   # None: a node that leaves the stream as it is (a reshape)
+            layers.append(layer)
     for a, b in zip(layers, layers[1:]):
         if a.out_elems != b.in_elems:
             raise UnsupportedLayerError(f"{b.name}: takes {b.in_elems} values, {a.name} gives {a.out_elems}")

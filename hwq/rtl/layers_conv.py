@@ -137,12 +137,17 @@ def sliding_window_layer(node) -> SlidingWindowLayer:
 
 
 def pool_layer(node) -> PoolLayer:
-    """Read a ``Pool`` node (hls) with ``Function=MaxPool``."""
+    """Read a ``Pool`` node (hls) with ``Function=MaxPool`` (``QuantAvgPool``: :mod:`hwq.rtl.layers_stream`)."""
     from qonnx.custom_op.registry import getCustomOp
 
     attr = getCustomOp(node).get_nodeattr
+    if attr("Function") == "QuantAvgPool":
+        from hwq.rtl.layers_stream import quant_avg_pool_layer
+
+        return quant_avg_pool_layer(node)
     if attr("Function") != "MaxPool":
-        raise UnsupportedLayerError(f"{node.name}: Pool Function {attr('Function')} (only MaxPool supported)")
+        raise UnsupportedLayerError(f"{node.name}: Pool Function {attr('Function')} (only MaxPool and "
+                                    f"QuantAvgPool supported)")
     channels, pe = attr("Channels"), attr("PE")
     in_type = _unfolded_stream(node, attr, "PE", "Channels", "InputDataType", "OutputDataType")
     windows = int(np.prod(attr("OutImgDims"))) * int(attr("BatchSize"))

@@ -17,6 +17,12 @@ array([[1]])
 array([[0, 2, 1, 3]])
 >>> max_pool(np.array([[1, 5, 4, 2]]), channels=2, window=2)
 array([[4, 5]])
+>>> fm_padding(np.array([[1, 2]]), (1, 2), 1, (1, 0, 0, 1))            # a 1x2 image, one row on top, one column right
+array([[0, 0, 0, 1, 2, 0]])
+>>> global_acc_pool(np.array([[1, 2, 3, 4]]), channels=2)
+array([[4, 6]])
+>>> quant_avg_pool(np.array([[3, 1, 3, 2]]), channels=1, window=4, shift=2)
+array([[2]])
 """
 
 from __future__ import annotations
@@ -106,3 +112,42 @@ def max_pool(x, channels: int, window: int) -> np.ndarray:
     (k, c) order), the maximum of each channel. ``x`` is (N, V*window*C), the result (N, V*C)."""
     x = _ints(x, "max pool input")
     return x.reshape(len(x), -1, window, channels).max(axis=2).reshape(len(x), -1)
+
+
+def fm_padding(x, ifm_dim, channels: int, padding) -> np.ndarray:
+    """FINN's ``FMPadding``: zeros around rows of NHWC images; ``padding`` is FINN's ``[top, left, bottom, right]``.
+
+    ``x`` is (N, H*W*C), the result (N, (H+top+bottom)*(W+left+right)*C). The pad value is the number 0; on a 1-bit
+    (0/1) stream that encodes bipolar values, 0 is -1 (``docs/dataflow.md``, "Binary MobileNet").
+    """
+    x = _ints(x, "padding input")
+    (h, w), (top, left, bottom, right) = ifm_dim, padding
+    img = x.reshape(-1, h, w, channels)
+    return np.pad(img, ((0, 0), (top, bottom), (left, right), (0, 0))).reshape(len(img), -1)
+
+
+def global_acc_pool(x, channels: int) -> np.ndarray:
+    """FINN's ``GlobalAccPool``: per image the sum of every pixel, per channel (the 1/N of an average is left to
+    the next layer's thresholds). ``x`` is (N, P*C), the result (N, C)."""
+    x = _ints(x, "global pool input")
+    return x.reshape(len(x), -1, channels).sum(axis=1)
+
+
+def quant_avg_pool_shift(in_bits: int, out_bits: int, window: int) -> int:
+    """The right shift of FINN's QuantAvgPool (qonnx ``QuantAvgPool2d.get_shifts``, finn ``Pool.execute_node``): the
+    bits of the largest unsigned ``in_bits`` sum over ``window`` values, less ``out_bits``, at least 0. It is
+    computed from the unsigned maximum also for signed inputs, as both do.
+
+    >>> quant_avg_pool_shift(4, 4, 4)          # 15 * 4 = 60 needs 6 bits
+    2
+    """
+    return max(0, int(((1 << in_bits) - 1) * window).bit_length() - out_bits)
+
+
+def quant_avg_pool(x, channels: int, window: int, shift: int) -> np.ndarray:
+    """FINN's ``Pool`` with ``Function=QuantAvgPool`` (Brevitas' TruncAvgPool2d): per window of ``window`` pixels
+    ((k, c) order, from a sliding window generator), the sum of each channel shifted right by ``shift`` (an
+    arithmetic shift, i.e. rounding towards minus infinity, as NumPy's ``right_shift`` and ``ap_int``'s ``>>``).
+    ``x`` is (N, V*window*C), the result (N, V*C)."""
+    x = _ints(x, "average pool input")
+    return np.right_shift(x.reshape(len(x), -1, window, channels).sum(axis=2), shift).reshape(len(x), -1)
