@@ -8,7 +8,7 @@ the weight values), exported with ``brevitas.export.export_qonnx`` through torch
 (``ts``: MatMul nodes) and its dynamo exporter (``dynamo``: Gemm nodes, weights in ``<file>.data``). Each file is
 built with no hand edits:
 
-1. FINN backend (``hwq build FILE --dataset D``) for the Pynq-Z2, the fastest folding that fits; the gate runs
+1. FINN backend (``hwq build FILE --dataset D``) for the Pynq-Z2, folded for :data:`TARGET_FPS`; the gate runs
    ``--verify-samples`` real test images layer-wise;
 2. FINN's own builder (``finn.builder.build_dataflow_cfg``, estimate reports only) on the same graph with the
    same folding file, for its LUT estimate next to hwq's;
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -34,6 +35,9 @@ from hwq._io import write_atomic, write_json
 
 NETWORKS = {"tfc_1w1a": ((1, 1, 28, 28), "mnist"), "tfc_2w2a": ((1, 1, 28, 28), "mnist"),
             "cnv_1w1a": ((1, 3, 32, 32), "cifar10")}
+#: The folding both backends implement: the TFCs folded for 500k fps (196 cycles at 100 MHz: a design nextpnr
+#: places in minutes on the ECP5-85F), the CNV the fastest that fits the Pynq-Z2 (simulated only).
+TARGET_FPS = {"tfc_1w1a": 500_000, "tfc_2w2a": 500_000, "cnv_1w1a": None}
 EXPORTS = ("ts", "dynamo")
 
 
@@ -51,13 +55,13 @@ def export(name: str, how: str, root: Path) -> Path:
     return path
 
 
-def finn_backend(path: Path, dataset: str, samples: int) -> dict:
+def finn_backend(path: Path, dataset: str, samples: int, target_fps: float | None) -> dict:
     from hwq.dataflow import BuildConfig, run_build
     from hwq.manifest import estimate_totals
 
     started = time.perf_counter()
-    m = run_build(path, BuildConfig(dataset=dataset, verify_samples=samples, codegen=False), progress=False,
-                  stop_step="estimate")
+    m = run_build(path, BuildConfig(dataset=dataset, verify_samples=samples, codegen=False, target_fps=target_fps),
+                  progress=False, stop_step="estimate")
     t = estimate_totals(m)
     return {"seconds": round(time.perf_counter() - started, 1), "layerwise": m["bit_exact"]["layerwise"],
             "gate": m["bit_exact"]["compared"], "n": m["bit_exact"]["n"], "cycles": t["max_cycles"],
@@ -91,8 +95,13 @@ def finn_builder(build: Path, out: Path) -> dict:
                               generate_outputs=[DataflowOutputType.ESTIMATE_REPORTS], steps=steps,
                               auto_fifo_depths=False)
     model = build / "intermediate" / "insert_topk.onnx"  # hwq's UINT8 input and the TopK FINN's flows append
-    with finn_session(out / "codegen"):
-        code = build_dataflow_cfg(str(model), cfg)
+    saved = sys.stdout, sys.stderr, logging.getLogger().handlers[:]
+    try:  # FINN's builder takes over stdout and the root logger for the rest of the process: give them back
+        with finn_session(out / "codegen"):
+            code = build_dataflow_cfg(str(model), cfg)
+    finally:
+        sys.stdout, sys.stderr = saved[0], saved[1]
+        logging.getLogger().handlers[:] = saved[2]
     if code != 0:
         return {"status": "failed", "log": str(out / "build_dataflow.log")}
     layers = json.loads((out / "report" / "estimate_layer_resources.json").read_text())
@@ -106,8 +115,11 @@ def open_backend(path: Path, dataset: str, build: Path, samples: int, synthesise
     m = run_open_build(path, OpenBuildConfig(board="ulx3s-85f", dataset=dataset, verify_samples=samples,
                                              folding_file=str(build / "folding.json"), synthesise=synthesise))
     s = m["simulation"]
+    e = m["finn_estimate"]   # FINN's estimate of the folding the open design implements (open_folding applied)
     row = {"seconds": round(time.perf_counter() - started, 1), "n": s["n"], "bit_exact": s["bit_exact"],
-           "cycles": s["cycles_per_image"], "folding_bound": s["folding_bound_cycles"]}
+           "cycles": s["cycles_per_image"], "folding_bound": s["folding_bound_cycles"],
+           "folding_changes": m.get("open_folding", {}).get("changed", []),
+           "finn_estimate": {"cycles": e["max_cycles"], "fps": e["estimated_fps"], "lut": e["LUT"]}}
     if "measured" in m:
         f = m["measured"]
         row.update(fmax_mhz=f["fmax_mhz"], fps=f["fps"], lut=f["lut"], bram=f["bram"])
@@ -135,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     path = export(name, how, root)
                     if {"finn", "finn-builder", "open"} & set(args.backends):
-                        row["finn"] = finn_backend(path, row["dataset"], args.samples)
+                        row["finn"] = finn_backend(path, row["dataset"], args.samples, TARGET_FPS[name])
                     build = Path(row["finn"]["build"])
                     if "finn-builder" in args.backends:
                         row["finn_builder"] = finn_builder(build, root / f"{path.stem}-finn-builder")
@@ -150,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
     out = Path(args.out)
     write_json(out.with_suffix(".json"), {"rows": rows, "board": "pynq-z2 (FINN), ulx3s-85f (open)"})
-    write_atomic(out.with_suffix(".md"), table(rows))
+    text = table(rows)
+    write_atomic(out.with_suffix(".md"), lambda p: p.write_text(text))
     print(table(rows))
     return 0
 
@@ -162,7 +175,8 @@ def _num(value, digits: int = 0) -> str:
 def table(rows: list[dict]) -> str:
     """The markdown table of docs/byo-model.md."""
     head = ["network", "export", "HW layers (FINN backend)", "gate", "cycles", "fps (100 MHz)", "LUT (hwq)",
-            "LUT (FINN's builder)", "open: cycles (sim)", "open: Fmax MHz", "open: fps", "open: LUT (ECP5)"]
+            "LUT (FINN's builder)", "open: cycles (sim)", "open: FINN's estimate (cycles, LUT)", "open: Fmax MHz",
+            "open: fps", "open: LUT (ECP5)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         f, b, o = r.get("finn", {}), r.get("finn_builder", {}), r.get("open", {})
@@ -170,6 +184,7 @@ def table(rows: list[dict]) -> str:
         gate = f"layer-wise, {f['n']} images" if f.get("layerwise") else f.get("gate", "")
         cells = [r["network"], r["export"], layers, gate, _num(f.get("cycles")), _num(f.get("fps")),
                  _num(f.get("lut")), _num(b.get("lut")) or b.get("status", ""), _num(o.get("cycles")),
+                 (f"{o['finn_estimate']['cycles']:,}, {o['finn_estimate']['lut']:,}" if o else ""),
                  _num(o.get("fmax_mhz"), 1), _num(o.get("fps")), _num(o.get("lut"))]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -87,6 +87,22 @@ def test_reference_network_builds_from_the_bare_file_layer_wise(exports, bare, k
     assert m["accelerator"]["model_id"] == key
 
 
+@pytest.mark.parametrize("key", EXPORTS)
+def test_reference_network_builds_on_the_open_backend(exports, bare, key):
+    """The same files through hwq's own Verilog: the input Thresholding and the Reshape of the 28x28 input are
+    blocks of the open backend; the RTL simulation is bit-exact with the NumPy reference, which equals finn's
+    execution of the HW graph (check_reference), which the FINN gate compared layer-wise with the file."""
+    from hwq.rtl.build import OpenBuildConfig, run_open_build
+
+    model = bare(key)
+    m = run_open_build(model, OpenBuildConfig(board="ulx3s-85f", calibration=str(exports["calibration"]),
+                                              verify_samples=2, synthesise=False))
+    assert m["status"] == "done" and m["bit_exact"]["layerwise"] and m["simulation"]["bit_exact"]
+    assert model.with_name(f"{key}-build-ulx3s-85f").is_dir()
+    assert next(iter(m["layers"])).startswith("Thresholding")
+    assert m["accelerator"]["input"]["convention"]["kind"] == "pixels/255"
+
+
 def test_a_fastest_folding_is_one_finn_can_generate(exports, bare):
     """SetFolding gives the 28x28 input's Reshape a PE that does not divide 28; the search lowers it, so FINN's
     code generation (hw_codegen, the last step before the vendor tools) succeeds."""

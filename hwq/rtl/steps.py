@@ -219,6 +219,31 @@ def step_place_and_route(model: ModelWrapper, ctx: OpenBuildContext) -> StepResu
         "label": "measured: cycles in RTL simulation, Fmax and resources from nextpnr"}}
 
 
+def step_open_folding(model: ModelWrapper, ctx: OpenBuildContext) -> StepResult:
+    """Keep the folding within what the open backend generates: its sliding window emits one window pixel (SIMD
+    channels) a cycle, so a ``parallel_window`` FINN's search chose is turned off (that layer then takes
+    ``window`` times the cycles FINN's parallel window would). ``folding.json`` is rewritten and FINN's estimate
+    (a later step) is of this folding, so the two designs are compared on the same folding. Reports the layers
+    changed (``open_folding``)."""
+    from finn.util.config import extract_model_config_to_json
+    from qonnx.custom_op.registry import getCustomOp
+
+    from hwq.dataflow import estimates
+
+    changed = []
+    for node in model.graph.node:
+        if node.op_type.startswith("ConvolutionInputGenerator"):
+            inst = getCustomOp(node)
+            if inst.get_nodeattr("parallel_window"):
+                inst.set_nodeattr("parallel_window", 0)
+                changed.append({"node": node.name, "parallel_window": [1, 0]})
+    if changed:
+        extract_model_config_to_json(model, str(ctx.out_dir / "folding.json"), list(estimates.FOLD_ATTRS))
+        ctx.progress.warn(f"the open backend has no parallel sliding window: parallel_window off for "
+                          f"{', '.join(c['node'] for c in changed)} (folding.json rewritten)")
+    return model, {"open_folding": {"changed": changed}}
+
+
 def open_steps(config: OpenBuildConfig, xilinx: bool | None = None) -> list[Step]:
     """The open backend's steps for ``config``: FINN's (:data:`FINN_STEPS`), then read the layers, check the
     reference, generate, simulate and, with ``synthesise``, synthesise and place and route (an open board) or
@@ -226,7 +251,9 @@ def open_steps(config: OpenBuildConfig, xilinx: bool | None = None) -> list[Step
     board (None: look it up)."""
     if xilinx is None:
         xilinx = config.boards()[2]
-    steps = [*FINN_STEPS, Step("read_layers", step_read_layers), Step("check_reference", step_check_reference),
+    fold = step_names(FINN_STEPS).index("fold") + 1
+    steps = [*FINN_STEPS[:fold], Step("open_folding", step_open_folding), *FINN_STEPS[fold:],
+             Step("read_layers", step_read_layers), Step("check_reference", step_check_reference),
              Step("generate_verilog", step_generate_verilog), Step("simulate", step_simulate)]
     if config.synthesise and (xilinx or config.xilinx_estimate):
         steps.append(Step("synth_xilinx", step_synth_xilinx))
