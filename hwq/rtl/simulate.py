@@ -123,13 +123,25 @@ def pack_beats(values, per_beat: int, bits: int) -> list[list[int]]:
     return out
 
 
+def idle_limit(design: Design) -> int:
+    """Cycles without a beat in or out after which the bench calls the design hung: four times the sum of the
+    layers' cycles per image (no block computes longer than its cycles without taking or giving a beat) plus
+    1,000 for the pipeline and the bench's random stalls.
+
+    >>> idle_limit(Design("t", [], 1, 8, False, 4, 1, 8, False, 1, 16, {"a": 16, "b": 4}))
+    1080
+    """
+    return 4 * sum(design.layer_cycles.values()) + 1000
+
+
 def simulate(design: Design, inputs, expected, work_dir, *, simulator: str = "icarus", p_gap: float = 0.0,
              p_stall: float = 0.0, seed: int = 0) -> dict:
     """Run ``design`` on ``inputs`` (N, in elems) and compare every output with ``expected`` (N, out elems).
 
     Returns the testbench's measurements (cycles per image, latency in cycles, cycles simulated and simulated
     per second of the bench's wall time) and the seconds of the build and of the run; raises
-    :class:`~hwq.errors.VerificationError` naming the first differing image when an output differs.
+    :class:`~hwq.errors.VerificationError` naming the first differing image when an output differs, or saying
+    how far the design got when it hangs (no beat in or out for :func:`idle_limit` cycles).
     """
     check_simulator(simulator)
     if simulator == "icarus" and shutil.which("iverilog") is None:
@@ -138,7 +150,8 @@ def simulate(design: Design, inputs, expected, work_dir, *, simulator: str = "ic
     work.mkdir(parents=True, exist_ok=True)
     job = {"inputs": pack_beats(inputs, design.in_beat, design.in_bits),
            "expected": pack_beats(expected, design.out_beat, design.out_bits),
-           "p_gap": p_gap, "p_stall": p_stall, "seed": seed, "result": str(work / "result.json")}
+           "p_gap": p_gap, "p_stall": p_stall, "seed": seed, "result": str(work / "result.json"),
+           "idle_limit": idle_limit(design)}
     (work / "job.json").write_text(json.dumps(job))
     (work / "result.json").unlink(missing_ok=True)
     results_xml = work / "results.xml"
@@ -148,6 +161,8 @@ def simulate(design: Design, inputs, expected, work_dir, *, simulator: str = "ic
     if not results_xml.is_file():
         raise VerificationError(f"{design.top}: the simulation wrote no results (log {work / 'sim.log'})")
     failures = _failures(results_xml)
+    if "the design hangs" in failures:
+        raise VerificationError(f"{design.top}: RTL simulation stopped: {failures} (log {work / 'sim.log'})")
     if failures or not (work / "result.json").is_file():
         raise VerificationError(f"{design.top}: RTL simulation differs from the reference: "
                                 f"{failures or 'no result'} (log {work / 'sim.log'})")

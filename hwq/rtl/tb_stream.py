@@ -8,7 +8,8 @@ measured cycles to the job's ``result`` file. Port widths are read back from the
 
 Phase 1 streams every image with no stalls and measures cycles per image (steady-state interval between outputs)
 and the latency of the first image; phase 2 replays the images with random input gaps and random output
-back-pressure.
+back-pressure. A design that hangs (no beat in or out for the job's ``idle_limit`` cycles, e.g. a deadlocked
+residual) fails with a message saying how far it got, instead of running forever.
 
 >>> simulate(design, x, expected, "build-rtl-tmp/sim")   # runs this module in Icarus  # doctest: +SKIP
 """
@@ -35,13 +36,14 @@ async def _count(dut, clock: dict) -> None:
         clock["now"] += 1
 
 
-async def _drive(dut, beats: list[int], p_gap: float, rng: random.Random) -> None:
+async def _drive(dut, beats: list[int], p_gap: float, rng: random.Random, clock: dict) -> None:
     """Present ``beats`` on s_axis; inputs change on falling edges, a beat moves when valid and ready."""
     i, presenting, fire = 0, False, False
     while i < len(beats):
         await FallingEdge(dut.clk)
         if fire:
             i, presenting = i + 1, False
+            clock["in"], clock["last"] = i, clock["now"]
         if not presenting and i < len(beats):
             if rng.random() < p_gap:
                 dut.s_axis_tvalid.value = 0
@@ -60,26 +62,34 @@ def _unsigned(value) -> int:
     return int(value.to_unsigned()) if hasattr(value, "to_unsigned") else int(value)
 
 
-async def _collect(dut, n_beats: int, p_stall: float, rng: random.Random, clock: dict) -> list[tuple[int, int]]:
-    """Read n_beats from m_axis with random back-pressure; each beat with the cycle it was taken in."""
+async def _collect(dut, n_beats: int, p_stall: float, rng: random.Random, clock: dict,
+                   label: str = "") -> list[tuple[int, int]]:
+    """Read n_beats from m_axis with random back-pressure; each beat with the cycle it was taken in. Fails when
+    no beat went in or out for ``clock["idle_limit"]`` cycles."""
     got = []
     while len(got) < n_beats:
         await FallingEdge(dut.clk)
+        if clock["now"] - clock["last"] > clock["idle_limit"]:
+            raise AssertionError(f"{label}: the design hangs: no beat in or out for {clock['idle_limit']} cycles "
+                                 f"after {clock['in']} of {clock['n_in']} input beats and {len(got)} of {n_beats} "
+                                 "output beats (a deadlock?)")
         ready = 0 if rng.random() < p_stall else 1
         dut.m_axis_tready.value = ready
         if ready and int(dut.m_axis_tvalid.value):
             got.append((_unsigned(dut.m_axis_tdata.value), clock["now"]))
+            clock["last"] = clock["now"]
     await FallingEdge(dut.clk)
     dut.m_axis_tready.value = 0
     return got
 
 
 async def _phase(dut, job, images, expected, p_gap, p_stall, rng, label):
-    clock = {"now": 0}
+    beats = [b for image in images for b in image]
+    clock = {"now": 0, "last": 0, "in": 0, "n_in": len(beats), "idle_limit": int(job.get("idle_limit", 100_000))}
     n_out = sum(len(e) for e in expected)
     counter = cocotb.start_soon(_count(dut, clock))
-    driver = cocotb.start_soon(_drive(dut, [b for image in images for b in image], p_gap, rng))
-    got = await _collect(dut, n_out, p_stall, rng, clock)
+    driver = cocotb.start_soon(_drive(dut, beats, p_gap, rng, clock))
+    got = await _collect(dut, n_out, p_stall, rng, clock, label)
     await driver
     counter.cancel()
     flat = [b for e in expected for b in e]
