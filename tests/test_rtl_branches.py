@@ -332,10 +332,10 @@ def test_chain_stays_a_list_and_needs_no_fifo():
     assert FifoLayer("f", 2, 1, 4, U2).run([[1, 2, 3, 4]]).tolist() == [[1, 2, 3, 4]]
 
 
-def test_open_steps_read_check_generate_simulate_and_map_a_residual_graph(tmp_path):
+def test_open_steps_read_check_generate_simulate_and_synthesise_a_residual_graph(tmp_path):
     """The open backend's own steps on the specialised residual graph, with its abstract graph as the checkpoint
     check_reference executes: the manifest's layers say what feeds what, the design records its FIFO, the
-    simulation is bit-exact at the folding bound, and Yosys maps the DAG for the UP5K."""
+    simulation is bit-exact at the folding bound, and Yosys and nextpnr synthesise the DAG for the UP5K."""
     from hwq.dataflow.driver import run_steps
     from hwq.dataflow.progress import quiet
     from hwq.dataflow.steps import HW_GRAPH_STEP
@@ -350,7 +350,7 @@ def test_open_steps_read_check_generate_simulate_and_map_a_residual_graph(tmp_pa
     images = rng.integers(0, 4, (6, 16))
     ctx = OpenBuildContext.for_steps(tmp_path / "build", config, images, {HW_GRAPH_STEP: tmp_path / "hw.onnx"})
     report = {"steps": []}
-    run_steps(steps_named(open_steps(config, xilinx=False), "read_layers", "synthesise"), model, ctx, report,
+    run_steps(steps_named(open_steps(config, xilinx=False), "read_layers", "place_and_route"), model, ctx, report,
               progress=quiet(), save=False)
     assert report["layers"]["add"]["inputs"] == ["r1", "dup.1"] and report["layers"]["dup"]["inputs"] == ["stem"]
     assert report["reference"]["passed"] and report["design"]["fifos"] == {"add_fifo1": 16}
@@ -358,3 +358,5 @@ def test_open_steps_read_check_generate_simulate_and_map_a_residual_graph(tmp_pa
     # the long branch's r0 sets the pace (4 pixels x NF 4 x SF 2), the shortcut costs nothing
     assert sim["bit_exact"] and sim["cycles_per_image"] == sim["folding_bound_cycles"] == 32
     assert report["yosys"]["counts"]["lut"] > 0
+    measured = report["measured"]
+    assert measured["fmax_mhz"] > 10 and measured["fps"] == pytest.approx(measured["fmax_mhz"] * 1e6 / 32)
