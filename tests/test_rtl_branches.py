@@ -23,7 +23,7 @@ from hwq.rtl.generate import generate_verilog
 from hwq.rtl.graph import LayerGraph, Source
 from hwq.rtl.layers import ElemType, LabelSelectLayer, MVAULayer, UnsupportedLayerError, layers_from_model, run_layers
 from hwq.rtl.layers_branch import AddLayer, ConcatLayer, DuplicateLayer
-from hwq.rtl.simulate import simulate
+from hwq.rtl.simulate import simulate, simulate_block
 from tests.test_rtl_blocks import _divisor
 
 U2, U3, I3 = ElemType(2, False), ElemType(3, False), ElemType(3, True)
@@ -88,6 +88,59 @@ def _strict_verilog_2005(design, tmp_path) -> None:
 
 
 # --- the blocks, each with random folding and independent back-pressure per branch -------------------------------
+ELEM_TYPES = [U2, I3, ElemType(4, False), ElemType(5, True), ElemType(1, False)]
+
+
+def _type(rng) -> ElemType:
+    return ELEM_TYPES[int(rng.integers(len(ELEM_TYPES)))]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_duplicate_block_alone_each_branch_stalled_on_its_own(tmp_path, seed):
+    rng = np.random.default_rng(30 + seed)
+    channels, vectors, outputs = int(rng.choice([2, 4, 6])), int(rng.integers(2, 6)), int(rng.integers(2, 4))
+    t = _type(rng)
+    dup = DuplicateLayer("dup", channels, _divisor(rng, channels), vectors, t, outputs)
+    in_beat = _divisor(rng, channels)
+    x = rng.integers(t.lo, t.hi + 1, (5, dup.in_elems))
+    want = dup.run(x)
+    assert len(want) == outputs and all(np.array_equal(w, x) for w in want)
+    result = simulate_block(dup, (in_beat,), [x], list(want), tmp_path, p_gap=0.3, p_stall=0.4, seed=seed)
+    # free-running, one beat a cycle on the wider side (a converter between other widths costs more)
+    if in_beat == dup.pe:
+        assert result["cycles_per_image"] == dup.cycles
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_add_block_alone_with_random_types_beats_and_independent_inputs(tmp_path, seed):
+    rng = np.random.default_rng(40 + seed)
+    channels, vectors = int(rng.choice([2, 4, 6, 8])), int(rng.integers(2, 6))
+    ta, tb = _type(rng), _type(rng)
+    union = ElemType.for_range(min(0, ta.lo, tb.lo), max(ta.hi, tb.hi))
+    add = AddLayer("add", channels, _divisor(rng, channels), vectors, (ta, tb), ElemType(union.bits + 1, union.signed))
+    beats = (_divisor(rng, channels), _divisor(rng, channels))        # two producers, two beat widths
+    a = rng.integers(ta.lo, ta.hi + 1, (6, add.out_elems))
+    b = rng.integers(tb.lo, tb.hi + 1, (6, add.out_elems))
+    want = add.run(a, b)
+    assert want.min() >= add.out_type.lo and want.max() <= add.out_type.hi
+    simulate_block(add, beats, [a, b], [want], tmp_path, p_gap=0.3, p_stall=0.4, seed=seed)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_concat_block_alone_with_random_channels_types_and_beats(tmp_path, seed):
+    rng = np.random.default_rng(50 + seed)
+    simd = int(rng.choice([1, 2]))
+    n = int(rng.integers(2, 4))
+    channels = tuple(simd * int(rng.integers(1, 4)) for _ in range(n))
+    types = tuple(_type(rng) for _ in range(n))
+    cat = ConcatLayer("cat", channels, simd, int(rng.integers(2, 5)), types)
+    beats = tuple(_divisor(rng, c) for c in channels)
+    xs = [rng.integers(t.lo, t.hi + 1, (5, e)) for t, e in zip(types, cat.in_elems_per_port)]
+    want = cat.run(*xs)
+    assert want.shape == (5, cat.out_elems)
+    simulate_block(cat, beats, xs, [want], tmp_path, p_gap=0.3, p_stall=0.4, seed=seed)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_duplicate_and_concat_blocks_with_random_folding_and_stalled_branches(tmp_path, seed):
     """Duplicate into 2-3 branches, each stalled by its own pseudo-random pattern, concatenated again: every
@@ -129,6 +182,18 @@ def test_add_block_with_random_folding_and_a_stalled_input(tmp_path, seed):
     want = run_layers(graph, x)
     np.testing.assert_array_equal(want, 2 * x)
     simulate(design, x, want, tmp_path / "sim", p_gap=0.3, p_stall=0.4, seed=seed)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_fifo_block_alone_with_random_depth_and_back_pressure(tmp_path, seed):
+    rng = np.random.default_rng(20 + seed)
+    t = [I3, ElemType(5, False)][seed]
+    beat = int(rng.choice([1, 2, 3]))
+    fifo = FifoLayer("fifo", int(rng.choice([2, 4, 16])), beat, beat * int(rng.integers(3, 20)), t)
+    design = generate_verilog([fifo], tmp_path / "rtl", top="dut")
+    x = rng.integers(t.lo, t.hi + 1, (6, fifo.in_elems))
+    result = simulate(design, x, x, tmp_path / "sim", p_gap=0.3, p_stall=0.4, seed=seed)
+    assert result["cycles_per_image"] == fifo.cycles                 # a beat a cycle, free-running
 
 
 # --- residual graphs -----------------------------------------------------------------------------------------------
@@ -183,6 +248,33 @@ def test_residual_without_the_shortcut_fifo_hangs_and_says_so(tmp_path):
     with pytest.raises(VerificationError, match=r"res: RTL simulation stopped: .*the design hangs: no beat in or "
                                                 r"out for \d+ cycles after \d+ of 48 input beats and 0 of 2 output"):
         simulate(design, x, run_layers(graph, x), tmp_path / "sim")
+
+
+def test_nested_residual_sizes_both_fifos_and_is_bit_exact(tmp_path):
+    """A residual inside the long branch of another: the inner shortcut gets its FIFO, the outer one holds what
+    the whole inner residual holds (its FIFO included), and a stall inside the inner long branch deadlocks
+    neither."""
+    rng = np.random.default_rng(9)
+    c, v = 4, 6
+    outer = DuplicateLayer("outer", c, 2, v, U2)
+    inner = DuplicateLayer("inner", c, 1, v, U2)
+    m0 = _mvau(rng, "m0", c, c, 1, 2, v, U2, U2)
+    stall = StallLayer("stall", m0.out_elems, m0.out_beat, U2, seed=0x0F0F)
+    add_in = AddLayer("add_in", c, 2, v, (U2, U2), U3)
+    m1 = _mvau(rng, "m1", c, c, 2, 2, v, U3, U2)
+    add_out = AddLayer("add_out", c, 1, v, (U2, U2), U3)
+    head = _mvau(rng, "head", c, 3, 1, 2, v, U3, U2)          # per pixel, with thresholds
+    graph = LayerGraph([outer, inner, m0, stall, add_in, m1, add_out, head],
+                       {"inner": [Source("outer", 0)], "m0": [Source("inner", 0)],
+                        "add_in": [Source("stall"), Source("inner", 1)], "add_out": [Source("m1"), Source("outer", 1)]})
+    depths = shortcut_depths(graph, in_beat=2)
+    assert set(depths) == {("add_in", 1), ("add_out", 1)}
+    assert depths[("add_out", 1)] > depths[("add_in", 1)]          # the outer shortcut holds the inner residual
+    design = generate_verilog(graph, tmp_path / "rtl", top="nested")
+    x = rng.integers(0, 4, (6, graph.in_elems))
+    want = run_layers(graph, x)
+    assert len(set(want.ravel().tolist())) > 1
+    simulate(design, x, want, tmp_path / "sim", p_gap=0.2, p_stall=0.3)
 
 
 def test_concat_dag_is_bit_exact_under_back_pressure(tmp_path):

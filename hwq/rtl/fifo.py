@@ -63,6 +63,10 @@ class FifoLayer:
         return self.elems
 
     @property
+    def in_beat(self) -> int:
+        return self.beat
+
+    @property
     def out_beat(self) -> int:
         return self.beat
 

@@ -179,6 +179,6 @@ def generate_verilog(layers, out_dir, top: str = "accel",
     return Design(top=top, files=[path], in_beat=in_beat, in_bits=in_type.bits, in_signed=in_type.signed,
                   in_beats=graph.in_elems // in_beat, out_beat=last.out_beat, out_bits=last.out_type.bits,
                   out_signed=last.out_type.signed, out_beats=last.out_elems // last.out_beat,
-                  cycles_bound=max(cycles.values()), layer_cycles=cycles,
+                  cycles_bound=max(layer.cycles for layer in graph), layer_cycles=cycles,
                   tree_levels_per_stage=tree_levels_per_stage,
                   fifos={layer.name: layer.depth for layer in graph if isinstance(layer, FifoLayer)})
