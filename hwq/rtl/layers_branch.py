@@ -8,8 +8,8 @@ the branches, and an elementwise add of the two (upstream FINN's ``AddStreams``:
 ``rhs_shape`` / ``out_shape``, ``lhs_dtype`` / ``rhs_dtype`` / ``out_dtype``, ``PE``, both operands streams); a
 channel concat becomes ``StreamingConcat`` (``ChannelsPerStream``, ``SIMD``, ``inputDataTypes``,
 ``numInputVectors``, the output type the union of the inputs'). Each works on ``vectors`` vectors (pixels) of
-``channels`` elements. The layers follow the graph protocol of :mod:`hwq.rtl.graph` (several inputs: ``in_elems_per_port``,
-``in_types``, ``run(*xs)``; several outputs: ``n_outputs``, ``run`` gives a tuple).
+``channels`` elements. The layers follow the graph protocol of :mod:`hwq.rtl.graph` (several inputs:
+``in_elems_per_port``, ``in_types``, ``run(*xs)``; several outputs: ``n_outputs``, ``run`` gives a tuple).
 
 >>> from hwq.rtl.layers import ElemType
 >>> cat = ConcatLayer("cat", channels=(2, 4), simd=2, vectors=3, in_types=(ElemType(2, False), ElemType(3, True)))

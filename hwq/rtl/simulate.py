@@ -182,7 +182,8 @@ def simulate_block(layer, in_beats, inputs, expected, work_dir, *, simulator: st
                          "inputs": pack_beats(x, beat, port_type(layer, k).bits)}
                         for k, ([p], x, beat) in enumerate(zip(names, inputs, in_beats))],
            "ports_out": [{"names": [f"{p}_data", f"{p}_valid", f"{p}_ready"],
-                          "expected": pack_beats(y, layer.out_beat, layer.out_type.bits)} for [p], y in zip(outs, expected)],
+                          "expected": pack_beats(y, layer.out_beat, layer.out_type.bits)}
+                         for [p], y in zip(outs, expected)],
            "p_gap": p_gap, "p_stall": p_stall, "seed": seed, "result": str(work / "result.json"),
            "idle_limit": 4 * layer.cycles + 1000}
     return _run_job(SimpleNamespace(top=layer.name, files=[path]), job, work, simulator, seed)
