@@ -277,6 +277,35 @@ def test_nested_residual_sizes_both_fifos_and_is_bit_exact(tmp_path):
     simulate(design, x, want, tmp_path / "sim", p_gap=0.2, p_stall=0.3)
 
 
+def test_residual_with_line_buffers_in_both_branches(tmp_path):
+    """Duplicate -> [3x3 sliding window -> MVAU -> MVAU] + [3x3 sliding window -> max-pool] -> add: both branches
+    fill a line buffer before their first output; the long one holds two MVAUs more, which its FIFO covers, with a
+    stall inside the long branch and random back-pressure."""
+    from hwq.rtl.layers_conv import PoolLayer, SlidingWindowLayer
+
+    rng = np.random.default_rng(17)
+    c, ifm = 4, (5, 6)
+    dup = DuplicateLayer("dup", c, 2, ifm[0] * ifm[1], U2)
+    swg_a = SlidingWindowLayer("swg_a", ifm, c, (3, 3), (1, 1), 2, U2)
+    swg_b = SlidingWindowLayer("swg_b", ifm, c, (3, 3), (1, 1), 4, U2)
+    pixels = swg_a.ofm[0] * swg_a.ofm[1]
+    conv = _mvau(rng, "conv", 9 * c, c, 2, 6, pixels, U2, U2)
+    stall = StallLayer("stall", conv.out_elems, conv.out_beat, U2, seed=0x7777)
+    mix = _mvau(rng, "mix", c, c, 4, 2, pixels, U2, U2)
+    pool = PoolLayer("pool", c, 9, pixels, 2, U2)
+    add = AddLayer("add", c, 4, pixels, (U2, U2), U3)
+    head = _mvau(rng, "head", c, 2, 1, 4, pixels, U3, U2)
+    graph = LayerGraph([dup, swg_a, conv, stall, mix, swg_b, pool, add, head],
+                       {"swg_a": [Source("dup", 0)], "swg_b": [Source("dup", 1)],
+                        "add": [Source("mix"), Source("pool")]})
+    design = generate_verilog(graph, tmp_path / "rtl", top="lines")
+    assert list(design.fifos) == ["add_fifo1"]
+    x = rng.integers(0, 4, (4, graph.in_elems))
+    want = run_layers(graph, x)
+    assert len(set(want.ravel().tolist())) > 1
+    simulate(design, x, want, tmp_path / "sim", p_gap=0.2, p_stall=0.3)
+
+
 def test_concat_dag_is_bit_exact_under_back_pressure(tmp_path):
     """Duplicate -> [MVAU 8->4 channels, MVAU 8->6 channels (signed raw)] -> concat -> MVAU -> label select."""
     rng = np.random.default_rng(5)
