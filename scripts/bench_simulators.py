@@ -30,8 +30,7 @@ OUT = Path(__file__).resolve().parents[1] / "benchmarks"
 def bench(finn_build: Path, images: int, work: Path, simulators) -> list[dict]:
     layers = layers_from_model(ModelWrapper(str(step_checkpoint(finn_build, "correct_datatypes"))))
     design = generate_verilog(layers, work / "rtl", top="accel")
-    first = layers[0]
-    x = np.random.default_rng(0).integers(first.in_type.lo, first.in_type.hi + 1, (images, first.in_elems))
+    x = np.random.default_rng(0).integers(layers.in_type.lo, layers.in_type.hi + 1, (images, layers.in_elems))
     want = run_layers(layers, x)
     rows = []
     for sim in simulators:

@@ -6,6 +6,7 @@
 """
 
 from hwq.rtl.generate import Design, generate_verilog
+from hwq.rtl.graph import LayerGraph, Source
 from hwq.rtl.layers import layers_from_model, run_layers
 
-__all__ = ["Design", "generate_verilog", "layers_from_model", "run_layers"]
+__all__ = ["Design", "LayerGraph", "Source", "generate_verilog", "layers_from_model", "run_layers"]

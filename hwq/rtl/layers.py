@@ -2,8 +2,15 @@
 """Read the folded HW-layer graph of a build into plain layer descriptions the Verilog generator works from.
 
 A layer is a frozen dataclass holding integers only: folding (PE, SIMD), element widths, the weight matrix and the
-thresholds. ``run_layers`` executes a chain of them with :mod:`hwq.rtl.reference`; it is the software model the
-testbenches compare against.
+thresholds. ``layers_from_model`` returns a :class:`hwq.rtl.graph.LayerGraph`: the layers in topological order
+(a list, so a chain reads as before) and, per layer, which layer outputs feed its inputs (by tensor): residual
+branches (DuplicateStreams, AddStreams / ElementwiseAdd) and concats (StreamingConcat) are read by
+:mod:`hwq.rtl.layers_branch`. ``run_layers`` executes the graph (or a plain chain) with :mod:`hwq.rtl.reference`;
+it is the software model the testbenches compare against.
+
+Every layer has ``name``, ``in_elems`` / ``out_elems`` (per image), ``out_beat`` (elements per output beat),
+``cycles`` (its folding bound), ``in_type`` / ``out_type`` and ``run``; layers with several inputs or outputs, and
+the optional ``buffer_elems`` the FIFO sizing uses, are described in :mod:`hwq.rtl.graph`.
 
 >>> from qonnx.core.modelwrapper import ModelWrapper                      # doctest: +SKIP
 >>> layers = layers_from_model(ModelWrapper("build/intermediate/12_correct_datatypes.onnx"))  # doctest: +SKIP
@@ -103,6 +110,12 @@ class MVAULayer:
     def out_beat(self) -> int:
         return self.pe
 
+    @property
+    def buffer_elems(self) -> int:
+        """The input vector being collected, the one being computed, and the results of the one before in the
+        adder-tree pipeline and output register (at most a vector's worth)."""
+        return 3 * self.mw
+
     def acc_range(self) -> tuple[int, int]:
         """Exact range of the accumulator over all inputs of ``in_type`` (per the weights, all columns)."""
         if self.xnor:
@@ -143,6 +156,10 @@ class LabelSelectLayer:
     @property
     def out_beat(self) -> int:
         return 1
+
+    @property
+    def buffer_elems(self) -> int:
+        return 3 * self.labels
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return reference.label_select(x, 1)
@@ -195,37 +212,79 @@ def _label_select(node) -> LabelSelectLayer:
                             out_type=_elem_type(op.get_nodeattr("outputDataType"), node.name))
 
 
-def layers_from_model(model) -> list:
-    """The chain of layers of a folded HW-layer graph (``fold`` / ``correct_datatypes`` output), in order.
+def _stream_inputs(model, node) -> list[str]:
+    """The node's inputs that are streams (weights and thresholds are initializers)."""
+    return [t for t in node.input if t and model.get_initializer(t) is None]
 
-    The sliding window and pooling layers live in :mod:`hwq.rtl.layers_conv`.
+
+def _topological(model, nodes: list) -> list:
+    """``nodes`` in an order where every node comes after the producers of its inputs (FINN keeps graphs
+    sorted; this also accepts one that is not)."""
+    produced_by = {t: n.name for n in nodes for t in n.output}
+    done, order, pending = set(), [], list(nodes)
+    while pending:
+        ready = [n for n in pending if all(produced_by.get(t) in done or t not in produced_by
+                                           for t in _stream_inputs(model, n))]
+        if not ready:
+            raise UnsupportedLayerError(f"{pending[0].name}: the graph has a cycle")
+        order += ready
+        done.update(n.name for n in ready)
+        pending = [n for n in pending if n.name not in done]
+    return order
+
+
+def layers_from_model(model):
+    """The layers of a folded HW-layer graph (``fold`` / ``correct_datatypes`` output) as a
+    :class:`hwq.rtl.graph.LayerGraph`: in topological order, each fed by the layer outputs that produce its
+    input tensors. A chain is a list of its layers, as before.
+
+    The sliding window and pooling layers live in :mod:`hwq.rtl.layers_conv`, the branch layers (duplicate, add,
+    concat) in :mod:`hwq.rtl.layers_branch`.
     """
-    from hwq.rtl import layers_conv, layers_stream  # import this module's types; read here to avoid a cycle
+    from hwq.rtl import layers_branch, layers_conv, layers_stream  # import this module's types: read here
+    from hwq.rtl.graph import GRAPH_INPUT, LayerGraph, Source
 
     readers = {"MVAU": lambda node: _mvau(model, node), "LabelSelect": _label_select,
                "ConvolutionInputGenerator": layers_conv.sliding_window_layer, "Pool": layers_conv.pool_layer,
                "Thresholding": lambda node: layers_stream.thresholding_layer(model, node),
                "FMPadding": layers_stream.fm_padding_layer, "GlobalAccPool": layers_stream.global_acc_pool_layer,
                "Reshape": lambda node: layers_stream.reshape_layer(model, node),
-               **dict.fromkeys(("Shuffle", "InnerShuffle", "OuterShuffle"), layers_stream.reordering_layer)}
-    layers = []
-    for node in model.graph.node:
+               **dict.fromkeys(("Shuffle", "InnerShuffle", "OuterShuffle"), layers_stream.reordering_layer),
+               "DuplicateStreams": layers_branch.duplicate_layer, "AddStreams": layers_branch.add_streams_layer,
+               "ElementwiseAdd": lambda node: layers_branch.elementwise_add_layer(model, node),
+               "StreamingConcat": layers_branch.concat_layer}
+    graph = model.graph
+    if len(graph.input) != 1 or len(graph.output) != 1:
+        raise UnsupportedLayerError(f"{model.graph.name}: {len(graph.input)} inputs and {len(graph.output)} "
+                                    "outputs (one of each supported)")
+    sources = {graph.input[0].name: Source(None, 0, graph.input[0].name)}
+    layers, feeds = [], {}
+    for node in _topological(model, list(graph.node)):
         kind = node.op_type.rsplit("_", 1)[0] if node.op_type.endswith(("_hls", "_rtl")) else node.op_type
         if kind not in readers:
             raise UnsupportedLayerError(f"{node.name}: {node.op_type} has no Verilog generator "
                                         f"({', '.join(readers)})")
         layer = readers[kind](node)
-        if layer is not None:   # None: a node that leaves the stream as it is (a reshape)
-            layers.append(layer)
-    for a, b in zip(layers, layers[1:]):
-        if a.out_elems != b.in_elems:
-            raise UnsupportedLayerError(f"{b.name}: takes {b.in_elems} values, {a.name} gives {a.out_elems}")
-    return layers
+        inputs = _stream_inputs(model, node)
+        missing = [t for t in inputs if t not in sources]
+        if missing:
+            raise UnsupportedLayerError(f"{node.name}: input {missing[0]} comes from no node and is not the "
+                                        "graph input")
+        if layer is None:   # a node that leaves the stream as it is (a reshape): its output is its input
+            sources[node.output[0]] = sources[inputs[0]]
+            continue
+        feeds[layer.name] = tuple(sources[t] for t in inputs)
+        sources.update({t: Source(layer.name, port, t) for port, t in enumerate(node.output)})
+        layers.append(layer)
+    out = graph.output[0].name
+    if out not in sources or sources[out] == GRAPH_INPUT:
+        raise UnsupportedLayerError(f"{out}: the graph output comes from no node")
+    return LayerGraph(layers, feeds, sources[out])
 
 
 def run_layers(layers, x) -> np.ndarray:
-    """Run the chain on integer inputs (N, in_elems) with the reference models; returns (N, out_elems)."""
-    out = np.asarray(x, dtype=np.int64)
-    for layer in layers:
-        out = layer.run(out)
-    return out
+    """Run the layers (a :class:`~hwq.rtl.graph.LayerGraph`, or a chain as a list) on integer inputs
+    (N, in_elems) with the reference models; returns (N, out_elems)."""
+    from hwq.rtl.graph import run_graph
+
+    return run_graph(layers, x)

@@ -64,6 +64,13 @@ class SlidingWindowLayer:
         """The folding bound: one SIMD-wide beat per cycle, in or out, whichever stream is longer."""
         return max(self.in_elems, self.out_elems) // self.simd
 
+    @property
+    def buffer_elems(self) -> int:
+        """The line buffer's pixels, the pixel being assembled and the pixel word being sent."""
+        from hwq.rtl.window import line_buffer_depth   # window.py imports this module
+
+        return (line_buffer_depth(self) + 2) * self.channels
+
     def run(self, x: np.ndarray) -> np.ndarray:
         return reference.sliding_window(x, self.ifm, self.channels, self.kernel, self.stride)
 
@@ -99,6 +106,11 @@ class PoolLayer:
     def cycles(self) -> int:
         """The folding bound, as FINN counts it: PE input elements a cycle."""
         return self.in_elems // self.pe
+
+    @property
+    def buffer_elems(self) -> int:
+        """The window being collected, the one being reduced, and its output register."""
+        return 3 * self.window * self.channels
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return reference.max_pool(x, self.channels, self.window)

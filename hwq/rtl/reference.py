@@ -23,6 +23,10 @@ array([[0, 0, 0, 1, 2, 0]])
 array([[4, 6]])
 >>> quant_avg_pool(np.array([[3, 1, 3, 2]]), channels=1, window=4, shift=2)
 array([[2]])
+>>> add_streams(np.array([[1, -2]]), np.array([[3, 3]]))
+array([[4, 1]])
+>>> concat([np.array([[1, 2, 3, 4]]), np.array([[9, 8]])], channels=(2, 1))    # two pixels
+array([[1, 2, 9, 3, 4, 8]])
 """
 
 from __future__ import annotations
@@ -151,3 +155,20 @@ def quant_avg_pool(x, channels: int, window: int, shift: int) -> np.ndarray:
     ``x`` is (N, V*window*C), the result (N, V*C)."""
     x = _ints(x, "average pool input")
     return np.right_shift(x.reshape(len(x), -1, window, channels).sum(axis=2), shift).reshape(len(x), -1)
+def duplicate(x, n: int = 2) -> tuple[np.ndarray, ...]:
+    """FINN's DuplicateStreams: ``n`` copies of the stream."""
+    x = _ints(x, "duplicate input")
+    return tuple(x.copy() for _ in range(n))
+
+
+def add_streams(a, b) -> np.ndarray:
+    """FINN's AddStreams / ElementwiseAdd of two streams: the elementwise integer sum (the output type holds it)."""
+    return _ints(a, "add input 0") + _ints(b, "add input 1")
+
+
+def concat(xs, channels) -> np.ndarray:
+    """FINN's StreamingConcat (channel axis): per vector, ``channels[k]`` elements of each input k in turn.
+    Each ``xs[k]`` is (N, V*channels[k]); the result (N, V*sum(channels))."""
+    parts = [_ints(x, f"concat input {k}") for k, x in enumerate(xs)]
+    n = len(parts[0])
+    return np.concatenate([p.reshape(n, -1, c) for p, c in zip(parts, channels)], axis=2).reshape(n, -1)

@@ -123,13 +123,25 @@ def pack_beats(values, per_beat: int, bits: int) -> list[list[int]]:
     return out
 
 
+def idle_limit(design: Design) -> int:
+    """Cycles without a beat in or out after which the bench calls the design hung: four times the sum of the
+    layers' cycles per image (no block computes longer than its cycles without taking or giving a beat) plus
+    1,000 for the pipeline and the bench's random stalls.
+
+    >>> idle_limit(Design("t", [], 1, 8, False, 4, 1, 8, False, 1, 16, {"a": 16, "b": 4}))
+    1080
+    """
+    return 4 * sum(design.layer_cycles.values()) + 1000
+
+
 def simulate(design: Design, inputs, expected, work_dir, *, simulator: str = "icarus", p_gap: float = 0.0,
              p_stall: float = 0.0, seed: int = 0) -> dict:
     """Run ``design`` on ``inputs`` (N, in elems) and compare every output with ``expected`` (N, out elems).
 
     Returns the testbench's measurements (cycles per image, latency in cycles, cycles simulated and simulated
     per second of the bench's wall time) and the seconds of the build and of the run; raises
-    :class:`~hwq.errors.VerificationError` naming the first differing image when an output differs.
+    :class:`~hwq.errors.VerificationError` naming the first differing image when an output differs, or saying
+    how far the design got when it hangs (no beat in or out for :func:`idle_limit` cycles).
     """
     check_simulator(simulator)
     if simulator == "icarus" and shutil.which("iverilog") is None:
@@ -138,7 +150,47 @@ def simulate(design: Design, inputs, expected, work_dir, *, simulator: str = "ic
     work.mkdir(parents=True, exist_ok=True)
     job = {"inputs": pack_beats(inputs, design.in_beat, design.in_bits),
            "expected": pack_beats(expected, design.out_beat, design.out_bits),
-           "p_gap": p_gap, "p_stall": p_stall, "seed": seed, "result": str(work / "result.json")}
+           "p_gap": p_gap, "p_stall": p_stall, "seed": seed, "result": str(work / "result.json"),
+           "idle_limit": idle_limit(design)}
+    return _run_job(design, job, work, simulator, seed)
+
+
+def simulate_block(layer, in_beats, inputs, expected, work_dir, *, simulator: str = "icarus", p_gap: float = 0.0,
+                   p_stall: float = 0.0, seed: int = 0) -> dict:
+    """Simulate one layer's block alone: every input port driven and every output port read by the bench, each
+    with its own random gaps or back-pressure. ``in_beats``: the producers' elements per beat, one per input;
+    ``inputs`` / ``expected``: one (N, elems) array per input / output port. Returns what :func:`simulate` does
+    (cycles per image measured on output 0).
+
+    >>> simulate_block(dup, (2,), [x], [x, x], "build-rtl-tmp/dup", p_stall=0.4)     # doctest: +SKIP
+    """
+    from types import SimpleNamespace
+
+    from hwq.rtl.generate import _block
+    from hwq.rtl.graph import n_inputs, n_outputs, port_type
+
+    check_simulator(simulator)
+    if simulator == "icarus" and shutil.which("iverilog") is None:
+        raise ConfigError("iverilog not found on PATH: install Icarus Verilog (make installs it as root)")
+    work = Path(work_dir).resolve()
+    (work / "rtl").mkdir(parents=True, exist_ok=True)
+    path = work / "rtl" / f"{layer.name}.v"
+    path.write_text("`default_nettype none\n" + _block(layer, tuple(in_beats)) + "`default_nettype wire\n")
+    names = [["in"]] if n_inputs(layer) == 1 else [[f"in{k}"] for k in range(n_inputs(layer))]
+    outs = [["out"]] if n_outputs(layer) == 1 else [[f"out{k}"] for k in range(n_outputs(layer))]
+    job = {"ports_in": [{"names": [f"{p}_data", f"{p}_valid", f"{p}_ready"],
+                         "inputs": pack_beats(x, beat, port_type(layer, k).bits)}
+                        for k, ([p], x, beat) in enumerate(zip(names, inputs, in_beats))],
+           "ports_out": [{"names": [f"{p}_data", f"{p}_valid", f"{p}_ready"],
+                          "expected": pack_beats(y, layer.out_beat, layer.out_type.bits)}
+                         for [p], y in zip(outs, expected)],
+           "p_gap": p_gap, "p_stall": p_stall, "seed": seed, "result": str(work / "result.json"),
+           "idle_limit": 4 * layer.cycles + 1000}
+    return _run_job(SimpleNamespace(top=layer.name, files=[path]), job, work, simulator, seed)
+
+
+def _run_job(design, job: dict, work: Path, simulator: str, seed: int) -> dict:
+    """Write ``job``, compile ``design.files`` and run the bench on ``design.top``; the bench's result."""
     (work / "job.json").write_text(json.dumps(job))
     (work / "result.json").unlink(missing_ok=True)
     results_xml = work / "results.xml"
@@ -148,6 +200,8 @@ def simulate(design: Design, inputs, expected, work_dir, *, simulator: str = "ic
     if not results_xml.is_file():
         raise VerificationError(f"{design.top}: the simulation wrote no results (log {work / 'sim.log'})")
     failures = _failures(results_xml)
+    if "the design hangs" in failures:
+        raise VerificationError(f"{design.top}: RTL simulation stopped: {failures} (log {work / 'sim.log'})")
     if failures or not (work / "result.json").is_file():
         raise VerificationError(f"{design.top}: RTL simulation differs from the reference: "
                                 f"{failures or 'no result'} (log {work / 'sim.log'})")
@@ -156,7 +210,7 @@ def simulate(design: Design, inputs, expected, work_dir, *, simulator: str = "ic
     return result
 
 
-def _build_and_run(design: Design, work: Path, simulator: str, seed: int) -> dict[str, float]:
+def _build_and_run(design, work: Path, simulator: str, seed: int) -> dict[str, float]:
     """Compile ``design`` and run the testbench in ``work``; the seconds each took."""
     from cocotb_tools.runner import get_runner
 

@@ -101,19 +101,26 @@ def finn_execution(model: ModelWrapper | str | Path, x: np.ndarray) -> np.ndarra
 
 
 def _reference(model: ModelWrapper, ctx: OpenBuildContext) -> tuple[list, np.ndarray, np.ndarray]:
-    """The layers of the folded graph, the simulated inputs and the NumPy reference's outputs for them."""
+    """The layers of the folded graph (a chain or a DAG), the simulated inputs and the NumPy reference's outputs
+    for them."""
     layers = layers_from_model(model)
-    x = sim_inputs(ctx.images, layers[0].in_elems)
+    x = sim_inputs(ctx.images, layers.in_elems)
     return layers, x, run_layers(layers, x)
 
 
 def step_read_layers(model: ModelWrapper, ctx: OpenBuildContext) -> StepResult:
     """Read the folded graph into hwq's layers (PE, SIMD, element types, weights, integer thresholds); a node
-    without a Verilog block is an ``UnsupportedLayerError`` naming it. Reports each layer's folding (``layers``)."""
+    without a Verilog block is an ``UnsupportedLayerError`` naming it. Reports each layer's folding (``layers``);
+    in a graph with branches, also what feeds each layer (``inputs``: layer names, ``layer.N`` for output N of a
+    duplicate, ``input`` for the graph input)."""
     layers = layers_from_model(model)
-    return model, {"layers": {layer.name: {**{key: getattr(layer, key.lower()) for key in ("PE", "SIMD")
-                                              if hasattr(layer, key.lower())},   # a sliding window has no PE
-                                           "cycles": layer.cycles} for layer in layers}}
+    report = {layer.name: {**{key: getattr(layer, key.lower()) for key in ("PE", "SIMD")
+                              if hasattr(layer, key.lower())},   # a sliding window has no PE
+                           "cycles": layer.cycles} for layer in layers}
+    if not layers.is_chain:
+        for layer in layers:
+            report[layer.name]["inputs"] = [src.label() for src in layers.feeds[layer.name]]
+    return model, {"layers": report}
 
 
 def step_check_reference(model: ModelWrapper, ctx: OpenBuildContext) -> StepResult:
@@ -149,7 +156,8 @@ def _relative(path: Path, ctx_or_dir) -> Path:
 
 
 def step_generate_verilog(model: ModelWrapper, ctx: OpenBuildContext) -> StepResult:
-    """One Verilog module per layer and the top level ``accel`` (``rtl/accel.v``); reports the ``design``."""
+    """One Verilog module per layer and the top level ``accel`` (``rtl/accel.v``), with a FIFO on each residual
+    shortcut (``design.fifos``: name -> depth in beats); reports the ``design``."""
     design = generate_verilog(layers_from_model(model), ctx.out_dir / "rtl", top="accel",
                               tree_levels_per_stage=ctx.open_config.tree_levels_per_stage)
     return model, {"design": design_record(design, ctx.out_dir)}
