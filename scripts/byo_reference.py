@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--open-samples", type=int, default=4, help="RTL-simulated images (default 4)")
     p.add_argument("--no-synth", action="store_true", help="open backend: simulate only")
     p.add_argument("--out", default="benchmarks/byo_reference")
+    p.add_argument("--update", action="store_true",
+                   help="replace only the rows run now in an existing OUT.json (default: write it anew)")
     args = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="hwq-byo-") as tmp:
@@ -161,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
     out = Path(args.out)
+    if args.update and out.with_suffix(".json").is_file():
+        ran = {(r["network"], r["export"]) for r in rows}
+        kept = [r for r in json.loads(out.with_suffix(".json").read_text())["rows"]
+                if (r["network"], r["export"]) not in ran]
+        order = {(n, e): i for i, (n, e) in enumerate((n, e) for n in NETWORKS for e in EXPORTS)}
+        rows = sorted(kept + rows, key=lambda r: order[(r["network"], r["export"])])
     write_json(out.with_suffix(".json"), {"rows": rows, "board": "pynq-z2 (FINN), ulx3s-85f (open)"})
     text = table(rows)
     write_atomic(out.with_suffix(".md"), lambda p: p.write_text(text))
