@@ -22,7 +22,9 @@ from hwq.dataflow.errors import MappingError
 from hwq.dataflow.finn_compat import import_finn_steps
 from hwq.dataflow.passes import (ClampPopcountThresholds, CorrectPopcountDatatypes, ScaleUint8Input,
                                  binary_depthwise_matmuls, unmapped_nodes)
+from hwq.dataflow.passes_branches import prepare_average_pools
 from hwq.dataflow.progress import StepProgress, quiet
+from hwq.dataflow.provenance import describe
 from hwq.dataflow.vendor import vendor_status
 
 #: A step's result: the model it passes on and the manifest sections it reports.
@@ -72,6 +74,15 @@ def step_scale_uint8_input(model: ModelWrapper, ctx: BuildContext) -> StepResult
     return model.transform(ScaleUint8Input()), {}
 
 
+def step_qonnx_to_finn(model: ModelWrapper, ctx: BuildContext) -> StepResult:
+    """finn-plus ``step_qonnx_to_finn``, after hwq's average-pool passes on the QONNX graph
+    (:func:`hwq.dataflow.passes_branches.prepare_average_pools`): Brevitas' TruncAdaptiveAvgPool2d takes the form of
+    its TruncAvgPool2d, a Trunc that widens is narrowed to the identity it is (finn-plus's conversion drops its
+    factor), and a pool FINN cannot compute exactly is a MappingError naming the user's Trunc."""
+    model = prepare_average_pools(model)
+    return import_finn_steps().step_qonnx_to_finn(model, ctx.finn_cfg), {}
+
+
 def step_insert_topk(model: ModelWrapper, ctx: BuildContext) -> StepResult:
     """Append TopK(k=1), so the accelerator outputs the class index (FINN's LabelSelect); streamlining absorbs
     the final TensorNorm into it (its positive scale preserves the ranking)."""
@@ -105,7 +116,8 @@ def step_create_dataflow_partition(model: ModelWrapper, ctx: BuildContext) -> St
             and first.input[0] == model.graph.input[0].name:
         report["host_side_nodes"] = [left.pop(0)]
     if left:
-        listed = ", ".join(f"'{n['node']}' ({n['op_type']})" for n in left)
+        nodes = {n.name: n for n in model.graph.node}
+        listed = ", ".join(describe(model, nodes[n["node"]]) for n in left)
         raise MappingError(f"FINN cannot map node {listed} to a hardware layer")
     return import_finn_steps().step_create_dataflow_partition(model, ctx.finn_cfg), report
 
@@ -234,7 +246,7 @@ def step_vendor_flow(model: ModelWrapper, ctx: BuildContext) -> StepResult:
 #: The flow. The driver saves the model each step passes on as ``intermediate/<name>.onnx``.
 STEPS: list[Step] = [
     Step("scale_uint8_input", step_scale_uint8_input),
-    Step("qonnx_to_finn", _finn("qonnx_to_finn")),
+    Step("qonnx_to_finn", step_qonnx_to_finn),
     Step("tidy_up", _finn("tidy_up")),
     Step("insert_topk", step_insert_topk),
     Step("streamline", step_streamline),
