@@ -184,8 +184,10 @@ def minimize_bit_width(model, cfg, clamp: Any = None):
     from qonnx.transformation.infer_datatypes import InferDataTypes
 
     from hwq.dataflow.passes import ClampPopcountThresholds
+    from hwq.dataflow.passes_branches import ClipThresholdsToInputRange
 
     clamp = clamp if clamp is not None else ClampPopcountThresholds()
+    model = model.transform(ClipThresholdsToInputRange())  # hwq: Thresholding asserts t >= 0 on unsigned inputs
     model = model.transform(clamp)  # hwq
     if cfg.minimize_bit_width:
         model = model.transform(MinimizeWeightBitWidth(), apply_to_subgraphs=True)

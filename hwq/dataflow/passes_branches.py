@@ -157,3 +157,25 @@ def prepare_average_pools(model: ModelWrapper) -> ModelWrapper:
     check_pool_truncs(model)
     model = model.transform(GlobalAveragePoolTruncToAveragePool())
     return model.transform(NarrowWideningTrunc())
+
+
+class ClipThresholdsToInputRange(Transformation):
+    """Clip a standalone Thresholding layer's thresholds to its integer input's range ``lo..hi+1`` (exact:
+    ``x >= t`` is always true for ``t <= lo`` and never for ``t > hi``).
+
+    A signed quantizer after an unsigned sum (an average pool of ReLU outputs) has thresholds below 0, and
+    finn-plus's ``Thresholding.minimize_weight_bit_width`` asserts non-negative thresholds on an unsigned input
+    before its ``RoundAndClipThresholds`` would clip them (finn_compat runs this pass first)."""
+
+    def apply(self, model: ModelWrapper) -> tuple[ModelWrapper, bool]:
+        for node in model.graph.node:
+            if node.op_type.split("_")[0] != "Thresholding":
+                continue
+            idt = model.get_tensor_datatype(node.input[0])
+            thresholds = model.get_initializer(node.input[1])
+            if not idt.is_integer() or thresholds is None:
+                continue
+            clipped = np.clip(thresholds, idt.min(), idt.max() + 1).astype(np.float32)
+            if np.any(clipped != thresholds):
+                model.set_initializer(node.input[1], clipped)
+        return model, False

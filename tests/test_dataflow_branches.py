@@ -1,0 +1,297 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Average pools, residual adds and concatenations in the FINN build, bit-exact through the gate; errors about
+nodes FINN made name the user's node they came from (docs/dataflow.md, "Pools, residual adds, concatenations").
+
+Each network is a small Brevitas model on digits (1x8x8), trained for a few dozen steps (one thread, fixed seed),
+exported with hwq's exporter and verified against PyTorch like ``hwq export`` does, then built with ``run_build``
+up to ``estimate``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from brevitas.nn import QuantIdentity, TruncAdaptiveAvgPool2d, TruncAvgPool2d
+from brevitas.quant.scaled_int import RoundTo8bit, TruncTo8bit
+from onnx import TensorProto, helper
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.custom_op.registry import getCustomOp
+from torch import nn
+
+from hwq._io import write_json
+from hwq.data import Dataset, load_dataset
+from hwq.dataflow import BuildConfig, run_build
+from hwq.dataflow.errors import MappingError
+from hwq.dataflow.provenance import describe, record_user_nodes
+from hwq.export import export_qonnx_model, verify_qonnx
+from hwq.quant.brevitas_map import to_injector
+from hwq.quant.family import UniformFamily
+from hwq.quant.spec import QuantSpec, Role, Scaling
+
+FAMILY = UniformFamily()
+SHAPE = (1, 8, 8)
+#: Images the gate runs (a few: each build must stay well under 30 s on the shared 2-core machine).
+GATE_IMAGES = 8
+
+
+def act(bits: int, signed: bool = True) -> QuantIdentity:
+    """A learned-scale activation quantizer that hands Brevitas' pools the QuantTensor they need."""
+    spec = QuantSpec(Role.ACT, bits, signed=signed, narrow_range=False, scaling=Scaling.LEARNED)
+    return QuantIdentity(act_quant=to_injector(spec), return_quant_tensor=True)
+
+
+def conv(cin: int, cout: int, padding: int = 1) -> nn.Module:
+    return nn.Sequential(FAMILY.conv2d(cin, cout, 3, 2, padding=padding), nn.BatchNorm2d(cout))
+
+
+class GlobalPoolNet(nn.Module):
+    """conv -> conv -> global average pool -> 4-bit quantizer -> linear classifier."""
+
+    def __init__(self, pool: str) -> None:
+        super().__init__()
+        self.input_shape = SHAPE
+        # FINN's quantized pool (Trunc) sums 36 values: unsigned ones (a ReLU-like quantizer) stay in Brevitas'
+        # accumulator width, signed ones need not (check_pool_truncs)
+        self.features = nn.Sequential(FAMILY.input_quant(), conv(1, 4), act(2), conv(4, 8, padding=0),
+                                      act(2, signed=pool == "float"))
+        self.pool = nn.AdaptiveAvgPool2d(1) if pool == "float" else \
+            TruncAdaptiveAvgPool2d(output_size=1, trunc_quant=TruncTo8bit)
+        self.post = act(4)
+        self.fc = FAMILY.classifier(8, 10, 2)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.post(self.pool(self.features(x))), 1))
+
+
+class AvgPoolNet(nn.Module):
+    """conv -> 2x2 TruncAvgPool2d -> quantizer -> linear classifier."""
+
+    def __init__(self, trunc_quant=TruncTo8bit) -> None:
+        super().__init__()
+        self.input_shape = SHAPE
+        self.features = nn.Sequential(FAMILY.input_quant(), conv(1, 4), act(2))
+        self.pool = TruncAvgPool2d(kernel_size=2, stride=2, trunc_quant=trunc_quant)
+        self.post = act(2)
+        self.fc = FAMILY.classifier(4 * 16, 10, 2)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.post(self.pool(self.features(x))), 1))
+
+
+class ResidualNet(nn.Module):
+    """A residual block ``x -> conv -> act -> conv -> act, + x -> act`` whose two branches share one quantizer
+    (one scale, as a Brevitas user quantizes both inputs of an add); ``shared=False`` gives each its own."""
+
+    def __init__(self, shared: bool = True) -> None:
+        super().__init__()
+        self.input_shape = SHAPE
+        self.stem = nn.Sequential(FAMILY.input_quant(), conv(1, 4))
+        # Brevitas adds QuantTensors only of one scale: two quantizers hand over plain tensors
+        self.branch_in = act(2) if shared else FAMILY.act(2, 4)
+        self.body = nn.Sequential(conv(4, 4), act(2), conv(4, 4))
+        self.branch_out = self.branch_in if shared else FAMILY.act(2, 4)
+        self.join = act(2)
+        self.fc = FAMILY.classifier(4 * 64, 10, 2)
+
+    def forward(self, x):
+        x = self.branch_in(self.stem(x))
+        return self.fc(torch.flatten(self.join(x + self.branch_out(self.body(x))), 1))
+
+
+class ConcatNet(nn.Module):
+    """Two convolutions of one input, concatenated along the channels (one shared quantizer), then a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_shape = SHAPE
+        self.stem = nn.Sequential(FAMILY.input_quant(), conv(1, 4), act(2))
+        self.left, self.right = conv(4, 2), conv(4, 3)
+        self.cat_act = act(2)
+        self.fc = FAMILY.classifier(5 * 64, 10, 2)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = torch.cat([self.cat_act(self.left(x)), self.cat_act(self.right(x))], dim=1)
+        return self.fc(torch.flatten(y, 1))
+
+
+class Exp(nn.Module):
+    def forward(self, x):
+        return torch.exp(x)
+
+
+class FloatFunctionNet(nn.Module):
+    """A float function (sigmoid, exp) between a quantizer and a convolution: the convolution reads floats."""
+
+    def __init__(self, function: nn.Module) -> None:
+        super().__init__()
+        self.input_shape = SHAPE
+        self.features = nn.Sequential(FAMILY.input_quant(), conv(1, 4), FAMILY.act(2, 4), function, conv(4, 4),
+                                      FAMILY.act(2, 4))
+        self.fc = FAMILY.classifier(4 * 64, 10, 2)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.features(x), 1))
+
+
+def _train(model: nn.Module, steps: int = 40) -> nn.Module:
+    """A few Adam steps on digits, so that activations and classes vary (one thread: the same bits anywhere)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        data = load_dataset("digits")
+        x = Dataset.to_float(data.train_x).reshape(len(data.train_x), *SHAPE)
+        opt = torch.optim.Adam(model.parameters(), lr=0.02)
+        model.train()
+        for _ in range(steps):
+            idx = torch.randint(0, len(x), (64,))
+            loss = nn.functional.cross_entropy(model(x[idx]), data.train_y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
+def make_run(model: nn.Module, run, n: int = 50):
+    """A run folder as ``hwq export`` leaves it: ``model.onnx``, ``export.json`` (the verification against
+    PyTorch, with the ONNX file's SHA-256) and ``metrics.json`` naming the dataset."""
+    run.mkdir(parents=True)
+    export_qonnx_model(model, run / "model.onnx")
+    data = load_dataset("digits")
+    images = Dataset.to_float(data.test_x[:n]).reshape(n, *SHAPE)
+    verification, _, _ = verify_qonnx(run / "model.onnx", model, images)
+    assert verification["passed"], verification
+    write_json(run / "export.json", {"verification": verification, "outputs": {
+        "onnx_sha256": hashlib.sha256((run / "model.onnx").read_bytes()).hexdigest()}})
+    write_json(run / "metrics.json", {"config": {"dataset": "digits"}})
+    return run
+
+
+def _build(model: nn.Module, tmp_path):
+    torch.manual_seed(0)
+    run = make_run(_train(model), tmp_path / "run")
+    manifest = run_build(run, BuildConfig(board="pynq-z2", out_dir=str(run / "build"), verify_samples=GATE_IMAGES),
+                         progress=False, stop_step="estimate")
+    return manifest, ModelWrapper(str(run / "build" / "intermediate" / "create_dataflow_partition.onnx"))
+
+
+def _assert_exact(manifest):
+    assert manifest["status"] == "stopped" and manifest["stop_step"] == "estimate", manifest.get("error")
+    exact = manifest["bit_exact"]
+    assert exact["passed"] and exact["classes_match"] == 1.0 and exact["integer_output_compared"]
+    assert all(t["values_differing"] == 0 for t in exact["tensors"])
+    assert manifest["integer_range"]["passed"]
+
+
+def _hw_ops(hw) -> list[str]:
+    ops = [n.op_type for n in hw.graph.node]
+    assert all(n.domain.startswith("finn.custom_op.fpgadataflow") for n in hw.graph.node), ops  # no host leftovers
+    return ops
+
+
+# --- average pools ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("pool", ["float", "trunc"])
+def test_global_average_pool_builds_bit_exact(pool, tmp_path):
+    """A float global average pool becomes GlobalAccPool, its 1/36 streamlined into the next thresholds (no Mul
+    left); Brevitas' TruncAdaptiveAvgPool2d becomes FINN's quantized Pool over the whole map."""
+    manifest, hw = _build(GlobalPoolNet(pool), tmp_path)
+    _assert_exact(manifest)
+    ops = _hw_ops(hw)
+    if pool == "float":
+        assert "GlobalAccPool" in ops and "Mul" not in ops
+    else:
+        (node,) = [n for n in hw.graph.node if n.op_type == "Pool"]
+        assert getCustomOp(node).get_nodeattr("Function") == "QuantAvgPool"
+    assert manifest["bit_exact"]["layerwise"]  # the pooled quantizer's integers are compared too
+    assert any(layer["op_type"].startswith("GlobalAccPool" if pool == "float" else "Pool")
+               for layer in manifest["estimates"]["layers"])
+
+
+def test_truncated_average_pool_builds_bit_exact(tmp_path):
+    """TruncAvgPool2d(2, TruncTo8bit) after a 2-bit activation: a 4-bit sum that Brevitas shifts *left* to 8
+    bits; finn-plus's conversion dropped that factor 16 (the gate failed on every image) until
+    NarrowWideningTrunc made it the identity Trunc it is."""
+    manifest, hw = _build(AvgPoolNet(), tmp_path)
+    _assert_exact(manifest)
+    (node,) = [n for n in hw.graph.node if n.op_type == "Pool"]
+    assert getCustomOp(node).get_nodeattr("Function") == "QuantAvgPool"
+    assert getCustomOp(node).get_nodeattr("KernelSize") == [2, 2]
+
+
+def test_a_rounding_average_pool_is_refused_naming_the_users_trunc(tmp_path):
+    """Brevitas' default RoundTo8bit rounds; FINN's pool shifts (FLOOR). One line naming the user's nodes."""
+    run = make_run(AvgPoolNet(trunc_quant=RoundTo8bit).eval(), tmp_path / "run")
+    with pytest.raises(MappingError, match=r"^node 'Trunc_0' \(Trunc\) after 'AveragePool_0' \(AveragePool\) "
+                                           r"rounds \(ROUND\).*TruncTo8bit") as err:
+        run_build(run, BuildConfig(board="pynq-z2", out_dir=str(tmp_path / "b"), verify_samples=2),
+                  progress=False, stop_step="estimate")
+    assert "\n" not in str(err.value)
+
+
+# --- residual adds and concatenations -----------------------------------------------------------------------------
+def test_residual_add_builds_bit_exact(tmp_path):
+    """The fork becomes DuplicateStreams, the add finn-plus's ElementwiseAdd (1.6.1 has no AddStreams), both
+    branches' shared scale is streamlined past it into the next thresholds."""
+    manifest, hw = _build(ResidualNet(), tmp_path)
+    _assert_exact(manifest)
+    ops = _hw_ops(hw)
+    assert ops.count("DuplicateStreams") == 1 and ops.count("ElementwiseAdd") == 1
+    add = hw.get_nodes_by_op_type("ElementwiseAdd")[0]
+    assert all(hw.get_tensor_datatype(i).is_integer() for i in add.input)  # integers, no scale left on a branch
+    assert manifest["bit_exact"]["layerwise"]
+
+
+def test_concat_builds_bit_exact(tmp_path):
+    manifest, hw = _build(ConcatNet(), tmp_path)
+    _assert_exact(manifest)
+    ops = _hw_ops(hw)
+    assert ops.count("StreamingConcat") == 1 and ops.count("DuplicateStreams") == 1
+
+
+# --- errors name the user's node ----------------------------------------------------------------------------------
+def test_a_float_convolution_names_the_users_conv(tmp_path):
+    """A convolution after a float sigmoid (which FINN maps, to PWPolyF) keeps float inputs: FINN lowers it to
+    Im2Col + MatMul and maps neither; the error names the user's Conv they were made from."""
+    run = make_run(_train(FloatFunctionNet(nn.Sigmoid())), tmp_path / "run")
+    with pytest.raises(MappingError, match=r"^FINN cannot map node .*'Im2Col_\d' \(Im2Col\), made from the user's "
+                                           r"node 'Conv_1' \(Conv\)") as err:
+        run_build(run, BuildConfig(board="pynq-z2", out_dir=str(tmp_path / "b"), verify_samples=2),
+                  progress=False, stop_step="estimate")
+    assert "\n" not in str(err.value)
+
+
+def test_an_unmappable_user_node_is_named_as_it_is(tmp_path):
+    """FINN has no HW layer for Exp: the user's own node, named as in model.onnx (and what its float output
+    leaves unmapped after it, each with the user's node it was made from)."""
+    run = make_run(_train(FloatFunctionNet(Exp())), tmp_path / "run")
+    with pytest.raises(MappingError, match=r"^FINN cannot map node 'Exp_0' \(Exp\), '\w+' \(\w+\), made from the "
+                                           r"user's node 'Conv_1' \(Conv\)"):
+        run_build(run, BuildConfig(board="pynq-z2", out_dir=str(tmp_path / "b"), verify_samples=2),
+                  progress=False, stop_step="estimate")
+
+
+def test_provenance_follows_renames_and_new_nodes():
+    """A hand-made graph: the user's Sigmoid's output annotated, then renamed, and a new node put in front."""
+    from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNodeNames
+    from qonnx.util.basic import qonnx_make_model
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"], name="my_relu"),
+                               helper.make_node("Sigmoid", ["r"], ["y"], name="my_sigmoid")], "g", [x], [y])
+    model = record_user_nodes(ModelWrapper(qonnx_make_model(graph)))
+    # a FINN-style rewrite: a new Mul in front of the Sigmoid, then FINN's renaming of every node and tensor
+    model.graph.node.insert(1, helper.make_node("Mul", ["r", "c"], ["m"]))
+    model.set_initializer("c", np.ones(1, dtype=np.float32))
+    model.graph.node[2].input[0] = "m"
+    model = model.transform(GiveUniqueNodeNames()).transform(GiveReadableTensorNames())
+    names = [(n.name, n.op_type) for n in model.graph.node]
+    assert names == [("Relu_0", "Relu"), ("Mul_0", "Mul"), ("Sigmoid_0", "Sigmoid")]
+    assert describe(model, model.graph.node[1]) == "'Mul_0' (Mul), made from the user's node 'my_sigmoid' (Sigmoid)"
+    assert describe(model, model.graph.node[0]) == "'Relu_0' (Relu), made from the user's node 'my_relu' (Relu)"
