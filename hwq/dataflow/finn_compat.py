@@ -17,13 +17,20 @@ library without Xilinx tools it needs three things, each applied here and undone
    ``step_minimize_bit_width_initial`` and ``step_minimize_bit_width``) gives a thresholded popcount a signed
    accumulator range and clips its thresholds to it, so a channel that always fires keeps a negative threshold
    and the HLS MVAU asserts. :func:`minimize_bit_width` is the same sequence of transforms with hwq's
-   :class:`~hwq.dataflow.passes.ClampPopcountThresholds` around it (docs/dataflow.md).
+   :class:`~hwq.dataflow.passes.ClampPopcountThresholds` around it (docs/dataflow.md), and a standalone
+   Thresholding's thresholds clipped to its integer input range first
+   (:class:`~hwq.dataflow.passes_branches.ClipThresholdsToInputRange`: finn-plus asserts non-negative thresholds on
+   an unsigned input, e.g. a pool's sum, before its own clipping).
 
 5. Streamlining of padded binary convolutions: finn-plus's ``step_streamline`` converts every bipolar MatMul to
    XNOR-popcount, also a binary depthwise convolution's block-sparse one (whose zeros are not bipolar), and it
    leaves an explicit ``Pad`` node that its ``InferFMPadding`` cannot read (it indexes a fourth ``axes`` input
    that a three-input Pad lacks). :func:`streamline` is the same sequence of transforms with hwq's passes for
    padded binary convolutions between lowering and the XNOR conversion (docs/dataflow.md, "Binary MobileNet").
+   It also converts a float ``GlobalAveragePool`` into finn-plus's ``GlobalAccPool`` before the last
+   ``Streamline``, which absorbs the ``1/(H*W)`` Mul finn-plus's ``convert_to_hw`` would leave behind, and on a
+   graph with a residual ``Add`` or a ``Concat`` runs finn-plus's ``StreamlinePlus`` (scales through forks and
+   joins); docs/dataflow.md, "Pools, residual adds, concatenations".
 6. Code generation of a VVAU with BINARY (0/1) inputs: finn-plus's ``VVAU_hls.get_template_param_values`` raises
    "True binary (non-bipolar) inputs not yet supported" for any BINARY input outside XNOR mode, although the
    finn-hlslib types it would choose for any other unsigned input (``Slice<ap_uint<1>>`` activations,
@@ -213,7 +220,11 @@ def streamline(model, cfg):
     ``ConvertBipolarDepthwiseToBinaryInput``
     (binary depthwise convolutions get 0/1 inputs and become VVAUs rather than XNOR layers) and
     ``check_bipolar_pads``; right after the XNOR conversion, ``BinaryPadsForXnorConvs``. On a network without
-    padded binary convolutions (TFC, CNV) none of them changes anything. They run inside this one step because the
+    padded binary convolutions (TFC, CNV) none of them changes anything. Before the last ``Streamline``,
+    finn-plus's ``InferGlobalAccPoolLayer`` (a float GlobalAveragePool becomes the integer sum and a Mul, which
+    that Streamline absorbs into the next thresholds); after it, on a graph that joins two computed tensors
+    (:func:`~hwq.dataflow.passes_branches.has_joins`), finn-plus's ``StreamlinePlus``. Neither changes a graph
+    without a global pool or a join. They run inside this one step because the
     XNOR conversion does, and the step keeps its place and name in the flow. (finn-plus's step additionally
     verifies the streamlined model when asked to; hwq's builds never ask.)
     """
