@@ -276,22 +276,53 @@ def test_an_unmappable_user_node_is_named_as_it_is(tmp_path):
                   progress=False, stop_step="estimate")
 
 
-def test_provenance_follows_renames_and_new_nodes():
-    """A hand-made graph: the user's Sigmoid's output annotated, then renamed, and a new node put in front."""
+def test_provenance_follows_new_nodes_and_renames():
+    """A hand-made graph: a transformation replaces the user's Sigmoid by two new nodes, then FINN's renaming of
+    every node and tensor; both new nodes name the Sigmoid, the untouched Relu itself."""
+    from qonnx.transformation.base import Transformation
     from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNodeNames
     from qonnx.util.basic import qonnx_make_model
+
+    from hwq.dataflow.provenance import tracking_user_nodes
+
+    class SplitSigmoid(Transformation):
+        def apply(self, model):
+            old = model.get_nodes_by_op_type("Sigmoid")[0]
+            model.set_initializer("one", np.ones(1, dtype=np.float32))
+            model.graph.node.remove(old)
+            model.graph.node.append(helper.make_node("Mul", [old.input[0], "one"], ["m"]))
+            model.graph.node.append(helper.make_node("Sigmoid", ["m"], [old.output[0]]))
+            return model, False
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"], name="my_relu"),
                                helper.make_node("Sigmoid", ["r"], ["y"], name="my_sigmoid")], "g", [x], [y])
     model = record_user_nodes(ModelWrapper(qonnx_make_model(graph)))
-    # a FINN-style rewrite: a new Mul in front of the Sigmoid, then FINN's renaming of every node and tensor
-    model.graph.node.insert(1, helper.make_node("Mul", ["r", "c"], ["m"]))
-    model.set_initializer("c", np.ones(1, dtype=np.float32))
-    model.graph.node[2].input[0] = "m"
-    model = model.transform(GiveUniqueNodeNames()).transform(GiveReadableTensorNames())
-    names = [(n.name, n.op_type) for n in model.graph.node]
-    assert names == [("Relu_0", "Relu"), ("Mul_0", "Mul"), ("Sigmoid_0", "Sigmoid")]
-    assert describe(model, model.graph.node[1]) == "'Mul_0' (Mul), made from the user's node 'my_sigmoid' (Sigmoid)"
-    assert describe(model, model.graph.node[0]) == "'Relu_0' (Relu), made from the user's node 'my_relu' (Relu)"
+    with tracking_user_nodes():
+        model = model.transform(SplitSigmoid()).transform(GiveUniqueNodeNames()).transform(GiveReadableTensorNames())
+    assert [describe(model, n) for n in model.graph.node] == [
+        "'Relu_0' (Relu), made from the user's node 'my_relu' (Relu)",
+        "'Mul_0' (Mul), made from the user's node 'my_sigmoid' (Sigmoid)",
+        "'Sigmoid_0' (Sigmoid), made from the user's node 'my_sigmoid' (Sigmoid)"]
+    assert ModelWrapper.transform.__name__ == "transform" and "before" not in ModelWrapper.transform.__code__.co_varnames
+
+
+def test_a_failing_finn_transform_names_the_users_node(tmp_path):
+    """A step that fails as a FINN transform does, naming a node of its input (here: a custom step after
+    streamline, raising about FINN's GlobalAccPool_0): the one-line error adds the user's node it came from."""
+    from hwq.dataflow import STEPS
+    from hwq.dataflow.driver import Step, step_names
+    from hwq.dataflow.errors import ModelFileError
+
+    def step_fails(model, ctx):
+        (pool,) = model.get_nodes_by_op_type("GlobalAccPool")
+        raise ValueError(f"{pool.name}: unsupported configuration")
+
+    upto = STEPS[:step_names(STEPS).index("streamline") + 1]
+    run = make_run(GlobalPoolNet("float").eval(), tmp_path / "run")
+    with pytest.raises(ModelFileError, match=r"step 'fails' failed \(ValueError: GlobalAccPool_0: unsupported "
+                                             r"configuration \[node 'GlobalAccPool_0' \(GlobalAccPool\) was made "
+                                             r"from the user's node 'GlobalAveragePool_0' \(GlobalAveragePool\)\]\)"):
+        run_build(run, BuildConfig(board="pynq-z2", out_dir=str(tmp_path / "b"), verify_samples=2),
+                  progress=False, steps=[*upto, Step("fails", step_fails)])

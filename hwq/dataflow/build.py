@@ -33,7 +33,7 @@ from hwq.dataflow.driver import check_resumable, restore, run_steps, step_range
 from hwq.dataflow.errors import MappingError, ModelFileError
 from hwq.dataflow.finn_compat import finn_output_to, finn_session
 from hwq.dataflow.progress import StepProgress
-from hwq.dataflow.provenance import name_user_nodes, record_user_nodes
+from hwq.dataflow.provenance import name_user_nodes, record_user_nodes, tracking_user_nodes
 from hwq.dataflow.staging import StagedOutput
 from hwq.dataflow.steps import HW_GRAPH_STEP, STEPS, BuildContext
 from hwq.errors import ConfigError, HwqError, Interrupted, VerificationError
@@ -257,7 +257,8 @@ def build_with_steps(target: Path, steps: list, step_range_: tuple[int, int], mo
         with finn_session(out_dir / "codegen"), (out_dir / "build.log").open("a") as log, shown, \
                 finn_output_to(log):
             try:
-                run_steps(steps[first:last + 1], model, ctx, manifest, progress=shown, log=log)
+                with tracking_user_nodes():  # the nodes FINN makes keep the user's node they came from
+                    run_steps(steps[first:last + 1], model, ctx, manifest, progress=shown, log=log)
             except Exception as err:
                 # the model the failing step was given: an error naming one of its nodes names the user's too
                 saved = list(getattr(ctx, "checkpoints", {}).values())
