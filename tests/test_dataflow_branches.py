@@ -234,6 +234,19 @@ def test_a_rounding_average_pool_is_refused_naming_the_users_trunc(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_a_pool_sum_brevitas_clamps_is_refused(tmp_path):
+    """36 signed 2-bit values sum to -72..36; Brevitas' Trunc takes 7 bits (-64..63) and clamps, FINN's pool would
+    not: refused before FINN runs, naming the user's Trunc and pool."""
+    model = GlobalPoolNet("trunc")
+    model.features[-1] = act(2, signed=True)
+    run = make_run(model.eval(), tmp_path / "run")
+    with pytest.raises(MappingError, match=r"^node 'Trunc_0' \(Trunc\) after 'GlobalAveragePool_0' "
+                                           r"\(GlobalAveragePool\): the sum of 36 values in -2..1 \(-72..36\) "
+                                           r"exceeds the Trunc's 7-bit input range -64..63"):
+        run_build(run, BuildConfig(board="pynq-z2", out_dir=str(tmp_path / "b"), verify_samples=2),
+                  progress=False, stop_step="estimate")
+
+
 # --- residual adds and concatenations -----------------------------------------------------------------------------
 def test_residual_add_builds_bit_exact(tmp_path):
     """The fork becomes DuplicateStreams, the add finn-plus's ElementwiseAdd (1.6.1 has no AddStreams), both

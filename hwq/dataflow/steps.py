@@ -96,7 +96,9 @@ def step_streamline(model: ModelWrapper, ctx: BuildContext) -> StepResult:
     """finn-plus ``step_streamline`` (the same transforms), with padded binary convolutions handled exactly
     (finn_compat workaround 5): an explicit ``Pad`` is folded into its Im2Col, a binary depthwise convolution gets
     0/1 inputs (it becomes a VVAU, not an XNOR layer over its block-sparse weights) and a bipolar -1 pad becomes
-    bit 0 of the 0/1 stream, which FINN's padding hardware writes. The binary depthwise MatMuls (later VVAUs) are
+    bit 0 of the 0/1 stream, which FINN's padding hardware writes. A float global average pool becomes FINN's
+    GlobalAccPool with its 1/(H*W) in the next thresholds, and the scales of a residual add's or a concat's
+    inputs move past the join (finn-plus's StreamlinePlus). The binary depthwise MatMuls (later VVAUs) are
     listed in the manifest (``binary_depthwise``)."""
     model = finn_compat.streamline(model, ctx.finn_cfg)
     depthwise = binary_depthwise_matmuls(model)
@@ -106,7 +108,8 @@ def step_streamline(model: ModelWrapper, ctx: BuildContext) -> StepResult:
 def step_create_dataflow_partition(model: ModelWrapper, ctx: BuildContext) -> StepResult:
     """Require every node to be a HW layer, then split off the dataflow partition (FINN).
 
-    The one exception is a leading Transpose from the graph input (NCHW images to the accelerator's NHWC
+    A node left over is named with the user's node it was made from (:mod:`hwq.dataflow.provenance`). The one
+    exception is a leading Transpose from the graph input (NCHW images to the accelerator's NHWC
     stream): FINN leaves it to the host, and so do we; it is recorded in the manifest (``host_side_nodes``).
     The checkpoint of this step is the abstract HW graph (:data:`HW_GRAPH_STEP`)."""
     left = unmapped_nodes(model)
