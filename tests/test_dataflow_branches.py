@@ -224,6 +224,18 @@ def test_truncated_average_pool_builds_bit_exact(tmp_path):
     assert getCustomOp(node).get_nodeattr("KernelSize") == [2, 2]
 
 
+def test_ties_round_half_even_as_in_qonnx(tmp_path):
+    """Untrained, the quantizers before and after the 2x2 pool have the same scale: the next quantizer rounds
+    sum / 4, and a sum of 2 (0.5) or -6 (-1.5) is a tie, which QONNX rounds to even and FINN's thresholds round
+    up (26 of 128 values differed on the first image). RoundHalfEvenAtTies moves those thresholds."""
+    torch.manual_seed(0)
+    run = make_run(AvgPoolNet().eval(), tmp_path / "run")
+    manifest = run_build(run, BuildConfig(board="pynq-z2", out_dir=str(run / "build"), verify_samples=GATE_IMAGES),
+                         progress=False, stop_step="estimate")
+    _assert_exact(manifest)
+    assert manifest["round_half_even_thresholds"] == 2  # the steps up from -2 and from 0, both even levels
+
+
 def test_a_rounding_average_pool_is_refused_naming_the_users_trunc(tmp_path):
     """Brevitas' default RoundTo8bit rounds; FINN's pool shifts (FLOOR). One line naming the user's nodes."""
     run = make_run(AvgPoolNet(trunc_quant=RoundTo8bit).eval(), tmp_path / "run")

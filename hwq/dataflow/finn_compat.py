@@ -232,7 +232,6 @@ def streamline(model, cfg):
     from finn.transformation.streamline import Streamline
     from finn.transformation.fpgadataflow.convert_to_hw.global_acc_pool import InferGlobalAccPoolLayer
     from finn.transformation.streamline.reorder import MakeMaxPoolNHWC
-    from finn.transformation.streamline.streamline_plus import StreamlinePlus
     from qonnx.transformation.bipolar_to_xnor import ConvertBipolarMatMulToXnorPopcount
     from qonnx.transformation.general import RemoveUnusedTensors
     from qonnx.transformation.infer_data_layouts import InferDataLayouts
@@ -240,7 +239,7 @@ def streamline(model, cfg):
 
     from hwq.dataflow.passes import (AbsorbPadIntoIm2Col, BinaryPadsForXnorConvs,
                                      ConvertBipolarDepthwiseToBinaryInput, check_bipolar_pads)
-    from hwq.dataflow.passes_branches import has_joins
+    from hwq.dataflow.passes_branches import has_joins, streamline_plus_unrounded
 
     model = model.transform(absorb.AbsorbScalarBiasIntoMultiThreshold())
     model = model.transform(Streamline())
@@ -260,7 +259,7 @@ def streamline(model, cfg):
     model = model.transform(absorb.AbsorbConsecutiveTransposes())     # hwq
     model = model.transform(Streamline())
     if has_joins(model):                                              # hwq
-        model = model.transform(StreamlinePlus())                     # hwq: scales through forks and joins
+        model = model.transform(streamline_plus_unrounded())         # hwq: scales through forks and joins
     model = model.transform(absorb.AbsorbScalarMulAddIntoTopK())
     model = model.transform(InferDataLayouts())
     model = model.transform(RemoveUnusedTensors())

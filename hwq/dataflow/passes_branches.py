@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import numpy as np
 from onnx import helper
+from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.custom_op.registry import getCustomOp
 from qonnx.transformation.base import Transformation
 from qonnx.util.basic import get_by_name
 
 from hwq.dataflow.errors import MappingError
+from hwq.dataflow.provenance import user_node
 
 JOIN_OPS = ("Add", "Concat")
 POOL_OPS = ("AveragePool", "GlobalAveragePool")
@@ -178,4 +181,64 @@ class ClipThresholdsToInputRange(Transformation):
             clipped = np.clip(thresholds, idt.min(), idt.max() + 1).astype(np.float32)
             if np.any(clipped != thresholds):
                 model.set_initializer(node.input[1], clipped)
+        return model, False
+
+
+def streamline_plus_unrounded() -> Transformation:
+    """finn-plus's ``StreamlinePlus`` without its final ``RoundAndClipThresholds`` (the minimize steps round and
+    clip later), so that :class:`RoundHalfEvenAtTies` still sees the thresholds as streamlining computed them."""
+    from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
+    from finn.transformation.streamline.streamline_plus import StreamlinePlus
+    from qonnx.transformation.composed import ComposedTransformation
+
+    steps = StreamlinePlus().transformations
+    assert isinstance(steps[-1], RoundAndClipThresholds), "finn-plus's StreamlinePlus changed: revisit hwq's copy"
+    return ComposedTransformation(steps[:-1])
+
+
+class RoundHalfEvenAtTies(Transformation):
+    """Round exact ties to even, as QONNX's ``Quant`` (``ROUND``, NumPy's and PyTorch's round) does.
+
+    finn-plus turns a Quant into thresholds at the half steps ``(m + 1/2) s``, and ``x >= t`` rounds a tie up.
+    After an average pool or a residual add whose scales are powers of two apart (an untrained network, or
+    power-of-two quantizer scales), the streamlined thresholds on the integer sum are exact integers and a sum
+    lands on them: a 2x2 pool of 2-bit values with equal scales before and after averages ``sum / 4``, and a sum
+    of 2 is 0.5, which QONNX rounds to 0 and the thresholds to 1 (the gate failed on 26 of 128 values). For a
+    MultiThreshold made from a user's ``ROUND`` Quant (:mod:`hwq.dataflow.provenance`) with an integer input, each
+    threshold that is an exact integer ``n`` and crosses up from an even level ``m`` (where the tie rounds down)
+    becomes ``n + 1/2``: ``x >= n + 1/2`` is ``x > n`` for integers. Thresholds that are not exact integers are
+    not ties of an integer input and stay as they are. ``changed`` counts the thresholds moved."""
+
+    def __init__(self, round_quants: set[str]) -> None:
+        super().__init__()
+        self.round_quants = set(round_quants)
+        self.changed = 0
+
+    @classmethod
+    def for_user_graph(cls, user_model: ModelWrapper) -> "RoundHalfEvenAtTies":
+        """The pass for the Quant nodes of ``user_model`` (the exported QONNX graph) that round half to even."""
+        return cls({n.name for n in user_model.graph.node if n.op_type == "Quant"
+                    and (get_by_name(n.attribute, "rounding_mode") is None
+                         or get_by_name(n.attribute, "rounding_mode").s.decode().upper() == "ROUND")})
+
+    def apply(self, model: ModelWrapper) -> tuple[ModelWrapper, bool]:
+        for node in model.graph.node:
+            origin = user_node(node)
+            if node.op_type != "MultiThreshold" or origin is None or origin[1] != "Quant" \
+                    or origin[0] not in self.round_quants:
+                continue
+            inst = getCustomOp(node)
+            thresholds = model.get_initializer(node.input[1])
+            odt = DataType[inst.get_nodeattr("out_dtype")]
+            if thresholds is None or not model.get_tensor_datatype(node.input[0]).is_integer() \
+                    or inst.get_nodeattr("out_scale") != 1.0 or odt.bitwidth() == 1:
+                continue
+            levels = inst.get_nodeattr("out_bias") + np.arange(thresholds.shape[-1])  # the level below each step
+            if np.any(levels != np.rint(levels)):
+                continue
+            down = (np.rint(levels).astype(np.int64) % 2 == 0)[None, :]
+            ties = (thresholds == np.rint(thresholds)) & down
+            if ties.any():
+                self.changed += int(ties.sum())
+                model.set_initializer(node.input[1], np.where(ties, thresholds + 0.5, thresholds).astype(np.float32))
         return model, False

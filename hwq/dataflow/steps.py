@@ -22,7 +22,7 @@ from hwq.dataflow.errors import MappingError
 from hwq.dataflow.finn_compat import import_finn_steps
 from hwq.dataflow.passes import (ClampPopcountThresholds, CorrectPopcountDatatypes, ScaleUint8Input,
                                  binary_depthwise_matmuls, unmapped_nodes)
-from hwq.dataflow.passes_branches import prepare_average_pools
+from hwq.dataflow.passes_branches import RoundHalfEvenAtTies, prepare_average_pools
 from hwq.dataflow.progress import StepProgress, quiet
 from hwq.dataflow.provenance import describe
 from hwq.dataflow.vendor import vendor_status
@@ -98,11 +98,18 @@ def step_streamline(model: ModelWrapper, ctx: BuildContext) -> StepResult:
     0/1 inputs (it becomes a VVAU, not an XNOR layer over its block-sparse weights) and a bipolar -1 pad becomes
     bit 0 of the 0/1 stream, which FINN's padding hardware writes. A float global average pool becomes FINN's
     GlobalAccPool with its 1/(H*W) in the next thresholds, and the scales of a residual add's or a concat's
-    inputs move past the join (finn-plus's StreamlinePlus). The binary depthwise MatMuls (later VVAUs) are
+    inputs move past the join (finn-plus's StreamlinePlus); thresholds an integer sum can hit exactly round half
+    to even, as QONNX does (``RoundHalfEvenAtTies``; the manifest counts them, ``round_half_even_thresholds``). The binary depthwise MatMuls (later VVAUs) are
     listed in the manifest (``binary_depthwise``)."""
     model = finn_compat.streamline(model, ctx.finn_cfg)
+    ties = RoundHalfEvenAtTies.for_user_graph(ctx.qonnx_model) if ctx.qonnx_model is not None else None
+    if ties is not None:
+        model = model.transform(ties)
     depthwise = binary_depthwise_matmuls(model)
-    return model, ({"binary_depthwise": depthwise} if depthwise else {})
+    report = {"binary_depthwise": depthwise} if depthwise else {}
+    if ties is not None and ties.changed:
+        report["round_half_even_thresholds"] = ties.changed
+    return model, report
 
 
 def step_create_dataflow_partition(model: ModelWrapper, ctx: BuildContext) -> StepResult:
