@@ -99,8 +99,8 @@ def step_streamline(model: ModelWrapper, ctx: BuildContext) -> StepResult:
     bit 0 of the 0/1 stream, which FINN's padding hardware writes. A float global average pool becomes FINN's
     GlobalAccPool with its 1/(H*W) in the next thresholds, and the scales of a residual add's or a concat's
     inputs move past the join (finn-plus's StreamlinePlus); thresholds an integer sum can hit exactly round half
-    to even, as QONNX does (``RoundHalfEvenAtTies``; the manifest counts them, ``round_half_even_thresholds``). The binary depthwise MatMuls (later VVAUs) are
-    listed in the manifest (``binary_depthwise``)."""
+    to even, as QONNX does (``RoundHalfEvenAtTies``; the manifest counts them, ``round_half_even_thresholds``).
+    The binary depthwise MatMuls (later VVAUs) are listed in the manifest (``binary_depthwise``)."""
     model = finn_compat.streamline(model, ctx.finn_cfg)
     ties = RoundHalfEvenAtTies.for_user_graph(ctx.qonnx_model) if ctx.qonnx_model is not None else None
     if ties is not None:
