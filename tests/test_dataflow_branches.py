@@ -67,15 +67,15 @@ class GlobalPoolNet(nn.Module):
 
 
 class AvgPoolNet(nn.Module):
-    """conv -> 2x2 TruncAvgPool2d -> quantizer -> linear classifier."""
+    """conv -> k x k TruncAvgPool2d -> quantizer -> linear classifier."""
 
-    def __init__(self, trunc_quant=TruncTo8bit) -> None:
+    def __init__(self, trunc_quant=TruncTo8bit, bits: int = 2, signed: bool = True, kernel: int = 2) -> None:
         super().__init__()
         self.input_shape = SHAPE
-        self.features = nn.Sequential(FAMILY.input_quant(), conv(1, 4), act(2))
-        self.pool = TruncAvgPool2d(kernel_size=2, stride=2, trunc_quant=trunc_quant)
+        self.features = nn.Sequential(FAMILY.input_quant(), conv(1, 4), act(bits, signed))
+        self.pool = TruncAvgPool2d(kernel_size=kernel, stride=kernel, trunc_quant=trunc_quant)
         self.post = act(2)
-        self.fc = FAMILY.classifier(4 * 16, 10, 2)
+        self.fc = FAMILY.classifier(4 * (8 // kernel) ** 2, 10, 2)
 
     def forward(self, x):
         return self.fc(torch.flatten(self.post(self.pool(self.features(x))), 1))
@@ -224,16 +224,19 @@ def test_truncated_average_pool_builds_bit_exact(tmp_path):
     assert getCustomOp(node).get_nodeattr("KernelSize") == [2, 2]
 
 
-def test_ties_round_half_even_as_in_qonnx(tmp_path):
-    """Untrained, the quantizers before and after the 2x2 pool have the same scale: the next quantizer rounds
-    sum / 4, and a sum of 2 (0.5) or -6 (-1.5) is a tie, which QONNX rounds to even and FINN's thresholds round
-    up (26 of 128 values differed on the first image). RoundHalfEvenAtTies moves those thresholds."""
+@pytest.mark.parametrize("bits, signed, kernel, moved", [(2, True, 2, 2), (4, False, 4, 3)])
+def test_ties_round_half_even_as_in_qonnx(bits, signed, kernel, moved, tmp_path):
+    """Untrained, the quantizer scales before and after the pool are simple ratios apart: with 2-bit values and a
+    2x2 pool the next quantizer rounds sum / 4, and a sum of 2 (0.5) or -6 (-1.5) is a tie, which QONNX rounds to
+    even and FINN's thresholds round up (26 of 128 values differed on the first image); with 4-bit unsigned values
+    (scale 1/15) and a 4x4 pool the tie at a sum of 60 is a threshold of 59.999996. RoundHalfEvenAtTies moves
+    those thresholds."""
     torch.manual_seed(0)
-    run = make_run(AvgPoolNet().eval(), tmp_path / "run")
+    run = make_run(AvgPoolNet(bits=bits, signed=signed, kernel=kernel).eval(), tmp_path / "run")
     manifest = run_build(run, BuildConfig(board="pynq-z2", out_dir=str(run / "build"), verify_samples=GATE_IMAGES),
                          progress=False, stop_step="estimate")
     _assert_exact(manifest)
-    assert manifest["round_half_even_thresholds"] == 2  # the steps up from -2 and from 0, both even levels
+    assert manifest["round_half_even_thresholds"] == moved
 
 
 def test_a_rounding_average_pool_is_refused_naming_the_users_trunc(tmp_path):

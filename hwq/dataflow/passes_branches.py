@@ -196,6 +196,11 @@ def streamline_plus_unrounded() -> Transformation:
     return ComposedTransformation(steps[:-1])
 
 
+#: How close (relative) a streamlined threshold must be to an integer to be that integer's tie: a few float32
+#: steps, what streamlining's products and quotients of scales leave (59.999996 for a tie at 60).
+TIE_TOLERANCE = 1e-6
+
+
 class RoundHalfEvenAtTies(Transformation):
     """Round exact ties to even, as QONNX's ``Quant`` (``ROUND``, NumPy's and PyTorch's round) does.
 
@@ -205,9 +210,11 @@ class RoundHalfEvenAtTies(Transformation):
     lands on them: a 2x2 pool of 2-bit values with equal scales before and after averages ``sum / 4``, and a sum
     of 2 is 0.5, which QONNX rounds to 0 and the thresholds to 1 (the gate failed on 26 of 128 values). For a
     MultiThreshold made from a user's ``ROUND`` Quant (:mod:`hwq.dataflow.provenance`) with an integer input, each
-    threshold that is an exact integer ``n`` and crosses up from an even level ``m`` (where the tie rounds down)
-    becomes ``n + 1/2``: ``x >= n + 1/2`` is ``x > n`` for integers. Thresholds that are not exact integers are
-    not ties of an integer input and stay as they are. ``changed`` counts the thresholds moved."""
+    threshold within :data:`TIE_TOLERANCE` of an integer ``n`` is that tie: it becomes ``n + 1/2`` where it steps
+    up from an even level (the tie rounds down; ``x >= n + 1/2`` is ``x > n`` for integers) and ``n`` where it
+    steps up to an even level (the tie rounds up; 60.000004 would have excluded it). QONNX computes a tie with the
+    same float rounding, so a threshold that close to an integer and not a tie is as likely to go either way in
+    the reference. ``changed`` counts the thresholds moved."""
 
     def __init__(self, round_quants: set[str]) -> None:
         super().__init__()
@@ -236,9 +243,12 @@ class RoundHalfEvenAtTies(Transformation):
             levels = inst.get_nodeattr("out_bias") + np.arange(thresholds.shape[-1])  # the level below each step
             if np.any(levels != np.rint(levels)):
                 continue
-            down = (np.rint(levels).astype(np.int64) % 2 == 0)[None, :]
-            ties = (thresholds == np.rint(thresholds)) & down
-            if ties.any():
-                self.changed += int(ties.sum())
-                model.set_initializer(node.input[1], np.where(ties, thresholds + 0.5, thresholds).astype(np.float32))
+            down = np.broadcast_to((np.rint(levels).astype(np.int64) % 2 == 0)[None, :], thresholds.shape)
+            n = np.rint(thresholds.astype(np.float64))
+            ties = np.abs(thresholds - n) <= TIE_TOLERANCE * np.maximum(1.0, np.abs(n))
+            new = np.where(ties, np.where(down, n + 0.5, n), thresholds).astype(np.float32)
+            moved = new != thresholds
+            if moved.any():
+                self.changed += int(moved.sum())
+                model.set_initializer(node.input[1], new)
         return model, False
