@@ -213,6 +213,18 @@ def test_global_average_pool_builds_bit_exact(pool, tmp_path):
                for layer in manifest["estimates"]["layers"])
 
 
+def test_global_average_pool_straight_into_the_classifier(tmp_path):
+    """Without a quantizer after the pool the classifier reads float averages: FINN's 1/36 moves past the last
+    MatMul into the label selection (a positive scale keeps the ranking); the classes match, compared by the
+    float rule (no integer scores on the QONNX side)."""
+    model = GlobalPoolNet("float")
+    model.features[-1], model.post = FAMILY.act(2, 8), nn.Identity()
+    manifest, hw = _build(model, tmp_path)
+    assert manifest["status"] == "stopped" and manifest["bit_exact"]["passed"], manifest.get("error")
+    assert manifest["bit_exact"]["classes_match"] == 1.0 and not manifest["bit_exact"]["integer_output_compared"]
+    assert "GlobalAccPool" in _hw_ops(hw)
+
+
 def test_truncated_average_pool_builds_bit_exact(tmp_path):
     """TruncAvgPool2d(2, TruncTo8bit) after a 2-bit activation: a 4-bit sum that Brevitas shifts *left* to 8
     bits; finn-plus's conversion dropped that factor 16 (the gate failed on every image) until
