@@ -30,7 +30,9 @@ library without Xilinx tools it needs three things, each applied here and undone
    It also converts a float ``GlobalAveragePool`` into finn-plus's ``GlobalAccPool`` before the last
    ``Streamline``, which absorbs the ``1/(H*W)`` Mul finn-plus's ``convert_to_hw`` would leave behind, and on a
    graph with a residual ``Add`` or a ``Concat`` runs finn-plus's ``StreamlinePlus`` (scales through forks and
-   joins); docs/dataflow.md, "Pools, residual adds, concatenations".
+   joins), without its final rounding of the thresholds and with its ``MoveMulPastJoinAdd`` comparing
+   per-channel constants without raising (``passes_branches.streamline_plus_unrounded``); docs/dataflow.md,
+   "Pools, residual adds, concatenations".
 6. Code generation of a VVAU with BINARY (0/1) inputs: finn-plus's ``VVAU_hls.get_template_param_values`` raises
    "True binary (non-bipolar) inputs not yet supported" for any BINARY input outside XNOR mode, although the
    finn-hlslib types it would choose for any other unsigned input (``Slice<ap_uint<1>>`` activations,
@@ -296,4 +298,8 @@ FORKS = (
          "4, hwq.dataflow.finn_compat.minimize_bit_width"),
     Fork("finn.custom_op.fpgadataflow.hls.vectorvectoractivation_hls:VVAU_hls.get_template_param_values",
          "3f21a9f158934a6c", "6, hwq.dataflow.finn_compat._vvau_template_params"),
+    Fork("finn.transformation.streamline.streamline_plus:StreamlinePlus", "342cf3de6d71f96b",
+         "5, hwq.dataflow.passes_branches.streamline_plus_unrounded"),
+    Fork("finn.transformation.streamline.reorder:MoveMulPastJoinAdd.are_producers_identical", "15562a7d961b65e1",
+         "5, hwq.dataflow.passes_branches.streamline_plus_unrounded"),
 )

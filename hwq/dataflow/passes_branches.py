@@ -186,14 +186,34 @@ class ClipThresholdsToInputRange(Transformation):
 
 def streamline_plus_unrounded() -> Transformation:
     """finn-plus's ``StreamlinePlus`` without its final ``RoundAndClipThresholds`` (the minimize steps round and
-    clip later), so that :class:`RoundHalfEvenAtTies` still sees the thresholds as streamlining computed them."""
+    clip later), so that :class:`RoundHalfEvenAtTies` still sees the thresholds as streamlining computed them, and
+    with its ``MoveMulPastJoinAdd`` comparing per-channel constants without raising (finn_compat workaround 5)."""
     from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
     from finn.transformation.streamline.streamline_plus import StreamlinePlus
     from qonnx.transformation.composed import ComposedTransformation
 
+    from finn.transformation.streamline.reorder import MoveIdenticalOpPastJoinOp, MoveMulPastJoinAdd
+
+    class MoveEqualMulPastJoinAdd(MoveMulPastJoinAdd):
+        """finn-plus's ``MoveMulPastJoinAdd``, comparing the two Muls' constants whole: its ``!=`` on per-channel
+        constants (a batch norm's scale on one input of a residual add) raises "The truth value of an array with
+        more than one element is ambiguous"."""
+
+        def are_producers_identical(self, model, producers):
+            if not MoveIdenticalOpPastJoinOp.are_producers_identical(self, model, producers):
+                return False
+            first = model.get_initializer(producers[0].input[1])
+            return first is not None and all(
+                np.array_equal(first, model.get_initializer(p.input[1])) for p in producers)
+
+    def fixed(transformation):
+        if isinstance(transformation, ComposedTransformation):
+            return ComposedTransformation([fixed(t) for t in transformation.transformations])
+        return MoveEqualMulPastJoinAdd() if type(transformation) is MoveMulPastJoinAdd else transformation
+
     steps = StreamlinePlus().transformations
     assert isinstance(steps[-1], RoundAndClipThresholds), "finn-plus's StreamlinePlus changed: revisit hwq's copy"
-    return ComposedTransformation(steps[:-1])
+    return ComposedTransformation([fixed(t) for t in steps[:-1]])
 
 
 #: How close (relative) a streamlined threshold must be to an integer to be that integer's tie: a few float32
