@@ -370,3 +370,22 @@ def test_a_failing_finn_transform_names_the_users_node(tmp_path):
                                              r"from the user's node 'GlobalAveragePool_0' \(GlobalAveragePool\)\]\)"):
         run_build(run, BuildConfig(board="pynq-z2", out_dir=str(tmp_path / "b"), verify_samples=2),
                   progress=False, steps=[*upto, Step("fails", step_fails)])
+
+
+@pytest.mark.slow
+def test_hwq_resnet20_builds(tmp_path):
+    """hwq's own ResNet-20 (w2a2, digits-sized): its adds join a batch-normed float branch and a quantized one,
+    so they stay float ElementwiseMul/ElementwiseAdd layers, and its average pool feeds the classifier directly
+    (classes by the float rule). About 3 minutes on the shared 2-core machine, most of it in StreamlinePlus;
+    finn-plus's MoveMulPastJoinAdd raised on its per-channel scales before hwq's copy compared them whole."""
+    from hwq.models import ModelSpec, build_model
+
+    torch.manual_seed(0)
+    model = _train(build_model(ModelSpec("resnet20", 2, 2, image_shape=SHAPE, num_classes=10)), steps=10)
+    run = make_run(model, tmp_path / "run", n=20)
+    manifest = run_build(run, BuildConfig(board="pynq-z2", out_dir=str(run / "build"), verify_samples=5),
+                         progress=False, stop_step="estimate")
+    assert manifest["status"] == "stopped" and manifest["bit_exact"]["passed"], manifest.get("error")
+    assert manifest["bit_exact"]["classes_match"] == 1.0
+    ops = _hw_ops(ModelWrapper(str(run / "build" / "intermediate" / "create_dataflow_partition.onnx")))
+    assert ops.count("ElementwiseAdd") == 9 * 2 and ops.count("DuplicateStreams") == 9 and "GlobalAccPool" in ops
