@@ -17,6 +17,7 @@ target and replaces the previous build only when it succeeds (:mod:`hwq.dataflow
 
 from __future__ import annotations
 
+import copy
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -33,6 +34,7 @@ from hwq.dataflow.driver import check_resumable, restore, run_steps, step_range
 from hwq.dataflow.errors import MappingError, ModelFileError
 from hwq.dataflow.finn_compat import finn_output_to, finn_session
 from hwq.dataflow.progress import StepProgress
+from hwq.dataflow.provenance import name_user_nodes, record_user_nodes, tracking_user_nodes
 from hwq.dataflow.staging import StagedOutput
 from hwq.dataflow.steps import HW_GRAPH_STEP, STEPS, BuildContext
 from hwq.errors import ConfigError, HwqError, Interrupted, VerificationError
@@ -341,16 +343,24 @@ def build_with_steps(target: Path, steps: list, step_range_: tuple[int, int], mo
         if previous is not None:
             model = ModelWrapper(check_domains(restore(target, previous, out_dir, steps, first, manifest, ctx)))
             manifest["resumed_from"] = {"build": str(target), "start_step": start_step}
+        else:  # so that an error about a node FINN made names the user's node it came from
+            model = record_user_nodes(ModelWrapper(copy.deepcopy(model.model)))
         with finn_session(out_dir / "codegen"), (out_dir / "build.log").open("a") as log, shown, \
                 finn_output_to(log):
             try:
-                run_steps(steps[first:last + 1], model, ctx, manifest, progress=shown, log=log)
+                with tracking_user_nodes():  # the nodes FINN makes keep the user's node they came from
+                    run_steps(steps[first:last + 1], model, ctx, manifest, progress=shown, log=log)
             except Exception as err:
+                # the model the failing step was given: an error naming one of its nodes names the user's too
+                saved = list(getattr(ctx, "checkpoints", {}).values())
+                failed_on = ModelWrapper(str(saved[-1])) if saved else model
+                if isinstance(err, MappingError):
+                    raise type(err)(name_user_nodes(failed_on, str(err))) from err
                 if isinstance(err, HwqError):
                     raise
                 # a FINN transform (or a tool) failing on this model: report it against the model file
                 name = manifest["steps"][-1]["name"] if manifest["steps"] else "?"
-                text = str(err).splitlines()[0] if str(err) else ""
+                text = name_user_nodes(failed_on, str(err).splitlines()[0] if str(err) else "")
                 raise ModelFileError(f"{source}: step '{name}' failed ({type(err).__name__}: {text}); see "
                                      f"{out_dir / 'build.log'}") from err
         if last < len(steps) - 1:

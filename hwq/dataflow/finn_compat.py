@@ -17,13 +17,22 @@ library without Xilinx tools it needs three things, each applied here and undone
    ``step_minimize_bit_width_initial`` and ``step_minimize_bit_width``) gives a thresholded popcount a signed
    accumulator range and clips its thresholds to it, so a channel that always fires keeps a negative threshold
    and the HLS MVAU asserts. :func:`minimize_bit_width` is the same sequence of transforms with hwq's
-   :class:`~hwq.dataflow.passes.ClampPopcountThresholds` around it (docs/dataflow.md).
+   :class:`~hwq.dataflow.passes.ClampPopcountThresholds` around it (docs/dataflow.md), and a standalone
+   Thresholding's thresholds clipped to its integer input range first
+   (:class:`~hwq.dataflow.passes_branches.ClipThresholdsToInputRange`: finn-plus asserts non-negative thresholds on
+   an unsigned input, e.g. a pool's sum, before its own clipping).
 
 5. Streamlining of padded binary convolutions: finn-plus's ``step_streamline`` converts every bipolar MatMul to
    XNOR-popcount, also a binary depthwise convolution's block-sparse one (whose zeros are not bipolar), and it
    leaves an explicit ``Pad`` node that its ``InferFMPadding`` cannot read (it indexes a fourth ``axes`` input
    that a three-input Pad lacks). :func:`streamline` is the same sequence of transforms with hwq's passes for
    padded binary convolutions between lowering and the XNOR conversion (docs/dataflow.md, "Binary MobileNet").
+   It also converts a float ``GlobalAveragePool`` into finn-plus's ``GlobalAccPool`` before the last
+   ``Streamline``, which absorbs the ``1/(H*W)`` Mul finn-plus's ``convert_to_hw`` would leave behind, and on a
+   graph with a residual ``Add`` or a ``Concat`` runs finn-plus's ``StreamlinePlus`` (scales through forks and
+   joins), without its final rounding of the thresholds and with its ``MoveMulPastJoinAdd`` comparing
+   per-channel constants without raising (``passes_branches.streamline_plus_unrounded``); docs/dataflow.md,
+   "Pools, residual adds, concatenations".
 6. Code generation of a VVAU with BINARY (0/1) inputs: finn-plus's ``VVAU_hls.get_template_param_values`` raises
    "True binary (non-bipolar) inputs not yet supported" for any BINARY input outside XNOR mode, although the
    finn-hlslib types it would choose for any other unsigned input (``Slice<ap_uint<1>>`` activations,
@@ -202,8 +211,10 @@ def minimize_bit_width(model, cfg, clamp: Any = None):
     from qonnx.transformation.infer_datatypes import InferDataTypes
 
     from hwq.dataflow.passes import ClampPopcountThresholds
+    from hwq.dataflow.passes_branches import ClipThresholdsToInputRange
 
     clamp = clamp if clamp is not None else ClampPopcountThresholds()
+    model = model.transform(ClipThresholdsToInputRange())  # hwq: Thresholding asserts t >= 0 on unsigned inputs
     model = model.transform(clamp)  # hwq
     if cfg.minimize_bit_width:
         model = model.transform(MinimizeWeightBitWidth(), apply_to_subgraphs=True)
@@ -229,12 +240,17 @@ def streamline(model, cfg):
     ``ConvertBipolarDepthwiseToBinaryInput``
     (binary depthwise convolutions get 0/1 inputs and become VVAUs rather than XNOR layers) and
     ``check_bipolar_pads``; right after the XNOR conversion, ``BinaryPadsForXnorConvs``. On a network without
-    padded binary convolutions (TFC, CNV) none of them changes anything. They run inside this one step because the
+    padded binary convolutions (TFC, CNV) none of them changes anything. Before the last ``Streamline``,
+    finn-plus's ``InferGlobalAccPoolLayer`` (a float GlobalAveragePool becomes the integer sum and a Mul, which
+    that Streamline absorbs into the next thresholds); after it, on a graph that joins two computed tensors
+    (:func:`~hwq.dataflow.passes_branches.has_joins`), finn-plus's ``StreamlinePlus``. Neither changes a graph
+    without a global pool or a join. They run inside this one step because the
     XNOR conversion does, and the step keeps its place and name in the flow. (finn-plus's step additionally
     verifies the streamlined model when asked to; hwq's builds never ask.)
     """
     import finn.transformation.streamline.absorb as absorb
     from finn.transformation.streamline import Streamline
+    from finn.transformation.fpgadataflow.convert_to_hw.global_acc_pool import InferGlobalAccPoolLayer
     from finn.transformation.streamline.reorder import MakeMaxPoolNHWC
     from qonnx.transformation.bipolar_to_xnor import ConvertBipolarMatMulToXnorPopcount
     from qonnx.transformation.general import RemoveUnusedTensors
@@ -243,6 +259,7 @@ def streamline(model, cfg):
 
     from hwq.dataflow.passes import (AbsorbPadIntoIm2Col, BinaryPadsForXnorConvs,
                                      ConvertBipolarDepthwiseToBinaryInput, check_bipolar_pads)
+    from hwq.dataflow.passes_branches import has_joins, streamline_plus_unrounded
 
     model = model.transform(absorb.AbsorbScalarBiasIntoMultiThreshold())
     model = model.transform(Streamline())
@@ -258,7 +275,11 @@ def streamline(model, cfg):
     check_bipolar_pads(model)                                         # hwq
     model = model.transform(ConvertBipolarMatMulToXnorPopcount())
     model = model.transform(BinaryPadsForXnorConvs())                 # hwq
+    model = model.transform(InferGlobalAccPoolLayer())                # hwq: its 1/(H*W) Mul into the thresholds
+    model = model.transform(absorb.AbsorbConsecutiveTransposes())     # hwq
     model = model.transform(Streamline())
+    if has_joins(model):                                              # hwq
+        model = model.transform(streamline_plus_unrounded())         # hwq: scales through forks and joins
     model = model.transform(absorb.AbsorbScalarMulAddIntoTopK())
     model = model.transform(InferDataLayouts())
     model = model.transform(RemoveUnusedTensors())
@@ -295,4 +316,8 @@ FORKS = (
          "4, hwq.dataflow.finn_compat.minimize_bit_width"),
     Fork("finn.custom_op.fpgadataflow.hls.vectorvectoractivation_hls:VVAU_hls.get_template_param_values",
          "3f21a9f158934a6c", "6, hwq.dataflow.finn_compat._vvau_template_params"),
+    Fork("finn.transformation.streamline.streamline_plus:StreamlinePlus", "342cf3de6d71f96b",
+         "5, hwq.dataflow.passes_branches.streamline_plus_unrounded"),
+    Fork("finn.transformation.streamline.reorder:MoveMulPastJoinAdd.are_producers_identical", "15562a7d961b65e1",
+         "5, hwq.dataflow.passes_branches.streamline_plus_unrounded"),
 )

@@ -80,6 +80,20 @@ def hw_layer_outputs(model: ModelWrapper) -> list[Any]:
     return [n for n in model.graph.node if n.op_type.split("_")[0] in COMPUTE_OPS]
 
 
+def _in_layer_order(qonnx_model: ModelWrapper, acts: list[dict], layers: list[Any]) -> list[dict]:
+    """``acts`` in the order of the HW ``layers`` they are the outputs of, when each layer was made from a distinct
+    one of their quantizers (:mod:`hwq.dataflow.provenance`; the branches of a concat may come in another order
+    on the two sides); else in graph order, as they are."""
+    from hwq.dataflow.provenance import user_node
+
+    by_quant = {qonnx_model.find_producer(a["tensor"]).name: a for a in acts}
+    made_from = [user_node(n) for n in layers]
+    names = [m[0] for m in made_from if m is not None and m[1] in ("Quant", "BipolarQuant")]
+    if len(names) == len(layers) and len(set(names)) == len(names) and set(names) == set(by_quant):
+        return [by_quant[name] for name in names]
+    return acts
+
+
 def _to_nhwc(x: np.ndarray) -> np.ndarray:
     return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
 
@@ -113,6 +127,12 @@ def check_bit_exact(qonnx_model: ModelWrapper, hw_model: ModelWrapper, images: n
     pairs: list[tuple[str, str, np.ndarray, np.ndarray]] = []  # (qonnx tensor, hw tensor, expected, got)
     dot = integer_dot(ref, final) if final is not None else None
     layerwise = dot is not None and len(acts) == len(layers) - 1
+    if layerwise:
+        acts = _in_layer_order(qonnx_model, acts, layers[:-1])
+    # as long as each pair holds as many values (a branching graph whose layers could not be paired by the user's
+    # node they were made from may order its branches differently on the two sides; then only the final integers
+    # and the classes are compared)
+    layerwise = layerwise and all(ref[a["tensor"]].size == hw[n.output[0]].size for a, n in zip(acts, layers))
     if layerwise:
         for act, node in zip(acts, layers[:-1]):
             value = ref[act["tensor"]]

@@ -23,7 +23,9 @@ from hwq.dataflow.finn_compat import import_finn_steps
 from hwq.dataflow.input_convention import InputConvention, UseUint8Input, find_input_convention
 from hwq.dataflow.passes import (ClampPopcountThresholds, CorrectPopcountDatatypes, binary_depthwise_matmuls,
                                  unmapped_nodes)
+from hwq.dataflow.passes_branches import RoundHalfEvenAtTies, prepare_average_pools
 from hwq.dataflow.progress import StepProgress, quiet
+from hwq.dataflow.provenance import describe
 from hwq.dataflow.vendor import vendor_status
 
 #: A step's result: the model it passes on and the manifest sections it reports.
@@ -85,6 +87,15 @@ def step_scale_uint8_input(model: ModelWrapper, ctx: BuildContext) -> StepResult
     return model.transform(UseUint8Input(convention)), {"input_convention": convention.to_dict()}
 
 
+def step_qonnx_to_finn(model: ModelWrapper, ctx: BuildContext) -> StepResult:
+    """finn-plus ``step_qonnx_to_finn``, after hwq's average-pool passes on the QONNX graph
+    (:func:`hwq.dataflow.passes_branches.prepare_average_pools`): Brevitas' TruncAdaptiveAvgPool2d takes the form of
+    its TruncAvgPool2d, a Trunc that widens is narrowed to the identity it is (finn-plus's conversion drops its
+    factor), and a pool FINN cannot compute exactly is a MappingError naming the user's Trunc."""
+    model = prepare_average_pools(model)
+    return import_finn_steps().step_qonnx_to_finn(model, ctx.finn_cfg), {}
+
+
 def step_insert_topk(model: ModelWrapper, ctx: BuildContext) -> StepResult:
     """Append TopK(k=1), so the accelerator outputs the class index (FINN's LabelSelect); streamlining absorbs
     the final TensorNorm into it (its positive scale preserves the ranking)."""
@@ -98,17 +109,27 @@ def step_streamline(model: ModelWrapper, ctx: BuildContext) -> StepResult:
     """finn-plus ``step_streamline`` (the same transforms), with padded binary convolutions handled exactly
     (finn_compat workaround 5): an explicit ``Pad`` is folded into its Im2Col, a binary depthwise convolution gets
     0/1 inputs (it becomes a VVAU, not an XNOR layer over its block-sparse weights) and a bipolar -1 pad becomes
-    bit 0 of the 0/1 stream, which FINN's padding hardware writes. The binary depthwise MatMuls (later VVAUs) are
-    listed in the manifest (``binary_depthwise``)."""
+    bit 0 of the 0/1 stream, which FINN's padding hardware writes. A float global average pool becomes FINN's
+    GlobalAccPool with its 1/(H*W) in the next thresholds, and the scales of a residual add's or a concat's
+    inputs move past the join (finn-plus's StreamlinePlus); thresholds an integer sum can hit exactly round half
+    to even, as QONNX does (``RoundHalfEvenAtTies``; the manifest counts them, ``round_half_even_thresholds``).
+    The binary depthwise MatMuls (later VVAUs) are listed in the manifest (``binary_depthwise``)."""
     model = finn_compat.streamline(model, ctx.finn_cfg)
+    ties = RoundHalfEvenAtTies.for_user_graph(ctx.qonnx_model) if ctx.qonnx_model is not None else None
+    if ties is not None:
+        model = model.transform(ties)
     depthwise = binary_depthwise_matmuls(model)
-    return model, ({"binary_depthwise": depthwise} if depthwise else {})
+    report = {"binary_depthwise": depthwise} if depthwise else {}
+    if ties is not None and ties.changed:
+        report["round_half_even_thresholds"] = ties.changed
+    return model, report
 
 
 def step_create_dataflow_partition(model: ModelWrapper, ctx: BuildContext) -> StepResult:
     """Require every node to be a HW layer, then split off the dataflow partition (FINN).
 
-    The one exception is a leading Transpose from the graph input (NCHW images to the accelerator's NHWC
+    A node left over is named with the user's node it was made from (:mod:`hwq.dataflow.provenance`). The one
+    exception is a leading Transpose from the graph input (NCHW images to the accelerator's NHWC
     stream): FINN leaves it to the host, and so do we; it is recorded in the manifest (``host_side_nodes``).
     The checkpoint of this step is the abstract HW graph (:data:`HW_GRAPH_STEP`)."""
     left = unmapped_nodes(model)
@@ -118,7 +139,8 @@ def step_create_dataflow_partition(model: ModelWrapper, ctx: BuildContext) -> St
             and first.input[0] == model.graph.input[0].name:
         report["host_side_nodes"] = [left.pop(0)]
     if left:
-        listed = ", ".join(f"'{n['node']}' ({n['op_type']})" for n in left)
+        nodes = {n.name: n for n in model.graph.node}
+        listed = ", ".join(describe(model, nodes[n["node"]]) for n in left)
         raise MappingError(f"FINN cannot map node {listed} to a hardware layer")
     return import_finn_steps().step_create_dataflow_partition(model, ctx.finn_cfg), report
 
@@ -248,7 +270,7 @@ def step_vendor_flow(model: ModelWrapper, ctx: BuildContext) -> StepResult:
 #: The flow. The driver saves the model each step passes on as ``intermediate/<name>.onnx``.
 STEPS: list[Step] = [
     Step("scale_uint8_input", step_scale_uint8_input),
-    Step("qonnx_to_finn", _finn("qonnx_to_finn")),
+    Step("qonnx_to_finn", step_qonnx_to_finn),
     Step("tidy_up", _finn("tidy_up")),
     Step("insert_topk", step_insert_topk),
     Step("streamline", step_streamline),

@@ -69,18 +69,34 @@ def quant_scale(model, quant) -> np.ndarray:
 
 def final_matmul(model) -> FinalMatMul | None:
     """The last MatMul, when both its inputs come from quantizers (the activation's found through a Flatten or
-    Reshape, e.g. MobileNet's flatten -> linear); None otherwise."""
+    Reshape, e.g. MobileNet's flatten -> linear, and through a Concat of quantizers with one scale); None
+    otherwise."""
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
     if not matmuls:
         return None
     mm = matmuls[-1]
-    a, w = (model.find_producer(t) for t in mm.input)
-    while a is not None and a.op_type in ("Flatten", "Reshape"):
-        a = model.find_producer(a.input[0])
-    if a is None or w is None or not (a.op_type.endswith("Quant") and w.op_type.endswith("Quant")):
+    acts, w = _act_quants(model, mm.input[0]), model.find_producer(mm.input[1])
+    if not acts or w is None or not w.op_type.endswith("Quant"):
         return None
-    return FinalMatMul(tensor=mm.output[0], act=mm.input[0], weight=mm.input[1], act_scale=quant_scale(model, a),
+    scales = [quant_scale(model, a) for a in acts]
+    if any(s.shape != scales[0].shape or np.any(s != scales[0]) for s in scales[1:]):
+        return None  # concatenated activations on different grids: no one integer scale
+    return FinalMatMul(tensor=mm.output[0], act=mm.input[0], weight=mm.input[1], act_scale=scales[0],
                        weight_scale=quant_scale(model, w), orientation=_orientation(model, mm.output[0]))
+
+
+def _act_quants(model, tensor: str) -> list:
+    """The quantizers ``tensor`` comes from through Flatten/Reshape and channel Concats; empty when anything
+    else computes it."""
+    node = model.find_producer(tensor)
+    while node is not None and node.op_type in ("Flatten", "Reshape"):
+        node = model.find_producer(node.input[0])
+    if node is None:
+        return []
+    if node.op_type == "Concat":
+        found = [_act_quants(model, t) for t in node.input]
+        return [q for qs in found for q in qs] if all(found) else []
+    return [node] if node.op_type.endswith("Quant") else []
 
 
 def _orientation(model, tensor: str) -> int | None:
