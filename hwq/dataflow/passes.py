@@ -1,9 +1,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """hwq's own graph passes and analyses on FINN graphs (qonnx style: one ``apply`` per pass, analyses as functions).
 
-- :class:`ScaleUint8Input` makes the graph take ``uint8`` pixels, the FINN way: the input is annotated UINT8 and
-  the 8-bit input quantizer (scale 1/255), which is the identity on ``pixels / 255``, becomes ``Mul(1/255)``;
-  streamlining then folds that scale into the first layer's thresholds.
+- (The graph's uint8 input is made by :class:`hwq.dataflow.input_convention.UseUint8Input`.)
 - :func:`popcount_range_violations` finds XNOR-popcount layers whose declared output or accumulator type cannot hold
   ``0..MW`` (finn-plus 1.6.1 declares INT7 for a 64-input popcount, see FINDINGS.md), and
   :class:`CorrectPopcountDatatypes` widens them to the smallest unsigned type that can.
@@ -33,48 +31,6 @@ from qonnx.custom_op.registry import getCustomOp
 from qonnx.transformation.base import Transformation
 
 from hwq.dataflow.errors import MappingError
-
-INPUT_SCALE = 1.0 / 255.0
-
-
-class ScaleUint8Input(Transformation):
-    """Replace the graph input's 8-bit unsigned Quant (scale 1/255, zero point 0) by ``Mul(1/255)`` on UINT8.
-
-    For integer pixels ``x`` in 0..255, ``Quant(x / 255) == x / 255`` exactly, so the graph computes the same.
-
-    >>> model = model.transform(ScaleUint8Input())   # doctest: +SKIP
-    >>> model.get_tensor_datatype(model.graph.input[0].name)   # doctest: +SKIP
-    UINT8
-    """
-
-    def apply(self, model: ModelWrapper) -> tuple[ModelWrapper, bool]:
-        graph_in = model.graph.input[0].name
-        consumers = model.find_consumers(graph_in) or []
-        quants = [n for n in consumers if n.op_type == "Quant"]
-        if len(consumers) != 1 or not quants:
-            if model.get_tensor_datatype(graph_in) == DataType["UINT8"]:
-                return model, False  # already applied
-            ops = ", ".join(f"{n.name or '?'} ({n.op_type})" for n in consumers) or "nothing"
-            raise MappingError(f"graph input '{graph_in}' feeds {ops}; expected one 8-bit unsigned Quant "
-                               "with scale 1/255 (the hwq input quantizer)")
-        quant = quants[0]
-        scale = model.get_initializer(quant.input[1])
-        zero = model.get_initializer(quant.input[2])
-        bits = model.get_initializer(quant.input[3])
-        signed = getCustomOp(quant).get_nodeattr("signed")
-        if (scale is None or zero is None or bits is None or np.size(scale) != 1 or signed
-                or int(bits) != 8 or float(zero) != 0.0 or not np.isclose(float(scale), INPUT_SCALE, rtol=1e-6)):
-            raise MappingError(
-                f"node '{quant.name}' (Quant on the graph input): expected unsigned 8-bit, scale 1/255, zero 0; "
-                f"got signed={signed}, bits={bits}, scale={scale}, zero={zero}")
-        param = model.make_new_valueinfo_name()
-        model.set_initializer(param, np.asarray(float(scale), dtype=np.float32))
-        mul = helper.make_node("Mul", [graph_in, param], [quant.output[0]], name="hwq_input_scale")
-        index = list(model.graph.node).index(quant)
-        model.graph.node.remove(quant)
-        model.graph.node.insert(index, mul)
-        model.set_tensor_datatype(graph_in, DataType["UINT8"])
-        return model, False
 
 
 def unmapped_nodes(model: ModelWrapper) -> list[dict[str, str]]:
