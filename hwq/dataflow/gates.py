@@ -41,6 +41,9 @@ COMPUTE_OPS = ("MVAU", "VVAU", "Thresholding")
 # --- running the graphs ------------------------------------------------------------------------------------------
 def run_hw_graph(model: ModelWrapper, images: np.ndarray, keep: list[str]) -> tuple[dict, dict]:
     """Execute a FINN graph image by image; returns (``keep`` tensors stacked, observed (min, max) of every tensor)."""
+    from hwq.dataflow.finn_compat import import_finn_layers
+
+    import_finn_layers()
     in_name, shape = model.graph.input[0].name, model.get_tensor_shape(model.graph.input[0].name)
     kept: dict[str, list] = {name: [] for name in keep}
     ranges: dict[str, tuple[float, float]] = {}
