@@ -28,9 +28,10 @@ from math import lcm
 
 import numpy as np
 
-from hwq.rtl.blocks import _adder_tree, _collector, _hex, _pack, _ports, clog2
+from hwq.rtl.blocks import _adder_tree, _hex, _pack, _ports, clog2
 from hwq.rtl.layers import ElemType, UnsupportedLayerError
 from hwq.rtl.layers_stream import FMPaddingLayer, GlobalAccPoolLayer, QuantAvgPoolLayer, ThresholdingLayer
+from hwq.rtl.window import window_pool_verilog
 
 
 def _check_beat(layer, in_beat: int, channels: int) -> None:
@@ -242,58 +243,22 @@ def global_acc_pool_verilog(layer: GlobalAccPoolLayer, in_beat: int) -> str:
 # --- windowed average ----------------------------------------------------------------------------------------------
 def quant_avg_pool_verilog(layer: QuantAvgPoolLayer, in_beat: int) -> str:
     """Verilog of FINN's QuantAvgPool over windows from a sliding window generator, ``pe`` channels per cycle:
-    the sum of each channel's ``window`` values, shifted right by ``shift`` (arithmetic for signed values)."""
-    c, pe, k2, ib, ob = layer.channels, layer.pe, layer.window, layer.in_type.bits, layer.out_type.bits
-    vec = k2 * c
-    if in_beat < 1 or vec % in_beat:
-        raise UnsupportedLayerError(f"{layer.name}: its producer's {in_beat} elements per beat do not divide "
-                                    f"a window of {vec} elements")
-    steps = c // pe
+    the sum of each channel's ``window`` values, shifted right by ``shift`` (arithmetic for signed values); the
+    max-pool's frame (:func:`hwq.rtl.window.window_pool_verilog`) with a sum for the maximum."""
+    k2, ib, ob = layer.window, layer.in_type.bits, layer.out_type.bits
     sum_t = ElemType.for_range(*layer.sum_range())
     if layer.in_type.signed and not sum_t.signed:
         sum_t = ElemType(sum_t.bits + 1, True)
     sb = max(sum_t.bits, ib)
     sgn = "signed " if layer.in_type.signed else ""
-    L = _ports(layer.name, in_beat * ib, pe * ob)
-    L += [f"    // {layer.name}: sum of {k2} pixels x {c} channels ({ib}-bit) >> {layer.shift} into {ob} bits, "
-          f"{pe} channels per cycle ({steps} cycles per window)"]
-    L += _collector(vec * ib, in_beat * ib)
-    # channel-major copy of the window, as in the max-pool: step s reads one slice of PE * k2 values
-    perm = [_element("vbuf", k * c + ch, ib) for ch in range(c) for k in range(k2)]
-    L += ["    wire en = !out_valid || out_ready;",
-          "    reg busy;",
-          f"    reg [{vec * ib - 1}:0] xv;",
-          f"    wire [{vec * ib - 1}:0] xperm = {{{', '.join(reversed(perm))}}};",
-          f"    reg [{clog2(steps) - 1}:0] step;",
-          f"    wire [{pe * k2 * ib - 1}:0] xs = "
-          + ("xv;" if steps == 1 else f"xv[step * {pe * k2 * ib} +: {pe * k2 * ib}];"),
-          f"    wire last = busy && en && step == {steps - 1};",
-          "    assign load = vbuf_full && (!busy || last);"]
-    outs = []
-    for p in range(pe):
-        terms = []
+
+    def average(p: int, xs: str) -> tuple[list[str], str]:
+        lines, terms = [], []
         for k in range(k2):
-            x = _extend("xs", p * k2 + k, layer.in_type, sb)
-            L.append(f"    wire {sgn}[{sb - 1}:0] x{p}_{k} = {x};")
+            lines.append(f"    wire {sgn}[{sb - 1}:0] x{p}_{k} = {_extend(xs, p * k2 + k, layer.in_type, sb)};")
             terms.append((f"x{p}_{k}", sb))
-        tl, total, _ = _adder_tree(f"s{p}", terms, layer.in_type.signed, sb)
-        L += tl
+        tree, total, _ = _adder_tree(f"s{p}", terms, layer.in_type.signed, sb)
         shifted = f"($signed({total}) >>> {layer.shift})" if layer.in_type.signed else f"({total} >> {layer.shift})"
-        L.append(f"    wire {sgn}[{sb - 1}:0] a{p} = {shifted};")
-        outs.append(f"a{p}[{ob - 1}:0]")
-    L += ["    always @(posedge clk) begin",
-          "        if (rst) begin",
-          "            busy <= 1'b0; out_valid <= 1'b0; step <= 0;",
-          "        end else begin",
-          "            if (en) out_valid <= busy;",
-          "            if (load) begin",
-          "                busy <= 1'b1; step <= 0; xv <= xperm;",
-          "            end else if (busy && en) begin",
-          "                if (last) busy <= 1'b0;",
-          "                step <= step + 1'b1;",
-          "            end",
-          "        end",
-          f"        if (busy && en) out_data <= {{{', '.join(reversed(outs))}}};",
-          "    end",
-          "endmodule", ""]
-    return "\n".join(L)
+        return lines + tree + [f"    wire {sgn}[{sb - 1}:0] a{p} = {shifted};"], f"a{p}[{ob - 1}:0]"
+
+    return window_pool_verilog(layer, in_beat, ob, f"sum >> {layer.shift} into {ob} bits", average)

@@ -136,17 +136,20 @@ def sliding_window_verilog(layer: SlidingWindowLayer, in_beat: int) -> str:
     return "\n".join(L)
 
 
-def max_pool_verilog(layer: PoolLayer, in_beat: int) -> str:
-    """Verilog of a max-pool over windows from a sliding window generator, ``pe`` channels per cycle."""
+def window_pool_verilog(layer, in_beat: int, out_bits: int, what: str, reduce) -> str:
+    """The frame of a pool over windows from a sliding window generator, ``pe`` channels per cycle, which the
+    max-pool and FINN's QuantAvgPool share: collect a window of ``window`` pixels x ``channels``, copy it
+    channel-major, and each cycle reduce the ``window`` values of ``pe`` channels. ``reduce(p, xs)`` gets PE lane
+    ``p`` and the bus ``xs`` (lane p's value k at element ``p * window + k``, ``in_type`` bits each) and returns
+    ``(lines, value)``: the Verilog declaring the lane's result and the expression of its ``out_bits`` bits."""
     c, pe, k2, ib = layer.channels, layer.pe, layer.window, layer.in_type.bits
     vec = k2 * c
-    if vec % in_beat:
+    if in_beat < 1 or vec % in_beat:
         raise UnsupportedLayerError(f"{layer.name}: its producer's {in_beat} elements per beat do not divide "
                                     f"a window of {vec} elements")
     steps = c // pe
-    sgn = "signed " if layer.in_type.signed else ""
-    L = _ports(layer.name, in_beat * ib, pe * ib)
-    L += [f"    // {layer.name}: max of {k2} pixels x {c} channels ({ib}-bit), {pe} channels per cycle "
+    L = _ports(layer.name, in_beat * ib, pe * out_bits)
+    L += [f"    // {layer.name}: {what} of {k2} pixels x {c} channels ({ib}-bit), {pe} channels per cycle "
           f"({steps} cycles per window)"]
     L += _collector(vec * ib, in_beat * ib)
     # channel-major copy of the window: the k2 values of channel ch sit at (ch * k2 + k), so step s reads one
@@ -164,13 +167,9 @@ def max_pool_verilog(layer: PoolLayer, in_beat: int) -> str:
           "    assign load = vbuf_full && (!busy || last);"]
     outs = []
     for p in range(pe):
-        for k in range(k2):
-            b = (p * k2 + k) * ib
-            L.append(f"    wire {sgn}[{ib - 1}:0] x{p}_{k} = xs[{b + ib - 1}:{b}];")
-        L.append(f"    wire {sgn}[{ib - 1}:0] m{p}_0 = x{p}_0;")
-        for k in range(1, k2):
-            L.append(f"    wire {sgn}[{ib - 1}:0] m{p}_{k} = (x{p}_{k} > m{p}_{k - 1}) ? x{p}_{k} : m{p}_{k - 1};")
-        outs.append(f"m{p}_{k2 - 1}")
+        lines, value = reduce(p, "xs")
+        L += lines
+        outs.append(value)
     L += ["    always @(posedge clk) begin",
           "        if (rst) begin",
           "            busy <= 1'b0; out_valid <= 1'b0; step <= 0;",
@@ -187,3 +186,21 @@ def max_pool_verilog(layer: PoolLayer, in_beat: int) -> str:
           "    end",
           "endmodule", ""]
     return "\n".join(L)
+
+
+def max_pool_verilog(layer: PoolLayer, in_beat: int) -> str:
+    """Verilog of a max-pool over windows from a sliding window generator, ``pe`` channels per cycle."""
+    k2, ib = layer.window, layer.in_type.bits
+    sgn = "signed " if layer.in_type.signed else ""
+
+    def maximum(p: int, xs: str) -> tuple[list[str], str]:
+        lines = []
+        for k in range(k2):
+            b = (p * k2 + k) * ib
+            lines.append(f"    wire {sgn}[{ib - 1}:0] x{p}_{k} = {xs}[{b + ib - 1}:{b}];")
+        lines.append(f"    wire {sgn}[{ib - 1}:0] m{p}_0 = x{p}_0;")
+        for k in range(1, k2):
+            lines.append(f"    wire {sgn}[{ib - 1}:0] m{p}_{k} = (x{p}_{k} > m{p}_{k - 1}) ? x{p}_{k} : m{p}_{k - 1};")
+        return lines, f"m{p}_{k2 - 1}"
+
+    return window_pool_verilog(layer, in_beat, ib, "max", maximum)
