@@ -36,7 +36,7 @@ def mnist_tfc(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "tfc-mnist-shape"
     run.mkdir()
     export_qonnx_model(build_model(ModelSpec("tfc", 1, 1, image_shape=(1, 28, 28))).eval(), run / "model.onnx")
-    write_json(run / "metrics.json", {"config": {"dataset": "mnist"}})   # its images: the calibration file
+    write_json(run / "metrics.json", {"config": {"dataset": "mnist"}})   # its images: the calibration file below
     np.savez(run / "images.npz", images=np.zeros((1, 1, 28, 28), np.uint8))  # for the input checks only
     m = run_build(run, BuildConfig(force=True, verify_samples=1, out_dir=str(run / "hw"),
                                    calibration=str(run / "images.npz")), progress=False, steps=UP_TO_SPECIALIZE)
@@ -86,8 +86,9 @@ def test_no_folding_fits_names_what_is_missing(digits_tfc_build, tmp_path):
 
 def test_missed_target_fps_is_a_warning_and_a_manifest_field(mnist_tfc, capsys):
     run, _ = mnist_tfc
+    images = str(run / "images.npz")
     m = run_build(run, BuildConfig(board="zcu104", target_fps=3_000_000, force=True, verify_samples=1,
-                                   out_dir=str(run / "zcu")), progress=False, steps=UP_TO_FOLD)
+                                   out_dir=str(run / "zcu"), calibration=images), progress=False, steps=UP_TO_FOLD)
     folding = m["folding"]
     assert folding["target_fps"] == 3_000_000 and folding["met"] is False and folding["fits"]
     assert folding["max_cycles"] == 49 and round(folding["achieved_fps"]) == 2_040_816
@@ -95,6 +96,7 @@ def test_missed_target_fps_is_a_warning_and_a_manifest_field(mnist_tfc, capsys):
     assert ("warning: --target-fps 3e+06 not met on zcu104: the fastest folding FINN's SetFolding reaches for it "
             "gives 2,040,816 fps (49 cycles per frame at 100 MHz, bottleneck MVAU_hls_0)") in err
     met = run_build(run, BuildConfig(board="zcu104", target_fps=1_000_000, force=True, verify_samples=1,
-                                     out_dir=str(run / "zcu")), progress=False, steps=UP_TO_FOLD)["folding"]
+                                     out_dir=str(run / "zcu"), calibration=images), progress=False,
+                    steps=UP_TO_FOLD)["folding"]
     assert met["met"] is True and met["achieved_fps"] >= 1_000_000
     assert json.loads((run / "zcu" / "manifest.json").read_text())["folding"] == met
