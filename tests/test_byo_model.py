@@ -316,8 +316,9 @@ def test_cnv_reference_network_builds_layer_wise(tmp_path, how):
 
 @pytest.mark.slow
 def test_cnv_reference_network_builds_on_the_open_backend(tmp_path):
-    """CNV-1w1a (TorchScript export) through hwq's Verilog: one CIFAR-sized image simulated in Icarus (21,600
-    cycles at the fastest Pynq-Z2 folding: a few minutes), bit-exact, at the folding bound."""
+    """CNV-1w1a (TorchScript export) through hwq's Verilog: two CIFAR-sized images simulated in Icarus (21,600
+    cycles each at the fastest Pynq-Z2 folding: a few minutes; two, so that there is an interval between
+    results), bit-exact, at the folding bound."""
     import torch
     from brevitas.export import export_qonnx
     from brevitas_examples.bnn_pynq.models import model_with_cfg
@@ -329,8 +330,8 @@ def test_cnv_reference_network_builds_on_the_open_backend(tmp_path):
     path = tmp_path / "cnv_1w1a.onnx"
     export_qonnx(model.eval(), input_t=torch.rand(1, 3, 32, 32), export_path=str(path), dynamo=False)
     np.savez(tmp_path / "images.npz",
-             images=np.random.default_rng(1).integers(0, 256, size=(1, 3, 32, 32), dtype=np.uint8))
+             images=np.random.default_rng(1).integers(0, 256, size=(2, 3, 32, 32), dtype=np.uint8))
     m = run_open_build(path, OpenBuildConfig(board="ulx3s-85f", calibration=str(tmp_path / "images.npz"),
-                                             verify_samples=1, synthesise=False))
+                                             verify_samples=2, synthesise=False))
     assert m["status"] == "done" and m["bit_exact"]["layerwise"] and m["simulation"]["bit_exact"]
     assert m["simulation"]["cycles_per_image"] == m["simulation"]["folding_bound_cycles"]
