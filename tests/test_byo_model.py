@@ -228,14 +228,101 @@ def test_an_unquantized_input_is_a_line_naming_the_node(tmp_path, exports):
     assert "\n" not in str(err.value) and not list(tmp_path.glob("*-build-*"))
 
 
-def test_floor_rounding_of_an_activation_is_refused_naming_the_node(tmp_path):
-    path = _hand_made(tmp_path / "floor.onnx",
+def test_ceil_rounding_of_an_activation_is_refused_naming_the_node(tmp_path):
+    path = _hand_made(tmp_path / "ceil.onnx",
                       [_quant("q_in", "x", "xq"), helper.make_node("MatMul", ["xq", "w"], ["h"], name="fc1"),
-                       _quant("act_floor", "h", "y", rounding="FLOOR")],
+                       _quant("act_ceil", "h", "y", rounding="CEIL")],
                       {"w": np.ones((4, 3), np.float32), **QUANT_PARAMS})
-    with pytest.raises(MappingError, match=r"floor\.onnx: node 'act_floor' \(Quant\) rounds with "
-                                           r"rounding_mode=FLOOR; FINN maps .* export it with ROUND"):
+    with pytest.raises(MappingError, match=r"ceil\.onnx: node 'act_ceil' \(Quant\) rounds with "
+                                           r"rounding_mode=CEIL; FINN maps .* export it with ROUND"):
         run_build(path, BuildConfig(dataset="digits"), progress=False)
+
+
+def _with_floor_activations(src, dst):
+    """``src`` with every activation Quant (not those on weights) rounding down; their names."""
+    model = onnx.load(str(src), load_external_data=False)
+    weights = {i.name for i in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type == "Quant" and node.input[0] not in weights:
+            next(a for a in node.attribute if a.name == "rounding_mode").s = b"FLOOR"
+            names.append(node.name)
+    onnx.save(model, str(dst))
+    return names
+
+
+def test_floor_rounding_activations_build_exactly(exports, bare, tmp_path):
+    """FINN builds every activation quantizer as ROUND; hwq's FLOOR passes make a network whose quantizers
+    (input and hidden) all round down build bit-exact layer by layer; the same hardware is not the ROUND network."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from hwq.dataflow import gates
+    from hwq.dataflow.errors import BitExactnessError
+    from hwq.dataflow.model_import import load_qonnx
+
+    path = tmp_path / "tfc-floor.onnx"
+    floors = _with_floor_activations(bare("tfc_2w2a-ts"), path)
+    m = run_build(path, BuildConfig(calibration=str(exports["calibration"]), verify_samples=12), progress=False,
+                  stop_step="estimate")
+    gate = m["bit_exact"]
+    assert gate["passed"] and gate["layerwise"] and len(gate["tensors"]) == 6
+    assert gate["floor_ties"].startswith("4 FLOOR quantizer(s) of the reference floor x/s raised by 2e-05")
+    assert m["floor_quants"] == floors and len(floors) == 4          # the input quantizer and three hidden
+    build = tmp_path / "tfc-floor-build-pynq-z2"
+    hw_graph = ModelWrapper(str(build / "intermediate" / "create_dataflow_partition.onnx"))
+    images = np.load(exports["calibration"])["images"]
+    as_round, _ = load_qonnx(exports["tfc_2w2a-ts"])
+    with pytest.raises(BitExactnessError):
+        gates.check_bit_exact(as_round, hw_graph, images)
+
+
+def test_floor_rounding_activations_on_the_open_backend(exports, bare, tmp_path):
+    """The open backend reads the FINN HW graph's thresholds, so the floor's snapped thresholds are its too."""
+    from hwq.rtl.build import OpenBuildConfig, run_open_build
+
+    path = tmp_path / "tfc-floor.onnx"
+    _with_floor_activations(bare("tfc_2w2a-ts"), path)
+    m = run_open_build(path, OpenBuildConfig(board="ulx3s-85f", calibration=str(exports["calibration"]),
+                                             verify_samples=2, synthesise=False))
+    assert m["status"] == "done" and m["bit_exact"]["layerwise"] and m["simulation"]["bit_exact"]
+    assert m["bit_exact"]["floor_ties"].startswith("4 FLOOR quantizer(s)")
+
+
+def test_a_floor_tie_the_float_accumulator_misses_counts_as_its_integer(tmp_path):
+    """QONNX floors an exact tie that float rounding put at -1e-8 to -1; the gate's reference takes it as 0, as
+    the hardware's snapped thresholds do (hwq.dataflow.floor_rounding)."""
+    from qonnx.core.datatype import DataType
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    from hwq.dataflow.floor_rounding import SnapFloorThresholds, tie_tolerant_reference
+    from hwq.dataflow.provenance import record_user_nodes
+
+    path = _hand_made(tmp_path / "floor.onnx", [_quant("act_floor", "x", "y", rounding="FLOOR")],
+                      dict(QUANT_PARAMS), out_shape=(1, 4))
+    model = ModelWrapper(str(path)).transform(InferShapes())
+    x = np.array([[-1e-8, 0.5 - 1e-7, 0.7, -0.3]], np.float32)  # in steps of 0.5: ties at 0 and 1, then 1.4, -0.6
+    plain = execute_onnx(model, {"x": x})["y"]
+    reference, count = tie_tolerant_reference(model)
+    tolerant = execute_onnx(reference.transform(InferShapes()), {"x": x})["y"]
+    assert count == 1 and plain.tolist() == [[-0.5, 0.0, 0.5, -0.5]]
+    assert tolerant.tolist() == [[0.0, 0.5, 0.5, -0.5]]
+    assert [n.op_type for n in model.graph.node] == ["Quant"]       # the user's graph is left as it was
+
+    # thresholds on an integer accumulator that streamlining left a float rounding off the floor's integers
+    mt = helper.make_node("MultiThreshold", ["acc", "t"], ["out"], name="MultiThreshold_0",
+                          domain="qonnx.custom_op.general", out_dtype="INT4")
+    mt.doc_string = record_user_nodes(model).graph.node[0].doc_string    # made from the user's 'act_floor'
+    graph = helper.make_graph([mt], "hw", [helper.make_tensor_value_info("acc", TensorProto.FLOAT, (1, 2))],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, (1, 2))],
+                              initializer=[helper.make_tensor("t", TensorProto.FLOAT, (1, 3),
+                                                              [0.999999, 2.00001, 2.6])])
+    hw = ModelWrapper(helper.make_model(graph))
+    hw.set_tensor_datatype("acc", DataType["INT8"])
+    snap = SnapFloorThresholds.for_user_graph(model)
+    hw = hw.transform(snap)
+    assert hw.get_initializer("t").tolist() == [[1.0, 2.0, 2.5999999046325684]] and snap.changed == 2
 
 
 def test_a_graph_the_checker_rejects_shows_the_checkers_message(tmp_path):

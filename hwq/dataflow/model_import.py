@@ -5,8 +5,9 @@
 Brevitas ``export_qonnx``, either of torch's exporters; a QONNX file from qonnx's converters; a hand-written
 graph). It refuses, in one line naming the file: a missing or corrupt file, an unknown node domain
 (:mod:`hwq.onnx_check`), a graph that fails ``onnx.checker`` (with the checker's own message), a graph without
-QONNX quantizers, one with more than one real input or output, and an activation ``Quant`` with FLOOR rounding
-(FINN converts every activation quantizer to thresholds as ROUND; :func:`check_rounding`).
+QONNX quantizers, one with more than one real input or output, and an activation ``Quant`` with CEIL rounding
+(FINN converts every activation quantizer to thresholds as ROUND; FLOOR is built exactly by
+:mod:`hwq.dataflow.floor_rounding`; :func:`check_rounding`).
 
 :func:`tidy_qonnx` makes the graph what FINN's conversion expects, as ``qonnx cleanup`` and FINN's
 ``qonnx_to_finn`` do, and records each pass in the build manifest (``source.import``):
@@ -202,20 +203,20 @@ def name_unnamed_nodes(model: ModelWrapper) -> list[str]:
 
 
 def check_rounding(model: ModelWrapper, source: str | Path) -> None:
-    """Refuse an activation ``Quant`` with ``rounding_mode`` other than ROUND: FINN turns activation quantizers
-    into thresholds placed for round-to-nearest, so FLOOR (or CEIL) would be built as ROUND without a word.
-    Weight quantizers (on initializers) are folded into integers exactly and may round any way."""
-    from onnx import helper
+    """Refuse an activation ``Quant`` that rounds other than ROUND or FLOOR: FINN turns activation quantizers into
+    thresholds placed for round-to-nearest; FLOOR is built exactly by :mod:`hwq.dataflow.floor_rounding`, CEIL
+    would be built as ROUND without a word. Weight quantizers (on initializers) are folded into integers exactly
+    and may round any way."""
+    from hwq.dataflow.floor_rounding import rounding_mode
 
     for node in model.graph.node:
         if node.op_type != "Quant" or model.get_initializer(node.input[0]) is not None:
             continue
-        mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "rounding_mode"), b"ROUND")
-        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
-        if mode.upper() != "ROUND":
+        mode = rounding_mode(node)
+        if mode not in ("ROUND", "FLOOR"):
             raise MappingError(f"{source}: node '{node.name}' (Quant) rounds with rounding_mode={mode}; FINN maps "
-                               f"activation quantizers to thresholds that round to nearest, so it would compute "
-                               f"ROUND; export it with ROUND (Brevitas' default)")
+                               f"activation quantizers to thresholds that round to nearest (hwq also builds "
+                               f"FLOOR), so it would compute ROUND; export it with ROUND (Brevitas' default)")
 
 
 def check_tidy(original: ModelWrapper, tidied: ModelWrapper, inputs: np.ndarray) -> dict[str, Any]:

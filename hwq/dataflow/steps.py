@@ -20,6 +20,7 @@ from hwq.dataflow.config import BuildConfig
 from hwq.dataflow.driver import Step
 from hwq.dataflow.errors import MappingError
 from hwq.dataflow.finn_compat import import_finn_steps
+from hwq.dataflow.floor_rounding import FloorAsShiftedRound, SnapFloorThresholds
 from hwq.dataflow.input_convention import InputConvention, UseUint8Input, find_input_convention
 from hwq.dataflow.passes import (ClampPopcountThresholds, CorrectPopcountDatatypes, binary_depthwise_matmuls,
                                  unmapped_nodes)
@@ -91,9 +92,14 @@ def step_qonnx_to_finn(model: ModelWrapper, ctx: BuildContext) -> StepResult:
     """finn-plus ``step_qonnx_to_finn``, after hwq's average-pool passes on the QONNX graph
     (:func:`hwq.dataflow.passes_branches.prepare_average_pools`): Brevitas' TruncAdaptiveAvgPool2d takes the form of
     its TruncAvgPool2d, a Trunc that widens is narrowed to the identity it is (finn-plus's conversion drops its
-    factor), and a pool FINN cannot compute exactly is a MappingError naming the user's Trunc."""
+    factor), and a pool FINN cannot compute exactly is a MappingError naming the user's Trunc. An activation
+    Quant that rounds down becomes ``Quant_ROUND(x - s/2)`` (:mod:`hwq.dataflow.floor_rounding`; the manifest lists
+    them, ``floor_quants``), whose thresholds ``step_streamline`` snaps to the floor's integers."""
     model = prepare_average_pools(model)
-    return import_finn_steps().step_qonnx_to_finn(model, ctx.finn_cfg), {}
+    floors = FloorAsShiftedRound()
+    model = model.transform(floors)
+    report = {"floor_quants": floors.rewritten} if floors.rewritten else {}
+    return import_finn_steps().step_qonnx_to_finn(model, ctx.finn_cfg), report
 
 
 def step_insert_topk(model: ModelWrapper, ctx: BuildContext) -> StepResult:
@@ -112,16 +118,22 @@ def step_streamline(model: ModelWrapper, ctx: BuildContext) -> StepResult:
     bit 0 of the 0/1 stream, which FINN's padding hardware writes. A float global average pool becomes FINN's
     GlobalAccPool with its 1/(H*W) in the next thresholds, and the scales of a residual add's or a concat's
     inputs move past the join (finn-plus's StreamlinePlus); thresholds an integer sum can hit exactly round half
-    to even, as QONNX does (``RoundHalfEvenAtTies``; the manifest counts them, ``round_half_even_thresholds``).
+    to even, as QONNX does (``RoundHalfEvenAtTies``; the manifest counts them, ``round_half_even_thresholds``),
+    and those of a FLOOR quantizer sit exactly on the floor's integers (``SnapFloorThresholds``,
+    ``floor_thresholds_snapped``).
     The binary depthwise MatMuls (later VVAUs) are listed in the manifest (``binary_depthwise``)."""
     model = finn_compat.streamline(model, ctx.finn_cfg)
     ties = RoundHalfEvenAtTies.for_user_graph(ctx.qonnx_model) if ctx.qonnx_model is not None else None
-    if ties is not None:
-        model = model.transform(ties)
+    snap = SnapFloorThresholds.for_user_graph(ctx.qonnx_model) if ctx.qonnx_model is not None else None
+    for each in (ties, snap):
+        if each is not None:
+            model = model.transform(each)
     depthwise = binary_depthwise_matmuls(model)
     report = {"binary_depthwise": depthwise} if depthwise else {}
     if ties is not None and ties.changed:
         report["round_half_even_thresholds"] = ties.changed
+    if snap is not None and snap.changed:
+        report["floor_thresholds_snapped"] = snap.changed
     return model, report
 
 
