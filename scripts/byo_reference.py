@@ -14,10 +14,11 @@ built with no hand edits:
    same folding file, for its LUT estimate next to hwq's;
 3. the open backend (``hwq build FILE --backend open``) with the same folding: RTL simulation of test images
    bit-exact against the NumPy reference, Yosys + nextpnr for the ULX3S-85F (``--no-synth`` to skip; the CNV is
-   simulated on fewer images, Icarus runs about 10k cycles/s).
+   simulated on fewer images, Icarus runs about 10k cycles/s, and placed only with ``--place-cnv``).
 
     .venv/bin/python scripts/byo_reference.py                     # writes benchmarks/byo_reference.{json,md}
     .venv/bin/python scripts/byo_reference.py --networks tfc_1w1a --exports ts --backends finn
+    .venv/bin/python scripts/byo_reference.py --networks cnv_1w1a --exports ts --place-cnv --update
 """
 
 from __future__ import annotations
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=20, help="gate images (default 20)")
     p.add_argument("--open-samples", type=int, default=4, help="RTL-simulated images (default 4)")
     p.add_argument("--no-synth", action="store_true", help="open backend: simulate only")
+    p.add_argument("--place-cnv", action="store_true",
+                   help="open backend: synthesise and place the CNV too (about 80 minutes on 2 cores)")
     p.add_argument("--out", default="benchmarks/byo_reference")
     p.add_argument("--update", action="store_true",
                    help="replace only the rows run now in an existing OUT.json (default: write it anew)")
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                     if "finn-builder" in args.backends:
                         row["finn_builder"] = finn_builder(build, root / f"{path.stem}-finn-builder")
                     if "open" in args.backends:
-                        synth = not args.no_synth and name.startswith("tfc")
+                        synth = not args.no_synth and (name.startswith("tfc") or args.place_cnv)
                         row["open"] = open_backend(path, row["dataset"], build, args.open_samples, synth)
                 except Exception as err:  # noqa: BLE001 - a benchmark row records its failure and goes on
                     row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
