@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -85,7 +84,7 @@ def finn_builder(build: Path, out: Path) -> dict:
     from finn.builder.build_dataflow_config import DataflowBuildConfig, DataflowOutputType
 
     from hwq.boards import load_board
-    from hwq.dataflow.finn_compat import finn_session
+    from hwq.dataflow.finn_compat import finn_session, keeping_process_output
 
     board = load_board("pynq-z2")
     steps = ["step_qonnx_to_finn", "step_tidy_up", "step_streamline", "step_convert_to_hw",
@@ -96,13 +95,8 @@ def finn_builder(build: Path, out: Path) -> dict:
                               generate_outputs=[DataflowOutputType.ESTIMATE_REPORTS], steps=steps,
                               auto_fifo_depths=False)
     model = build / "intermediate" / "insert_topk.onnx"  # hwq's UINT8 input and the TopK FINN's flows append
-    saved = sys.stdout, sys.stderr, logging.getLogger().handlers[:]
-    try:  # FINN's builder takes over stdout and the root logger for the rest of the process: give them back
-        with finn_session(out / "codegen"):
-            code = build_dataflow_cfg(str(model), cfg)
-    finally:
-        sys.stdout, sys.stderr = saved[0], saved[1]
-        logging.getLogger().handlers[:] = saved[2]
+    with keeping_process_output(), finn_session(out / "codegen"):
+        code = build_dataflow_cfg(str(model), cfg)
     if code != 0:
         return {"status": "failed", "log": str(out / "build_dataflow.log")}
     layers = json.loads((out / "report" / "estimate_layer_resources.json").read_text())

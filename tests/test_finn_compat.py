@@ -150,3 +150,18 @@ def test_finn_session_keeps_a_real_vivado_path_and_restores_on_error(tmp_path, m
         assert os.environ["XILINX_VIVADO"] == "/opt/Xilinx/Vivado/2024.2"
         raise RuntimeError("boom")
     assert os.environ["XILINX_VIVADO"] == "/opt/Xilinx/Vivado/2024.2" and _finn_state() == state
+
+
+def test_keeping_process_output_gives_back_stdout_and_the_root_loggers_handlers():
+    """What FINN's builder does to the process (its stdout redirection and logging setup) ends with the block."""
+    import io
+    import logging
+    import sys
+
+    from hwq.dataflow.finn_compat import keeping_process_output
+
+    before = sys.stdout, sys.stderr, logging.getLogger().handlers[:]
+    with keeping_process_output():
+        sys.stdout, sys.stderr = io.StringIO(), io.StringIO()
+        logging.getLogger().addHandler(logging.StreamHandler(sys.stdout))
+    assert (sys.stdout, sys.stderr, logging.getLogger().handlers) == before

@@ -119,14 +119,12 @@ def _test_images(source: Path, config: BuildConfig) -> tuple[str, np.ndarray]:
         images = read_calibration(config.calibration)
         name = f"calibration:{config.calibration}"
     else:
-        dataset = config.dataset
-        if dataset is None and _is_hwq_run(source) and (source / "metrics.json").is_file():
-            dataset = read_json(source / "metrics.json", "training metrics").get("config", {}).get("dataset")
+        train = read_json(source / "metrics.json", "training metrics").get("config", {}) \
+            if _is_hwq_run(source) and (source / "metrics.json").is_file() else {}
+        dataset = config.dataset if config.dataset is not None else train.get("dataset")
         if dataset is None:
             raise ConfigError(f"{source}: no dataset for the gate's test images: give --dataset NAME (digits, "
                               "mnist, cifar10) or --calibration FILE.npz")
-        train = read_json(source / "metrics.json", "training metrics").get("config", {}) \
-            if _is_hwq_run(source) and (source / "metrics.json").is_file() else {}
         loaded = load_dataset(dataset, config.data_dir or train.get("data_dir"))
         images, name = loaded.test_x.numpy(), loaded.name
     if config.verify_samples > len(images):

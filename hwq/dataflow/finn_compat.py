@@ -107,6 +107,22 @@ def import_finn_steps() -> ModuleType:
 
 
 @contextlib.contextmanager
+def keeping_process_output() -> Iterator[None]:
+    """Give back ``sys.stdout``, ``sys.stderr`` and the root logger's handlers on exit: FINN's own builder
+    (``build_dataflow_cfg``) takes them over for the rest of the process (hwq's build never calls it; scripts
+    that run it next to hwq's build do)."""
+    import logging
+    import sys
+
+    saved = sys.stdout, sys.stderr, logging.getLogger().handlers[:]
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved[0], saved[1]
+        logging.getLogger().handlers[:] = saved[2]
+
+
+@contextlib.contextmanager
 def finn_session(codegen_dir: str | Path) -> Iterator[None]:
     """Run finn-plus transforms with settings whose build folder is ``codegen_dir`` (workarounds 1, 3 and 6).
 

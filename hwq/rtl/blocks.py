@@ -29,6 +29,21 @@ def clog2(n: int) -> int:
     return max(1, (n - 1).bit_length())
 
 
+def _element(word: str, i: int, bits: int) -> str:
+    """Element ``i`` (``bits`` wide) of the packed ``word``, element 0 in the LSBs."""
+    return f"{word}[{i * bits + bits - 1}:{i * bits}]" if bits > 1 else f"{word}[{i}]"
+
+
+def _extend(word: str, i: int, t: ElemType, bits: int) -> str:
+    """Element ``i`` (of type ``t``) of ``word``, sign- or zero-extended to ``bits`` (>= its width)."""
+    expr = _element(word, i, t.bits)
+    if bits == t.bits:
+        return expr
+    if t.signed:
+        return f"{{{{{bits - t.bits}{{{word}[{i * t.bits + t.bits - 1}]}}}}, {expr}}}"
+    return f"{{{bits - t.bits}'d0, {expr}}}"
+
+
 def _hex(value: int, bits: int) -> str:
     return f"{bits}'h{value & ((1 << bits) - 1):x}"
 

@@ -28,7 +28,7 @@ from math import lcm
 
 import numpy as np
 
-from hwq.rtl.blocks import _adder_tree, _hex, _pack, _ports, clog2
+from hwq.rtl.blocks import _adder_tree, _element, _extend, _hex, _pack, _ports, clog2
 from hwq.rtl.layers import ElemType, UnsupportedLayerError
 from hwq.rtl.layers_stream import FMPaddingLayer, GlobalAccPoolLayer, QuantAvgPoolLayer, ThresholdingLayer
 from hwq.rtl.window import window_pool_verilog
@@ -89,20 +89,6 @@ def _counter(name: str, n: int, step: str) -> list[str]:
             f"    wire {name}_wrap = {name} == {n - 1};",
             f"    always @(posedge clk) if (rst) {name} <= 0; "
             f"else if ({step}) {name} <= {name}_wrap ? {clog2(n)}'d0 : {name} + 1'b1;"]
-
-
-def _element(word: str, i: int, bits: int) -> str:
-    return f"{word}[{i * bits + bits - 1}:{i * bits}]" if bits > 1 else f"{word}[{i}]"
-
-
-def _extend(word: str, i: int, t: ElemType, bits: int) -> str:
-    """Element ``i`` (of type ``t``) of ``word``, sign- or zero-extended to ``bits`` (>= its width)."""
-    expr = _element(word, i, t.bits)
-    if bits == t.bits:
-        return expr
-    if t.signed:
-        return f"{{{{{bits - t.bits}{{{word}[{i * t.bits + t.bits - 1}]}}}}, {expr}}}"
-    return f"{{{bits - t.bits}'d0, {expr}}}"
 
 
 # --- thresholds ----------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from math import lcm
 
-from hwq.rtl.blocks import clog2
+from hwq.rtl.blocks import _extend, clog2
 from hwq.rtl.layers import ElemType, UnsupportedLayerError
 from hwq.rtl.layers_branch import AddLayer, ConcatLayer, DuplicateLayer
 
@@ -111,19 +111,6 @@ def _rebeat(prefix: str, src: str, in_beat: int, beat: int, bits: int, vector: i
             "    end"]
 
 
-def _element(word: str, i: int, bits: int) -> str:
-    return f"{word}[{i * bits + bits - 1}:{i * bits}]" if bits > 1 else f"{word}[{i}]"
-
-
-def _extended(word: str, i: int, t: ElemType, bits: int) -> str:
-    """Element ``i`` of ``word`` (elements of type ``t``) sign- or zero-extended to ``bits``."""
-    expr = _element(word, i, t.bits)
-    if bits == t.bits:
-        return expr
-    fill = f"{{{bits - t.bits}{{{word}[{i * t.bits + t.bits - 1}]}}}}" if t.signed else f"{bits - t.bits}'d0"
-    return f"{{{fill}, {expr}}}"
-
-
 def duplicate_verilog(layer: DuplicateLayer, in_beats: tuple[int, ...]) -> str:
     """Verilog of a fork into ``n_outputs`` identical streams of ``pe`` elements a beat."""
     n, w = layer.n_outputs, layer.pe * layer.in_type.bits
@@ -163,8 +150,8 @@ def add_verilog(layer: AddLayer, in_beats: tuple[int, ...]) -> str:
           "    assign b_ready = a_valid && en;"]
     sums = []
     for i in range(pe):
-        L.append(f"    wire [{ob - 1}:0] sum{i} = {_extended('a_data', i, a_t, ob)} + "
-                 f"{_extended('b_data', i, b_t, ob)};")
+        L.append(f"    wire [{ob - 1}:0] sum{i} = {_extend('a_data', i, a_t, ob)} + "
+                 f"{_extend('b_data', i, b_t, ob)};")
         sums.append(f"sum{i}")
     L += ["    always @(posedge clk) begin",
           "        if (rst) out_valid <= 1'b0;",
@@ -186,7 +173,7 @@ def concat_verilog(layer: ConcatLayer, in_beats: tuple[int, ...]) -> str:
             raise UnsupportedLayerError(f"{layer.name}: SIMD={simd} must divide the {c} channels of input {k}")
         L += skid_buffer(f"k{k}", f"in{k}", in_beats[k] * t.bits)
         L += _rebeat(f"s{k}", f"k{k}", in_beats[k], simd, t.bits, c, layer.name)
-        ext = [_extended(f"s{k}_data", i, t, ot.bits) for i in range(simd)]
+        ext = [_extend(f"s{k}_data", i, t, ot.bits) for i in range(simd)]
         L.append(f"    wire [{simd * ot.bits - 1}:0] x{k} = {{{', '.join(reversed(ext))}}};")
     sw, cw = clog2(n), clog2(max(layer.channels) // simd)
     L += [f"    reg [{sw - 1}:0] sel;                  // the input whose channels go out now",

@@ -25,7 +25,7 @@ import numpy as np
 from onnx import helper
 
 from hwq.rtl import reference
-from hwq.rtl.layers import ElemType, UnsupportedLayerError, _elem_type
+from hwq.rtl.layers import ElemType, ElementwiseStream, UnsupportedLayerError, _elem_type
 
 
 def union_type(types) -> ElemType:
@@ -34,7 +34,7 @@ def union_type(types) -> ElemType:
 
 
 @dataclass(frozen=True, eq=False)
-class DuplicateLayer:
+class DuplicateLayer(ElementwiseStream):
     """``n_outputs`` copies of a stream of ``vectors`` x ``channels`` elements, ``pe`` elements a beat."""
 
     name: str
@@ -47,22 +47,6 @@ class DuplicateLayer:
     @property
     def out_type(self) -> ElemType:
         return self.in_type
-
-    @property
-    def in_elems(self) -> int:
-        return self.vectors * self.channels
-
-    @property
-    def out_elems(self) -> int:
-        return self.in_elems
-
-    @property
-    def out_beat(self) -> int:
-        return self.pe
-
-    @property
-    def cycles(self) -> int:
-        return self.in_elems // self.pe
 
     @property
     def buffer_elems(self) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hwq.rtl import reference
-from hwq.rtl.layers import ElemType, UnsupportedLayerError, _elem_type
+from hwq.rtl.layers import ElemType, UnsupportedLayerError, WindowReduction, _elem_type
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,7 +76,7 @@ class SlidingWindowLayer:
 
 
 @dataclass(frozen=True, eq=False)
-class PoolLayer:
+class PoolLayer(WindowReduction):
     """Max-pool of ``windows`` windows of ``window`` pixels x ``channels`` (from a SWG), ``pe`` channels a cycle."""
 
     name: str
@@ -89,23 +89,6 @@ class PoolLayer:
     @property
     def out_type(self) -> ElemType:
         return self.in_type
-
-    @property
-    def in_elems(self) -> int:
-        return self.windows * self.window * self.channels
-
-    @property
-    def out_elems(self) -> int:
-        return self.windows * self.channels
-
-    @property
-    def out_beat(self) -> int:
-        return self.pe
-
-    @property
-    def cycles(self) -> int:
-        """The folding bound, as FINN counts it: PE input elements a cycle."""
-        return self.in_elems // self.pe
 
     @property
     def buffer_elems(self) -> int:

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from hwq.rtl import reference
-from hwq.rtl.layers import ElemType, UnsupportedLayerError, _elem_type
+from hwq.rtl.layers import ElemType, ElementwiseStream, UnsupportedLayerError, WindowReduction, _elem_type
 
 
 @dataclass(frozen=True, eq=False)
-class ThresholdingLayer:
+class ThresholdingLayer(ElementwiseStream):
     """``vectors`` x ``channels`` values thresholded into ``#{t : x >= thr[c, t]} + act_val``, ``pe`` a beat.
 
     ``thresholds`` is (channels, T), or (1, T) when every channel has the same ones. With ``bipolar`` the output
@@ -49,23 +49,6 @@ class ThresholdingLayer:
     thresholds: np.ndarray
     act_val: int = 0
     bipolar: bool = False
-
-    @property
-    def in_elems(self) -> int:
-        return self.vectors * self.channels
-
-    @property
-    def out_elems(self) -> int:
-        return self.in_elems
-
-    @property
-    def out_beat(self) -> int:
-        return self.pe
-
-    @property
-    def cycles(self) -> int:
-        """The folding bound, as FINN counts it: PE channels a cycle."""
-        return self.in_elems // self.pe
 
     def run(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
@@ -149,7 +132,7 @@ class GlobalAccPoolLayer:
 
 
 @dataclass(frozen=True, eq=False)
-class QuantAvgPoolLayer:
+class QuantAvgPoolLayer(WindowReduction):
     """Per window of ``window`` pixels x ``channels`` (from a sliding window generator), the sum of each channel
     shifted right by ``shift``; ``windows`` windows per image, ``pe`` channels a cycle."""
 
@@ -161,23 +144,6 @@ class QuantAvgPoolLayer:
     shift: int
     in_type: ElemType
     out_type: ElemType
-
-    @property
-    def in_elems(self) -> int:
-        return self.windows * self.window * self.channels
-
-    @property
-    def out_elems(self) -> int:
-        return self.windows * self.channels
-
-    @property
-    def out_beat(self) -> int:
-        return self.pe
-
-    @property
-    def cycles(self) -> int:
-        """The folding bound, as FINN counts it: PE input elements a cycle."""
-        return self.in_elems // self.pe
 
     def sum_range(self) -> tuple[int, int]:
         return self.window * self.in_type.lo, self.window * self.in_type.hi
