@@ -62,39 +62,9 @@ class ElemType:
         return ElemType(bits, True)
 
 
-class ElementwiseStream:
-    """The stream shape of a layer that maps each of ``vectors`` x ``channels`` input elements to one output
-    element, ``pe`` elements a beat (thresholds, a stream duplicate): its class declares those three fields."""
-
-    @property
-    def in_elems(self) -> int:
-        return self.vectors * self.channels
-
-    @property
-    def out_elems(self) -> int:
-        return self.in_elems
-
-    @property
-    def out_beat(self) -> int:
-        return self.pe
-
-    @property
-    def cycles(self) -> int:
-        """The folding bound, as FINN counts it: PE elements a cycle."""
-        return self.in_elems // self.pe
-
-
-class WindowReduction:
-    """The stream shape of a pool that reduces each of ``windows`` windows of ``window`` pixels x ``channels``
-    (from a sliding window generator) to one pixel, ``pe`` channels a cycle: its class declares those fields."""
-
-    @property
-    def in_elems(self) -> int:
-        return self.windows * self.window * self.channels
-
-    @property
-    def out_elems(self) -> int:
-        return self.windows * self.channels
+class PeStream:
+    """A layer that reads ``pe`` elements a cycle and writes ``pe`` elements a beat: its class declares ``pe`` and
+    ``in_elems``."""
 
     @property
     def out_beat(self) -> int:
@@ -104,6 +74,32 @@ class WindowReduction:
     def cycles(self) -> int:
         """The folding bound, as FINN counts it: PE input elements a cycle."""
         return self.in_elems // self.pe
+
+
+class ElementwiseStream(PeStream):
+    """The stream shape of a layer that maps each of ``vectors`` x ``channels`` input elements to one output
+    element (thresholds, a stream duplicate): its class declares ``vectors``, ``channels`` and ``pe``."""
+
+    @property
+    def in_elems(self) -> int:
+        return self.vectors * self.channels
+
+    @property
+    def out_elems(self) -> int:
+        return self.in_elems
+
+
+class WindowReduction(PeStream):
+    """The stream shape of a pool that reduces each of ``windows`` windows of ``window`` pixels x ``channels``
+    (from a sliding window generator) to one pixel: its class declares those fields and ``pe``."""
+
+    @property
+    def in_elems(self) -> int:
+        return self.windows * self.window * self.channels
+
+    @property
+    def out_elems(self) -> int:
+        return self.windows * self.channels
 
 
 @dataclass(frozen=True, eq=False)
