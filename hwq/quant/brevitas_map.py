@@ -92,11 +92,12 @@ class L1ClipRange(brevitas.jit.ScriptModule):
 
 
 class L1ScaleWeight(FinnCompatibleQuant, WeightQuantSolver):
-    """Mean-|w|-scaled weights (N2UQ; XNOR-Net/ReActNet at 1 bit): the shared FINN-compatible integer grid, scale ``gamma * mean|w| / max_int`` per channel.
+    """Mean-|w|-scaled weights (N2UQ; XNOR-Net/ReActNet at 1 bit): the shared FINN-compatible integer grid, scale
+    ``gamma * mean|w| / max_int`` per channel.
 
     >>> from brevitas.nn import QuantLinear
     >>> layer = QuantLinear(4, 3, bias=False, weight_quant=L1ScaleWeight.let(
-    ...     bit_width=2, signed=True, narrow_range=True, l1_gain=l1_clip_gain(2)))
+    ...     bit_width=2, signed=True, narrow_range=True, l1_gain=1.5))
     >>> tuple(layer.quant_weight().scale.shape)
     (3, 1)
     """
