@@ -30,7 +30,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                               "(default: 10)")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="images per optimizer step (default: 100)")
     p.add_argument("--lr", type=float, help="Adam learning rate, > 0 (default: 0.02)")
-    p.add_argument("--schedule", help="learning-rate schedule: cosine or constant (default: cosine)")
+    p.add_argument("--schedule", help="learning-rate schedule: cosine, constant or linear (default: linear with "
+                                         "--recipe two-step, else cosine)")
     p.add_argument("--loss", help="cross_entropy or sqr_hinge (default: cross_entropy)")
     p.add_argument("--dropout", type=float, help="dropout fraction in [0, 1) (default: 0.2)")
     p.add_argument("--weight-decay", dest="weight_decay", type=float, help="Adam weight decay, >= 0 (default: 0.0)")
@@ -48,6 +49,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="softmax temperature of the distillation term, > 0 (default: 1.0)")
     p.add_argument("--init-from", dest="init_from",
                    help="run directory whose trained weights initialise the model (default: none)")
+    p.add_argument("--recipe", help="plain, or two-step: binary activations with real weights, then binary "
+                                    "weights too (ReActNet; docs/bitat.md) (default: plain)")
+    p.add_argument("--step1-epochs", dest="step1_epochs", type=int,
+                   help="epochs of the two-step recipe's first step, in [1, epochs - 1] (default: half, rounded down)")
+    p.add_argument("--step1-weight-decay", dest="step1_weight_decay", type=float,
+                   help="Adam weight decay of step 1 (real weights), >= 0 (default: 1e-05)")
+    p.add_argument("--step2-weight-decay", dest="step2_weight_decay", type=float,
+                   help="Adam weight decay of step 2 (binary weights), >= 0 (default: 0.0)")
     p.add_argument("--train-subset", dest="train_subset", type=int,
                    help="train on this many training images (class-balanced, seeded); the test set stays whole "
                         "(default: all)")
@@ -74,7 +83,8 @@ def _train(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in (
         "model", "dataset", "quant", "wbits", "abits", "epochs", "batch_size", "lr", "schedule", "loss",
         "dropout", "weight_decay", "seed", "device", "threads", "data_dir", "teacher", "distill_weight",
-        "distill_temperature", "init_from", "train_subset")}
+        "distill_temperature", "init_from", "train_subset", "recipe", "step1_epochs", "step1_weight_decay",
+        "step2_weight_decay")}
     if args.resume and args.config:
         raise ConfigError("--config: a resumed run keeps the settings in its config.yaml; give flags to change "
                           "--epochs, --threads, --device or --data-dir")

@@ -177,7 +177,13 @@ def owners(tables: Mapping[str, Mapping[str, tuple[Option, ...]]]) -> dict[str, 
 
 
 # --- quantizer families (hwq.quant) ----------------------------------------------------------------------------
-UNIFORM_OPTIONS: tuple[Option, ...] = ()
+#: ``mean_abs``: binary weights ``sign(w) * mean|w|`` per output channel (XNOR-Net, ReActNet; the classifier one
+#: scale), which folds into the thresholds at export (``hwq.quant.family.UniformFamily.weight_quant``).
+WEIGHT_SCALE = Option("weight_scale", "choice", "const",
+                      "scale of binary weights: const (1) or mean_abs (mean |w| per output channel; folds away)",
+                      choices=("const", "mean_abs"))
+
+UNIFORM_OPTIONS: tuple[Option, ...] = (WEIGHT_SCALE,)
 
 FLOAT_OPTIONS = (
     Option("float_act", "choice", "relu", "activation after each normalisation (hardtanh: what sign approximates)",

@@ -84,7 +84,7 @@ def test_an_unknown_option_names_it_and_lists_the_known_ones_with_a_hint():
     with pytest.raises(ConfigError, match=r"^model_options.width: not an option of model 'tfc' with --quant n2uq "
                                           r"\(width is an option of model 'mobilenet' and model 'mobilenet_tiny'\)"):
         TrainConfig(model="tfc", quant="n2uq", model_options={"width": 0.5})
-    with pytest.raises(ConfigError, match=r"n2uq_range is an option of --quant n2uq\); known: none$"):
+    with pytest.raises(ConfigError, match=r"n2uq_range is an option of --quant n2uq\); known: weight_scale$"):
         TrainConfig(model="tfc", quant="uniform", model_options={"n2uq_range": 1.0})
     # the model and the family together: mobilenet's width and N2UQ's options
     TrainConfig(model="mobilenet_tiny", quant="n2uq", wbits=2, abits=2,
@@ -171,7 +171,8 @@ def test_hwq_models_lists_the_options(capsys):
     assert width == {"name": "width", "type": "a number in (0, 4]", "default": 0.5,
                      "help": "channel multiplier of MobileNet-v1's widths"}
     assert [o["name"] for o in data["quant"]["n2uq"]["options"]] == [o.name for o in N2UQ_OPTIONS]
-    assert data["quant"]["uniform"]["options"] == [] and data["models"]["tfc"]["options"] == []
+    assert [o["name"] for o in data["quant"]["uniform"]["options"]] == ["weight_scale"]
+    assert data["models"]["tfc"]["options"] == []
 
 
 def test_option_and_range_as_data():

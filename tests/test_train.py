@@ -127,8 +127,8 @@ def test_config_yaml_round_trip_and_errors(tmp_path):
     path.write_text("modle: tfc\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: unknown field\(s\) modle"):
         TrainConfig.from_yaml(path)
-    with pytest.raises(ConfigError, match="schedule: 'linear' is not one of cosine, constant"):
-        TrainConfig(schedule="linear")
+    with pytest.raises(ConfigError, match="schedule: 'step' is not one of cosine, constant, linear"):
+        TrainConfig(schedule="step")
     with pytest.raises(ConfigError, match="epochs: expected an integer"):
         TrainConfig(epochs="3")
 

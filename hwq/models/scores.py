@@ -83,7 +83,8 @@ def _integer_scores(calls, logits: torch.Tensor) -> np.ndarray | None:
     if x is None or getattr(classifier, "bias", None) is not None or not hasattr(classifier, "quant_weight"):
         return None
     weight = classifier.quant_weight()
-    if weight.scale is None or weight.scale.numel() != 1:  # per-class weight scales: no common integer scale
+    # A plain tensor: quantization off (the two-step recipe's real weights); per-class scales: no common scale.
+    if getattr(weight, "scale", None) is None or weight.scale.numel() != 1:
         return None
     w_scale = float(weight.scale)
     w_int = torch.round(weight.value / w_scale)

@@ -7,6 +7,10 @@ what FINN's streamlining turns into thresholds and XNOR-popcounts.
 
 from __future__ import annotations
 
+from typing import Optional
+
+import brevitas
+import torch
 from brevitas.core.bit_width import BitWidthImplType
 from brevitas.core.quant import QuantType
 from brevitas.core.restrict_val import FloatToIntImplType, RestrictValueType
@@ -59,6 +63,52 @@ class LearnedScaleAct(FinnCompatibleQuant, ActQuantSolver):
     """Activations with a trained scale (initialised from ``max_val``)."""
 
     scaling_impl_type = ScalingImplType.PARAMETER
+
+
+class L1ClipRange(brevitas.jit.ScriptModule):
+    """Brevitas scaling statistic: ``gain * mean(|w|)`` over each output channel, without gradient.
+
+    Not entered in Brevitas' ``SIGNEDNESS_STATS`` (``@register_stats_implementation``, an import-time write to
+    Brevitas' global table): Brevitas reads that table only for power-of-two scales, and these scales are floats.
+
+    The paper detaches this scale (it is a statistic, not a parameter). Brevitas divides it by the largest
+    integer of the grid, so the top level sits at ``gain * mean|w|`` (at 1 bit: ``sign(w) * mean|w|``).
+    """
+
+    __constants__ = ["stats_reduce_dim", "gain"]
+
+    def __init__(self, l1_gain: float, stats_reduce_dim: Optional[int] = None) -> None:
+        super().__init__()
+        self.stats_reduce_dim = stats_reduce_dim
+        self.gain = l1_gain
+
+    @brevitas.jit.script_method
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stats_reduce_dim is None:
+            ave = torch.mean(torch.abs(x))
+        else:
+            ave = torch.mean(torch.abs(x), dim=self.stats_reduce_dim)
+        return (self.gain * ave).detach()
+
+
+class L1ScaleWeight(FinnCompatibleQuant, WeightQuantSolver):
+    """Mean-|w|-scaled weights (N2UQ; XNOR-Net/ReActNet at 1 bit): the shared FINN-compatible integer grid, scale
+    ``gamma * mean|w| / max_int`` per channel.
+
+    >>> from brevitas.nn import QuantLinear
+    >>> layer = QuantLinear(4, 3, bias=False, weight_quant=L1ScaleWeight.let(
+    ...     bit_width=2, signed=True, narrow_range=True, l1_gain=1.5))
+    >>> tuple(layer.quant_weight().scale.shape)
+    (3, 1)
+    """
+
+    scaling_impl_type = ScalingImplType.STATS
+    #: Tells Brevitas' solvers the statistic is a one-sided reduction (for the per-channel view and dims);
+    #: the statistic itself is ours.
+    scaling_stats_op = StatsOp.AVE
+    scaling_stats_impl = L1ClipRange
+    scaling_per_output_channel = True
+    scaling_per_output_type = ScalingPerOutputType.CHANNEL
 
 
 _BUNDLES = {

@@ -15,12 +15,13 @@ so a new scheme (N2UQ, BiTAT) is a subclass that overrides what differs and regi
 from __future__ import annotations
 
 import torch
+from brevitas.inject.enum import ScalingPerOutputType
 from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear
 from torch import nn
 
 from hwq.errors import ConfigError
-from hwq.options import FLOAT_OPTIONS, UNIFORM_OPTIONS, Option, option_named
-from hwq.quant.brevitas_map import to_injector
+from hwq.options import FLOAT_OPTIONS, UNIFORM_OPTIONS, WEIGHT_SCALE, Option, option_named
+from hwq.quant.brevitas_map import L1ScaleWeight, to_injector
 from hwq.quant.spec import MAX_BITS, MIN_BITS, QuantSpec, Role, Scaling
 
 #: The pixels arrive as ``uint8 / 255``: an unsigned 8-bit grid with step 1/255 holds them exactly.
@@ -78,9 +79,26 @@ class UniformFamily:
         """The 8-bit quantizer in front of the first layer."""
         return QuantIdentity(act_quant=to_injector(INPUT_SPEC))
 
-    def weight_quant(self, bits: int):
-        """The Brevitas weight quantizer (injector) for ``bits``; a family may override just this."""
+    def weight_quant(self, bits: int, per_channel: bool = True):
+        """The Brevitas weight quantizer (injector) for ``bits``; a family may override just this.
+
+        With ``weight_scale: mean_abs`` a binary weight is ``sign(w) * mean|w|`` over its output channel
+        (``per_channel``) or its tensor, a detached statistic as in XNOR-Net and ReActNet. The scale is positive,
+        so where a normalisation and a sign or threshold follow, it moves into the thresholds at export.
+        """
+        if bits == 1 and self._binary_weight_scale() == "mean_abs":
+            quant = L1ScaleWeight.let(bit_width=1, signed=True, narrow_range=True, l1_gain=1.0)
+            if not per_channel:
+                quant = quant.let(scaling_per_output_channel=False,
+                                  scaling_per_output_type=ScalingPerOutputType.TENSOR)
+            return quant
         return to_injector(self.weight_spec(bits))
+
+    def _binary_weight_scale(self) -> str:
+        """``weight_scale`` where this family declares it (the uniform family), else ``const``."""
+        if any(option.name == WEIGHT_SCALE.name for option in self.declared_options):
+            return self._option(WEIGHT_SCALE.name)
+        return "const"
 
     def linear(self, in_features: int, out_features: int, bits: int) -> nn.Module:
         layer = QuantLinear(in_features, out_features, bias=False, weight_quant=self.weight_quant(bits))
@@ -92,6 +110,10 @@ class UniformFamily:
         FINN absorbs the final scale into its label selection only when it is one positive number, so a family
         whose weights are scaled per output channel gives the classifier a single scale here.
         """
+        if bits == 1 and self._binary_weight_scale() == "mean_abs":
+            layer = QuantLinear(in_features, num_classes, bias=False,
+                                weight_quant=self.weight_quant(bits, per_channel=False))
+            return self._init_weights(layer, bits)
         return self.linear(in_features, num_classes, bits)
 
     def conv2d(

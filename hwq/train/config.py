@@ -29,6 +29,19 @@ class Loss(str, Enum):
 class Schedule(str, Enum):
     COSINE = "cosine"
     CONSTANT = "constant"
+    #: ``1 - t / T`` per epoch: the two-step recipe's (ReActNet trains with linear decay to zero).
+    LINEAR = "linear"
+
+
+class Recipe(str, Enum):
+    #: One training as configured.
+    PLAIN = "plain"
+    #: ReActNet / Real-to-Binary: binary activations with real weights, then binary weights too (hwq.train.recipe).
+    TWO_STEP = "two-step"
+
+
+#: Families whose 1-bit weights the two-step recipe can turn off and on (plain Brevitas weight quantizers).
+TWO_STEP_FAMILIES = ("uniform", "n2uq")
 
 
 def _is_int(value: Any) -> bool:
@@ -56,7 +69,9 @@ class TrainConfig:
     batch_size: int = 100
     #: Adam's learning rate; 0.02 is FINN's bnn_pynq value for binary networks, whose latent weights are clipped.
     lr: float = 0.02
-    schedule: Schedule = Schedule.COSINE
+    #: None: the recipe's, linear with two-step and cosine otherwise (:meth:`schedule_used`; a run's config.yaml
+    #: records the one it used).
+    schedule: Schedule | None = None
     #: Adam weight decay; 0 because decay pulls binary latent weights to zero, where their signs flip at random.
     weight_decay: float = 0.0
     loss: Loss = Loss.CROSS_ENTROPY
@@ -87,11 +102,26 @@ class TrainConfig:
     #: Run directory of a trained model whose ``model.pt`` initialises this one before training (entries whose
     #: names and shapes match; e.g. a full-precision run before binarizing it); None starts from random weights.
     init_from: str | None = None
+    #: ``plain`` or ``two-step`` (step 1: binary activations, real weights; step 2: binary weights too, from step 1;
+    #: each step with its own schedule from ``lr`` and fresh Adam moments). Two-step with ``--quant uniform``
+    #: scales binary weights by mean |w| per channel unless ``model_options.weight_scale`` says otherwise.
+    recipe: Recipe = Recipe.PLAIN
+    #: Epochs of step 1; None = half of ``epochs`` (rounded down), fixed at the start of the run (a resume keeps it).
+    step1_epochs: int | None = None
+    #: Adam weight decay of each step (ReActNet's 1e-5 with real weights, 0 with binary ones).
+    step1_weight_decay: float = 1e-5
+    step2_weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
         """Check every field once, for the Python API and the CLI alike; a bad value names its field."""
+        try:
+            self.recipe = Recipe(self.recipe)
+        except ValueError:
+            raise ConfigError(f"recipe: '{self.recipe}' is not one of {', '.join(r.value for r in Recipe)}") from None
         for name, enum in (("schedule", Schedule), ("loss", Loss)):
             value = getattr(self, name)
+            if value is None and name == "schedule":
+                continue
             try:
                 setattr(self, name, enum(value))
             except ValueError:
@@ -100,6 +130,7 @@ class TrainConfig:
                 ) from None
         self._check_types()
         self._check_ranges()
+        self._check_recipe()
         check_model_options(self.model, self.quant, self.model_options)
 
     def _check_types(self) -> None:
@@ -112,7 +143,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "wbits", "abits", "seed"):
             if not _is_int(getattr(self, name)):
                 raise ConfigError(f"{name}: expected an integer, got {getattr(self, name)!r}")
-        for name in ("lr", "weight_decay", "dropout", "distill_weight", "distill_temperature"):
+        for name in ("lr", "weight_decay", "dropout", "distill_weight", "distill_temperature", "step1_weight_decay",
+                     "step2_weight_decay"):
             if not _is_finite_number(getattr(self, name)):
                 raise ConfigError(f"{name}: expected a finite number, got {getattr(self, name)!r}")
         if not isinstance(self.model_options, dict) or not all(isinstance(k, str) for k in self.model_options):
@@ -132,6 +164,8 @@ class TrainConfig:
             ("seed", 0 <= self.seed < 2**32, "an integer in [0, 2^32)"),
             ("distill_weight", 0.0 <= self.distill_weight <= 1.0, "a fraction in [0, 1]"),
             ("distill_temperature", self.distill_temperature > 0, "> 0"),
+            ("step1_weight_decay", self.step1_weight_decay >= 0, ">= 0"),
+            ("step2_weight_decay", self.step2_weight_decay >= 0, ">= 0"),
         )
         for name, allowed, expected in checks:
             if not allowed:
@@ -143,11 +177,42 @@ class TrainConfig:
         if self.device not in ("cpu", "cuda", "auto"):
             raise ConfigError(f"device: expected cpu, cuda or auto, got '{self.device}'")
 
+    def schedule_used(self) -> Schedule:
+        """The learning-rate schedule: ``schedule``, or the recipe's when unset."""
+        if self.schedule is not None:
+            return self.schedule
+        return Schedule.LINEAR if self.recipe is Recipe.TWO_STEP else Schedule.COSINE
+
+    def _check_recipe(self) -> None:
+        if self.recipe is not Recipe.TWO_STEP:
+            if self.step1_epochs is not None:
+                raise ConfigError(f"step1_epochs: only --recipe two-step has steps, got {self.step1_epochs!r} "
+                                  f"with --recipe {self.recipe.value}")
+            return
+        if self.quant not in TWO_STEP_FAMILIES:
+            raise ConfigError(f"recipe: two-step switches binary weights on after step 1; --quant {self.quant} is "
+                              f"not one of {', '.join(TWO_STEP_FAMILIES)}")
+        if self.wbits != 1:
+            raise ConfigError(f"recipe: two-step trains binary weights (--wbits 1), got --wbits {self.wbits}")
+        if self.weight_decay != 0:
+            raise ConfigError(f"weight_decay: the two-step recipe sets it per step (step1_weight_decay, "
+                              f"step2_weight_decay); expected 0, got {self.weight_decay!r}")
+        if self.epochs < 2:
+            raise ConfigError(f"epochs: the two-step recipe needs at least 2 (one per step), got {self.epochs}")
+        if self.step1_epochs is not None and not (_is_int(self.step1_epochs)
+                                                  and 1 <= self.step1_epochs < self.epochs):
+            raise ConfigError(f"step1_epochs: expected an integer in [1, epochs - 1] = [1, {self.epochs - 1}] "
+                              f"(step 2 needs an epoch), got {self.step1_epochs!r}")
+        if self.quant == "uniform" and "weight_scale" not in self.model_options:
+            # XNOR-Net/ReActNet's per-channel mean |w|; recorded in config.yaml like any option.
+            self.model_options = {**self.model_options, "weight_scale": "mean_abs"}
+
     # --- YAML --------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["schedule"] = self.schedule.value
+        out["schedule"] = None if self.schedule is None else self.schedule.value
         out["loss"] = self.loss.value
+        out["recipe"] = self.recipe.value
         return out
 
     @classmethod

@@ -37,6 +37,7 @@ from hwq.train.rundir import (
     CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, MODEL_FILE, StagedReplacement, holds_run, naming_errors,
     remove_downstream,
 )
+from hwq.train.recipe import TwoStepPlan
 from hwq.train.resume import interrupted_detail, resume_checkpoint
 from hwq.train.threads import resolve_threads, torch_threads
 
@@ -81,11 +82,16 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     )
 
 
-def lr_factor(config: TrainConfig, epoch: int) -> float:
-    """The schedule's multiplier for ``epoch`` (0-based): cosine decay to zero over ``config.epochs``."""
-    if config.schedule is Schedule.CONSTANT or config.epochs <= 1:
+def lr_factor(config: TrainConfig, epoch: int, plan: TwoStepPlan | None = None) -> float:
+    """The schedule's multiplier for ``epoch`` (0-based): cosine (to zero) or linear decay (``1 - t / T``) over
+    ``config.epochs``, or, with the two-step recipe's ``plan``, over the step ``epoch`` belongs to."""
+    first, length = plan.window(epoch) if plan is not None else (0, config.epochs)
+    schedule, t = config.schedule_used(), epoch - first
+    if schedule is Schedule.CONSTANT or length <= 1:
         return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+    if schedule is Schedule.LINEAR:
+        return 1.0 - t / length
+    return 0.5 * (1.0 + math.cos(math.pi * t / length))
 
 
 def loss_fn(kind: Loss, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -180,6 +186,7 @@ def run_train(
     True
     """
     out_dir = Path(out_dir)
+    config = config.replace(schedule=config.schedule_used())  # config.yaml records the schedule used
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --out, --overwrite replaces it: pass one of them")
     if resume:
@@ -236,6 +243,8 @@ class _Run:
     start_epoch: int
     #: The record's ``inputs`` (:func:`train_inputs`, hashed once per run).
     inputs: dict = dataclasses.field(default_factory=dict)
+    #: The two-step recipe's plan (None for the plain recipe).
+    plan: TwoStepPlan | None = None
 
 
 def _train(
@@ -273,6 +282,7 @@ def _prepare(config: TrainConfig, device: torch.device, checkpoint: dict | None)
     optimizer = make_optimizer(model, config)
     teacher = load_trained_model(config.teacher)[0].to(device) if config.teacher else None
     start_epoch, history = 0, []
+    plan = TwoStepPlan.for_run(config, checkpoint)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -280,7 +290,7 @@ def _prepare(config: TrainConfig, device: torch.device, checkpoint: dict | None)
         start_epoch = int(checkpoint["epoch"])
         history = list(checkpoint.get("history", []))[:start_epoch]
     inputs = {name: records.file_record(path) for name, path in train_inputs(config).items()}
-    return _Run(config, device, dataset, spec, model, optimizer, teacher, history, start_epoch, inputs)
+    return _Run(config, device, dataset, spec, model, optimizer, teacher, history, start_epoch, inputs, plan)
 
 
 def _fit(run: _Run, out_dir: Path, progress: bool, started: float) -> None:
@@ -296,6 +306,7 @@ def _fit(run: _Run, out_dir: Path, progress: bool, started: float) -> None:
             save_checkpoint(out_dir / CHECKPOINT_FILE, {
                 "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "epoch": epoch + 1,
                 "rng": torch.get_rng_state(), "history": run.history,
+                **({"recipe": {**run.plan.record(), "step": run.plan.step_of(epoch)}} if run.plan else {}),
             })
             _write_json(out_dir / METRICS_FILE, _metrics(run, epoch + 1, time.perf_counter() - started))
 
@@ -309,8 +320,10 @@ def _train_epoch(run: _Run, epoch: int, bar: EpochProgress) -> dict[str, Any]:
     epoch_start = time.perf_counter()
     model.train()
     call_hooks(model, "hwq_on_epoch_start", epoch, config.epochs)
+    if run.plan is not None:
+        run.plan.start_epoch(model, optimizer, epoch)
     for group in optimizer.param_groups:
-        group["lr"] = config.lr * group["lr_scale"] * lr_factor(config, epoch)
+        group["lr"] = config.lr * group["lr_scale"] * lr_factor(config, epoch, run.plan)
     # The order of an epoch depends only on (seed, epoch), so a resumed run sees the same batches.
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     order = torch.randperm(len(train_x), generator=generator).to(run.device)
@@ -339,11 +352,14 @@ def _train_epoch(run: _Run, epoch: int, bar: EpochProgress) -> dict[str, Any]:
         correct += int((logits.argmax(1) == train_y[idx]).sum())
         bar.step()
     test_acc = evaluate(model, run.dataset.test_x, run.dataset.test_y)
-    return {
+    record = {
         "epoch": epoch + 1, "loss": loss_sum / len(train_x), "train_acc": correct / len(train_x),
         "test_acc": test_acc, "lr": optimizer.param_groups[0]["lr"],
         "seconds": round(time.perf_counter() - epoch_start, 3),
     }
+    if run.plan is not None:
+        record.update(step=run.plan.step_of(epoch), weight_decay=optimizer.param_groups[0]["weight_decay"])
+    return record
 
 
 def _finish(run: _Run, out_dir: Path, started: float) -> dict[str, Any]:
@@ -394,6 +410,7 @@ def _metrics(run: _Run, epochs: int, seconds: float) -> dict[str, Any]:
         # Read back from torch inside the run: the count the bits were computed with.
         "threads": torch.get_num_threads(),
         "versions": _versions(),
+        "recipe": run.plan.record() if run.plan else {"name": run.config.recipe.value},
         "history": run.history,
     }
 
