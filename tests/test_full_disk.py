@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """A full disk and a read-only folder, for real: each stage runs on a small tmpfs (ENOSPC when it fills, EROFS
-when it is remounted read-only). Every stage (measure too) answers with one line naming the file, exit status 2, and what was
-there before stays as it was.
+when it is remounted read-only). Every stage (measure too) answers with one line naming the file, exit status 2,
+and what was there before stays as it was.
 
 Mounting needs root (CI runs as root) and a kernel that allows it in the container; elsewhere these tests are
 skipped. ``tests/test_train_runs.py`` covers the full disk without root (a file-size limit, EFBIG).
