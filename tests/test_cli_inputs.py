@@ -149,3 +149,14 @@ def test_nan_and_negative_values_are_refused_naming_the_flag(verb, flag, value):
         pytest.skip(f"{flag} -1 is a valid setting")
     status, stderr = _run([verb, *VERBS[verb][0], f"{flag}={value}"])
     assert status == 2 and _names_the_flag(flag, stderr), stderr
+
+
+def test_every_option_of_every_verb_shows_its_default():
+    """Each verb's --help says what an option does when it is not given (a required option needs none)."""
+    from hwq.cli import build_parser
+
+    verbs = build_parser()._subparsers._group_actions[0].choices
+    for verb, parser in verbs.items():
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help" and not action.required:
+                assert "default" in parser._get_formatter()._format_action(action), (verb, action.option_strings)
