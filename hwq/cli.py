@@ -150,7 +150,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list models, quantizer families and datasets")
-    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.add_argument("--json", action="store_true", help="print the list as JSON (default: a table)")
     p.set_defaults(func=_models)
 
 
@@ -444,7 +444,9 @@ def _measure(args: argparse.Namespace) -> int:
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a flow recipe: train, export, build, measure (up-to-date stages skipped)")
     p.add_argument("recipe", help="recipe YAML, e.g. flows/digits-demo.yaml")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no per-epoch and per-step progress on stderr (default: shown; the stage lines and "
+                        "warnings are always printed)")
     p.set_defaults(func=_run)
 
 

@@ -35,14 +35,16 @@ MISSING = "/nonexistent/hwq-property"
 VERBS = {
     "train": ([f"--out={MISSING}/run", "--dataset=mnist", f"--data-dir={MISSING}/data", "--no-progress"],
               ["--wbits", "--abits", "--epochs", "--batch-size", "--lr", "--dropout", "--weight-decay", "--seed",
-               "--distill-weight", "--distill-temperature", "--train-subset"],
+               "--distill-weight", "--distill-temperature", "--train-subset", "--threads"],
               ["--model", "--quant", "--schedule", "--loss", "--device", "--option"]),
     "export": ([f"{MISSING}/run"], ["--verify-samples"], []),
-    "build": ([f"{MISSING}/run", "--no-progress"], ["--target-fps", "--verify-samples", "--tree-levels-per-stage"],
+    "build": ([f"{MISSING}/run", "--no-progress"], ["--target-fps", "--verify-samples", "--tree-levels-per-stage",
+                                                   "--input-scale", "--input-offset"],
               ["--board", "--simulator", "--backend"]),
     "measure": ([f"--port={MISSING}/tty", f"--build={MISSING}/build"],
                 ["--baud", "--windows", "--min-window-s", "--warmup", "--samples", "--input-bytes", "--timeout",
-                 "--power-voltage"], ["--mode", "--power"]),
+                 "--power-voltage", "--latency-windows", "--transcript-max-mb", "--transcript-keep"],
+                ["--mode", "--power"]),
     "emulate": ([f"{MISSING}/build"], ["--drop-rate", "--garble-rate", "--reply-delay", "--reset-at", "--seed"],
                 ["--name"]),
 }
@@ -128,6 +130,10 @@ def test_any_recipe_gives_one_line(tmp_path_factory, data):
     assert status == 2, stderr  # nothing here can succeed: the data folder does not exist
 
 
+#: numeric flags for which a negative value is a setting (an input's scale and offset may be negative)
+SIGNED = {"--input-scale", "--input-offset"}
+
+
 def _names_the_flag(flag: str, stderr: str) -> bool:
     name = flag.lstrip("-")
     return any(form in stderr for form in (flag, name, name.replace("-", "_")))
@@ -139,5 +145,18 @@ def _names_the_flag(flag: str, stderr: str) -> bool:
 def test_nan_and_negative_values_are_refused_naming_the_flag(verb, flag, value):
     """NaN is never a setting, and no numeric flag takes a negative value (seeds are in [0, 2^32)): each is refused
     before anything runs, and the one line names the flag (or its field)."""
+    if value == "-1" and flag in SIGNED:
+        pytest.skip(f"{flag} -1 is a valid setting")
     status, stderr = _run([verb, *VERBS[verb][0], f"{flag}={value}"])
     assert status == 2 and _names_the_flag(flag, stderr), stderr
+
+
+def test_every_option_of_every_verb_shows_its_default():
+    """Each verb's --help says what an option does when it is not given (a required option needs none)."""
+    from hwq.cli import build_parser
+
+    verbs = build_parser()._subparsers._group_actions[0].choices
+    for verb, parser in verbs.items():
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help" and not action.required:
+                assert "default" in parser._get_formatter()._format_action(action), (verb, action.option_strings)

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """A full disk and a read-only folder, for real: each stage runs on a small tmpfs (ENOSPC when it fills, EROFS
-when it is remounted read-only). Every stage answers with one line naming the file, exit status 2, and what was
-there before stays as it was.
+when it is remounted read-only). Every stage (measure too) answers with one line naming the file, exit status 2,
+and what was there before stays as it was.
 
 Mounting needs root (CI runs as root) and a kernel that allows it in the container; elsewhere these tests are
 skipped. ``tests/test_train_runs.py`` covers the full disk without root (a file-size limit, EFBIG).
@@ -10,6 +10,7 @@ skipped. ``tests/test_train_runs.py`` covers the full disk without root (a file-
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -107,3 +108,28 @@ def test_every_stage_on_a_read_only_folder_is_one_line(exported_tfc_w1a1, digits
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], capture_output=True)
     assert _snapshot(run) == before
+
+
+def test_measure_on_a_full_disk_keeps_the_report_or_the_previous_one(digits_tfc_build, small_fs):
+    """No room at all: one line, and the previous report stays as it was. Room for the report but not the plot:
+    the measured windows are kept (the report is written first) and the plot is a warning."""
+    from hwq.device import BuildModel, Emulator
+
+    out = small_fs / "measure"
+    out.mkdir()
+    report = out / "measure-performance.json"
+    report.write_text('{"status": "done", "windows": []}')
+    flags = ["--build", str(digits_tfc_build), "--out", str(out), "--windows", "3", "--min-window-s", "0.05",
+             "--latency-windows", "1", "--timeout", "5"]
+    with Emulator(BuildModel.from_build_dir(digits_tfc_build)) as emu:
+        _fill(small_fs, leave_kb=0)
+        error = _one_line_error(_hwq("measure", "--port", emu.port, *flags), "measure", "no space left on device")
+        assert str(report) in error and report.read_text() == '{"status": "done", "windows": []}'
+        (small_fs / "filler").unlink()
+        report.unlink()
+        _fill(small_fs, leave_kb=24)  # a 3-window report is about 10 kB, the plot about 45 kB
+        proc = _hwq("measure", "--port", emu.port, *flags)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"warning: latency.png: {out / 'latency.png'}: no space left on device" in proc.stderr
+    measured = json.loads(report.read_text())
+    assert measured["status"] == "done" and len(measured["windows"]) == 3 and "plot" not in measured["outputs"]
