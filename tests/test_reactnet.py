@@ -1,0 +1,85 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The ReActNet-style binary backbone (hwq.models.reactnet): built from every family, trained briefly on digits,
+exported bit-exactly and built by FINN with both gates passing; its shortcuts become DuplicateStreams +
+ElementwiseAdd, its strided shortcuts QuantAvgPool, its channel doubling StreamingConcat, with no layout Shuffles
+left (hwq.dataflow.passes_branches.MakeQuantAvgPoolNHWC)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.custom_op.registry import getCustomOp
+
+from hwq.errors import ConfigError
+from hwq.models import ModelSpec, build_model
+from hwq.models.reactnet import BinaryConvShortcut, _channel_plan
+from hwq.models.mobilenet import MOBILENET_TINY, MOBILENET_V1_CIFAR
+
+
+@pytest.mark.parametrize("quant", ["uniform", "float", "bitat"])
+def test_reactnet_tiny_builds_from_every_family(quant):
+    net = build_model(ModelSpec("reactnet_tiny", 1, 1, quant=quant, image_shape=(1, 8, 8),
+                                options={"width": 0.25}))
+    assert net(torch.rand(3, 1, 8, 8)).shape == (3, 10)
+    blocks = [m for m in net.modules() if isinstance(m, BinaryConvShortcut)]
+    assert len(blocks) == 2 * len(MOBILENET_TINY[1])   # a 3x3 and a 1x1 block per MobileNet block
+    # each block's body output is quantized by the quantizer that made its input (one scale for the add)
+    assert all(b.quant_in is a.quant_out for a, b in zip(blocks, blocks[1:]))
+
+
+def test_channel_plan_keeps_or_doubles():
+    for width in (0.125, 0.25, 0.3, 0.5, 0.7, 1.0):
+        for config in (MOBILENET_TINY, MOBILENET_V1_CIFAR):
+            cin, plan = _channel_plan(config, width)
+            for cout, _ in plan:
+                assert cout in (cin, 2 * cin), (config, width, plan)
+                cin = cout
+
+
+def test_reactnet_refuses_what_it_cannot_deploy():
+    with pytest.raises(ConfigError, match=r"model_options.shortcut_bits: expected an integer in \[2, 8\], got 1"):
+        build_model(ModelSpec("reactnet_tiny", 1, 1, image_shape=(1, 8, 8), options={"shortcut_bits": 1}))
+    with pytest.raises(ConfigError, match="laid out for 32x32 images"):
+        build_model(ModelSpec("reactnet", 1, 1, image_shape=(1, 28, 28)))
+    with pytest.raises(ConfigError, match=r"stride-2 block meets a 7x7 map"):   # 14 -> 7 -> stride 2 again
+        build_model(ModelSpec("reactnet_tiny", 1, 1, image_shape=(1, 14, 14)))
+
+
+@pytest.fixture(scope="module", params=[4, 8])
+def reactnet_run(request, tmp_path_factory):
+    """reactnet_tiny W1A1 (width 0.25, ``shortcut_bits`` 4 or 8) trained 2 epochs on digits, exported."""
+    from hwq.export import run_export
+    from hwq.train import TrainConfig, run_train
+
+    run = tmp_path_factory.mktemp("runs") / f"reactnet_tiny-k{request.param}"
+    config = TrainConfig(model="reactnet_tiny", dataset="digits", wbits=1, abits=1, epochs=2, threads=1,
+                         model_options={"width": 0.25, "shortcut_bits": request.param})
+    run_train(config, run, progress=False)
+    export = run_export(run)
+    assert export["verification"]["passed"], export["verification"]
+    return run
+
+
+@pytest.mark.slow
+def test_reactnet_tiny_finn_build_both_gates(reactnet_run):
+    """About 1-2 minutes per bit-width on the shared 2-core machine, most of it in StreamlinePlus."""
+    from hwq.dataflow import BuildConfig, run_build
+
+    out = reactnet_run / "build-pynq-z2"
+    manifest = run_build(reactnet_run, BuildConfig(board="pynq-z2", out_dir=str(out), verify_samples=20),
+                         progress=False)
+    assert manifest["status"] == "done", manifest.get("error")
+    exact = manifest["bit_exact"]
+    assert exact["passed"] and exact["classes_match"] == 1.0 and exact["layerwise"]
+    assert all(t["values_differing"] == 0 for t in exact["tensors"])
+    assert manifest["integer_range"]["passed"]
+    hw = ModelWrapper(str(out / "intermediate" / "create_dataflow_partition.onnx"))
+    ops = [n.op_type for n in hw.graph.node]
+    assert all(n.domain.startswith("finn.custom_op.fpgadataflow") for n in hw.graph.node), ops
+    # 6 blocks, 2 of them doubling (two adds each); 2 strided (pooled shortcuts); no layout shuffles left
+    assert ops.count("ElementwiseAdd") == 8 and ops.count("StreamingConcat") == 2
+    pools = [n for n in hw.graph.node if n.op_type == "Pool"]
+    assert len(pools) == 2 and all(getCustomOp(p).get_nodeattr("Function") == "QuantAvgPool" for p in pools)
+    assert "GlobalAccPool" in ops and "DuplicateStreams" in ops and "Shuffle" not in ops
+    assert manifest["estimates"]["total"]["estimated_fps"] > 0
