@@ -12,7 +12,8 @@ convolution, **each with a shortcut around it**. The real-valued path of ReActNe
   convolution has its own sign);
 - the shortcut: the body's output is quantized by **the same** k-bit quantizer as the block input ``x`` (one
   scale, so the add is an integer add that FINN maps to DuplicateStreams + ElementwiseAdd); strided, the shortcut
-  is a 2x2 truncating average pool (FINN's QuantAvgPool) re-quantized by that quantizer; when the channels double
+  is a 2x2 truncating average pool to k bits (``floor(sum / 4)``, FINN's QuantAvgPool) re-quantized by that
+  quantizer (exactly: it is on its grid already); when the channels double
   (a 1x1 block), the body is two 1x1 convolutions whose outputs each get ``x`` added, then concatenated
   (ReActNet's layout; FINN's StreamingConcat);
 - the activation shape after each block: a per-channel scale and shift (batch norm) in front of the next k-bit
@@ -103,7 +104,11 @@ class BinaryConvShortcut(nn.Module):
         self.bns = nn.ModuleList(nn.BatchNorm2d(cin) for _ in range(halves))
         self.pool = None
         if stride != 1:
-            self.pool = TruncAvgPool2d(kernel_size=stride, stride=stride, trunc_quant=TruncTo8bit)
+            # the sum shifted right to k bits: floor(sum / 4) at the input's scale, which quant_in keeps exactly
+            # (TruncTo8bit at k < 8 widens to sum / 4 at a quarter of the scale, and quant_in's rounding of the
+            # ties sum = 2 mod 4 then rests on float rounding in the QONNX reference: the gate failed on them)
+            self.pool = TruncAvgPool2d(kernel_size=stride, stride=stride,
+                                       trunc_quant=TruncTo8bit.let(bit_width=shortcut_bits))
         self.shape = nn.BatchNorm2d(cout)
         self.quant_out = _shortcut_quant(family, shortcut_bits, cout)
 
