@@ -77,9 +77,14 @@ def test_reactnet_tiny_finn_build_both_gates(reactnet_run):
     hw = ModelWrapper(str(out / "intermediate" / "create_dataflow_partition.onnx"))
     ops = [n.op_type for n in hw.graph.node]
     assert all(n.domain.startswith("finn.custom_op.fpgadataflow") for n in hw.graph.node), ops
-    # 6 blocks, 2 of them doubling (two adds each); 2 strided (pooled shortcuts); no layout shuffles left
-    assert ops.count("ElementwiseAdd") == 8 and ops.count("StreamingConcat") == 2
+    # an add per block, two in a doubling one (width 0.25: 8 -> 8 -> 16 -> 16 channels, one doubling); a pooled
+    # shortcut per strided block; no layout shuffles left
+    stem, plan = _channel_plan(MOBILENET_TINY, 0.25)
+    doubling = sum(cout == 2 * cin for (cout, _), cin in zip(plan, [stem] + [c for c, _ in plan]))
+    assert doubling == 1
+    assert ops.count("ElementwiseAdd") == 2 * len(plan) + doubling and ops.count("StreamingConcat") == doubling
     pools = [n for n in hw.graph.node if n.op_type == "Pool"]
     assert len(pools) == 2 and all(getCustomOp(p).get_nodeattr("Function") == "QuantAvgPool" for p in pools)
     assert "GlobalAccPool" in ops and "DuplicateStreams" in ops and "Shuffle" not in ops
     assert manifest["estimates"]["total"]["estimated_fps"] > 0
+
