@@ -93,3 +93,17 @@ def test_reactnet_tiny_finn_build_both_gates(reactnet_run):
     assert "GlobalAccPool" in ops and "DuplicateStreams" in ops and "Shuffle" not in ops
     assert manifest["estimates"]["total"]["estimated_fps"] > 0
 
+
+
+@pytest.mark.slow
+def test_reactnet_tiny_open_backend_simulates_bit_exact(reactnet_run):
+    """The open backend's FINN steps, Verilog and simulation (no synthesis): bit-exact against the NumPy
+    reference; about 3 minutes on the shared machine."""
+    from hwq.rtl.build import OpenBuildConfig, run_open_build
+
+    m = run_open_build(reactnet_run, OpenBuildConfig(board="ulx3s-85f", verify_samples=2, synthesise=False,
+                                                     out_dir=str(reactnet_run / "build-open")))
+    assert m["status"] == "done", m.get("error")
+    assert m["bit_exact"]["passed"] and m["simulation"]["bit_exact"] and m["simulation"]["n"] == 2
+    kinds = {layer.split("_")[0] for layer in m["layers"]}
+    assert {"ElementwiseAdd", "DuplicateStreams", "StreamingConcat", "GlobalAccPool"} <= kinds, sorted(m["layers"])
