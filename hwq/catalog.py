@@ -23,12 +23,15 @@ MODELS: dict[str, str] = {
     "resnet20": "ResNet-20 for CIFAR-10 (average-pooled classifier; not built by FINN)",
     "mobilenet": "MobileNet-v1 for 32x32 images",
     "mobilenet_tiny": "MobileNet-style, 3 blocks, for digits and MNIST",
+    "reactnet": "ReActNet-A style binary backbone with k-bit shortcuts, for 32x32 images (docs/reactnet.md)",
+    "reactnet_tiny": "ReActNet-style binary backbone, 3 blocks, for digits and MNIST (docs/reactnet.md)",
 }
 
 #: Model name -> the options its builder reads (``--option``, ``model_options``).
 MODEL_OPTIONS: dict[str, tuple[o.Option, ...]] = {
     "tfc": o.FC_OPTIONS, "sfc": o.FC_OPTIONS, "lfc": o.FC_OPTIONS, "cnv": o.CNV_OPTIONS,
     "resnet20": o.RESNET_OPTIONS, "mobilenet": o.MOBILENET_OPTIONS, "mobilenet_tiny": o.MOBILENET_TINY_OPTIONS,
+    "reactnet": o.REACTNET_OPTIONS, "reactnet_tiny": o.REACTNET_TINY_OPTIONS,
 }
 
 #: Quantizer family -> (what it is, weight bit-widths, activation bit-widths).

@@ -21,7 +21,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                     "(default: none, so the defaults below; with --resume, the run's config.yaml)")
     # Literal lists and defaults keep `hwq --help` free of the torch import; tests check them against the
     # registries and TrainConfig's defaults.
-    p.add_argument("--model", help="tfc, sfc, lfc, cnv, resnet20, mobilenet, mobilenet_tiny (default: tfc)")
+    p.add_argument("--model", help="tfc, sfc, lfc, cnv, resnet20, mobilenet, mobilenet_tiny, reactnet, reactnet_tiny "
+                                    "(default: tfc)")
     p.add_argument("--dataset", help="digits, mnist, cifar10 (default: digits)")
     p.add_argument("--quant", help="quantizer family: uniform, float, n2uq, bitat (default: uniform)")
     p.add_argument("--wbits", type=int, help="weight bit-width, 1 = binary (default: 1)")

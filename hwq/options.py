@@ -250,3 +250,12 @@ def _width(default: float) -> Option:
 
 MOBILENET_OPTIONS = (_width(0.5), PAD_VALUE)
 MOBILENET_TINY_OPTIONS = (_width(1.0), PAD_VALUE)
+
+#: The k bits of ReActNet's real-valued path (shortcuts, block outputs): a published FPGA ReActNet uses 4 to 6.
+SHORTCUT_BITS = Option("shortcut_bits", "integer", 4,
+                       "bits of the shortcuts and block outputs around the binary convolutions",
+                       range=Range(2, 8))
+CLASSIFIER_BITS = Option("classifier_bits", "integer", 8, "weight bits of the classifier (after the average pool)",
+                         range=Range(2, 8))
+REACTNET_OPTIONS = (_width(0.5), SHORTCUT_BITS, CLASSIFIER_BITS, PAD_VALUE)
+REACTNET_TINY_OPTIONS = (_width(0.5), SHORTCUT_BITS, CLASSIFIER_BITS, PAD_VALUE)

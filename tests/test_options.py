@@ -82,7 +82,8 @@ def test_an_unknown_option_names_it_and_lists_the_known_ones_with_a_hint():
     assert str(err.value) == ("model_options.bitat_penalti: not an option of model 'tfc' with --quant bitat "
                               f"(did you mean bitat_penalty?); known: {known}")
     with pytest.raises(ConfigError, match=r"^model_options.width: not an option of model 'tfc' with --quant n2uq "
-                                          r"\(width is an option of model 'mobilenet' and model 'mobilenet_tiny'\)"):
+                                          r"\(width is an option of model 'mobilenet' and model 'mobilenet_tiny' and model "
+                                          r"'reactnet' and model 'reactnet_tiny'\)"):
         TrainConfig(model="tfc", quant="n2uq", model_options={"width": 0.5})
     with pytest.raises(ConfigError, match=r"n2uq_range is an option of --quant n2uq\); known: weight_scale$"):
         TrainConfig(model="tfc", quant="uniform", model_options={"n2uq_range": 1.0})

@@ -184,10 +184,41 @@ class ClipThresholdsToInputRange(Transformation):
         return model, False
 
 
+class MakeQuantAvgPoolNHWC(Transformation):
+    """``Transpose(0, 3, 1, 2) -> QuantAvgPool2d (NCHW)`` becomes ``QuantAvgPool2d (NHWC) -> Transpose(0, 3, 1, 2)``,
+    the same values: a pool on a residual shortcut (ReActNet's strided shortcut) otherwise keeps the main path in
+    NCHW, and StreamlinePlus's transpose movers cannot meet its Transposes across the adds and concats (finn-plus's
+    ``MakeMaxPoolNHWC`` does this for MaxPool only). A Transpose that forks is left to ``MoveTransposePastFork``.
+    """
+
+    def apply(self, model: ModelWrapper) -> tuple[ModelWrapper, bool]:
+        for node in list(model.graph.node):
+            if node.op_type != "QuantAvgPool2d" or getCustomOp(node).get_nodeattr("data_layout") != "NCHW":
+                continue
+            transpose = model.find_producer(node.input[0])
+            if transpose is None or transpose.op_type != "Transpose" or model.is_fork_node(transpose) \
+                    or list(get_by_name(transpose.attribute, "perm").ints) != [0, 3, 1, 2]:
+                continue
+            batch, channels, height, width = model.get_tensor_shape(node.output[0])
+            mid = model.make_new_valueinfo_name()
+            model.set_tensor_shape(mid, [batch, height, width, channels])
+            model.set_tensor_datatype(mid, model.get_tensor_datatype(node.output[0]))
+            pooled, transposed = node.output[0], transpose.input[0]
+            node.input[0], node.output[0] = transposed, mid
+            transpose.input[0], transpose.output[0] = mid, pooled
+            getCustomOp(node).set_nodeattr("data_layout", "NHWC")
+            # keep the node list topologically sorted: the Transpose now follows the pool
+            model.graph.node.remove(transpose)
+            model.graph.node.insert(list(model.graph.node).index(node) + 1, transpose)
+            return model, True
+        return model, False
+
+
 def streamline_plus_unrounded() -> Transformation:
     """finn-plus's ``StreamlinePlus`` without its final ``RoundAndClipThresholds`` (the minimize steps round and
-    clip later), so that :class:`RoundHalfEvenAtTies` still sees the thresholds as streamlining computed them, and
-    with its ``MoveMulPastJoinAdd`` comparing per-channel constants without raising (finn_compat workaround 5)."""
+    clip later), so that :class:`RoundHalfEvenAtTies` still sees the thresholds as streamlining computed them,
+    with its ``MoveMulPastJoinAdd`` comparing per-channel constants without raising (finn_compat workaround 5), and
+    with :class:`MakeQuantAvgPoolNHWC` among its transpose movers."""
     from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
     from finn.transformation.streamline.streamline_plus import StreamlinePlus
     from qonnx.transformation.composed import ComposedTransformation
@@ -208,7 +239,10 @@ def streamline_plus_unrounded() -> Transformation:
 
     def fixed(transformation):
         if isinstance(transformation, ComposedTransformation):
-            return ComposedTransformation([fixed(t) for t in transformation.transformations])
+            inner = [fixed(t) for t in transformation.transformations]
+            if any(type(t).__name__ == "AbsorbTransposeIntoMultiThreshold" for t in inner):
+                inner.insert(0, MakeQuantAvgPoolNHWC())  # with the other transpose movers
+            return ComposedTransformation(inner)
         return MoveEqualMulPastJoinAdd() if type(transformation) is MoveMulPastJoinAdd else transformation
 
     steps = StreamlinePlus().transformations

@@ -11,3 +11,4 @@ from hwq.models.registry import MODEL_OPTIONS, MODELS, ModelSpec, build_model, c
 __all__ = ["MODEL_OPTIONS", "MODELS", "ModelSpec", "build_model", "check_model_options", "register_model"]
 from hwq.models import mobilenet  # noqa: E402,F401  (registers mobilenet, mobilenet_tiny)
 from hwq.models import resnet  # noqa: E402,F401  (registers resnet20)
+from hwq.models import reactnet  # noqa: E402,F401  (registers reactnet, reactnet_tiny)
