@@ -210,7 +210,7 @@ class TrainConfig:
     # --- YAML --------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["schedule"] = self.schedule_used().value  # resolved, so a rerun with it unset is up to date
+        out["schedule"] = None if self.schedule is None else self.schedule.value
         out["loss"] = self.loss.value
         out["recipe"] = self.recipe.value
         return out
