@@ -195,6 +195,7 @@ def _train(recipe: Recipe, run: Path, progress: bool) -> tuple[bool, dict]:
 
     config = TrainConfig.from_dict(recipe.train, source=f"recipe {recipe.name}: train")
     wanted = config.to_dict()
+    wanted["schedule"] = config.schedule_used().value  # the run records the schedule it used
     if wanted["threads"] is None:  # a recipe without threads accepts the count the run recorded (the machine's)
         wanted.pop("threads")
     if records.up_to_date(run / METRICS_FILE, wanted, train_inputs(config)):
