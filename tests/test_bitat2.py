@@ -191,3 +191,37 @@ def test_second_design_trains_and_exports_a_plain_binary_network(second_design_r
     check_deployable(trained)
     report = run_export(second_design_run)
     assert report["verification"]["passed"] and report["verification"]["argmax_match"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def second_design_reactnet(tmp_path_factory):
+    """reactnet_tiny (width 0.25) W1A1, second design, 3 epochs on digits from a 2-epoch float teacher; exported."""
+    from hwq.export import run_export
+    from hwq.train import TrainConfig, run_train
+
+    root = tmp_path_factory.mktemp("bitat2-reactnet")
+    common = dict(model="reactnet_tiny", dataset="digits", lr=0.01, threads=1)
+    run_train(TrainConfig(**common, quant="float", wbits=32, abits=32, epochs=2,
+                          model_options={"float_act": "hardtanh", "width": 0.25}), root / "fp", progress=False)
+    run_train(TrainConfig(**common, quant="bitat", epochs=3, model_options={"width": 0.25},
+                          init_from=str(root / "fp"), teacher=str(root / "fp")), root / "b2", progress=False)
+    assert run_export(root / "b2")["verification"]["passed"]
+    return root / "b2"
+
+
+@pytest.mark.slow
+def test_second_design_reactnet_builds_bit_exact_on_both_backends(second_design_reactnet):
+    """FINN (both gates) and the open backend's simulation; a few minutes on the shared 2-core machine. Its sign
+    thresholds on a k-bit stream can round to {-1, 0}, which needs finn_compat's workaround 9."""
+    from hwq.dataflow import BuildConfig, run_build
+    from hwq.rtl.build import OpenBuildConfig, run_open_build
+
+    finn = run_build(second_design_reactnet, BuildConfig(board="pynq-z2", verify_samples=20,
+                                                         out_dir=str(second_design_reactnet / "build-pynq-z2")),
+                     progress=False)
+    assert finn["status"] == "done", finn.get("error")
+    assert finn["bit_exact"]["passed"] and finn["bit_exact"]["classes_match"] == 1.0
+    opened = run_open_build(second_design_reactnet, OpenBuildConfig(
+        board="ulx3s-85f", verify_samples=2, synthesise=False, out_dir=str(second_design_reactnet / "build-open")))
+    assert opened["status"] == "done", opened.get("error")
+    assert opened["bit_exact"]["passed"] and opened["simulation"]["bit_exact"]
