@@ -28,10 +28,10 @@ from hwq.data import Dataset, load_dataset
 from hwq.errors import CheckpointError, ConfigError, Interrupted
 from hwq.models import ModelSpec, build_model
 from hwq.models.scores import model_scores
-from hwq.quant import clip_latent_weights
 from hwq.train.augment import AUGMENTED_BY_DEFAULT, random_crop_flip
 from hwq.train.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from hwq.train.config import Loss, Schedule, TrainConfig
+from hwq.train.hooks import ModelHooks, call_hooks  # noqa: F401  (call_hooks: part of this module's API)
 from hwq.train.progress import EpochProgress
 from hwq.train.rundir import (
     CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, MODEL_FILE, StagedReplacement, holds_run, naming_errors,
@@ -106,18 +106,6 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     log_p_student = F.log_softmax(student / temperature, dim=1)
     p_teacher = F.softmax(teacher / temperature, dim=1)
     return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * temperature**2
-
-
-def call_hooks(model: nn.Module, hook: str, *args: Any) -> list[Any]:
-    """Call ``hook(*args)`` on every submodule that defines it (the model itself included).
-
-    Hooks let quantizer families shape training without a loop of their own:
-    ``hwq_on_epoch_start(epoch, epochs)`` (e.g. a progressive schedule) and
-    ``hwq_extra_loss() -> Tensor`` (e.g. a regulariser), added to the loss of every step, and
-    ``hwq_after_step()`` (e.g. a projection of the latent weights), after every optimizer step, and
-    ``hwq_on_step(progress)`` before every step, with the training's progress (0..1) at the step's end.
-    """
-    return [getattr(module, hook)(*args) for module in model.modules() if hasattr(module, hook)]
 
 
 def attach_teacher(model: nn.Module, teacher: nn.Module | None) -> None:
@@ -252,6 +240,8 @@ class _Run:
     start_epoch: int
     #: The record's ``inputs`` (:func:`train_inputs`, hashed once per run).
     inputs: dict = dataclasses.field(default_factory=dict)
+    #: The model's hooks, found once (:mod:`hwq.train.hooks`).
+    hooks: ModelHooks | None = None
     #: The two-step recipe's plan (None for the plain recipe).
     plan: TwoStepPlan | None = None
 
@@ -300,7 +290,8 @@ def _prepare(config: TrainConfig, device: torch.device, checkpoint: dict | None)
         start_epoch = int(checkpoint["epoch"])
         history = list(checkpoint.get("history", []))[:start_epoch]
     inputs = {name: records.file_record(path) for name, path in train_inputs(config).items()}
-    return _Run(config, device, dataset, spec, model, optimizer, teacher, history, start_epoch, inputs, plan)
+    return _Run(config, device, dataset, spec, model, optimizer, teacher, history, start_epoch, inputs,
+                ModelHooks(model), plan)
 
 
 def _fit(run: _Run, out_dir: Path, progress: bool, started: float) -> None:
@@ -329,7 +320,8 @@ def _train_epoch(run: _Run, epoch: int, bar: EpochProgress) -> dict[str, Any]:
     augment = config.dataset in AUGMENTED_BY_DEFAULT
     epoch_start = time.perf_counter()
     model.train()
-    call_hooks(model, "hwq_on_epoch_start", epoch, config.epochs)
+    hooks = run.hooks
+    hooks("hwq_on_epoch_start", epoch, config.epochs)
     if run.plan is not None:
         run.plan.start_epoch(model, optimizer, epoch)
     for group in optimizer.param_groups:
@@ -340,7 +332,7 @@ def _train_epoch(run: _Run, epoch: int, bar: EpochProgress) -> dict[str, Any]:
     loss_sum, correct = 0.0, 0
     for step in range(steps):
         idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-        call_hooks(model, "hwq_on_step", (epoch + (step + 1) / steps) / config.epochs)
+        hooks("hwq_on_step", (epoch + (step + 1) / steps) / config.epochs)
         images = train_x[idx]
         if augment:
             images = random_crop_flip(images, generator)
@@ -352,13 +344,13 @@ def _train_epoch(run: _Run, epoch: int, bar: EpochProgress) -> dict[str, Any]:
                 teacher_logits = run.teacher(inputs)
             soft = distillation_loss(logits, teacher_logits, config.distill_temperature)
             loss = (1.0 - config.distill_weight) * loss + config.distill_weight * soft
-        for extra in call_hooks(model, "hwq_extra_loss"):
+        for extra in hooks("hwq_extra_loss"):
             loss = loss + extra
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        clip_latent_weights(model)
-        call_hooks(model, "hwq_after_step")
+        hooks.clip_latent_weights()
+        hooks("hwq_after_step")
         loss_sum += float(loss.detach()) * len(idx)
         correct += int((logits.argmax(1) == train_y[idx]).sum())
         bar.step()
