@@ -312,6 +312,29 @@ def _fit(run: _Run, out_dir: Path, progress: bool, started: float) -> None:
             _write_json(out_dir / METRICS_FILE, _metrics(run, epoch + 1, time.perf_counter() - started))
 
 
+def train_step(run: _Run, inputs: torch.Tensor, labels: torch.Tensor,
+               progress: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch (``progress``: the training's progress, 0..1, at the step's end); returns the
+    loss and the logits. ``scripts/bench_train_step.py`` times exactly this against Brevitas' own loop."""
+    config, model, optimizer, hooks = run.config, run.model, run.optimizer, run.hooks
+    hooks("hwq_on_step", progress)
+    logits = model(inputs)
+    loss = loss_fn(config.loss, logits, labels)
+    if run.teacher is not None:
+        with torch.no_grad():
+            teacher_logits = run.teacher(inputs)
+        soft = distillation_loss(logits, teacher_logits, config.distill_temperature)
+        loss = (1.0 - config.distill_weight) * loss + config.distill_weight * soft
+    for extra in hooks("hwq_extra_loss"):
+        loss = loss + extra
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    hooks.clip_latent_weights()
+    hooks("hwq_after_step")
+    return loss, logits
+
+
 def _train_epoch(run: _Run, epoch: int, bar: EpochProgress) -> dict[str, Any]:
     """One pass over the training images; returns the epoch's history record."""
     config, model, optimizer = run.config, run.model, run.optimizer
@@ -320,8 +343,7 @@ def _train_epoch(run: _Run, epoch: int, bar: EpochProgress) -> dict[str, Any]:
     augment = config.dataset in AUGMENTED_BY_DEFAULT
     epoch_start = time.perf_counter()
     model.train()
-    hooks = run.hooks
-    hooks("hwq_on_epoch_start", epoch, config.epochs)
+    run.hooks("hwq_on_epoch_start", epoch, config.epochs)
     if run.plan is not None:
         run.plan.start_epoch(model, optimizer, epoch)
     for group in optimizer.param_groups:
@@ -332,25 +354,11 @@ def _train_epoch(run: _Run, epoch: int, bar: EpochProgress) -> dict[str, Any]:
     loss_sum, correct = 0.0, 0
     for step in range(steps):
         idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-        hooks("hwq_on_step", (epoch + (step + 1) / steps) / config.epochs)
         images = train_x[idx]
         if augment:
             images = random_crop_flip(images, generator)
-        inputs = Dataset.to_float(images)
-        logits = model(inputs)
-        loss = loss_fn(config.loss, logits, train_y[idx])
-        if run.teacher is not None:
-            with torch.no_grad():
-                teacher_logits = run.teacher(inputs)
-            soft = distillation_loss(logits, teacher_logits, config.distill_temperature)
-            loss = (1.0 - config.distill_weight) * loss + config.distill_weight * soft
-        for extra in hooks("hwq_extra_loss"):
-            loss = loss + extra
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        hooks.clip_latent_weights()
-        hooks("hwq_after_step")
+        progress_at_end = (epoch + (step + 1) / steps) / config.epochs
+        loss, logits = train_step(run, Dataset.to_float(images), train_y[idx], progress_at_end)
         loss_sum += float(loss.detach()) * len(idx)
         correct += int((logits.argmax(1) == train_y[idx]).sum())
         bar.step()
