@@ -162,3 +162,21 @@ def test_cli_train_and_errors(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
+
+
+def test_hooks_are_found_once_and_clip_the_latent_weights():
+    from hwq.models import ModelSpec, build_model
+    from hwq.train.hooks import ModelHooks
+
+    plain = build_model(ModelSpec("tfc", 1, 1, image_shape=(1, 8, 8)))
+    hooks = ModelHooks(plain)
+    assert hooks.names() == []                              # nothing to call per step
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.mul_(10.0)
+    hooks.clip_latent_weights()
+    binary = [m for m in plain.modules() if getattr(m, "latent_clip", None) is not None]
+    assert binary and all(float(m.weight.abs().max()) <= m.latent_clip for m in binary)
+    bitat = ModelHooks(build_model(ModelSpec("tfc", 1, 1, quant="bitat", image_shape=(1, 8, 8),
+                                             options={"bitat_aggregate": False})))
+    assert set(bitat.names()) == {"hwq_on_epoch_start", "hwq_on_step", "hwq_extra_loss", "hwq_after_step"}
