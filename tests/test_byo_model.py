@@ -325,6 +325,74 @@ def test_a_floor_tie_the_float_accumulator_misses_counts_as_its_integer(tmp_path
     assert hw.get_initializer("t").tolist() == [[1.0, 2.0, 2.5999999046325684]] and snap.changed == 2
 
 
+def _thresholds_of(model, quant, acc_scale, levels):
+    """A MultiThreshold on an integer accumulator, made from the user's ``quant`` (``round(acc * acc_scale)``), its
+    thresholds at the half steps as float32 streamlining computes them."""
+    from qonnx.core.datatype import DataType
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from hwq.dataflow.provenance import record_user_nodes
+
+    steps = (np.arange(levels[0], levels[1]) + 0.5).astype(np.float32) / np.float32(acc_scale)
+    mt = helper.make_node("MultiThreshold", ["acc", "t"], ["out"], name="MultiThreshold_0",
+                          domain="qonnx.custom_op.general", out_dtype="INT5", out_bias=float(levels[0]))
+    mt.doc_string = next(n for n in record_user_nodes(model).graph.node if n.name == quant).doc_string
+    graph = helper.make_graph([mt], "hw", [helper.make_tensor_value_info("acc", TensorProto.FLOAT, (1, 4))],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, (1, 4))],
+                              initializer=[helper.make_tensor("t", TensorProto.FLOAT, (1, len(steps)), steps)])
+    hw = ModelWrapper(helper.make_model(graph))
+    hw.set_tensor_datatype("acc", DataType["INT32"])
+    return hw
+
+
+def test_a_round_tie_the_float_accumulator_misses_is_decided_as_the_thresholds_do(tmp_path):
+    """An 8-bit first layer's accumulator of -10333 on a threshold: QONNX computes -6.5000005 and rounds to -7,
+    the half-to-even thresholds give -6, and so does the gate's reference (hwq.dataflow.round_ties); a threshold
+    one level off, at a tie or not, still differs from the reference."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    from hwq.dataflow.passes_branches import RoundHalfEvenAtTies
+    from hwq.dataflow.round_ties import round_tie_reference
+
+    acc_scale = np.float32(6.5 / 10333)
+    nodes = [helper.make_node("Mul", ["x", "c"], ["h"], name="bn"), _quant("act_round", "h", "y")]
+    params = {"c": acc_scale, "s": np.array(1.0, np.float32), "z": np.array(0.0, np.float32),
+              "b": np.array(5.0, np.float32)}
+    model = ModelWrapper(str(_hand_made(tmp_path / "round.onnx", nodes, params, out_shape=(1, 4))))
+    model = model.transform(InferShapes())
+    acc = np.array([[-10333, -10332, 5000, 0]], np.float32)
+    plain = execute_onnx(model, {"x": acc})["y"]
+    assert np.float32(-10333) * acc_scale == np.float32(-6.5000005) and plain.tolist() == [[-7, -6, 3, 0]]
+    reference, masks = round_tie_reference(model)
+    ctx = execute_onnx(reference.transform(InferShapes()), {"x": acc}, return_full_exec_context=True)
+    assert ctx["y"].tolist() == [[-6, -6, 3, 0]] and ctx[masks[0]].tolist() == [[1, 0, 0, 0]]
+    assert [n.op_type for n in model.graph.node] == ["Mul", "Quant"]   # the user's graph is left as it was
+
+    def hardware(thresholds):
+        hw = _thresholds_of(model, "act_round", acc_scale, (-16, 15))
+        if thresholds is not None:
+            hw.set_initializer("t", thresholds(hw.get_initializer("t")))
+        ties = RoundHalfEvenAtTies.for_user_graph(model)
+        return execute_onnx(hw.transform(ties), {"acc": acc})["out"], ties.changed
+
+    out, moved = hardware(None)
+    assert moved >= 1 and (out == ctx["y"]).all()                       # the tie goes as in the reference
+
+    def step_at(level, at):
+        def edit(t):
+            t = t.copy()
+            t[0, level + 16] = at
+            return t
+        return edit
+
+    wrong, _ = hardware(step_at(2, 5001.0))                  # the step from 2 to 3 past the accumulator of 5000
+    assert wrong.tolist() == [[-6, -6, 2, 0]] and (wrong != ctx["y"]).sum() == 1
+    up, _ = hardware(step_at(-7, -10332.5))                  # the tie's own step moved by half an integer
+    assert up.tolist() == [[-7, -6, 3, 0]] and (up != ctx["y"]).sum() == 1
+
+
 def test_a_graph_the_checker_rejects_shows_the_checkers_message(tmp_path):
     path = _hand_made(tmp_path / "bad.onnx", [helper.make_node("Relu", ["x", "x"], ["y"], name="two_inputs"),
                                                _quant("q", "y", "z")], dict(QUANT_PARAMS), out_shape=(1, 4))

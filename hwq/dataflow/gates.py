@@ -31,6 +31,8 @@ from qonnx.custom_op.registry import getCustomOp
 from hwq.classes import FLOAT, INTEGER, top_classes
 from hwq.dataflow.errors import BitExactnessError, IntegerRangeError
 from hwq.dataflow.floor_rounding import FLOOR_TIE_TOLERANCE, tie_tolerant_reference
+from hwq.dataflow.passes_branches import TIE_TOLERANCE
+from hwq.dataflow.round_ties import round_tie_reference
 from hwq.export.scores import FinalMatMul, final_matmul, integer_dot, quant_scale, run_qonnx_graph
 from hwq.dataflow.input_convention import InputConvention, find_input_convention
 from hwq.dataflow.passes import popcount_range_violations, popcount_threshold_violations
@@ -115,10 +117,14 @@ def check_bit_exact(qonnx_model: ModelWrapper, hw_model: ModelWrapper, images: n
     convention = convention or find_input_convention(qonnx_model)
     # FLOOR quantizers floor a float accumulator, whose exact ties may arrive a rounding error below the integer
     qonnx_model, floor_quants = tie_tolerant_reference(qonnx_model)
+    # ROUND quantizers: a float32 value within rounding of a half step is rounded half to even, as the hardware's
+    # thresholds decide that tie (hwq.dataflow.round_ties); the masks count those values
+    qonnx_model, tie_masks = round_tie_reference(qonnx_model)
     acts, final = qonnx_layer_outputs(qonnx_model)
     layers = hw_layer_outputs(hw_model)
     q_out, h_out = qonnx_model.graph.output[0].name, hw_model.graph.output[0].name
     q_keep = [q_out] + [a["tensor"] for a in acts] + ([final.act, final.weight, final.tensor] if final else [])
+    q_keep += tie_masks
     h_keep = [h_out] + [n.output[0] for n in layers]
     q_in_shape = qonnx_model.get_tensor_shape(qonnx_model.graph.input[0].name)[1:]
     ref = run_qonnx_graph(qonnx_model, convention.graph_input(images).reshape(len(images), *q_in_shape),
@@ -189,6 +195,13 @@ def check_bit_exact(qonnx_model: ModelWrapper, hw_model: ModelWrapper, images: n
                                 f"{FLOOR_TIE_TOLERANCE:g} * max(1, |x/s|): an exact tie that the float accumulator "
                                 f"(or FINN's dropping of a scale within 1e-5 of 1) puts just below its integer "
                                 f"counts as that integer, as in the hardware")
+    if tie_masks:
+        at_tie = int(sum(ref[m].sum() for m in tie_masks))
+        report["round_ties"] = {
+            "values": at_tie, "quantizers": len(tie_masks), "tolerance": TIE_TOLERANCE,
+            "rule": (f"{at_tie} value(s) of {len(tie_masks)} ROUND quantizer(s) of the reference lay within "
+                     f"{TIE_TOLERANCE:g} * max(1, |x/s|) of a half step and were rounded half to even, as the "
+                     f"hardware's thresholds decide a tie")}
     report["observed_ranges"] = ranges
     if first is not None:
         raise BitExactnessError(
