@@ -255,6 +255,21 @@ def streamline_plus_unrounded() -> Transformation:
 TIE_TOLERANCE = 1e-6
 
 
+def _tie_tolerance(thresholds: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """How far from an integer a threshold may be and still be a tie, in accumulator units: ``TIE_TOLERANCE``
+    relative to the quantizer's value ``v = level + 1/2`` at that step (the reference's rule,
+    :mod:`hwq.dataflow.round_ties`), times the thresholds' spacing (accumulator units per level of ``v``).
+
+    Relative to the accumulator instead, a threshold 4 float32 ulps from 78 (``v`` = 4.50003 in the reference, not
+    a tie) was taken for one and its level lost (reactnet_tiny, 7 of 1,280 values); one threshold per row (no
+    spacing known) keeps that older rule."""
+    t = thresholds.astype(np.float64)
+    if t.shape[-1] < 2:
+        return TIE_TOLERANCE * np.maximum(1.0, np.abs(np.rint(t)))
+    spacing = np.abs(t[..., -1:] - t[..., :1]) / (t.shape[-1] - 1)
+    return TIE_TOLERANCE * np.maximum(1.0, np.abs(levels + 0.5))[None, :] * spacing
+
+
 class RoundHalfEvenAtTies(Transformation):
     """Round exact ties to even, as QONNX's ``Quant`` (``ROUND``, NumPy's and PyTorch's round) does.
 
@@ -264,7 +279,7 @@ class RoundHalfEvenAtTies(Transformation):
     lands on them: a 2x2 pool of 2-bit values with equal scales before and after averages ``sum / 4``, and a sum
     of 2 is 0.5, which QONNX rounds to 0 and the thresholds to 1 (the gate failed on 26 of 128 values). For a
     MultiThreshold made from a user's ``ROUND`` Quant (:mod:`hwq.dataflow.provenance`) with an integer input, each
-    threshold within :data:`TIE_TOLERANCE` of an integer ``n`` is that tie: it becomes ``n + 1/2`` where it steps
+    threshold within :func:`_tie_tolerance` of an integer ``n`` is that tie: it becomes ``n + 1/2`` where it steps
     up from an even level (the tie rounds down; ``x >= n + 1/2`` is ``x > n`` for integers) and ``n`` where it
     steps up to an even level (the tie rounds up; 60.000004 would have excluded it). QONNX computes a tie with the
     same float rounding, so a threshold that close to an integer and not a tie is as likely to go either way in
@@ -299,7 +314,7 @@ class RoundHalfEvenAtTies(Transformation):
                 continue
             down = np.broadcast_to((np.rint(levels).astype(np.int64) % 2 == 0)[None, :], thresholds.shape)
             n = np.rint(thresholds.astype(np.float64))
-            ties = np.abs(thresholds - n) <= TIE_TOLERANCE * np.maximum(1.0, np.abs(n))
+            ties = np.abs(thresholds - n) <= _tie_tolerance(thresholds, levels)
             new = np.where(ties, np.where(down, n + 0.5, n), thresholds).astype(np.float32)
             moved = new != thresholds
             if moved.any():
