@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""What hwq offers (models, quantizer families, their options, datasets), without importing torch.
+"""What hwq offers (models, quantizer families, their options, training methods, datasets), without importing torch.
 
 ``hwq models`` and the CLI's help read this table, so they answer in a tenth of a second instead of the three
 seconds torch and Brevitas take to import, and ``TrainConfig`` checks a run's ``model_options`` against it when it
@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from hwq import options as o
+from hwq.methods import METHODS
 
 #: Model name -> what it is.
 MODELS: dict[str, str] = {
@@ -85,6 +86,8 @@ def as_dict() -> dict:
         "quant": {name: {"description": text, "wbits": list(w), "abits": list(a),
                          "options": _options_data(FAMILY_OPTIONS[name])}
                   for name, (text, w, a) in FAMILIES.items()},
+        "methods": {name: {"description": m.description, "quant": m.quant, "options": dict(m.options)}
+                    for name, m in METHODS.items()},
         "datasets": {name: {"description": text} for name, text in DATASETS.items()},
     }
 
@@ -116,5 +119,7 @@ def as_table() -> str:
     lines += ["", "quantizer families (--quant)", f"  {'':<16} {'wbits':<6} {'abits':<6}"]
     for name, (text, w, a) in FAMILIES.items():
         lines += [f"  {name:<16} {_bits(w):<6} {_bits(a):<6} {text}", *_option_lines(FAMILY_OPTIONS[name])]
+    lines += ["", "training methods (--method; each sets its quantizer family)"]
+    lines += [f"  {name:<16} {'--quant ' + m.quant:<15} {m.description}" for name, m in METHODS.items()]
     lines += ["", "datasets"] + [f"  {name:<16} {text}" for name, text in DATASETS.items()]
     return "\n".join(lines)

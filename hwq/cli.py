@@ -24,7 +24,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="tfc, sfc, lfc, cnv, resnet20, mobilenet, mobilenet_tiny, reactnet, reactnet_tiny "
                                     "(default: tfc)")
     p.add_argument("--dataset", help="digits, mnist, cifar10 (default: digits)")
-    p.add_argument("--quant", help="quantizer family: uniform, float, n2uq, bitat (default: uniform)")
+    p.add_argument("--method", help="training method: uniform, n2uq, bitat; sets the quantizer family "
+                                    "('hwq models' lists them) (default: the one named like --quant)")
+    p.add_argument("--quant", help="quantizer family: uniform, float, n2uq, bitat (default: the method's, "
+                                   "else uniform)")
     p.add_argument("--wbits", type=int, help="weight bit-width, 1 = binary (default: 1)")
     p.add_argument("--abits", type=int, help="activation bit-width, 1 = binary (default: 1)")
     p.add_argument("--epochs", type=int, help="epochs to train, at least 1; with --resume, the new total "
@@ -82,7 +85,7 @@ def _train(args: argparse.Namespace) -> int:
 
     # The flags that set a TrainConfig field of the same name (--option sets model_options).
     flags = {k: getattr(args, k) for k in (
-        "model", "dataset", "quant", "wbits", "abits", "epochs", "batch_size", "lr", "schedule", "loss",
+        "model", "dataset", "method", "quant", "wbits", "abits", "epochs", "batch_size", "lr", "schedule", "loss",
         "dropout", "weight_decay", "seed", "device", "threads", "data_dir", "teacher", "distill_weight",
         "distill_temperature", "init_from", "train_subset", "recipe", "step1_epochs", "step1_weight_decay",
         "step2_weight_decay")}

@@ -18,6 +18,7 @@ import yaml
 from hwq._io import read_yaml_mapping
 from hwq.catalog import check_model_options
 from hwq.errors import ConfigError
+from hwq.methods import method_options, resolve_method
 
 
 class Loss(str, Enum):
@@ -60,8 +61,12 @@ class TrainConfig:
 
     model: str = "tfc"
     dataset: str = "digits"
+    #: Training method (:mod:`hwq.methods`): sets the quantizer family and its option defaults. None: the method
+    #: of the same name as ``quant`` where there is one (config.yaml records it), else none.
+    method: str | None = None
     #: Quantizer family: ``uniform`` (binary at 1 bit, learned-scale uniform above); later families register more.
-    quant: str = "uniform"
+    #: None: the method's, else ``uniform``. With ``method`` both must agree.
+    quant: str | None = None
     wbits: int = 1
     abits: int = 1
     epochs: int = 10
@@ -128,6 +133,9 @@ class TrainConfig:
                 raise ConfigError(
                     f"{name}: '{value}' is not one of {', '.join(e.value for e in enum)}"
                 ) from None
+        self.method, self.quant = resolve_method(self.method, self.quant)
+        self.model_options = method_options(self.method, self.model_options) \
+            if isinstance(self.model_options, dict) else self.model_options
         self._check_types()
         self._check_ranges()
         self._check_recipe()
@@ -242,5 +250,13 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def replace(self, **changes: Any) -> "TrainConfig":
-        """A copy with ``changes`` applied (None values are ignored, as for unset CLI flags)."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A copy with ``changes`` applied (None values are ignored, as for unset CLI flags).
+
+        A new ``method`` alone brings its family, and a new ``quant`` alone the method of that name (or none).
+        """
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "method" in changes and "quant" not in changes:
+            changes["quant"] = None
+        if "quant" in changes and "method" not in changes:
+            changes["method"] = None
+        return dataclasses.replace(self, **changes)

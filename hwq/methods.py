@@ -1,0 +1,80 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Quantization-aware training methods (``hwq train --method NAME``), as data.
+
+A method names everything a paper changes about training: today the quantizer family and the family options it
+sets (later an estimator, an objective, an optimizer, a schedule). ``--quant`` still picks a family alone; the two
+together must agree. This module imports no torch, so ``TrainConfig`` resolves a method when it is made and
+``hwq models`` lists the methods.
+
+>>> resolve_method("n2uq", None)
+('n2uq', 'n2uq')
+>>> resolve_method(None, "float")
+(None, 'float')
+>>> resolve_method("n2uq", "uniform")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+hwq.errors.ConfigError: method: --method n2uq trains with --quant n2uq, got --quant uniform; ...
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from hwq.errors import ConfigError
+
+#: The family a run uses when neither ``--method`` nor ``--quant`` is given.
+DEFAULT_QUANT = "uniform"
+
+
+@dataclass(frozen=True)
+class Method:
+    """What one training method sets: its quantizer family and that family's option defaults."""
+
+    description: str
+    quant: str
+    #: ``model_options`` the method sets unless the run sets them itself.
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+#: Method name -> what it sets. The names of the existing families are methods of that family alone.
+METHODS: dict[str, Method] = {
+    "uniform": Method("straight-through uniform QAT, Brevitas learned scales (the --quant uniform family)",
+                      "uniform"),
+    "n2uq": Method("N2UQ: learned non-uniform thresholds, uniform output levels (docs/n2uq.md)", "n2uq"),
+    "bitat": Method("BiTAT: importance-weighted, progressive binarization (docs/bitat.md)", "bitat"),
+}
+
+
+def method_named(name: str) -> Method:
+    """The method called ``name``; a one-line ConfigError listing the known ones otherwise."""
+    if not isinstance(name, str):
+        raise ConfigError(f"method: expected a method name (a string) or null, got {name!r}")
+    if name not in METHODS:
+        close = difflib.get_close_matches(name, METHODS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"method: unknown method '{name}'{hint}; known: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def resolve_method(method: str | None, quant: str | None) -> tuple[str | None, str]:
+    """``(method, quant)`` of a run given either, both or neither.
+
+    A method sets its family; a family alone is recorded as the method of the same name where there is one
+    (``--quant uniform`` is ``--method uniform``), else as no method (``float``, a user-registered family).
+    """
+    if method is None:
+        quant = DEFAULT_QUANT if quant is None else quant
+        return (quant if isinstance(quant, str) and quant in METHODS else None), quant
+    wanted = method_named(method).quant
+    if quant is not None and quant != wanted:
+        raise ConfigError(f"method: --method {method} trains with --quant {wanted}, got --quant {quant}; "
+                          f"give one of the two, or matching ones")
+    return method, wanted
+
+
+def method_options(method: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the method's option defaults under them (the run's own values win)."""
+    if method is None or not METHODS[method].options:
+        return options
+    return {**METHODS[method].options, **options}

@@ -1,0 +1,72 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""``--method NAME``: the method registry, its resolution against ``--quant`` and where runs record it."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from hwq import catalog
+from hwq.errors import ConfigError
+from hwq.methods import METHODS
+from hwq.train import TrainConfig
+
+
+@pytest.mark.parametrize("name", ["uniform", "n2uq", "bitat"])
+def test_existing_families_are_methods_of_the_same_name(name):
+    config = TrainConfig(method=name, wbits=1, abits=1)
+    assert (config.method, config.quant) == (name, name)
+
+
+def test_quant_alone_records_the_method_of_its_name_and_float_none():
+    assert TrainConfig(quant="n2uq").method == "n2uq"
+    assert TrainConfig().method == "uniform" and TrainConfig().quant == "uniform"
+    assert TrainConfig(quant="float").method is None
+
+
+def test_method_and_quant_that_disagree_is_one_line_naming_both():
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(method="n2uq", quant="uniform")
+    message = str(err.value)
+    assert "\n" not in message and "--method n2uq" in message and "--quant uniform" in message
+
+
+def test_matching_method_and_quant_is_accepted():
+    assert TrainConfig(method="bitat", quant="bitat").quant == "bitat"
+
+
+def test_unknown_method_names_the_known_ones():
+    with pytest.raises(ConfigError, match=r"method: unknown method 'n2uqq' \(did you mean n2uq\?\); known: uniform"):
+        TrainConfig(method="n2uqq")
+
+
+def test_replace_with_a_method_or_a_family_alone_brings_the_other():
+    # The CLI's flags replace a base config: --method alone must not clash with the base's family.
+    assert TrainConfig().replace(method="n2uq").quant == "n2uq"
+    assert TrainConfig(method="n2uq").replace(quant="float").method is None
+    with pytest.raises(ConfigError, match="--method n2uq"):
+        TrainConfig().replace(method="n2uq", quant="uniform")
+
+
+def test_config_yaml_round_trips_the_method_and_old_files_without_it_load():
+    config = TrainConfig(method="n2uq", wbits=2, abits=2)
+    data = yaml.safe_load(config.to_yaml())
+    assert data["method"] == "n2uq" and TrainConfig.from_dict(data) == config
+    old = {k: v for k, v in data.items() if k != "method"}
+    assert TrainConfig.from_dict(old).method == "n2uq"
+
+
+def test_catalog_lists_every_method_with_its_family():
+    table = catalog.as_table()
+    for name, method in METHODS.items():
+        assert method.quant in catalog.FAMILIES
+        assert any(line.split()[:3] == [name, "--quant", method.quant] for line in table.splitlines()), name
+    assert catalog.as_dict()["methods"]["n2uq"]["quant"] == "n2uq"
+
+
+def test_cli_method_conflict_is_a_one_line_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "hwq.cli", "train", "--method", "n2uq", "--quant", "uniform",
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert result.returncode != 0 and "--method n2uq" in result.stderr and "--quant uniform" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
