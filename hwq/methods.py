@@ -43,6 +43,8 @@ METHODS: dict[str, Method] = {
                       "uniform"),
     "n2uq": Method("N2UQ: learned non-uniform thresholds, uniform output levels (docs/n2uq.md)", "n2uq"),
     "bitat": Method("BiTAT: importance-weighted, progressive binarization (docs/bitat.md)", "bitat"),
+    "lsq": Method("LSQ (Esser et al. 2020): learned step size, its init and gradient scale (docs/methods.md)",
+                  "lsq"),
 }
 
 
