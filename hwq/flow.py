@@ -189,6 +189,7 @@ def _train(recipe: Recipe, run: Path, progress: bool) -> tuple[bool, dict]:
     import yaml
 
     from hwq.errors import Interrupted
+    from hwq.methods import resolve_method
     from hwq.train import TrainConfig, run_train
     from hwq.train.loop import METRICS_FILE, train_inputs
     from hwq.train.resume import checkpoint_epoch, interrupted_detail
@@ -196,6 +197,10 @@ def _train(recipe: Recipe, run: Path, progress: bool) -> tuple[bool, dict]:
     config = TrainConfig.from_dict(recipe.train, source=f"recipe {recipe.name}: train")
     wanted = config.to_dict()
     wanted["schedule"] = config.schedule_used().value  # the run records the schedule it used
+    if resolve_method(None, config.quant)[0] == config.method:
+        # A method that is its family's name says nothing ``quant`` does not, and runs recorded before the
+        # ``method`` field existed lack it: they stay up to date.
+        wanted.pop("method")
     if wanted["threads"] is None:  # a recipe without threads accepts the count the run recorded (the machine's)
         wanted.pop("threads")
     if records.up_to_date(run / METRICS_FILE, wanted, train_inputs(config)):

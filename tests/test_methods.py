@@ -70,3 +70,21 @@ def test_cli_method_conflict_is_a_one_line_error(tmp_path):
                              "--out", str(tmp_path / "run")], capture_output=True, text=True)
     assert result.returncode != 0 and "--method n2uq" in result.stderr and "--quant uniform" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_recipe_run_recorded_before_the_method_field_stays_up_to_date(tmp_path):
+    import json
+
+    from hwq.flow import Recipe, _train
+
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump({"name": "m", "run_dir": str(tmp_path / "run"),
+                                           "train": {"model": "tfc", "wbits": 1, "abits": 1, "epochs": 1}}))
+    recipe = Recipe.from_yaml(recipe_file)
+    run = tmp_path / "run"
+    assert _train(recipe, run, progress=False)[0] is False
+    metrics_file = run / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics["config"].pop("method")  # as an older hwq wrote it
+    metrics_file.write_text(json.dumps(metrics))
+    assert _train(recipe, run, progress=False)[0] is True
