@@ -88,3 +88,11 @@ def test_a_recipe_run_recorded_before_the_method_field_stays_up_to_date(tmp_path
     metrics["config"].pop("method")  # as an older hwq wrote it
     metrics_file.write_text(json.dumps(metrics))
     assert _train(recipe, run, progress=False)[0] is True
+
+
+def test_train_help_names_every_method():
+    from hwq.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    method_help = next(a.help for a in train._actions if a.dest == "method")
+    assert method_help.split(": ")[1].split(";")[0].split(", ") == list(METHODS)
