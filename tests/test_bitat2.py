@@ -225,3 +225,26 @@ def test_second_design_reactnet_builds_bit_exact_on_both_backends(second_design_
         board="ulx3s-85f", verify_samples=2, synthesise=False, out_dir=str(second_design_reactnet / "build-open")))
     assert opened["status"] == "done", opened.get("error")
     assert opened["bit_exact"]["passed"] and opened["simulation"]["bit_exact"]
+
+
+def test_a_bitat_run_recorded_before_the_second_design_still_loads_as_the_first(tmp_path):
+    """Runs trained before 2026-12-02 name no design in metrics.json: they are first-design runs."""
+    import json
+
+    from hwq.train import TrainConfig, run_train
+    from hwq.train.loop import load_trained_model
+
+    run = tmp_path / "old"
+    run_train(TrainConfig(model="tfc", dataset="digits", quant="bitat", epochs=1, threads=1,
+                          model_options={"bitat_design": "first"}), run, progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["model_spec"]["options"]["bitat_design"] == "first"
+    for record in (metrics["model_spec"]["options"], metrics["config"]["model_options"]):
+        del record["bitat_design"]                          # as an old run recorded it
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    model, _, spec = load_trained_model(run)
+    assert spec.options["bitat_design"] == "first" and not isinstance(bitat_layers(model)[0], SecondDesignLinear)
+    new = tmp_path / "new"
+    run_train(TrainConfig(model="tfc", dataset="digits", quant="bitat", epochs=1, threads=1,
+                          model_options={"bitat_aggregate": False}), new, progress=False)
+    assert json.loads((new / "metrics.json").read_text())["model_spec"]["options"]["bitat_design"] == "second"

@@ -30,6 +30,7 @@ from hwq.models import ModelSpec, build_model
 from hwq.models.scores import model_scores
 from hwq.train.augment import AUGMENTED_BY_DEFAULT, random_crop_flip
 from hwq.train.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
+from hwq.options import BITAT_OPTIONS, option_named
 from hwq.train.config import Loss, Schedule, TrainConfig
 from hwq.train.hooks import ModelHooks, call_hooks  # noqa: F401  (call_hooks: part of this module's API)
 from hwq.train.progress import EpochProgress
@@ -43,11 +44,14 @@ from hwq.train.threads import resolve_threads, torch_threads
 
 
 def model_spec_for(config: TrainConfig, dataset: Dataset) -> ModelSpec:
-    """The model a config describes, with the input size of its dataset."""
+    """The model a config describes, with the input size of its dataset. A BiTAT run records its design even when
+    the config leaves it to the default, so a later change of the default cannot change what the run was."""
+    options = dict(config.model_options)
+    if config.quant == "bitat":
+        options.setdefault("bitat_design", option_named(BITAT_OPTIONS, "bitat_design").default)
     return ModelSpec(
         name=config.model, wbits=config.wbits, abits=config.abits, quant=config.quant,
-        image_shape=dataset.image_shape, num_classes=dataset.num_classes, dropout=config.dropout,
-        options=dict(config.model_options),
+        image_shape=dataset.image_shape, num_classes=dataset.num_classes, dropout=config.dropout, options=options,
     )
 
 
@@ -466,6 +470,10 @@ def load_trained_model(
     return model, config, spec
 
 
+#: The design of a BiTAT run whose record names none: runs trained before 2026-12-02 had only the first.
+BITAT_DESIGN_UNRECORDED = "first"
+
+
 def _run_description(run_dir: Path) -> tuple[TrainConfig, ModelSpec]:
     """The config and model spec ``metrics.json`` records; a damaged file is a CheckpointError naming it."""
     path = run_dir / METRICS_FILE
@@ -474,6 +482,8 @@ def _run_description(run_dir: Path) -> tuple[TrainConfig, ModelSpec]:
         config = TrainConfig.from_dict(metrics["config"], source=str(path))
         raw = dict(metrics["model_spec"])
         raw["image_shape"] = tuple(raw["image_shape"])
+        if raw.get("quant") == "bitat":  # recorded before the second design existed
+            raw["options"] = {"bitat_design": BITAT_DESIGN_UNRECORDED, **(raw.get("options") or {})}
         return config, ModelSpec(**raw)
     except (KeyError, TypeError, ValueError):
         raise CheckpointError(f"{path}: lacks a readable 'config' or 'model_spec'") from None
