@@ -212,26 +212,38 @@ N2UQ_OPTIONS = (
 BITAT_MAX_EIGEN_DIM = 2048
 
 BITAT_OPTIONS = (
+    Option("bitat_design", "choice", "second",
+           "second: the concept figure's schedule (docs/bitat.md); first: the penalty design, for the ablation",
+           choices=("second", "first")),
     Option("bitat_transform", "choice", "eigen", "basis of the importance metric (none: the coordinate basis)",
            choices=("eigen", "cayley", "none")),
     Option("bitat_importance", "bool", True, "learn the importance vector s (false: s = 1)"),
     Option("bitat_progressive", "bool", True, "binarize layer by layer, input side first (false: all at once)"),
-    Option("bitat_penalty", "number", 1e-2, "weight of the importance-weighted binarization penalty",
+    Option("bitat_penalty", "number", 1e-2, "first design: weight of the importance-weighted binarization penalty",
            range=Range(0, None)),
     Option("bitat_importance_power", "number", 0.5, "s starts as the eigenvalues to this power", range=Range(0, None)),
     Option("bitat_final", "number", 0.25, "fraction of the epochs fine-tuning the all-binary network at the end",
            range=Range(0, 1, high_open=True)),
     Option("bitat_warmup", "number", 0.0, "fraction of the epochs in full precision first",
            range=Range(0, 1, high_open=True)),
-    Option("bitat_stages", "integer", None, "stages of the progressive schedule (unset: one per layer)",
+    Option("bitat_stages", "integer", None, "first design: stages of the progressive schedule (unset: one per layer)",
            range=Range(1, None)),
-    Option("bitat_codes", "choice", "sign", "how a layer's signs are chosen when it switches to binary",
-           choices=("importance", "sign")),
+    Option("bitat_codes", "choice", None,
+           "how a layer's signs are chosen when it switches to binary (unset: importance in the second design, "
+           "sign in the first)", choices=("importance", "sign")),
     Option("bitat_codes_every", "integer", 0, "re-apply importance codes every this many steps (0: at the switch)",
            range=Range(0, None)),
     Option("bitat_max_eigen_dim", "integer", BITAT_MAX_EIGEN_DIM,
            "layers with more inputs keep the coordinate basis (an eigendecomposition costs n^3)",
            range=Range(0, None)),
+    # The second design's own options (docs/bitat.md, "Second design").
+    Option("bitat_freeze", "bool", True, "second design: a layer's weights are frozen once it is binary"),
+    Option("bitat_aggregate", "bool", True,
+           "second design: the block's layers quantized so far stay in the objective (needs --teacher)"),
+    Option("bitat_aggregate_weight", "number", 1.0, "second design: weight of the block objective",
+           range=Range(0, None)),
+    Option("bitat_block_size", "integer", 2, "second design: binary layers per block (ReActNet: 3x3 + 1x1)",
+           range=Range(1, None)),
 )
 
 # --- models (hwq.models) ---------------------------------------------------------------------------------------

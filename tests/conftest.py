@@ -97,3 +97,31 @@ def open_build_tfc_up5k(exported_tfc_w1a1, tmp_path_factory):
     assert main(["build", str(exported_tfc_w1a1), "--backend", "open", "--board", "icebreaker", "--folding",
                  str(folding), "--out", str(out), "--verify-samples", "20", "--no-progress"]) == 0
     return out
+
+
+@pytest.fixture
+def train_then_stop(monkeypatch):
+    """``train_then_stop(out, config, stop_after)``: run ``config`` but stop right after epoch ``stop_after``'s
+    checkpoint is written, as an interrupted run would (the test then resumes it)."""
+    from hwq.train import loop
+
+    class Stop(Exception):
+        pass
+
+    original = loop.save_checkpoint
+
+    def save_then_maybe_stop(path, state):
+        original(path, state)
+        if path.name == loop.CHECKPOINT_FILE and state["epoch"] == train_then_stop.stop_after:
+            raise Stop
+
+    def train_then_stop(out, config, stop_after: int) -> None:
+        train_then_stop.stop_after = stop_after
+        monkeypatch.setattr(loop, "save_checkpoint", save_then_maybe_stop)
+        try:
+            with pytest.raises(Stop):
+                run_train(config, out, progress=False)
+        finally:
+            monkeypatch.setattr(loop, "save_checkpoint", original)
+
+    return train_then_stop

@@ -26,6 +26,8 @@ def digits():
 
 
 def _model(name="tfc", **options):
+    """A first-design BiTAT model (the second design has its own tests: tests/test_bitat2.py)."""
+    options.setdefault("bitat_design", "first")
     torch.manual_seed(0)
     return build_model(ModelSpec(name, 1, 1, quant="bitat", image_shape=DIGITS_SHAPE, options=options))
 
@@ -315,7 +317,7 @@ def test_export_is_a_plain_w1a1_network_equal_to_the_trained_one(tmp_path, model
 
     run = tmp_path / model_name
     config = TrainConfig(model=model_name, dataset="digits", quant="bitat", epochs=3, lr=0.01,
-                         model_options={"width": 0.5} if model_name != "tfc" else {})
+                         model_options={"bitat_design": "first", **({"width": 0.5} if model_name != "tfc" else {})})
     run_train(config, run, progress=False)
     report = run_export(run)
     assert report["verification"]["passed"] and report["verification"]["argmax_match"] == 1.0
@@ -333,7 +335,7 @@ def test_export_is_a_plain_w1a1_network_equal_to_the_trained_one(tmp_path, model
 
     # Differential: the same weights in a plain binary network (uniform family, sign + STE) give the same logits.
     plain = build_model(ModelSpec(spec.name, 1, 1, quant="uniform", image_shape=spec.image_shape,
-                                  options=spec.options))
+                                  options={k: v for k, v in spec.options.items() if not k.startswith("bitat_")}))
     plain.load_state_dict({k: v for k, v in trained.state_dict().items() if k in plain.state_dict()})
     plain.eval()
     images = Dataset.to_float(load_dataset("digits").test_x[:200]).reshape(200, *trained.input_shape)

@@ -150,11 +150,10 @@ def test_networks_without_integer_scores_fall_back_to_the_logits():
     # ResNet-20's classifier reads an average pool, which is not on an activation grid.
     resnet = _digits_model("resnet20", wbits=1, abits=1, shape=(3, 32, 32))
     assert model_scores(resnet, torch.rand(2, 3, 32, 32)).source == FLOAT
-    # BiTAT's classifier is a float layer until its unit switches to binary; then it has integer scores.
+    # BiTAT's classifier is a float layer until its phase ends; then it has integer scores.
     bitat = _digits_model(quant="bitat", wbits=1, abits=1)
     assert model_scores(bitat, torch.rand(4, 64)).source == FLOAT
-    for epoch in range(10):
-        call_hooks(bitat, "hwq_on_epoch_start", epoch, 10)
+    call_hooks(bitat, "hwq_on_step", 1.0)
     assert model_scores(bitat.eval(), torch.rand(4, 64)).source == INTEGER
 
 

@@ -12,10 +12,11 @@ import inspect
 import os
 import textwrap
 
+import numpy as np
 import pytest
 
 from hwq.dataflow import finn_compat
-from hwq.dataflow.finn_compat import DUMMY_VIVADO, FORKS, finn_session, import_finn_steps
+from hwq.dataflow.finn_compat import DUMMY_VIVADO, FORKS, finn_session, import_finn_layers, import_finn_steps
 
 
 # --- the forked finn-plus code ---------------------------------------------------------------------------------------
@@ -124,7 +125,47 @@ def _finn_state():
     from finn.util import settings as finn_settings
     from finn.util.logging import log
 
-    return (finn_settings._SETTINGS, log.level, log.propagate, vars(VVAU_hls)["get_template_param_values"])
+    from finn.custom_op.fpgadataflow.thresholding import Thresholding
+
+    return (finn_settings._SETTINGS, log.level, log.propagate, vars(VVAU_hls)["get_template_param_values"],
+            vars(Thresholding)["minimize_weight_bit_width"])
+
+
+def _thresholding(thresholds):
+    """A one-node HW graph: ``Thresholding_hls`` on an INT4 stream of 2 channels."""
+    from onnx import TensorProto, helper
+    from qonnx.core.datatype import DataType
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    node = helper.make_node("Thresholding_hls", ["x", "t"], ["y"], domain="finn.custom_op.fpgadataflow.hls",
+                            backend="fpgadataflow", NumChannels=2, PE=1, numSteps=1, inputDataType="INT4",
+                            weightDataType="INT4", outputDataType="BINARY", ActVal=0, numInputVectors=[1])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    model = ModelWrapper(helper.make_model(graph))
+    model.set_tensor_datatype("x", DataType["INT4"])
+    model.set_initializer("t", np.array(thresholds, dtype=np.float32).reshape(2, 1))
+    model.set_tensor_datatype("t", DataType["INT4"])
+    return model
+
+
+@pytest.mark.parametrize("thresholds, smallest", [([[-1], [0]], "INT2"), ([[-3], [2]], "INT3"), ([[0], [0]], "INT2")])
+def test_threshold_types_hold_minus_one_and_zero(tmp_path, thresholds, smallest):
+    """Workaround 9: finn-plus gives thresholds {-1, 0} the type BIPOLAR (no 0) and raises; inside a session the
+    smallest type is INT2, which the HLS layer then widens to its input's INT4 as it does for every other case."""
+    from finn.custom_op.fpgadataflow.thresholding import Thresholding
+    from finn.transformation.fpgadataflow.minimize_weight_bit_width import MinimizeWeightBitWidth
+    from finn.util.basic import getHWCustomOp
+
+    import_finn_layers()
+    if thresholds == [[-1], [0]]:
+        with pytest.raises(Exception, match="can't be expressed with type BIPOLAR"):
+            _thresholding(thresholds).transform(MinimizeWeightBitWidth())
+    with finn_session(tmp_path / "codegen"):
+        model = _thresholding(thresholds)
+        assert str(Thresholding.minimize_weight_bit_width(getHWCustomOp(model.graph.node[0]), model)) == smallest
+        model = _thresholding(thresholds).transform(MinimizeWeightBitWidth())
+    assert str(model.get_tensor_datatype("t")) == "INT4"
 
 
 def test_finn_session_restores_only_what_it_set(tmp_path, monkeypatch):

@@ -68,8 +68,9 @@ def test_every_option_takes_its_default_and_rejects_a_wrong_type_at_config_and_b
 
 def test_family_defaults_are_the_declared_ones():
     bitat = get_family("bitat")
-    assert (bitat.transform, bitat.penalty, bitat.codes, bitat.codes_every, bitat.plan.final_fraction) == \
-        ("eigen", 0.01, "sign", 0, 0.25)
+    assert (bitat.design, bitat.transform, bitat.penalty, bitat.codes, bitat.codes_every,
+            bitat.plan.final_fraction) == ("second", "eigen", 0.01, "importance", 0, 0.25)
+    assert get_family("bitat", {"bitat_design": "first"}).codes == "sign"   # unset codes: each design's own
     n2uq = get_family("n2uq").act(2, channels=4)
     assert n2uq.start.shape == (1,) and abs(n2uq.step - 2.0 / 3) < 1e-9
     assert get_family("n2uq")._option("n2uq_weight_per_channel") is True
@@ -112,7 +113,7 @@ def test_cli_option_typo_is_one_line_before_any_data_is_read(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("hwq train: error: model_options.bitat_penalti: not an option of model 'tfc' with "
-                          "--quant bitat (did you mean bitat_penalty?); known: bitat_codes, ")
+                          "--quant bitat (did you mean bitat_penalty?); known: bitat_aggregate, ")
     assert len(err.splitlines()) == 1 and not out.exists()
 
 
@@ -164,7 +165,7 @@ def test_recorded_runs_model_options_still_load():
 def test_hwq_models_lists_the_options(capsys):
     assert main(["models"]) == 0
     table = capsys.readouterr().out
-    assert "      bitat_penalty = 0.01" in table and "a number >= 0: weight of the" in table
+    assert "      bitat_penalty = 0.01" in table and "a number >= 0: first design: weight of the" in table
     assert "      width = 0.5" in table and "      pad_value = unset" in table
     assert main(["models", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

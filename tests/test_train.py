@@ -53,10 +53,10 @@ def test_training_is_deterministic_on_cpu(tmp_path):
     assert not all(torch.equal(a[k], _weights(tmp_path / "c")[k]) for k in a)
 
 
-def test_resume_equals_an_uninterrupted_run(tmp_path):
+def test_resume_equals_an_uninterrupted_run(tmp_path, train_then_stop):
     run_train(TrainConfig(epochs=3), tmp_path / "straight", progress=False)
     interrupted = tmp_path / "interrupted"
-    _train_epochs_then_stop(interrupted, epochs=3, stop_after=1)
+    train_then_stop(interrupted, TrainConfig(epochs=3), stop_after=1)
     assert load_checkpoint(interrupted / "checkpoint.pt")["epoch"] == 1
     run_train(TrainConfig(epochs=3), interrupted, resume=True, progress=False)
     straight, resumed = _weights(tmp_path / "straight"), _weights(interrupted)
@@ -64,28 +64,6 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     history = json.loads((interrupted / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert "# resume" in (interrupted / "train.log").read_text()
-
-
-def _train_epochs_then_stop(out, epochs: int, stop_after: int) -> None:
-    """Run a ``epochs``-epoch schedule but stop after ``stop_after`` epochs, as an interrupted run would."""
-    from hwq.train import loop
-
-    class Stop(Exception):
-        pass
-
-    original = loop.save_checkpoint
-
-    def save_then_maybe_stop(path, state):
-        original(path, state)
-        if path.name == loop.CHECKPOINT_FILE and state["epoch"] == stop_after:
-            raise Stop
-
-    loop.save_checkpoint = save_then_maybe_stop
-    try:
-        with pytest.raises(Stop):
-            run_train(TrainConfig(epochs=epochs), out, progress=False)
-    finally:
-        loop.save_checkpoint = original
 
 
 def test_existing_run_is_not_overwritten(tmp_path):

@@ -128,31 +128,12 @@ def test_distillation_from_a_teacher_is_the_loss_of_every_step(tmp_path, monkeyp
     assert not all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _train_then_stop(out, config, stop_after: int) -> None:
-    class Stop(Exception):
-        pass
-
-    original = loop.save_checkpoint
-
-    def save_then_maybe_stop(path, state):
-        original(path, state)
-        if path.name == loop.CHECKPOINT_FILE and state["epoch"] == stop_after:
-            raise Stop
-
-    loop.save_checkpoint = save_then_maybe_stop
-    try:
-        with pytest.raises(Stop):
-            run_train(config, out, progress=False)
-    finally:
-        loop.save_checkpoint = original
-
-
 @pytest.mark.parametrize("stop_after", [2, 3])  # at the switch (step 1's last epoch), and inside step 2
-def test_resume_across_the_switch_equals_an_uninterrupted_run(tmp_path, stop_after):
+def test_resume_across_the_switch_equals_an_uninterrupted_run(tmp_path, stop_after, train_then_stop):
     config = TrainConfig(**QUICK)
     run_train(config, tmp_path / "straight", progress=False)
     interrupted = tmp_path / "interrupted"
-    _train_then_stop(interrupted, config, stop_after)
+    train_then_stop(interrupted, config, stop_after)
     checkpoint = load_checkpoint(interrupted / "checkpoint.pt")
     assert checkpoint["epoch"] == stop_after and checkpoint["recipe"]["step"] == (1 if stop_after == 2 else 2)
     run_train(config, interrupted, resume=True, progress=False)

@@ -50,8 +50,13 @@ library without Xilinx tools it needs three things, each applied here and undone
    inside a build but fails elsewhere (the emulated board: "No opset import for domain
    'finn.custom_op.fpgadataflow'"). :func:`import_finn_layers` imports them all; whatever executes a HW graph calls
    it first.
+9. Threshold types: finn-plus's ``Thresholding.minimize_weight_bit_width`` picks the smallest type for the
+   thresholds' most negative value when it outweighs the largest, so thresholds {-1, 0} (a sign on a k-bit
+   shortcut stream whose thresholds all round to -1 or 0) get ``BIPOLAR``, which cannot hold 0, and the build stops
+   with "Thresholds can't be expressed with type BIPOLAR". :func:`finn_session` gives that one case ``INT2``
+   (holds -2..1) and leaves every other to finn-plus (:func:`_threshold_width`).
 
-Nothing here runs at import time. :data:`FORKS` records the finn-plus code that workarounds 4 to 6 copy or wrap;
+Nothing here runs at import time. :data:`FORKS` records the finn-plus code that workarounds 4 to 6 and 9 copy or wrap;
 ``tests/test_finn_compat.py`` fails, naming the workaround, when an installed finn-plus differs from it.
 
 >>> with finn_session("runs/demo/build-pynq-z2/codegen"):   # doctest: +SKIP
@@ -132,6 +137,7 @@ def finn_session(codegen_dir: str | Path) -> Iterator[None]:
     thread may read it), and what other code sets meanwhile stays.
     """
     from finn.custom_op.fpgadataflow.hls.vectorvectoractivation_hls import VVAU_hls
+    from finn.custom_op.fpgadataflow.thresholding import Thresholding
     from finn.interface.settings import FINNSettings
     from finn.util import settings as finn_settings
     from finn.util.logging import log
@@ -142,8 +148,10 @@ def finn_session(codegen_dir: str | Path) -> Iterator[None]:
     set_vivado = "XILINX_VIVADO" not in os.environ
     saved_level, saved_propagate = log.level, log.propagate
     saved_vvau = vars(VVAU_hls)["get_template_param_values"]
+    saved_threshold_width = vars(Thresholding)["minimize_weight_bit_width"]
     try:
         VVAU_hls.get_template_param_values = _vvau_template_params(saved_vvau)  # workaround 6
+        Thresholding.minimize_weight_bit_width = _threshold_width(saved_threshold_width)  # workaround 9
         finn_settings._SETTINGS = FINNSettings.init(
             flow_config=codegen_dir / "hwq-flow.yaml", finn_build_dir=str(codegen_dir),
             auto_set_environment_vars=False,
@@ -160,6 +168,7 @@ def finn_session(codegen_dir: str | Path) -> Iterator[None]:
         log.setLevel(saved_level)
         log.propagate = saved_propagate
         VVAU_hls.get_template_param_values = saved_vvau
+        Thresholding.minimize_weight_bit_width = saved_threshold_width
 
 
 @contextlib.contextmanager
@@ -202,6 +211,29 @@ def _vvau_template_params(original):
 
     get_template_param_values.__doc__ = original.__doc__
     return get_template_param_values
+
+
+def _threshold_width(original):
+    """finn-plus's ``Thresholding.minimize_weight_bit_width``, with ``INT2`` for integer thresholds {-1, 0}.
+
+    finn-plus chooses ``DataType.get_smallest_possible(-1)`` there, which is ``BIPOLAR`` (no 0) and then raises;
+    ``INT2`` is the smallest type that holds both values. Every other case is finn-plus's.
+    """
+    def minimize_weight_bit_width(self, model, datatype_only=False):
+        from qonnx.core.datatype import DataType
+
+        thresholds = model.get_initializer(self.onnx_node.input[1])
+        if (not datatype_only and thresholds is not None and thresholds.size
+                and not self.get_nodeattr("runtime_writeable_weights") and not self.get_nodeattr("mlo_max_iter")
+                and self.get_input_datatype(0).is_integer() and self.get_input_datatype(1).is_integer()
+                and thresholds.min() == -1 and thresholds.max() == 0):
+            self.set_nodeattr("weightDataType", "INT2")
+            model.set_tensor_datatype(self.onnx_node.input[1], DataType["INT2"])
+            return DataType["INT2"]
+        return original(self, model, datatype_only)
+
+    minimize_weight_bit_width.__doc__ = original.__doc__
+    return minimize_weight_bit_width
 
 
 def vivado_is_real() -> bool:
@@ -332,6 +364,8 @@ FORKS = (
          "4, hwq.dataflow.finn_compat.minimize_bit_width"),
     Fork("finn.custom_op.fpgadataflow.hls.vectorvectoractivation_hls:VVAU_hls.get_template_param_values",
          "3f21a9f158934a6c", "6, hwq.dataflow.finn_compat._vvau_template_params"),
+    Fork("finn.custom_op.fpgadataflow.thresholding:Thresholding.minimize_weight_bit_width", "0cf8aaa791d69c99",
+         "9, hwq.dataflow.finn_compat._threshold_width"),
     Fork("finn.transformation.streamline.streamline_plus:StreamlinePlus", "342cf3de6d71f96b",
          "5, hwq.dataflow.passes_branches.streamline_plus_unrounded"),
     Fork("finn.transformation.streamline.reorder:MoveMulPastJoinAdd.are_producers_identical", "15562a7d961b65e1",

@@ -68,14 +68,16 @@ class _HostFlags:
     per layer and step stalled the benchmark's processes on a shared GPU. Writes go to both (the buffer write is
     asynchronous); loading a state dict refreshes the Python values from the buffers."""
 
-    def _register_flags(self, **defaults: bool | int) -> None:
-        self._flag_types = {name: type(value) for name, value in defaults.items()}
+    def _register_flags(self, **defaults: bool | int | float) -> None:
+        if not hasattr(self, "_flag_types"):
+            self._flag_types = {}
+            self.register_load_state_dict_post_hook(_HostFlags._reload_flags)
+        self._flag_types.update({name: type(value) for name, value in defaults.items()})
         for name, value in defaults.items():
             self.register_buffer(f"{name}_state", torch.tensor(value))
             setattr(self, name, value)
-        self.register_load_state_dict_post_hook(_HostFlags._reload_flags)
 
-    def set_flag(self, name: str, value: bool | int) -> None:
+    def set_flag(self, name: str, value: bool | int | float) -> None:
         setattr(self, name, value)
         getattr(self, f"{name}_state").fill_(value)
 
@@ -306,11 +308,13 @@ class BiTATFamily(UniformFamily):
         from hwq.train.progressive import ProgressivePlan
 
         super().__init__(options)
+        self.design = self._option("bitat_design")
         self.transform = self._option("bitat_transform")
         self.use_importance = self._option("bitat_importance")
         self.penalty = self._option("bitat_penalty")
         self.power = self._option("bitat_importance_power")
-        self.codes = self._option("bitat_codes")
+        # Unset codes: the second design chooses them under its metric, the first keeps its measured default.
+        self.codes = self._option("bitat_codes") or ("importance" if self.design == "second" else "sign")
         self.codes_every = self._option("bitat_codes_every")
         self.max_eigen_dim = self._option("bitat_max_eigen_dim")
         self.plan = ProgressivePlan(
@@ -319,6 +323,17 @@ class BiTATFamily(UniformFamily):
         )
         #: Units in construction order, which is the forward order of the sequential models hwq builds.
         self.units: list[_Unit] = []
+        self.second = self._second_design_schedule() if self.design == "second" else None
+
+    def _second_design_schedule(self):
+        from hwq.quant.bitat_second import SecondDesignSchedule
+        from hwq.train.progressive import LayerPhases
+
+        phases = LayerPhases(progressive=self._option("bitat_progressive"), warmup=self._option("bitat_warmup"),
+                             final=self._option("bitat_final"))
+        return SecondDesignSchedule(phases, self._option("bitat_block_size"), freeze=self._option("bitat_freeze"),
+                                    aggregate=self._option("bitat_aggregate"),
+                                    aggregate_weight=self._option("bitat_aggregate_weight"))
 
     def _new_unit(self) -> _Unit:
         unit = _Unit(len(self.units), self.plan, self.units)
@@ -333,20 +348,54 @@ class BiTATFamily(UniformFamily):
         return dict(transform=transform, importance=self.use_importance, penalty=self.penalty,
                     power=self.power, codes=self.codes, codes_every=self.codes_every)
 
+    def _second_settings(self, n: int) -> dict:
+        # The second design trains V (the PCA basis rotated by a Cayley transform) unless V = I is asked for.
+        settings = self._settings(n)
+        if settings["transform"] == "eigen":
+            settings["transform"] = "cayley"
+        return {**settings, "penalty": 0.0}
+
     def linear(self, in_features: int, out_features: int, bits: int) -> nn.Module:
+        if self.second is not None:
+            if bits != 1:  # a k-bit layer (a first layer, a classifier) is an ordinary uniform one
+                return super().linear(in_features, out_features, bits)
+            from hwq.quant.bitat_second import SecondDesignLinear
+
+            layer = SecondDesignLinear(in_features, out_features, bias=False,
+                                       weight_quant=to_injector(self.weight_spec(bits)))
+            layer._setup(1, in_features, self._new_unit(), **self._second_settings(in_features))
+            layer._setup_second(self.second)
+            return self._init_weights(layer, bits)
         layer = BiTATLinear(in_features, out_features, bias=False, weight_quant=to_injector(self.weight_spec(bits)))
         layer._setup(1, in_features, self._new_unit(), **self._settings(in_features))
         return self._init_weights(layer, bits)
 
     def conv2d(self, in_channels: int, out_channels: int, kernel_size: int, bits: int,
                stride: int = 1, padding: int = 0, groups: int = 1) -> nn.Module:
+        if self.second is not None:
+            return self._second_conv2d(in_channels, out_channels, kernel_size, bits, stride, padding, groups)
         layer = BiTATConv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
                             bias=False, weight_quant=to_injector(self.weight_spec(bits)))
         n = in_channels // groups * kernel_size * kernel_size
         layer._setup(groups, n, self._new_unit(), **self._settings(n))
         return self._init_weights(layer, bits)
 
+    def _second_conv2d(self, in_channels: int, out_channels: int, kernel_size: int, bits: int,
+                       stride: int, padding: int, groups: int) -> nn.Module:
+        if bits != 1:
+            return super().conv2d(in_channels, out_channels, kernel_size, bits, stride, padding, groups)
+        from hwq.quant.bitat_second import SecondDesignConv2d
+
+        layer = SecondDesignConv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                                   groups=groups, bias=False, weight_quant=to_injector(self.weight_spec(bits)))
+        n = in_channels // groups * kernel_size * kernel_size
+        layer._setup(groups, n, self._new_unit(), **self._second_settings(n))
+        layer._setup_second(self.second)
+        return self._init_weights(layer, bits)
+
     def act(self, bits: int, channels: int) -> nn.Module:
+        if self.second is not None:
+            return super().act(bits, channels)  # binary from the start: the design quantizes the weights
         if not self.units:
             raise ConfigError("bitat: an activation must follow a weight layer (it switches with that layer)")
         return BiTATAct(QuantIdentity(act_quant=to_injector(self.act_spec(bits))), self.units[-1])

@@ -111,12 +111,21 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 def call_hooks(model: nn.Module, hook: str, *args: Any) -> list[Any]:
     """Call ``hook(*args)`` on every submodule that defines it (the model itself included).
 
-    Two hooks let quantizer families shape training without a loop of their own:
+    Hooks let quantizer families shape training without a loop of their own:
     ``hwq_on_epoch_start(epoch, epochs)`` (e.g. a progressive schedule) and
     ``hwq_extra_loss() -> Tensor`` (e.g. a regulariser), added to the loss of every step, and
-    ``hwq_after_step()`` (e.g. a projection of the latent weights), after every optimizer step.
+    ``hwq_after_step()`` (e.g. a projection of the latent weights), after every optimizer step, and
+    ``hwq_on_step(progress)`` before every step, with the training's progress (0..1) at the step's end.
     """
     return [getattr(module, hook)(*args) for module in model.modules() if hasattr(module, hook)]
+
+
+def attach_teacher(model: nn.Module, teacher: nn.Module | None) -> None:
+    """Offer ``teacher`` (or None) to every submodule with ``hwq_attach_teacher(name, teacher)``, e.g. a layer
+    whose objective compares its output with the teacher's layer of the same ``name`` (BiTAT's block objective)."""
+    for name, module in model.named_modules():
+        if hasattr(module, "hwq_attach_teacher"):
+            module.hwq_attach_teacher(name, teacher)
 
 
 @torch.no_grad()
@@ -281,6 +290,7 @@ def _prepare(config: TrainConfig, device: torch.device, checkpoint: dict | None)
         load_init_weights(model, config.init_from)
     optimizer = make_optimizer(model, config)
     teacher = load_trained_model(config.teacher)[0].to(device) if config.teacher else None
+    attach_teacher(model, teacher)
     start_epoch, history = 0, []
     plan = TwoStepPlan.for_run(config, checkpoint)
     if checkpoint is not None:
@@ -330,6 +340,7 @@ def _train_epoch(run: _Run, epoch: int, bar: EpochProgress) -> dict[str, Any]:
     loss_sum, correct = 0.0, 0
     for step in range(steps):
         idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+        call_hooks(model, "hwq_on_step", (epoch + (step + 1) / steps) / config.epochs)
         images = train_x[idx]
         if augment:
             images = random_crop_flip(images, generator)

@@ -74,3 +74,49 @@ class ProgressivePlan:
     def binary_prefix(self, epoch: int, n_units: int, epochs: int) -> int:
         """How many units (from the input side) are binary during ``epoch``."""
         return sum(self.start_epoch(u, n_units, epochs) <= epoch for u in range(n_units))
+
+
+@dataclass(frozen=True)
+class LayerPhases:
+    """BiTAT's second-design schedule: one phase per binary layer, as fractions of the whole training.
+
+    Training progress runs from 0 to 1 (``(epoch + steps done / steps) / epochs``, so a phase may be shorter than an
+    epoch: a network has more binary layers than a CPU run has epochs). After the warm-up (binary activations, real
+    weights), layer ``u`` is quantized during ``phase(u)``; its progress ``t`` inside the phase goes from 0 to 1 and
+    it is binary from the phase's end. The last ``final`` of the training fine-tunes the all-binary network.
+    Not progressive: one phase, the whole window, for every layer at once.
+
+    >>> plan = LayerPhases(final=0.2)
+    >>> [plan.phase(u, 4) for u in range(2)], plan.t(1, 4, progress=0.3)
+    ([(0.0, 0.2), (0.2, 0.4)], 0.5)
+    >>> plan.block_end(0, 4, block_size=2)
+    0.4
+    """
+
+    progressive: bool = True
+    warmup: float = 0.0
+    final: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.warmup < 1.0 or not 0.0 <= self.final < 1.0 or self.warmup + self.final >= 1.0:
+            raise ConfigError(f"model_options.bitat_warmup, bitat_final: expected fractions in [0, 1) with warm-up "
+                              f"+ final < 1, got {self.warmup} + {self.final}")
+
+    def phase(self, unit: int, n_units: int) -> tuple[float, float]:
+        """``(start, end)`` of ``unit``'s phase in training progress."""
+        if not 0 <= unit < n_units:
+            raise ValueError(f"unit {unit} outside 0..{n_units - 1}")
+        first, length = self.warmup, 1.0 - self.final - self.warmup
+        if not self.progressive:
+            return first, first + length
+        return first + unit * length / n_units, first + (unit + 1) * length / n_units
+
+    def t(self, unit: int, n_units: int, progress: float) -> float:
+        """How far ``unit`` is through its phase at ``progress``: 0 before, 1 from its end on."""
+        start, end = self.phase(unit, n_units)
+        return min(1.0, max(0.0, (progress - start) / (end - start)))
+
+    def block_end(self, unit: int, n_units: int, block_size: int) -> float:
+        """The end of the last phase of ``unit``'s block (blocks: ``block_size`` consecutive units)."""
+        last = min(n_units - 1, (unit // block_size + 1) * block_size - 1)
+        return self.phase(last, n_units)[1]
