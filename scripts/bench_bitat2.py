@@ -249,14 +249,15 @@ def train_all(args, names: list[str]) -> None:
                 fp_done[row.fp].wait()
                 if not trained(args, row.fp):
                     return
-            if not trained(args, name):
-                cmd = train_command(args, name)
-                try:
-                    bench_bitat.run(cmd, Path(args.runs) / f"{name}.log", slots)
-                except RuntimeError as error:
-                    print(error, file=sys.stderr, flush=True)
-                    return
-                (run_dir(args, name) / "command.json").write_text(json.dumps(cmd[1:]) + "\n")
+            with slots:  # checked again once a slot is free: another invocation may have trained it meanwhile
+                if not trained(args, name):
+                    cmd = train_command(args, name)
+                    try:
+                        bench_bitat.run(cmd, Path(args.runs) / f"{name}.log", threading.Semaphore())
+                    except RuntimeError as error:
+                        print(error, file=sys.stderr, flush=True)
+                        return
+                    (run_dir(args, name) / "command.json").write_text(json.dumps(cmd[1:]) + "\n")
             print(f"trained {name}", flush=True)
             if row.fp is not None and args.estimates and name in estimate_rows(args):
                 estimate(args, name, build_slots)
