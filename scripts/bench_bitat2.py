@@ -167,7 +167,7 @@ def estimate(args, name: str, slots: threading.Semaphore) -> None:
 
 def last_error_line(log: Path) -> str:
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    errors = [line for line in lines if "Error" in line or line.startswith("error")]
+    errors = [line for line in lines if "Error" in line or "error:" in line]
     return (errors or lines or ["(empty log)"])[-1][:400]
 
 
@@ -183,10 +183,12 @@ def estimate_record(args, name: str) -> dict | None:
     for stage, log in (("export", run / "bench-export.log"), ("build", run / "bench-build.log")):
         if not log.exists():
             return None
-        if "failed (exit" in log.read_text(errors="replace") or (stage == "build" and failed.exists()):
-            if stage == "build" and failed.exists():
-                return {"error": f"build: {json.loads(failed.read_text()).get('error')}"}
-            return {"error": f"{stage}: {last_error_line(log)}"}
+        if stage == "build" and failed.exists():
+            return {"error": f"build: {json.loads(failed.read_text()).get('error')}"}
+        if "error:" in log.read_text(errors="replace"):  # the CLI's one-line message, "hwq export: error: ..."
+            return {"error": f"{stage}: {last_error_line(log).split('error: ', 1)[-1]}"}
+    if any(run.glob("build-pynq-z2.partial-*")):
+        return {"error": "build still running when tabulated"}
     return None
 
 
