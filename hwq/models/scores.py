@@ -15,6 +15,8 @@ the ranking around, so the scores are oriented by its sign.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -42,15 +44,24 @@ def output_scale(module: nn.Module) -> float | None:
 
 
 class _Recorder:
-    """Forward hooks on every module of a model: in call order, each module with its first input and output."""
+    """Forward hooks on every module of a model: in call order, each module with its first input and output.
+
+    Only the classifier (``nn.Linear``) and ``TensorNorm`` calls keep their tensors; every other call keeps a
+    ``(data_ptr, numel)`` fingerprint, all the search for the classifier's input quantizer compares. Keeping every
+    module's output alive held all activations of the batch at once: about 20 GB for the CIFAR-10 ``reactnet``
+    (width 0.25) on a 1000-image evaluation batch. A fingerprint of a freed tensor may name storage reused later,
+    but the quantizer that produced the classifier's input comes after any such earlier call, and the search walks
+    from the classifier backwards."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.calls: list[tuple[nn.Module, torch.Tensor | None, torch.Tensor]] = []
+        self.calls: list[tuple[nn.Module, Any, Any]] = []
         self._handles = [m.register_forward_hook(self._hook) for m in model.modules()]
 
     def _hook(self, module, args, output) -> None:
         if isinstance(output, torch.Tensor):
             first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            if not isinstance(module, (nn.Linear, TensorNorm)):
+                first, output = _fingerprint(first), _fingerprint(output)
             self.calls.append((module, first, output))
 
     def close(self) -> None:
@@ -58,8 +69,14 @@ class _Recorder:
             handle.remove()
 
 
-def _same_storage(a: torch.Tensor | None, b: torch.Tensor) -> bool:
-    return a is not None and a.numel() == b.numel() and a.data_ptr() == b.data_ptr()
+def _fingerprint(t: torch.Tensor | None) -> tuple[int, int] | None:
+    return None if t is None else (t.data_ptr(), t.numel())
+
+
+def _same_storage(a, b) -> bool:
+    """Whether two tensors (or fingerprints of tensors) are views of the same data, of the same size."""
+    a, b = (x if x is None or isinstance(x, tuple) else _fingerprint(x) for x in (a, b))
+    return a is not None and b is not None and a == b
 
 
 @torch.no_grad()
