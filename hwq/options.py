@@ -238,8 +238,8 @@ BITAT_OPTIONS = (
            range=Range(0, None)),
     # The second design's own options (docs/bitat.md, "Second design").
     Option("bitat_freeze", "bool", True, "second design: a layer's weights are frozen once it is binary"),
-    Option("bitat_aggregate", "bool", True,
-           "second design: the block's layers quantized so far stay in the objective (needs --teacher)"),
+    Option("bitat_aggregate", "bool", None,
+           "second design: the block's binary layers stay in an objective against --teacher (unset: on with one)"),
     Option("bitat_aggregate_weight", "number", 1.0, "second design: weight of the block objective",
            range=Range(0, None)),
     Option("bitat_block_size", "integer", 2, "second design: binary layers per block (ReActNet: 3x3 + 1x1)",

@@ -134,6 +134,25 @@ def test_the_block_objective_needs_a_teacher_of_the_same_model(digits):
         attach_teacher(_model(bitat_aggregate=True), other)
 
 
+def test_unset_aggregation_follows_the_teacher_and_the_run_records_which(tmp_path):
+    """``hwq train --quant bitat`` alone runs (no block objective); with ``--teacher`` the objective is on."""
+    import json
+
+    from hwq.train import TrainConfig, run_train
+    from hwq.train.loop import attach_teacher
+
+    alone = _model(bitat_aggregate=None)
+    attach_teacher(alone, None)
+    assert bitat_layers(alone)[0].schedule.aggregate is False
+    taught = _model(bitat_aggregate=None)
+    attach_teacher(taught, _model(bitat_aggregate=False))
+    assert bitat_layers(taught)[0].schedule.aggregate is True
+    run = tmp_path / "alone"
+    run_train(TrainConfig(model="tfc", dataset="digits", quant="bitat", epochs=1, threads=1), run, progress=False)
+    options = json.loads((run / "metrics.json").read_text())["model_spec"]["options"]
+    assert options["bitat_design"] == "second" and options["bitat_aggregate"] is False
+
+
 def test_the_block_objective_pulls_the_block_towards_the_teacher(digits):
     from hwq.train import TrainConfig
     from hwq.train.loop import attach_teacher

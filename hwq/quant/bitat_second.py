@@ -32,7 +32,7 @@ from hwq.quant.bitat import BiTATConv2d, BiTATLinear, _BiTATWeights
 class SecondDesignSchedule:
     """What every second-design layer of one model shares: the phases, the number of units and the block size."""
 
-    def __init__(self, phases, block_size: int, freeze: bool, aggregate: bool, aggregate_weight: float) -> None:
+    def __init__(self, phases, block_size: int, freeze: bool, aggregate: bool | None, aggregate_weight: float) -> None:
         self.phases, self.block_size = phases, block_size
         self.freeze, self.aggregate, self.aggregate_weight = freeze, aggregate, aggregate_weight
         self.units: list[_SecondDesignWeights] = []
@@ -93,7 +93,10 @@ class _SecondDesignWeights(_BiTATWeights):
 
     # --- teacher (the block objective) ---------------------------------------------------------------------
     def hwq_attach_teacher(self, name: str, teacher: nn.Module | None) -> None:
-        """Record the output of the teacher's layer called ``name`` at each of its forward passes."""
+        """Record the output of the teacher's layer called ``name`` at each of its forward passes. An unset
+        ``aggregate`` (a model built outside a run) turns on exactly when there is a teacher."""
+        if self.schedule.aggregate is None:
+            self.schedule.aggregate = teacher is not None
         if not self.schedule.aggregate:
             return
         if teacher is None:

@@ -45,10 +45,13 @@ from hwq.train.threads import resolve_threads, torch_threads
 
 def model_spec_for(config: TrainConfig, dataset: Dataset) -> ModelSpec:
     """The model a config describes, with the input size of its dataset. A BiTAT run records its design even when
-    the config leaves it to the default, so a later change of the default cannot change what the run was."""
+    the config leaves it to the default, so a later change of the default cannot change what the run was; an unset
+    ``bitat_aggregate`` records whether the block objective ran (it needs a teacher: on with ``--teacher``)."""
     options = dict(config.model_options)
     if config.quant == "bitat":
         options.setdefault("bitat_design", option_named(BITAT_OPTIONS, "bitat_design").default)
+        if options["bitat_design"] == "second" and options.get("bitat_aggregate") is None:
+            options["bitat_aggregate"] = config.teacher is not None
     return ModelSpec(
         name=config.model, wbits=config.wbits, abits=config.abits, quant=config.quant,
         image_shape=dataset.image_shape, num_classes=dataset.num_classes, dropout=config.dropout, options=options,
