@@ -89,7 +89,9 @@ def as_dict() -> dict:
         "quant": {name: {"description": text, "wbits": list(w), "abits": list(a),
                          "options": _options_data(FAMILY_OPTIONS[name])}
                   for name, (text, w, a) in FAMILIES.items()},
-        "methods": {name: {"description": m.description, "quant": m.quant, "options": dict(m.options)}
+        "methods": {name: {"description": m.description, "quant": m.quant, "options": dict(m.options),
+                           "objective": m.objective, "optimizer": m.optimizer,
+                           "method_options": _options_data(m.declared_options())}
                     for name, m in METHODS.items()},
         "datasets": {name: {"description": text} for name, text in DATASETS.items()},
     }
@@ -122,7 +124,8 @@ def as_table() -> str:
     lines += ["", "quantizer families (--quant)", f"  {'':<16} {'wbits':<6} {'abits':<6}"]
     for name, (text, w, a) in FAMILIES.items():
         lines += [f"  {name:<16} {_bits(w):<6} {_bits(a):<6} {text}", *_option_lines(FAMILY_OPTIONS[name])]
-    lines += ["", "training methods (--method; each sets its quantizer family)"]
-    lines += [f"  {name:<16} {'--quant ' + m.quant:<15} {m.description}" for name, m in METHODS.items()]
+    lines += ["", "training methods (--method; each sets its quantizer family; below, its --method-option KEY=VALUE)"]
+    for name, m in METHODS.items():
+        lines += [f"  {name:<16} {'--quant ' + m.quant:<15} {m.description}", *_option_lines(m.declared_options())]
     lines += ["", "datasets"] + [f"  {name:<16} {text}" for name, text in DATASETS.items()]
     return "\n".join(lines)

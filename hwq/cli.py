@@ -67,6 +67,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="model or quantizer-family option, repeatable ('hwq models' lists each one's); VALUE is "
                         "read as YAML, e.g. width=0.5 (default: none)")
+    p.add_argument("--method-option", dest="method_options", action="append", default=[], metavar="KEY=VALUE",
+                   help="option of the method's objective or optimizer, repeatable ('hwq models' lists each "
+                        "method's); VALUE is read as YAML (default: none)")
     p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME (required)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint; only --epochs (upwards), --threads, "
@@ -100,6 +103,8 @@ def _train(args: argparse.Namespace) -> int:
         base = TrainConfig()
     if args.options:
         flags["model_options"] = {**base.model_options, **_parse_options(args.options)}
+    if args.method_options:
+        flags["method_options"] = {**base.method_options, **_parse_options(args.method_options, "--method-option")}
     config = base.replace(**flags)
     metrics = run_train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
     print(f"{config.model}-w{config.wbits}a{config.abits} ({config.quant}) on {config.dataset}: "
@@ -108,7 +113,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_options(items: list[str]) -> dict:
+def _parse_options(items: list[str], flag: str = "--option") -> dict:
     import yaml
 
     from hwq.errors import ConfigError
@@ -117,12 +122,12 @@ def _parse_options(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--option '{item}': expected KEY=VALUE")
+            raise ConfigError(f"{flag} '{item}': expected KEY=VALUE")
         try:
             options[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as err:
             reason = str(err).strip().splitlines()[0]
-            raise ConfigError(f"--option '{item}': VALUE is not valid YAML ({reason})") from None
+            raise ConfigError(f"{flag} '{item}': VALUE is not valid YAML ({reason})") from None
     return options
 
 

@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Quantization-aware training methods (``hwq train --method NAME``), as data.
 
-A method names everything a paper changes about training: today the quantizer family and the family options it
-sets (later an estimator, an objective, an optimizer, a schedule). ``--quant`` still picks a family alone; the two
-together must agree. This module imports no torch, so ``TrainConfig`` resolves a method when it is made and
+A method names everything a paper changes about training: the quantizer family and the family options it sets
+(which is where an estimator or a regularizer of the quantizer lives), the objective (how one step turns a batch
+into gradients: plain backward, a sharpness-aware step, ...) and the optimizer. Each is a shared piece that several
+methods may name; a piece's own options are the run's ``method_options`` (``--method-option KEY=VALUE``), declared
+in :mod:`hwq.options`. ``--quant`` still picks a family alone; the two together must agree. This module imports no torch, so ``TrainConfig`` resolves a method when it is made and
 ``hwq models`` lists the methods.
 
 >>> resolve_method("n2uq", None)
@@ -21,6 +23,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
+from hwq import options as o
 from hwq.errors import ConfigError
 
 #: The family a run uses when neither ``--method`` nor ``--quant`` is given.
@@ -35,6 +38,14 @@ class Method:
     quant: str
     #: ``model_options`` the method sets unless the run sets them itself.
     options: dict[str, Any] = field(default_factory=dict)
+    #: How a step turns a batch into gradients (:mod:`hwq.train.objectives`).
+    objective: str = "plain"
+    #: What turns gradients into new weights (:mod:`hwq.train.optimizers`).
+    optimizer: str = "adam"
+
+    def declared_options(self) -> tuple[o.Option, ...]:
+        """The ``method_options`` this method reads: its objective's and its optimizer's."""
+        return o.OBJECTIVE_OPTIONS[self.objective] + o.OPTIMIZER_OPTIONS[self.optimizer]
 
 
 #: Method name -> what it sets. The names of the existing families are methods of that family alone.
@@ -73,6 +84,23 @@ def resolve_method(method: str | None, quant: str | None) -> tuple[str | None, s
         raise ConfigError(f"method: --method {method} trains with --quant {wanted}, got --quant {quant}; "
                           f"give one of the two, or matching ones")
     return method, wanted
+
+
+def check_method_options(method: str | None, options: Any) -> None:
+    """A one-line ConfigError for a ``method_options`` key the method does not read or a value it does not take.
+
+    >>> check_method_options("uniform", {"rho": 0.05})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    hwq.errors.ConfigError: method_options.rho: not an option of --method uniform; known: none
+    """
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise ConfigError(f"method_options: expected a mapping of option names to values, got {options!r}")
+    if options and method is None:
+        raise ConfigError("method_options: given without a method; name one with --method ('hwq models' lists "
+                          "each one's options)")
+    if method is not None:
+        o.check_options(options, METHODS[method].declared_options(), f"--method {method}",
+                        field="method_options")
 
 
 def method_options(method: str | None, options: dict[str, Any]) -> dict[str, Any]:

@@ -114,14 +114,14 @@ class Option:
         values = value if isinstance(value, list | tuple) else [value]
         return all(v in self.range for v in values)
 
-    def read(self, options: Mapping[str, Any]) -> Any:
+    def read(self, options: Mapping[str, Any], field: str = "model_options") -> Any:
         """This option's value in ``options`` (its default when absent): numbers as float, lists as lists.
 
-        A value of the wrong type or outside the range is a ConfigError naming ``model_options.<name>``.
+        A value of the wrong type or outside the range is a ConfigError naming ``<field>.<name>``.
         """
         value = options.get(self.name, self.default)
         if not self.accepts(value):
-            raise ConfigError(f"model_options.{self.name}: expected {self.expected()}, got {value!r}")
+            raise ConfigError(f"{field}.{self.name}: expected {self.expected()}, got {value!r}")
         if value is None or self.type in ("bool", "choice", "integer"):
             return value
         if isinstance(value, list | tuple):
@@ -145,10 +145,10 @@ def option_named(declared: tuple[Option, ...], name: str) -> Option:
 
 
 def check_options(options: Mapping[str, Any], declared: tuple[Option, ...], owner: str,
-                  elsewhere: Mapping[str, list[str]] | None = None) -> None:
+                  elsewhere: Mapping[str, list[str]] | None = None, field: str = "model_options") -> None:
     """Raise a one-line ConfigError for the first key of ``options`` that is not ``declared`` or whose value is not
     one it takes. ``owner`` says whose options they are (``model 'tfc' with --quant bitat``); ``elsewhere`` maps
-    option names of other families and models to their owners, for a hint.
+    option names of other families and models to their owners, for a hint; ``field`` is the config field named.
     """
     known = {o.name: o for o in declared}
     for key, value in options.items():
@@ -157,9 +157,9 @@ def check_options(options: Mapping[str, Any], declared: tuple[Option, ...], owne
             owners_of_key = (elsewhere or {}).get(key)
             hint = (f" (did you mean {close[0]}?)" if close else
                     f" ({key} is an option of {' and '.join(owners_of_key)})" if owners_of_key else "")
-            raise ConfigError(f"model_options.{key}: not an option of {owner}{hint}; "
+            raise ConfigError(f"{field}.{key}: not an option of {owner}{hint}; "
                               f"known: {', '.join(sorted(known)) or 'none'}")
-        known[key].read({key: value})
+        known[key].read({key: value}, field)
 
 
 def owners(tables: Mapping[str, Mapping[str, tuple[Option, ...]]]) -> dict[str, list[str]]:
@@ -245,6 +245,16 @@ BITAT_OPTIONS = (
     Option("bitat_block_size", "integer", 2, "second design: binary layers per block (ReActNet: 3x3 + 1x1)",
            range=Range(1, None)),
 )
+
+# --- training pieces (hwq.train.objectives, hwq.train.optimizers) ---------------------------------------------
+# A method (hwq.methods) names an objective (how a step turns a batch into gradients) and an optimizer; their
+# options are the run's ``method_options`` (``--method-option KEY=VALUE``). A new piece declares its options here.
+OBJECTIVE_OPTIONS: dict[str, tuple[Option, ...]] = {
+    "plain": (),
+}
+OPTIMIZER_OPTIONS: dict[str, tuple[Option, ...]] = {
+    "adam": (),
+}
 
 # --- models (hwq.models) ---------------------------------------------------------------------------------------
 FC_OPTIONS: tuple[Option, ...] = ()

@@ -96,3 +96,50 @@ def test_train_help_names_every_method():
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     method_help = next(a.help for a in train._actions if a.dest == "method")
     assert method_help.split(": ")[1].split(";")[0].split(", ") == list(METHODS)
+
+
+# --- the method's pieces: an objective and an optimizer with their options ----------------------------------
+def test_method_options_the_method_does_not_read_are_one_line_errors():
+    with pytest.raises(ConfigError, match=r"^method_options.rho: not an option of --method lsq; known: none$"):
+        TrainConfig(method="lsq", method_options={"rho": 0.05})
+    with pytest.raises(ConfigError, match=r"^method_options: given without a method"):
+        TrainConfig(quant="float", method_options={"rho": 0.05})
+
+
+def test_a_methods_objective_and_optimizer_drive_the_train_step(monkeypatch, tmp_path):
+    """A method naming a registered objective and optimizer: the step calls the objective with the closure (which
+    runs the forward pass) and uses the optimizer the method names, with its options read."""
+    import torch
+
+    from hwq import methods, options
+    from hwq.options import Option
+    from hwq.train import objectives, optimizers, run_train
+
+    seen = {"closures": 0, "optimizer": None}
+
+    class Twice(objectives.Objective):
+        def gradients(self, closure, optimizer):
+            optimizer.zero_grad(set_to_none=True)
+            for _ in range(self.options["repeats"]):
+                loss, logits = closure()
+                loss.backward()
+                seen["closures"] += 1
+            assert objectives.trained_parameters(optimizer)
+            return loss, logits
+
+    def sgd(model, lr, weight_decay, opts):
+        seen["optimizer"] = opts
+        return torch.optim.SGD(optimizers.lr_groups(model, lr), lr=lr)
+
+    monkeypatch.setitem(options.OBJECTIVE_OPTIONS, "twice", (Option("repeats", "integer", 2, "closures per step"),))
+    monkeypatch.setitem(options.OPTIMIZER_OPTIONS, "sgd", (Option("nesterov", "bool", False, "unused"),))
+    monkeypatch.setitem(objectives.OBJECTIVES, "twice", Twice)
+    monkeypatch.setitem(optimizers.OPTIMIZERS, "sgd", sgd)
+    monkeypatch.setitem(methods.METHODS, "twice", methods.Method("test", "uniform", objective="twice",
+                                                                 optimizer="sgd"))
+    with pytest.raises(ConfigError, match=r"^method_options.repeats: expected an integer"):
+        TrainConfig(method="twice", method_options={"repeats": 1.5})
+    config = TrainConfig(method="twice", epochs=1, batch_size=500, threads=1, method_options={"repeats": 3})
+    run_train(config, tmp_path / "run", progress=False)
+    assert seen["closures"] == 3 * 3 and seen["optimizer"] == {"nesterov": False}   # 1,437 images: 3 steps
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["method_options"] == {"repeats": 3}

@@ -18,7 +18,7 @@ import yaml
 from hwq._io import read_yaml_mapping
 from hwq.catalog import check_model_options
 from hwq.errors import ConfigError
-from hwq.methods import method_options, resolve_method
+from hwq.methods import check_method_options, method_options, resolve_method
 
 
 class Loss(str, Enum):
@@ -97,6 +97,9 @@ class TrainConfig:
     #: Options of the model builder and the quantizer family (``hwq models`` lists each one's); any other key, or a
     #: value of the wrong type, is an error when the config is made.
     model_options: dict[str, Any] = field(default_factory=dict)
+    #: Options of the method's objective and optimizer (``hwq models`` lists each method's), e.g. SAM's radius;
+    #: a key the method does not read is an error when the config is made.
+    method_options: dict[str, Any] = field(default_factory=dict)
     #: Run directory of a trained (e.g. full-precision) model to distil from; None trains on labels alone.
     teacher: str | None = None
     #: Weight of the distillation term: loss = (1 - w) * task loss + w * T^2 * KL(teacher || student).
@@ -140,6 +143,7 @@ class TrainConfig:
         self._check_ranges()
         self._check_recipe()
         check_model_options(self.model, self.quant, self.model_options)
+        check_method_options(self.method, self.method_options)
 
     def _check_types(self) -> None:
         for name in ("model", "dataset", "quant", "device"):

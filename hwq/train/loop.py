@@ -32,7 +32,10 @@ from hwq.train.augment import AUGMENTED_BY_DEFAULT, random_crop_flip
 from hwq.train.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from hwq.options import BITAT_OPTIONS, option_named
 from hwq.train.config import Loss, Schedule, TrainConfig
+from hwq.methods import method_named
 from hwq.train.hooks import ModelHooks, call_hooks  # noqa: F401  (call_hooks: part of this module's API)
+from hwq.train.objectives import Objective, make_objective
+from hwq.train.optimizers import make_optimizer_named
 from hwq.train.progress import EpochProgress
 from hwq.train.rundir import (
     CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, MODEL_FILE, StagedReplacement, holds_run, naming_errors,
@@ -78,15 +81,16 @@ def deterministic(enabled: bool) -> Iterator[None]:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam, one group per learning-rate scale (a parameter may carry ``hwq_lr_scale``, e.g. thresholds)."""
-    groups: dict[float, list[nn.Parameter]] = {}
-    for param in model.parameters():
-        if param.requires_grad:
-            groups.setdefault(float(getattr(param, "hwq_lr_scale", 1.0)), []).append(param)
-    return torch.optim.Adam(
-        [{"params": ps, "lr_scale": scale, "lr": config.lr * scale} for scale, ps in sorted(groups.items())],
-        lr=config.lr, weight_decay=config.weight_decay,
-    )
+    """The method's optimizer (Adam unless the method names another), one group per learning-rate scale (a
+    parameter may carry ``hwq_lr_scale``, e.g. thresholds)."""
+    name = method_named(config.method).optimizer if config.method else "adam"
+    return make_optimizer_named(name, model, config.lr, config.weight_decay, config.method_options)
+
+
+def make_run_objective(config: TrainConfig) -> Objective:
+    """The method's objective (plain unless the method names another), its options read from the config."""
+    return make_objective(method_named(config.method).objective if config.method else "plain",
+                          config.method_options)
 
 
 def lr_factor(config: TrainConfig, epoch: int, plan: TwoStepPlan | None = None) -> float:
@@ -251,6 +255,12 @@ class _Run:
     hooks: ModelHooks | None = None
     #: The two-step recipe's plan (None for the plain recipe).
     plan: TwoStepPlan | None = None
+    #: How a step turns a batch into gradients (:mod:`hwq.train.objectives`); None: the config's method's.
+    objective: Objective | None = None
+
+    def __post_init__(self) -> None:
+        if self.objective is None:
+            self.objective = make_run_objective(self.config)
 
 
 def _train(
@@ -325,17 +335,20 @@ def train_step(run: _Run, inputs: torch.Tensor, labels: torch.Tensor,
     loss and the logits. ``scripts/bench_train_step.py`` times exactly this against Brevitas' own loop."""
     config, model, optimizer, hooks = run.config, run.model, run.optimizer, run.hooks
     hooks("hwq_on_step", progress)
-    logits = model(inputs)
-    loss = loss_fn(config.loss, logits, labels)
-    if run.teacher is not None:
-        with torch.no_grad():
-            teacher_logits = run.teacher(inputs)
-        soft = distillation_loss(logits, teacher_logits, config.distill_temperature)
-        loss = (1.0 - config.distill_weight) * loss + config.distill_weight * soft
-    for extra in hooks("hwq_extra_loss"):
-        loss = loss + extra
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+
+    def closure() -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(inputs)
+        loss = loss_fn(config.loss, logits, labels)
+        if run.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = run.teacher(inputs)
+            soft = distillation_loss(logits, teacher_logits, config.distill_temperature)
+            loss = (1.0 - config.distill_weight) * loss + config.distill_weight * soft
+        for extra in hooks("hwq_extra_loss"):
+            loss = loss + extra
+        return loss, logits
+
+    loss, logits = run.objective.gradients(closure, optimizer)
     optimizer.step()
     hooks.clip_latent_weights()
     hooks("hwq_after_step")
