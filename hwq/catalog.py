@@ -46,12 +46,14 @@ FAMILIES: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
     "bitat": ("BiTAT: importance-weighted, progressive binarization (docs/bitat.md)", (1,), (1,)),
     "lsq": ("LSQ: uniform with learned step size (init 2 mean|v|/sqrt(Qp), gradient scale; docs/methods.md)",
             tuple(range(1, 9)), tuple(range(1, 9))),
+    "lqnet": ("LQ-Nets: learned bases, levels v^T e over +-1 (weights) or 0/1 (activations) codes, QEM updates "
+              "(docs/methods.md)", (1, 2, 3, 4), (1, 2, 3, 4)),
 }
 
 #: Quantizer family -> the options it reads.
 FAMILY_OPTIONS: dict[str, tuple[o.Option, ...]] = {
     "uniform": o.UNIFORM_OPTIONS, "float": o.FLOAT_OPTIONS, "n2uq": o.N2UQ_OPTIONS, "bitat": o.BITAT_OPTIONS,
-    "lsq": o.UNIFORM_OPTIONS,
+    "lsq": o.UNIFORM_OPTIONS, "lqnet": o.LQNET_OPTIONS,
 }
 
 #: Dataset name -> what it is.

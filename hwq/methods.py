@@ -56,6 +56,8 @@ METHODS: dict[str, Method] = {
     "bitat": Method("BiTAT: importance-weighted, progressive binarization (docs/bitat.md)", "bitat"),
     "lsq": Method("LSQ (Esser et al. 2020): learned step size, its init and gradient scale (docs/methods.md)",
                   "lsq"),
+    "lqnet": Method("LQ-Nets (Zhang et al. 2018): learned weight and activation bases, QEM updates (docs/methods.md)",
+                    "lqnet"),
 }
 
 
