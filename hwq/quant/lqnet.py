@@ -24,7 +24,9 @@ is more than one step above the previous one (``hwq.export.multithreshold``). QE
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 from brevitas.inject import ExtendedInjector
@@ -173,6 +175,20 @@ class LQWeightTensorQuant(nn.Module):
             quantized = integers.reshape(w.shape) * scale
         out = _StraightThrough.apply(w, quantized, None)
         return out, scale, torch.zeros((), dtype=w.dtype), torch.tensor(float(self.grid_bit_width))
+
+    @contextlib.contextmanager
+    def hwq_export_context(self) -> Iterator[None]:
+        """For the export: the latent weight holds ``w_q`` itself, which the ``Quant`` node Brevitas writes (it
+        rounds its input with the scale ``s``) maps to ``w_q`` exactly; the latent weight is restored after."""
+        weight = self.tracked[0]
+        saved = weight.detach().clone()
+        with torch.no_grad():
+            weight.copy_(self.forward(weight)[0])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                weight.copy_(saved)
 
     @torch.no_grad()
     def hwq_after_step(self) -> None:
