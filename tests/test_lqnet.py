@@ -166,5 +166,22 @@ def test_digits_tfc_w2a2_with_method_lqnet_exports_and_builds_with_finn_bit_exac
     assert "MultiThreshold" in report["ops"]
     manifest = run_build(run, BuildConfig(board="pynq-z2", verify_samples=40), progress=False)
     assert manifest["status"] == "done" and manifest["bit_exact"]["passed"] and manifest["bit_exact"]["n"] == 40
+    assert manifest["bit_exact"]["layerwise"]  # each MultiThreshold count against its MVAU's output
     kinds = [layer["op_type"] for layer in manifest["estimates"]["layers"]]
     assert sum(kind.startswith("MVAU") for kind in kinds) == 4
+
+
+def test_a_per_class_classifier_basis_stops_the_finn_build_in_one_line_naming_the_node(tmp_path):
+    from hwq.dataflow import BuildConfig, run_build
+    from hwq.dataflow.errors import MappingError
+    from hwq.export import run_export
+    from hwq.train import TrainConfig, run_train
+
+    run = tmp_path / "lqnet-per-class"
+    run_train(TrainConfig(method="lqnet", wbits=2, abits=2, epochs=1, lr=0.01, threads=1,
+                          model_options={"lqnet_classifier_per_channel": True}), run, progress=False)
+    assert run_export(run)["verification"]["passed"]
+    with pytest.raises(MappingError) as error:
+        run_build(run, BuildConfig(board="pynq-z2", verify_samples=20, codegen=False), progress=False)
+    message = str(error.value)
+    assert "\n" not in message and "node" in message
