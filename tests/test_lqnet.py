@@ -142,6 +142,22 @@ def test_activation_qem_runs_after_the_step_on_the_last_training_batch():
     assert torch.equal(act.basis, basis)
 
 
+@pytest.mark.parametrize("name,shape", [("tfc", (1, 8, 8)), ("cnv", (3, 32, 32)), ("resnet20", (3, 16, 16)),
+                                        ("mobilenet_tiny", (1, 8, 8))])
+def test_family_builds_and_trains_every_model(name, shape):
+    from hwq.models import ModelSpec, build_model
+    from hwq.train.hooks import ModelHooks
+
+    model = build_model(ModelSpec(name, 2, 2, quant="lqnet", image_shape=shape)).train()
+    hooks = ModelHooks(model)
+    assert "hwq_after_step" in hooks.names()
+    model(torch.rand(4, *shape)).sum().backward()
+    bases = [m.basis.clone() for m in model.modules() if isinstance(m, (LQAct, LQWeightTensorQuant))]
+    hooks("hwq_after_step")
+    after = [m.basis for m in model.modules() if isinstance(m, (LQAct, LQWeightTensorQuant))]
+    assert bases and all(not torch.equal(a, b) for a, b in zip(after, bases))
+
+
 def test_family_range_and_options_are_checked():
     from hwq.errors import ConfigError
 
