@@ -128,6 +128,12 @@ def test_activation_thresholds_repeat_so_the_count_is_the_level_over_the_step():
     assert torch.allclose(t, torch.tensor([0.5, 2.5, 2.5, 2.5, 4.5]))
 
 
+def test_a_one_bit_activation_is_one_threshold_declared_uint2_for_finn():
+    act = LQAct(bits=1, extra_bits=2)
+    assert act.integer_levels() == [0, 1] and act.thresholds().shape == (1, 1)
+    assert act.count_bits() == 2  # FINN's MVAU has no 0/1 (BINARY) input
+
+
 def test_activation_qem_runs_after_the_step_on_the_last_training_batch():
     act = LQAct(bits=2, extra_bits=2).train()
     x = (torch.randn(256, 8, generator=torch.Generator().manual_seed(4)) * 3).abs()

@@ -251,8 +251,9 @@ class LQAct(nn.Module):
         return sorted({int(v) for v in (self.codes @ multiples[0].float()).round().long().tolist()})
 
     def count_bits(self) -> int:
-        """Bits of the largest threshold count (the top level over the step)."""
-        return max(1, math.ceil(math.log2(self.integer_levels()[-1] + 1)))
+        """Bits of the largest threshold count (the top level over the step), at least 2: FINN's MVAU generates no
+        layer with a 0/1 input ("True binary (non-bipolar) inputs not yet supported"), so a 1-bit count is UINT2."""
+        return max(2, math.ceil(math.log2(self.integer_levels()[-1] + 1)))
 
     def thresholds(self) -> torch.Tensor:
         """``(1, n)`` non-decreasing thresholds, ``n`` the top level over the step: a gap of ``d`` steps between two
