@@ -15,15 +15,18 @@ import torch
 from torch import nn
 
 from hwq.options import OPTIMIZER_OPTIONS
+from hwq.train.madam import Madam, SplitOptimizer
 
 
-def lr_groups(model: nn.Module, lr: float) -> list[dict[str, Any]]:
-    """The trainable parameters grouped by ``hwq_lr_scale``, each group with its ``lr_scale`` and ``lr``."""
+def lr_groups(model: nn.Module, lr: float, params: list[nn.Parameter] | None = None,
+              scale: float = 1.0) -> list[dict[str, Any]]:
+    """The trainable parameters (of ``params`` if given) grouped by ``hwq_lr_scale`` (times ``scale``), each group
+    with its ``lr_scale`` and ``lr``."""
     groups: dict[float, list[nn.Parameter]] = {}
-    for param in model.parameters():
+    for param in (model.parameters() if params is None else params):
         if param.requires_grad:
-            groups.setdefault(float(getattr(param, "hwq_lr_scale", 1.0)), []).append(param)
-    return [{"params": ps, "lr_scale": scale, "lr": lr * scale} for scale, ps in sorted(groups.items())]
+            groups.setdefault(float(getattr(param, "hwq_lr_scale", 1.0)) * scale, []).append(param)
+    return [{"params": ps, "lr_scale": s, "lr": lr * s} for s, ps in sorted(groups.items())]
 
 
 def adam(model: nn.Module, lr: float, weight_decay: float, options: dict[str, Any]) -> torch.optim.Optimizer:
@@ -31,9 +34,27 @@ def adam(model: nn.Module, lr: float, weight_decay: float, options: dict[str, An
     return torch.optim.Adam(lr_groups(model, lr), lr=lr, weight_decay=weight_decay)
 
 
+def weight_tensors(model: nn.Module) -> list[nn.Parameter]:
+    """The layers' weight matrices and kernels: trainable parameters of two or more dimensions."""
+    return [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+
+
+def madam(model: nn.Module, lr: float, weight_decay: float, options: dict[str, Any]) -> SplitOptimizer:
+    """Madam on the weight tensors (on the LNS grid with ``lns_bits``), Adam on the rest: a normalisation's bias,
+    a learned scale, N2UQ's thresholds (a bias starting at 0 would stay 0 under a multiplicative update)."""
+    weights = weight_tensors(model)
+    chosen = set(weights)
+    rest = [p for p in model.parameters() if p.requires_grad and p not in chosen]
+    multiplicative = Madam(lr_groups(model, lr, weights, options["madam_lr_scale"]), lr=lr,
+                           lns_bits=options["lns_bits"], lns_gamma=options["lns_gamma"])
+    optimizers = [torch.optim.Adam(lr_groups(model, lr, rest), lr=lr, weight_decay=weight_decay)] if rest else []
+    return SplitOptimizer(*optimizers, multiplicative)
+
+
 #: Optimizer name -> ``make(model, lr, weight_decay, options)``.
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": adam,
+    "madam": madam,
 }
 
 
