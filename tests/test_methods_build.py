@@ -1,0 +1,23 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""``--method saq|hero|lns-madam``: a digits TFC-W2A2 trained with each exports and builds with FINN bit-exactly."""
+
+import pytest
+
+from hwq.export import run_export
+from hwq.train import TrainConfig, run_train
+
+
+@pytest.mark.parametrize("method,quant", [("saq", None), ("hero", "uniform"), ("lns-madam", None)])
+def test_digits_tfc_w2a2_trained_with_the_method_exports_and_builds_bit_exactly(tmp_path, method, quant):
+    from hwq.dataflow import BuildConfig, run_build
+
+    run = tmp_path / method
+    config = TrainConfig(method=method, quant=quant, wbits=2, abits=2, epochs=2, lr=0.01, threads=1)
+    metrics = run_train(config, run, progress=False)
+    assert metrics["config"]["method"] == method and metrics["config"]["quant"] == "uniform"
+    assert metrics["test_acc"] > 0.5
+    assert run_export(run)["verification"]["passed"]
+    manifest = run_build(run, BuildConfig(board="pynq-z2", verify_samples=40), progress=False)
+    assert manifest["status"] == "done"
+    assert manifest["bit_exact"]["passed"] and manifest["bit_exact"]["n"] == 40
+    assert manifest["integer_range"]["passed"]
