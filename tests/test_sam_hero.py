@@ -208,3 +208,41 @@ def test_ptq_rounds_each_weight_tensor_to_the_nearest_level():
     rounded = quantize_weights(model, 2)
     assert torch.equal(rounded[0].bias, model[0].bias) and torch.equal(rounded[1].weight, model[1].weight)
     assert torch.equal(rounded[0].weight, round_to_nearest(model[0].weight.detach(), 2))
+
+
+class Hyperbola(nn.Module):
+    """L(w) = (w1 * w2 - 1)^2: every point of the hyperbola w1 w2 = 1 is a minimum; the Hessian's top eigenvalue
+    there, 2 (w1^2 + w2^2), is smallest (4) at w1 = w2 = 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([[3.0, 0.4]], dtype=torch.float64))
+
+    def forward(self, w=None):
+        w = self.w if w is None else w.reshape(1, 2)
+        return (w[0, 0] * w[0, 1] - 1) ** 2
+
+
+def _descend(name, options, steps=1500):
+    model = Hyperbola()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02)
+    objective = make_objective(name, options)
+    objective.attach(model)
+
+    def closure():
+        value = model()
+        return value, value.reshape(1, 1)
+
+    for _ in range(steps):
+        objective.gradients(closure, optimizer)
+        optimizer.step()
+    w = model.w.detach().reshape(-1)
+    top = float(torch.linalg.eigvalsh(torch.autograd.functional.hessian(model, w)).max())
+    return float(model().detach()), top
+
+
+def test_hero_descends_to_a_minimum_with_a_smaller_top_hessian_eigenvalue_than_plain_descent():
+    plain_loss, plain_top = _descend("plain", {})
+    hero_loss, hero_top = _descend("hero", {"rho": 0.05, "hero_lambda": 1.0})
+    assert plain_loss < 1e-6 and hero_loss < 1e-4  # both at a minimum
+    assert plain_top > 15 and hero_top < 4.1  # plain stays near (3, 1/3); HERO reaches the flattest minimum
