@@ -67,8 +67,8 @@ METHODS: dict[str, Method] = {
     "bitat": Method("BiTAT: importance-weighted, progressive binarization (docs/bitat.md)", "bitat"),
     "lsq": Method("LSQ (Esser et al. 2020): learned step size, its init and gradient scale (docs/methods.md)",
                   "lsq"),
-    "saq": Method("SAQ (Liu et al.): sharpness-aware minimization of the quantized model, eps added to Q(w) "
-                  "(docs/methods.md)", "uniform", objective="sam", any_quant=True),
+    "saq": Method("SAQ (Liu et al.): sharpness-aware minimization of the quantized model, eps added to Q(w); "
+                  "any --quant (docs/methods.md)", "uniform", objective="sam", any_quant=True),
     "hero": Method("HERO (Yang et al., DAC 2022): SAM plus a Hessian-eigenvalue penalty; float by default, any "
                    "--quant (docs/methods.md)", "float", objective="hero", any_quant=True),
     "lns-madam": Method("LNS-Madam (Zhao et al. 2022): multiplicative updates of weights kept in a logarithmic "
