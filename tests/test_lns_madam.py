@@ -9,8 +9,8 @@ from torch import nn
 
 from hwq.errors import ConfigError
 from hwq.train import TrainConfig
-from hwq.train.madam import Madam, SplitOptimizer, lns_levels
-from hwq.train.optimizers import make_optimizer_named
+from hwq.train.madam import Madam, lns_levels
+from hwq.train.optimizers import SplitOptimizer, make_optimizer_named
 
 LR = 0.05
 

@@ -17,7 +17,6 @@ each weight on the grid (the nearest exponent in log space).
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from typing import Any
 
 import torch
@@ -81,39 +80,3 @@ class Madam(torch.optim.Optimizer):
             step = gamma * group["lr"] * sign * normed / math.log(2)  # in exponent units: k counts down |w|
             state["exponent"] = torch.round(state["exponent"] + step).clamp_(0, lns_levels(bits))
             p.copy_(lns_value(sign, state["exponent"], state["top"], gamma))
-
-
-class SplitOptimizer:
-    """Two or more optimizers over disjoint parameters that the train loop drives as one (the schedule sets each
-    group's ``lr``; ``state_dict`` holds every optimizer's)."""
-
-    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
-        self.optimizers = optimizers
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return [g for o in self.optimizers for g in o.param_groups]
-
-    @property
-    def state(self):
-        return {p: s for o in self.optimizers for p, s in o.state.items()}
-
-    @state.setter
-    def state(self, value) -> None:  # the two-step recipe resets the moments this way
-        for o in self.optimizers:
-            o.state = defaultdict(dict)
-
-    def step(self, closure=None):
-        for o in self.optimizers:
-            o.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for o in self.optimizers:
-            o.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"optimizers": [o.state_dict() for o in self.optimizers]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for o, s in zip(self.optimizers, state["optimizers"], strict=True):
-            o.load_state_dict(s)

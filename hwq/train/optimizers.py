@@ -9,13 +9,14 @@ the same name.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from hwq.options import OPTIMIZER_OPTIONS
-from hwq.train.madam import Madam, SplitOptimizer
+from hwq.train.madam import Madam
 
 
 def lr_groups(model: nn.Module, lr: float, params: list[nn.Parameter] | None = None,
@@ -32,6 +33,42 @@ def lr_groups(model: nn.Module, lr: float, params: list[nn.Parameter] | None = N
 def adam(model: nn.Module, lr: float, weight_decay: float, options: dict[str, Any]) -> torch.optim.Optimizer:
     """Adam (FINN's bnn_pynq and ReActNet's optimizer)."""
     return torch.optim.Adam(lr_groups(model, lr), lr=lr, weight_decay=weight_decay)
+
+
+class SplitOptimizer:
+    """Two or more optimizers over disjoint parameters that the train loop drives as one (the schedule sets each
+    group's ``lr``; ``state_dict`` holds every optimizer's)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    @property
+    def state(self):
+        return {p: s for o in self.optimizers for p, s in o.state.items()}
+
+    @state.setter
+    def state(self, value) -> None:  # the two-step recipe resets the moments this way
+        for o in self.optimizers:
+            o.state = defaultdict(dict)
+
+    def step(self, closure=None):
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for o, s in zip(self.optimizers, state["optimizers"], strict=True):
+            o.load_state_dict(s)
 
 
 def weight_tensors(model: nn.Module) -> list[nn.Parameter]:
