@@ -90,8 +90,8 @@ def as_dict() -> dict:
                          "options": _options_data(FAMILY_OPTIONS[name])}
                   for name, (text, w, a) in FAMILIES.items()},
         "methods": {name: {"description": m.description, "quant": m.quant, "options": dict(m.options),
-                           "objective": m.objective, "optimizer": m.optimizer,
-                           "method_options": _options_data(m.declared_options())}
+                           "objective": m.objective, "optimizer": m.optimizer, "any_quant": m.any_quant,
+                           "min_wbits": m.min_wbits, "method_options": _options_data(m.declared_options())}
                     for name, m in METHODS.items()},
         "datasets": {name: {"description": text} for name, text in DATASETS.items()},
     }

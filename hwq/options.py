@@ -249,11 +249,33 @@ BITAT_OPTIONS = (
 # --- training pieces (hwq.train.objectives, hwq.train.optimizers) ---------------------------------------------
 # A method (hwq.methods) names an objective (how a step turns a batch into gradients) and an optimizer; their
 # options are the run's ``method_options`` (``--method-option KEY=VALUE``). A new piece declares its options here.
+#: SAM's radius: the perturbation's norm over every perturbed tensor together (SAQ's CIFAR script: 0.4 at 4 bits;
+#: HERO's ``step_size``: 0.5 on CIFAR-10).
+RHO = Option("rho", "number", 0.05, "radius of the weight perturbation, ||eps|| (SAM's rho)",
+             range=Range(0, None, low_open=True))
+SAM_POINT = Option("sam_point", "choice", "quantized",
+                   "where a quantized layer is perturbed: quantized (SAQ: Q(w) + eps) or latent (Q(w + eps))",
+                   choices=("quantized", "latent"))
+HERO_LAMBDA = Option("hero_lambda", "number", 1.0,
+                     "weight of HERO's Hessian penalty, sum over weight tensors of mean((g(w+eps) - g(w))^2)",
+                     range=Range(0, None))
+
 OBJECTIVE_OPTIONS: dict[str, tuple[Option, ...]] = {
     "plain": (),
+    "sam": (RHO, SAM_POINT),
+    "hero": (RHO, HERO_LAMBDA),
 }
 OPTIMIZER_OPTIONS: dict[str, tuple[Option, ...]] = {
     "adam": (),
+    "madam": (
+        Option("lns_bits", "integer", 8, "bits of an LNS weight: one sign bit, the rest the exponent",
+               range=Range(2, 8)),
+        Option("lns_gamma", "integer", 8, "LNS base 2^(1/gamma): gamma exponent steps per octave",
+               range=Range(1, 64)),
+        Option("madam_lr_scale", "number", 10.0,
+               "Madam's learning rate over --lr (Adam's); a step under half an LNS spacing, ln2/gamma, rounds away",
+               range=Range(0, None, low_open=True)),
+    ),
 }
 
 # --- models (hwq.models) ---------------------------------------------------------------------------------------
