@@ -56,6 +56,12 @@ METHODS: dict[str, Method] = {
     "bitat": Method("BiTAT: importance-weighted, progressive binarization (docs/bitat.md)", "bitat"),
     "lsq": Method("LSQ (Esser et al. 2020): learned step size, its init and gradient scale (docs/methods.md)",
                   "lsq"),
+    "noise": Method("noise tempering (Wang et al. 2022): decaying quantization-error noise and a learned gradient "
+                    "scale per quantizer; deployed as uniform (docs/methods.md)", "noise",
+                    options={o.name: o.default for o in o.NOISE_OPTIONS if o.name.startswith("noise_")}),
+    "osc": Method("oscillation dampening and iterative weight freezing (Nagel et al. 2022); deployed as uniform "
+                  "(docs/methods.md)", "osc",
+                  options={o.name: o.default for o in o.OSC_OPTIONS if o.name.startswith("osc_")}),
 }
 
 
