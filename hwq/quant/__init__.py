@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Quantizers as Brevitas components, grouped into pluggable families (``--quant``).
 
-Importing this package fills the family registry (``FAMILIES``): ``family.py``, ``n2uq`` and ``bitat`` register
-their families with ``@register_family``. That and the model registry (:mod:`hwq.models`) are all hwq does at
+Importing this package fills the family registry (``FAMILIES``): ``family.py``, ``n2uq``, ``bitat``, ``lsq``,
+``noise`` and ``oscillation`` register their families with ``@register_family``. That and the model registry (:mod:`hwq.models`) are all hwq does at
 import time (README, "Registries").
 """
 
