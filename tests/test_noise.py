@@ -20,9 +20,13 @@ def _round(**options):
     return NoisyRound(**{**settings, **options})
 
 
-def test_every_weight_and_activation_quantizer_has_its_own_noisy_round():
+@pytest.mark.parametrize("bits", [2, 3, 5, 8])
+def test_every_weight_and_activation_quantizer_has_its_own_noisy_round(bits):
     family = get_family("noise")
-    assert len(_rounds(family.linear(8, 4, bits=3))) == 1 and len(_rounds(family.act(3, channels=4))) == 1
+    layer, act = family.linear(8, 4, bits=bits), family.act(bits, channels=4)
+    assert len(_rounds(layer)) == 1 and len(_rounds(act)) == 1
+    layer.eval(), act.eval()
+    assert int(layer.quant_weight().bit_width) == bits and int(act.act_quant.bit_width()) == bits
     assert _rounds(family.linear(8, 4, bits=1)) == [] and _rounds(family.act(1, channels=4)) == []  # sign at 1 bit
 
 

@@ -52,6 +52,16 @@ def test_dampening_loss_is_the_formula_on_a_hand_made_tensor():
     assert float(quant.hwq_extra_loss()) == 0.0  # taken once per forward pass
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_weights_are_tracked_at_every_bit_width_but_one(bits):
+    layer = get_family("osc").linear(8, 4, bits=bits)
+    quant = _int_quant(layer)
+    quant.hwq_on_step(0.0)
+    layer(torch.randn(2, 8))
+    assert quant.tracker.prev_int.shape == (4, 8) and float(quant.tracker.prev_int.abs().max()) <= 2 ** (bits - 1) - 1
+    assert not [m for m in get_family("osc").linear(8, 4, bits=1).modules() if isinstance(m, OscillationIntQuant)]
+
+
 def test_schedules_go_from_start_to_end_on_a_cosine():
     assert cosine_anneal(0.0, 0.1, 0.01) == pytest.approx(0.1)
     assert cosine_anneal(0.5, 0.1, 0.01) == pytest.approx(0.055)
