@@ -124,7 +124,8 @@ class OscillationIntQuant(IntQuant):
         #: Track at the first training forward pass of each step (an objective may run several).
         self._track_pending = False
         self._dampening: Tensor | None = None
-        #: (latent weight, scale) of the last training forward pass, for the after-step projection.
+        #: (latent weight, scale, zero point) of the last training forward pass, for the after-step projection. A
+        #: latent tensor that is not a parameter (none of hwq's layers) is left alone: eval mode then rounds it.
         self._latent: list = []
 
     def hwq_on_step(self, progress: float) -> None:
@@ -148,8 +149,8 @@ class OscillationIntQuant(IntQuant):
             # Brevitas hands over a view of the weight parameter (a full slice): keep the parameter itself.
             base = x._base if isinstance(x._base, nn.Parameter) and x._base.shape == x.shape else x
             self._latent = [base, s, zero_point.detach()]
-            return y
-        return (y_int - zero_point) * scale
+            return self.delay_wrapper(x, y)
+        return self.delay_wrapper(x, (y_int - zero_point) * scale)
 
     def hwq_extra_loss(self) -> Tensor:
         loss, self._dampening = self._dampening, None
