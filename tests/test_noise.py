@@ -114,6 +114,8 @@ def test_digits_tfc_w2a2_with_method_noise_records_its_options_exports_and_build
                                                 "noise_grad_scale_lr_scale": 0.1}
     assert "noise_decay: 3.0" in (run / "config.yaml").read_text()
     assert metrics["test_acc"] > 0.5
+    scales = {k: v for k, v in torch.load(run / "model.pt").items() if k.endswith("log_grad_scale")}
+    assert len(scales) == 7 and all(float(v) != 0.0 for v in scales.values())  # 4 weight, 3 activation quantizers
     assert run_export(run)["verification"]["passed"]
     manifest = run_build(run, BuildConfig(board="pynq-z2", verify_samples=10), progress=False)
     assert manifest["status"] == "done" and manifest["bit_exact"]["passed"]
