@@ -67,6 +67,12 @@ METHODS: dict[str, Method] = {
     "bitat": Method("BiTAT: importance-weighted, progressive binarization (docs/bitat.md)", "bitat"),
     "lsq": Method("LSQ (Esser et al. 2020): learned step size, its init and gradient scale (docs/methods.md)",
                   "lsq"),
+    "noise": Method("noise tempering (Wang et al. 2022): decaying quantization-error noise and a learned gradient "
+                    "scale per quantizer; deployed as uniform (docs/methods.md)", "noise",
+                    options={opt.name: opt.default for opt in o.NOISE_OPTIONS if opt.name.startswith("noise_")}),
+    "osc": Method("oscillation dampening and iterative weight freezing (Nagel et al. 2022); deployed as uniform "
+                  "(docs/methods.md)", "osc",
+                  options={opt.name: opt.default for opt in o.OSC_OPTIONS if opt.name.startswith("osc_")}),
     "saq": Method("SAQ (Liu et al.): sharpness-aware minimization of the quantized model, eps added to Q(w); "
                   "any --quant (docs/methods.md)", "uniform", objective="sam", any_quant=True),
     "hero": Method("HERO (Yang et al., DAC 2022): SAM plus a Hessian-eigenvalue penalty; float by default, any "

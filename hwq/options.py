@@ -246,6 +246,34 @@ BITAT_OPTIONS = (
            range=Range(1, None)),
 )
 
+#: Noise tempering (``--quant noise``, ``hwq.quant.noise``): the quantization error times ``1 + std(p) * N(0, 1)``,
+#: ``std(p) = noise_std * exp(-noise_decay * p)`` over the training's progress ``p``.
+NOISE_OPTIONS: tuple[Option, ...] = UNIFORM_OPTIONS + (
+    Option("noise_std", "number", 1.0, "initial std of the noise, relative to each value's quantization error",
+           range=Range(0, None)),
+    Option("noise_decay", "number", 5.0, "k of the decay: the noise std at progress p is noise_std * exp(-k p)",
+           range=Range(0, None)),
+    Option("noise_grad_scale", "bool", True, "learn a scale of the task-loss gradient per quantizer (false: 1)"),
+    Option("noise_grad_scale_lr_scale", "number", 0.1, "learning-rate factor of the learned gradient scales",
+           range=Range(0, None)),
+)
+
+#: Oscillation dampening and iterative freezing (``--quant osc``, ``hwq.quant.oscillation``); the dampening weight
+#: and the freezing threshold each go from their start to their ``_end`` value on a cosine over the training.
+OSC_OPTIONS: tuple[Option, ...] = UNIFORM_OPTIONS + (
+    Option("osc_dampen", "number", 0.0, "weight of the dampening loss at the start (the reference code's 0)",
+           range=Range(0, None)),
+    Option("osc_dampen_end", "number", 0.1, "weight of the dampening loss at the end (the reference code's 0.1)",
+           range=Range(0, None)),
+    Option("osc_freeze_threshold", "number", 0.1,
+           "oscillation frequency above which a weight is frozen, at the start (0 here and at the end: no freezing)",
+           range=Range(0, 1)),
+    Option("osc_freeze_threshold_end", "number", 0.01, "the freezing threshold at the end (the reference code's 0.01)",
+           range=Range(0, 1)),
+    Option("osc_momentum", "number", 0.01, "momentum of the EMAs of oscillation events and integer weights",
+           range=Range(0, 1, low_open=True)),
+)
+
 # --- training pieces (hwq.train.objectives, hwq.train.optimizers) ---------------------------------------------
 # A method (hwq.methods) names an objective (how a step turns a batch into gradients) and an optimizer; their
 # options are the run's ``method_options`` (``--method-option KEY=VALUE``). A new piece declares its options here.
