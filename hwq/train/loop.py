@@ -261,6 +261,7 @@ class _Run:
     def __post_init__(self) -> None:
         if self.objective is None:
             self.objective = make_run_objective(self.config)
+        self.objective.attach(self.model)
 
 
 def _train(
