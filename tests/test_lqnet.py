@@ -207,3 +207,17 @@ def test_a_per_class_classifier_basis_stops_the_finn_build_in_one_line_naming_th
         run_build(run, BuildConfig(board="pynq-z2", verify_samples=20, codegen=False), progress=False)
     message = str(error.value)
     assert "\n" not in message and "node" in message
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, train_then_stop):
+    """The bases are buffers in the checkpoint and QEM keeps no state between steps: resuming gives the same bits."""
+    from hwq.train import TrainConfig, run_train
+    from hwq.train.checkpoint import load_checkpoint
+
+    config = TrainConfig(method="lqnet", wbits=2, abits=2, epochs=2, threads=1, train_subset=300)
+    run_train(config, tmp_path / "straight", progress=False)
+    train_then_stop(tmp_path / "resumed", config, stop_after=1)
+    run_train(config, tmp_path / "resumed", resume=True, progress=False)
+    straight, resumed = (load_checkpoint(tmp_path / name / "model.pt") for name in ("straight", "resumed"))
+    assert any(key.endswith("basis") for key in straight)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
