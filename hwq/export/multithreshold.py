@@ -1,14 +1,16 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Export N2UQ activations as QONNX ``MultiThreshold`` nodes, exactly.
+"""Export threshold activations (N2UQ's, LQ-Nets') as QONNX ``MultiThreshold`` nodes, exactly.
 
 An N2UQ activation *is* a multi-threshold function (``step * #{k : x >= t_k}``), so it is exported as one:
 a ``MultiThreshold`` node (domain ``qonnx.custom_op.general``, thresholds ``(P, n)`` as an initializer,
 ``out_dtype`` ``UINTb``) followed by a ``Mul`` by the output step. That is the very pattern FINN's
 ``ConvertQONNXtoFINN`` makes from a uniform activation, so streamlining treats both alike.
 
-How: while :func:`multithreshold_export` is active, every threshold activation (:func:`threshold_form`: N2UQ's, LQ-Nets') in the model is
-swapped for a :class:`MultiThresholdAct` holding its thresholds as float32 buffers (computed once, by the same
-function the PyTorch forward uses), whose autograd ``symbolic`` writes the two nodes. The swap is undone on exit.
+How: while :func:`multithreshold_export` is active, every threshold activation in the model (:func:`threshold_form`:
+N2UQ's, LQ-Nets') is swapped for a :class:`MultiThresholdAct` holding its thresholds as float32 buffers (computed
+once, by the same function the PyTorch forward uses), whose autograd ``symbolic`` writes the two nodes. The swap is
+undone on exit. An LQ-Nets activation's thresholds may repeat (non-uniform levels on an integer grid), so its count
+jumps by several steps at one input.
 
 >>> from hwq.models import ModelSpec, build_model
 >>> model = build_model(ModelSpec("tfc", 2, 2, quant="n2uq", image_shape=(1, 8, 8))).eval()

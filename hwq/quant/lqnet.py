@@ -96,7 +96,7 @@ def qem_step(x: torch.Tensor, basis: torch.Tensor, codes: torch.Tensor, decay: f
 
 
 def grid_basis(basis: torch.Tensor, grid_max: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The deployed basis: a step ``s`` ``(P,)`` and integer multiples ``m`` ``(P, K)``, ``m >= 1``, ``sum m <= grid_max``.
+    """The deployed basis: a step ``s`` ``(P,)`` and integer multiples ``m >= 1`` ``(P, K)`` with ``sum m <= grid_max``.
 
     ``s = sum |v| / grid_max``, ``m = round(|v| / s)`` (at least 1), the largest ``m`` lowered until the sum fits, then
     ``m`` divided by its greatest common divisor (``s`` multiplied by it), so a basis ``s (1, 2, 4)`` stays exactly
