@@ -36,7 +36,6 @@ from torch import nn
 
 from hwq.options import LQNET_OPTIONS
 from hwq.quant.family import UniformFamily, register_family
-from hwq.quant.n2uq import multithreshold
 
 BITS = (1, 2, 3, 4)
 #: The reference code's moving-average factor of the basis and ridge of the least-squares solve.
@@ -240,15 +239,23 @@ class LQAct(nn.Module):
         """``(s, m)`` of :func:`grid_basis` (one row)."""
         return grid_basis(self.basis, self.grid_max)
 
+    def _form(self) -> tuple[float, list[int], torch.Tensor]:
+        """The step, the distinct integer levels (ascending, 0 first) and the ``(1, n)`` thresholds, from one
+        :meth:`deployed`."""
+        step, multiples = self.deployed()
+        integer = sorted({int(v) for v in (self.codes @ multiples[0].float()).round().long().tolist()})
+        # A gap of d steps between two levels is d equal thresholds at their midpoint: the count jumps by d there.
+        points = [(low + high) / 2 for low, high in zip(integer, integer[1:]) for _ in range(high - low)]
+        return float(step[0]), integer, (torch.tensor(points, dtype=torch.float32) * step[0].float()).unsqueeze(0)
+
     @property
     def step(self) -> float:
         """The integer grid's step: the outputs are ``step`` times integers (what ``hwq.models.scores`` reads)."""
-        return float(self.deployed()[0][0])
+        return self._form()[0]
 
     def integer_levels(self) -> list[int]:
         """The distinct levels divided by the step, ascending (0 first)."""
-        _, multiples = self.deployed()
-        return sorted({int(v) for v in (self.codes @ multiples[0].float()).round().long().tolist()})
+        return self._form()[1]
 
     def count_bits(self) -> int:
         """Bits of the largest threshold count (the top level over the step), at least 2: FINN's MVAU generates no
@@ -256,20 +263,18 @@ class LQAct(nn.Module):
         return max(2, math.ceil(math.log2(self.integer_levels()[-1] + 1)))
 
     def thresholds(self) -> torch.Tensor:
-        """``(1, n)`` non-decreasing thresholds, ``n`` the top level over the step: a gap of ``d`` steps between two
-        levels is ``d`` equal thresholds at their midpoint, so the count jumps from one level to the next."""
-        step = self.deployed()[0][0]
-        integer = self.integer_levels()
-        points = [(low + high) / 2 for low, high in zip(integer, integer[1:]) for _ in range(high - low)]
-        return (torch.tensor(points, dtype=torch.float32) * step.float()).unsqueeze(0)
+        """``(1, n)`` non-decreasing thresholds, ``n`` the top level over the step."""
+        return self._form()[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        thresholds = self.thresholds().to(x.device, x.dtype)
-        quantized = multithreshold(x, thresholds) * torch.tensor(self.step, dtype=x.dtype)
-        top = self.integer_levels()[-1] * self.step
+        step, integer, thresholds = self._form()
+        thresholds = thresholds.to(x.device, x.dtype)[0]
+        # #{j : x >= t_j}, as QONNX's MultiThreshold counts (searchsorted: one pass instead of one per threshold)
+        count = torch.searchsorted(thresholds, x.detach().reshape(-1).contiguous(), right=True).reshape(x.shape)
+        quantized = count.to(x.dtype) * torch.tensor(step, dtype=x.dtype)
         if self.training:
             self._qem_input = torch.relu(x.detach()).reshape(1, -1)
-        mask = ((x >= 0) & (x <= top)).to(x.dtype) if x.requires_grad else None
+        mask = ((x >= 0) & (x <= integer[-1] * step)).to(x.dtype) if x.requires_grad else None
         return _StraightThrough.apply(x, quantized, mask)
 
     def hwq_threshold_form(self) -> tuple[torch.Tensor, float, int]:
