@@ -23,16 +23,15 @@ def test_digits_tfc_w2a2_trained_with_the_method_exports_and_builds_bit_exactly(
     assert manifest["integer_range"]["passed"]
 
 
-@pytest.mark.parametrize("method,quant", [("saq", None), ("hero", "uniform")])
+@pytest.mark.parametrize("method,quant", [("saq", None), ("hero", "uniform"), ("lns-madam", None)])
 def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, train_then_stop, method, quant):
-    """The objectives' second passes draw from the run's random state like the first: a resumed run is the same
-    bits. W1A1: a uniform W2A2 run does not resume bit-exactly on main either (its first layer's weight scale
-    differs), so it would test that, not the objective. Madam's state round-trips in tests/test_lns_madam.py."""
+    """The objectives' second passes draw from the run's random state like the first, and Madam's state is
+    checkpointed: a resumed W2A2 run (learned scales too) is the same bits."""
     import torch
 
     from hwq.train.checkpoint import load_checkpoint
 
-    config = TrainConfig(method=method, quant=quant, wbits=1, abits=1, epochs=2, threads=1, train_subset=300)
+    config = TrainConfig(method=method, quant=quant, wbits=2, abits=2, epochs=2, threads=1, train_subset=300)
     run_train(config, tmp_path / "straight", progress=False)
     train_then_stop(tmp_path / "resumed", config, stop_after=1)
     run_train(config, tmp_path / "resumed", resume=True, progress=False)

@@ -296,13 +296,16 @@ def _prepare(config: TrainConfig, device: torch.device, checkpoint: dict | None)
     model = build_model(spec).to(device)
     if config.init_from and checkpoint is None:
         load_init_weights(model, config.init_from)
+    if checkpoint is not None:
+        # Before the optimizer is made: Brevitas replaces its scale parameters on load (new Parameter objects),
+        # and an optimizer made earlier would keep updating the old ones, so a resumed k-bit run froze its scales.
+        model.load_state_dict(checkpoint["model"])
     optimizer = make_optimizer(model, config)
     teacher = load_trained_model(config.teacher)[0].to(device) if config.teacher else None
     attach_teacher(model, teacher)
     start_epoch, history = 0, []
     plan = TwoStepPlan.for_run(config, checkpoint)
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         torch.set_rng_state(checkpoint["rng"])
         start_epoch = int(checkpoint["epoch"])
