@@ -56,6 +56,8 @@ METHODS: dict[str, Method] = {
     "bitat": Method("BiTAT: importance-weighted, progressive binarization (docs/bitat.md)", "bitat"),
     "lsq": Method("LSQ (Esser et al. 2020): learned step size, its init and gradient scale (docs/methods.md)",
                   "lsq"),
+    "dirnet": Method("DIR-Net (Qin et al. 2022): balanced, standardized binary weights, two-stage sign estimator, "
+                     "representation distillation with --teacher (docs/methods.md)", "dirnet"),
 }
 
 

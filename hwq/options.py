@@ -185,6 +185,20 @@ WEIGHT_SCALE = Option("weight_scale", "choice", "const",
 
 UNIFORM_OPTIONS: tuple[Option, ...] = (WEIGHT_SCALE,)
 
+#: DIR-Net's binarization (``hwq.quant.dirnet``; IR-Net's EDE schedule in ``hwq.quant.estimators``).
+DIRNET_OPTIONS: tuple[Option, ...] = (
+    Option("dirnet_scale", "choice", "power_of_two",
+           "scale of the binary weights: power_of_two (IR-Net: 2^round(log2 mean|w_std|) per channel), mean_abs, "
+           "const; any folds away", choices=("power_of_two", "mean_abs", "const")),
+    Option("dirnet_t_min", "number", 0.1, "estimator's t at the start of training (IR-Net: 0.1)",
+           range=Range(0, None, low_open=True)),
+    Option("dirnet_t_max", "number", 10.0, "estimator's t at the end of training (IR-Net: 10)",
+           range=Range(0, None, low_open=True)),
+    Option("dirnet_rbd_weight", "number", 1.0,
+           "weight of RBD, the binary layers' outputs against --teacher's (mean over layers; 0: off)",
+           range=Range(0, None)),
+)
+
 FLOAT_OPTIONS = (
     Option("float_act", "choice", "relu", "activation after each normalisation (hardtanh: what sign approximates)",
            choices=("relu", "hardtanh")),
