@@ -58,6 +58,8 @@ METHODS: dict[str, Method] = {
                   "lsq"),
     "dirnet": Method("DIR-Net (Qin et al. 2022): balanced, standardized binary weights, two-stage sign estimator, "
                      "representation distillation with --teacher (docs/methods.md)", "dirnet"),
+    "ssql": Method("SSQL (Cao et al. 2022): SimSiam pretraining contrasting random-bit and full-precision views, "
+                   "then QAT at --wbits/--abits (docs/methods.md)", "uniform", objective="ssql"),
 }
 
 

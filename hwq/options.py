@@ -265,6 +265,18 @@ BITAT_OPTIONS = (
 # options are the run's ``method_options`` (``--method-option KEY=VALUE``). A new piece declares its options here.
 OBJECTIVE_OPTIONS: dict[str, tuple[Option, ...]] = {
     "plain": (),
+    # SSQL (hwq.train.objectives.SsqlObjective, hwq.train.ssql): the random bit-widths are the paper's ranges.
+    "ssql": (
+        Option("ssql_pretrain_epochs", "number", 0.3,
+               "self-supervised pretraining first: a fraction of --epochs (< 1) or a count of epochs (>= 1)",
+               range=Range(0, None, low_open=True)),
+        Option("ssql_wbits", "numbers", [2, 3, 4, 5, 6, 7, 8],
+               "weight bit-widths the quantized view draws from at each step (SSQL: 2..8)", range=Range(2, 8)),
+        Option("ssql_abits", "numbers", [4, 5, 6, 7, 8],
+               "activation bit-widths the quantized view draws from at each step (SSQL: 4..8)", range=Range(2, 8)),
+        Option("ssql_dim", "integer", 64, "width of the projection head (dropped after pretraining)",
+               range=Range(4, None)),
+    ),
 }
 OPTIMIZER_OPTIONS: dict[str, tuple[Option, ...]] = {
     "adam": (),

@@ -296,6 +296,8 @@ def _prepare(config: TrainConfig, device: torch.device, checkpoint: dict | None)
     if config.init_from and checkpoint is None:
         load_init_weights(model, config.init_from)
     optimizer = make_optimizer(model, config)
+    objective = make_run_objective(config)
+    objective.attach(model, optimizer, config)  # before a checkpoint's optimizer state (its groups) is loaded
     teacher = load_trained_model(config.teacher)[0].to(device) if config.teacher else None
     attach_teacher(model, teacher)
     start_epoch, history = 0, []
@@ -308,7 +310,7 @@ def _prepare(config: TrainConfig, device: torch.device, checkpoint: dict | None)
         history = list(checkpoint.get("history", []))[:start_epoch]
     inputs = {name: records.file_record(path) for name, path in train_inputs(config).items()}
     return _Run(config, device, dataset, spec, model, optimizer, teacher, history, start_epoch, inputs,
-                ModelHooks(model), plan)
+                ModelHooks(model), plan, objective)
 
 
 def _fit(run: _Run, out_dir: Path, progress: bool, started: float) -> None:
@@ -348,6 +350,7 @@ def train_step(run: _Run, inputs: torch.Tensor, labels: torch.Tensor,
             loss = loss + extra
         return loss, logits
 
+    run.objective.on_batch(inputs, labels, progress)
     loss, logits = run.objective.gradients(closure, optimizer)
     optimizer.step()
     hooks.clip_latent_weights()
