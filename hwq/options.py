@@ -188,8 +188,8 @@ UNIFORM_OPTIONS: tuple[Option, ...] = (WEIGHT_SCALE,)
 #: DIR-Net's binarization (``hwq.quant.dirnet``; IR-Net's EDE schedule in ``hwq.quant.estimators``).
 DIRNET_OPTIONS: tuple[Option, ...] = (
     Option("dirnet_scale", "choice", "power_of_two",
-           "scale of the binary weights: power_of_two (IR-Net: 2^round(log2 mean|w_std|) per channel), mean_abs, "
-           "const; any folds away", choices=("power_of_two", "mean_abs", "const")),
+           "binary weight scale: power_of_two (IR-Net's 2^round(log2 mean|w_std|)), mean_abs or const; folds away",
+           choices=("power_of_two", "mean_abs", "const")),
     Option("dirnet_t_min", "number", 0.1, "estimator's t at the start of training (IR-Net: 0.1)",
            range=Range(0, None, low_open=True)),
     Option("dirnet_t_max", "number", 10.0, "estimator's t at the end of training (IR-Net: 10)",
