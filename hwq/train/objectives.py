@@ -86,7 +86,7 @@ class SsqlObjective(Objective):
         device = next(model.parameters()).device
         self.head.to(device)
         self._features: torch.Tensor | None = None
-        classifier.register_forward_pre_hook(self._keep_features)
+        self._feature_hook = classifier.register_forward_pre_hook(self._keep_features)
         optimizer.add_param_group({"params": list(self.head.parameters()), "lr_scale": 1.0,
                                    "lr": optimizer.param_groups[0]["lr"]})
         self._batch: tuple[torch.Tensor, float] | None = None
@@ -109,6 +109,9 @@ class SsqlObjective(Objective):
     def gradients(self, closure: Closure, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, progress = self._batch
         if not self.pretraining(progress):
+            if self._feature_hook is not None:  # the features are not needed any more
+                self._feature_hook.remove()
+                self._feature_hook, self._features = None, None
             return super().gradients(closure, optimizer)
         from hwq.train.ssql import augment_views, draw_bits, precision_view, ssql_loss
 

@@ -14,6 +14,7 @@ network is exactly the one the run's ``--wbits/--abits`` describe.
   uniformly over its quantizer's range. Straight-through rounding in both.
 
 The 8-bit input quantizer (``hwq_input_quant``) is left as it is in both views (SSQL keeps the first layer at 8 bits).
+Layers that hand over QuantTensors (``return_quant_tensor``) hand over plain tensors inside the block.
 
 >>> ssql_loss([torch.ones(2, 3)] * 2, [torch.ones(2, 3)] * 2, [torch.ones(2, 3)] * 2).item()
 -1.0
@@ -79,6 +80,11 @@ def precision_view(model: nn.Module, bits: tuple[int, int] | None) -> Iterator[N
         return fake_quant_range(x, low, high, bits[1])
 
     handles = []
+    # A view returns plain tensors, so layers that hand over QuantTensors (ReActNet's shortcuts) hand over the
+    # plain ones inside the block; the models take either.
+    handing_over = [m for m in model.modules() if getattr(m, "return_quant_tensor", False)]
+    for module in handing_over:
+        module.return_quant_tensor = False
     inputs_quants = {id(p) for m in model.modules() if getattr(m, "hwq_input_quant", False) for p in m.modules()}
     for module in model.modules():
         if isinstance(module, WeightQuantProxyFromInjector):
@@ -90,6 +96,8 @@ def precision_view(model: nn.Module, bits: tuple[int, int] | None) -> Iterator[N
     finally:
         for handle in handles:
             handle.remove()
+        for module in handing_over:
+            module.return_quant_tensor = True
 
 
 def classifier_of(model: nn.Module) -> nn.Module:
