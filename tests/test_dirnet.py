@@ -127,3 +127,18 @@ def test_digits_tfc_w1a1_with_method_dirnet_exports_and_builds_bit_exactly(tmp_p
     assert manifest["status"] == "done"
     assert manifest["bit_exact"]["passed"] and manifest["bit_exact"]["n"] == 20
     assert manifest["integer_range"]["passed"]
+
+
+def test_the_exported_graph_has_the_nodes_of_a_uniform_w1a1_graph(tmp_path):
+    """The balance and standardization fold into the weight constants: the same ops, in the same order."""
+    from hwq.export.qonnx_export import export_qonnx_model
+    from hwq.models import ModelSpec, build_model
+
+    kinds = {}
+    for quant in ("uniform", "dirnet"):
+        torch.manual_seed(0)
+        model = build_model(ModelSpec(name="tfc", wbits=1, abits=1, quant=quant, image_shape=(1, 8, 8),
+                                      num_classes=10)).eval()
+        graph = export_qonnx_model(model, tmp_path / f"{quant}.onnx")
+        kinds[quant] = [node.op_type for node in graph.graph.node]
+    assert kinds["dirnet"] == kinds["uniform"] and "BipolarQuant" in kinds["dirnet"]
