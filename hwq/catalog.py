@@ -45,7 +45,7 @@ FAMILIES: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
              (1, 2, 3, 4)),
     "bitat": ("BiTAT: importance-weighted, progressive binarization (docs/bitat.md)", (1,), (1,)),
     "dirnet": ("DIR-Net: balanced, standardized binary weights, EDE/DTE sign gradient, RBD with a teacher "
-               "(docs/methods.md)", tuple(range(1, 9)), tuple(range(1, 9))),
+               "(docs/methods.md)", (1,), (1,)),
     "lsq": ("LSQ: uniform with learned step size (init 2 mean|v|/sqrt(Qp), gradient scale; docs/methods.md)",
             tuple(range(1, 9)), tuple(range(1, 9))),
 }

@@ -6,7 +6,7 @@ At 1 bit each weight layer binarizes ``balance_standardize(w)`` (IMB: per output
 positive per-channel scale (IR-Net's power of two of mean |w_std| by default), and every binary weight and activation
 quantizer is :class:`~hwq.quant.estimators.EdeBinaryQuant` (DTE: the EDE gradient on the schedule of the training's
 progress). With ``--teacher RUN`` each binary layer's output is also pulled towards the output of the teacher's layer
-of the same name (RBD, :func:`representation_distance`). At 2..8 bits the family is ``uniform``.
+of the same name (RBD, :func:`representation_distance`). Runs are W1A1; a model's k-bit parts are ``uniform``'s.
 
 The deployed network is plain W1A1: the forward values are ``sign(w - mean_c) * s_c`` and ``sign(x)``, exported as
 the same ``BipolarQuant`` nodes a ``uniform`` W1A1 run exports (the balance and standardization of the weight
@@ -120,6 +120,10 @@ class DirNetFamily(UniformFamily):
     """``uniform`` with DIR-Net's binarization at 1 bit (IMB weights, the EDE/DTE estimator, RBD with a teacher)."""
 
     name = "dirnet"
+    #: A binarization method: --wbits 1 --abits 1 (a model's own k-bit parts, such as ReActNet's shortcuts and
+    #: classifier, are ``uniform``'s).
+    weight_bits: tuple[int, ...] = (1,)
+    act_bits: tuple[int, ...] = (1,)
     declared_options = DIRNET_OPTIONS
 
     def __init__(self, options: dict | None = None) -> None:
