@@ -48,12 +48,17 @@ FAMILIES: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
                "(docs/methods.md)", (1,), (1,)),
     "lsq": ("LSQ: uniform with learned step size (init 2 mean|v|/sqrt(Qp), gradient scale; docs/methods.md)",
             tuple(range(1, 9)), tuple(range(1, 9))),
+    "noise": ("noise tempering: uniform with decaying quantization-error noise and a learned gradient scale "
+              "(sign at 1 bit; docs/methods.md)", tuple(range(1, 9)), tuple(range(1, 9))),
+    "osc": ("uniform with oscillation dampening and freezing of oscillating weights (sign at 1 bit; "
+            "docs/methods.md)", tuple(range(1, 9)), tuple(range(1, 9))),
 }
 
 #: Quantizer family -> the options it reads.
 FAMILY_OPTIONS: dict[str, tuple[o.Option, ...]] = {
     "uniform": o.UNIFORM_OPTIONS, "float": o.FLOAT_OPTIONS, "n2uq": o.N2UQ_OPTIONS, "bitat": o.BITAT_OPTIONS,
-    "lsq": o.UNIFORM_OPTIONS, "dirnet": o.DIRNET_OPTIONS,
+    "lsq": o.UNIFORM_OPTIONS, "noise": o.NOISE_OPTIONS, "osc": o.OSC_OPTIONS,
+    "dirnet": o.DIRNET_OPTIONS,
 }
 
 #: Dataset name -> what it is.
@@ -92,8 +97,8 @@ def as_dict() -> dict:
                          "options": _options_data(FAMILY_OPTIONS[name])}
                   for name, (text, w, a) in FAMILIES.items()},
         "methods": {name: {"description": m.description, "quant": m.quant, "options": dict(m.options),
-                           "objective": m.objective, "optimizer": m.optimizer,
-                           "method_options": _options_data(m.declared_options())}
+                           "objective": m.objective, "optimizer": m.optimizer, "any_quant": m.any_quant,
+                           "min_wbits": m.min_wbits, "method_options": _options_data(m.declared_options())}
                     for name, m in METHODS.items()},
         "datasets": {name: {"description": text} for name, text in DATASETS.items()},
     }

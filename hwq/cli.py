@@ -24,10 +24,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="tfc, sfc, lfc, cnv, resnet20, mobilenet, mobilenet_tiny, reactnet, reactnet_tiny "
                                     "(default: tfc)")
     p.add_argument("--dataset", help="digits, mnist, cifar10 (default: digits)")
-    p.add_argument("--method", help="training method: uniform, n2uq, bitat, lsq, dirnet, ssql; sets the quantizer family "
-                                    "('hwq models' lists them) (default: uniform, or the one named like --quant)")
-    p.add_argument("--quant", help="quantizer family: uniform, float, n2uq, bitat, lsq, dirnet (default: uniform, or "
-                                   "the method's)")
+    p.add_argument("--method", help="training method: uniform, n2uq, bitat, lsq, noise, osc, saq, hero, lns-madam, "
+                                    "dirnet, ssql; sets the quantizer family, which --quant may replace for saq and "
+                                    "hero ('hwq models' lists them) (default: uniform, or the one named like --quant)")
+    p.add_argument("--quant", help="quantizer family: uniform, float, n2uq, bitat, lsq, noise, osc, dirnet (default: "
+                                   "uniform, or the method's)")
     p.add_argument("--wbits", type=int, help="weight bit-width, 1 = binary (default: 1)")
     p.add_argument("--abits", type=int, help="activation bit-width, 1 = binary (default: 1)")
     p.add_argument("--epochs", type=int, help="epochs to train, at least 1; with --resume, the new total "
@@ -67,7 +68,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="model or quantizer-family option, repeatable ('hwq models' lists each one's); VALUE is "
                         "read as YAML, e.g. width=0.5 (default: none)")
-    p.add_argument("--method-option", dest="method_options", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--method-option", dest="method_option_items", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the method's objective or optimizer, repeatable ('hwq models' lists each "
                         "method's); VALUE is read as YAML (default: none)")
     p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME (required)")
@@ -103,8 +104,9 @@ def _train(args: argparse.Namespace) -> int:
         base = TrainConfig()
     if args.options:
         flags["model_options"] = {**base.model_options, **_parse_options(args.options)}
-    if args.method_options:
-        flags["method_options"] = {**base.method_options, **_parse_options(args.method_options, "--method-option")}
+    if args.method_option_items:
+        flags["method_options"] = {**base.method_options,
+                                   **_parse_options(args.method_option_items, "--method-option")}
     config = base.replace(**flags)
     metrics = run_train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
     print(f"{config.model}-w{config.wbits}a{config.abits} ({config.quant}) on {config.dataset}: "

@@ -15,6 +15,12 @@ in :mod:`hwq.options`. ``--quant`` still picks a family alone; the two together 
 >>> resolve_method("n2uq", "uniform")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 hwq.errors.ConfigError: method: --method n2uq trains with --quant n2uq, got --quant uniform; ...
+
+A method that changes only the objective or the optimizer (``any_quant``) has a default family that ``--quant``
+may replace:
+
+>>> resolve_method("hero", None), resolve_method("hero", "uniform")
+(('hero', 'float'), ('hero', 'uniform'))
 """
 
 from __future__ import annotations
@@ -42,6 +48,11 @@ class Method:
     objective: str = "plain"
     #: What turns gradients into new weights (:mod:`hwq.train.optimizers`).
     optimizer: str = "adam"
+    #: True for a method of the objective or the optimizer alone: ``quant`` is then its default family and
+    #: ``--quant`` may name any other.
+    any_quant: bool = False
+    #: The fewest weight bits it trains (a multiplicative update never flips a sign: 1-bit weights could not move).
+    min_wbits: int = 1
 
     def declared_options(self) -> tuple[o.Option, ...]:
         """The ``method_options`` this method reads: its objective's and its optimizer's."""
@@ -56,6 +67,19 @@ METHODS: dict[str, Method] = {
     "bitat": Method("BiTAT: importance-weighted, progressive binarization (docs/bitat.md)", "bitat"),
     "lsq": Method("LSQ (Esser et al. 2020): learned step size, its init and gradient scale (docs/methods.md)",
                   "lsq"),
+    "noise": Method("noise tempering (Wang et al. 2022): decaying quantization-error noise and a learned gradient "
+                    "scale per quantizer; deployed as uniform (docs/methods.md)", "noise",
+                    options={opt.name: opt.default for opt in o.NOISE_OPTIONS if opt.name.startswith("noise_")}),
+    "osc": Method("oscillation dampening and iterative weight freezing (Nagel et al. 2022); deployed as uniform "
+                  "(docs/methods.md)", "osc",
+                  options={opt.name: opt.default for opt in o.OSC_OPTIONS if opt.name.startswith("osc_")}),
+    "saq": Method("SAQ (Liu et al.): sharpness-aware minimization of the quantized model, eps added to Q(w); "
+                  "any --quant (docs/methods.md)", "uniform", objective="sam", any_quant=True),
+    "hero": Method("HERO (Yang et al., DAC 2022): SAM plus a Hessian-eigenvalue penalty; float by default, any "
+                   "--quant (docs/methods.md)", "float", objective="hero", any_quant=True),
+    "lns-madam": Method("LNS-Madam (Zhao et al. 2022): multiplicative updates of weights kept in a logarithmic "
+                        "number system; deployed uniform at --wbits (docs/methods.md)", "uniform",
+                        optimizer="madam", min_wbits=2),
     "dirnet": Method("DIR-Net (Qin et al. 2022): balanced, standardized binary weights, two-stage sign estimator, "
                      "representation distillation with --teacher (docs/methods.md)", "dirnet"),
     "ssql": Method("SSQL (Cao et al. 2022): SimSiam pretraining contrasting random-bit and full-precision views, "
@@ -84,10 +108,27 @@ def resolve_method(method: str | None, quant: str | None) -> tuple[str | None, s
         quant = DEFAULT_QUANT if quant is None else quant
         return (quant if isinstance(quant, str) and quant in METHODS else None), quant
     wanted = method_named(method).quant
+    if quant is not None and METHODS[method].any_quant:
+        return method, quant
     if quant is not None and quant != wanted:
         raise ConfigError(f"method: --method {method} trains with --quant {wanted}, got --quant {quant}; "
                           f"give one of the two, or matching ones")
     return method, wanted
+
+
+def check_method_bits(method: str | None, wbits: Any) -> None:
+    """A one-line ConfigError when the method cannot train ``wbits``-bit weights.
+
+    >>> check_method_bits("lns-madam", 1)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    hwq.errors.ConfigError: wbits: --method lns-madam trains 2 or more weight bits, got 1; ...
+    """
+    if method is None or not isinstance(wbits, int):
+        return
+    least = METHODS[method].min_wbits
+    if wbits < least:
+        raise ConfigError(f"wbits: --method {method} trains {least} or more weight bits, got {wbits}; its "
+                          f"multiplicative update never flips a weight's sign")
 
 
 def check_method_options(method: str | None, options: Any) -> None:

@@ -260,11 +260,52 @@ BITAT_OPTIONS = (
            range=Range(1, None)),
 )
 
+#: Noise tempering (``--quant noise``, ``hwq.quant.noise``): the quantization error times ``1 + std(p) * N(0, 1)``,
+#: ``std(p) = noise_std * exp(-noise_decay * p)`` over the training's progress ``p``.
+NOISE_OPTIONS: tuple[Option, ...] = UNIFORM_OPTIONS + (
+    Option("noise_std", "number", 1.0, "initial std of the noise, relative to each value's quantization error",
+           range=Range(0, None)),
+    Option("noise_decay", "number", 5.0, "k of the decay: the noise std at progress p is noise_std * exp(-k p)",
+           range=Range(0, None)),
+    Option("noise_grad_scale", "bool", True, "learn a scale of the task-loss gradient per quantizer (false: 1)"),
+    Option("noise_grad_scale_lr_scale", "number", 0.1, "learning-rate factor of the learned gradient scales",
+           range=Range(0, None)),
+)
+
+#: Oscillation dampening and iterative freezing (``--quant osc``, ``hwq.quant.oscillation``); the dampening weight
+#: and the freezing threshold each go from their start to their ``_end`` value on a cosine over the training.
+OSC_OPTIONS: tuple[Option, ...] = UNIFORM_OPTIONS + (
+    Option("osc_dampen", "number", 0.0, "weight of the dampening loss at the start (the reference code's 0)",
+           range=Range(0, None)),
+    Option("osc_dampen_end", "number", 0.1, "weight of the dampening loss at the end (the reference code's 0.1)",
+           range=Range(0, None)),
+    Option("osc_freeze_threshold", "number", 0.1,
+           "oscillation frequency above which a weight is frozen, at the start (0 here and at the end: no freezing)",
+           range=Range(0, 1)),
+    Option("osc_freeze_threshold_end", "number", 0.01, "the freezing threshold at the end (the reference code's 0.01)",
+           range=Range(0, 1)),
+    Option("osc_momentum", "number", 0.01, "momentum of the EMAs of oscillation events and integer weights",
+           range=Range(0, 1, low_open=True)),
+)
+
 # --- training pieces (hwq.train.objectives, hwq.train.optimizers) ---------------------------------------------
 # A method (hwq.methods) names an objective (how a step turns a batch into gradients) and an optimizer; their
 # options are the run's ``method_options`` (``--method-option KEY=VALUE``). A new piece declares its options here.
+#: SAM's radius: the perturbation's norm over every perturbed tensor together (SAQ's CIFAR script: 0.4 at 4 bits;
+#: HERO's ``step_size``: 0.5 on CIFAR-10).
+RHO = Option("rho", "number", 0.05, "radius of the weight perturbation, ||eps|| (SAM's rho)",
+             range=Range(0, None, low_open=True))
+SAM_POINT = Option("sam_point", "choice", "quantized",
+                   "where a quantized layer is perturbed: quantized (SAQ: Q(w) + eps) or latent (Q(w + eps))",
+                   choices=("quantized", "latent"))
+HERO_LAMBDA = Option("hero_lambda", "number", 1.0,
+                     "weight of HERO's Hessian penalty, sum over weight tensors of mean((g(w+eps) - g(w))^2)",
+                     range=Range(0, None))
+
 OBJECTIVE_OPTIONS: dict[str, tuple[Option, ...]] = {
     "plain": (),
+    "sam": (RHO, SAM_POINT),
+    "hero": (RHO, HERO_LAMBDA),
     # SSQL (hwq.train.objectives.SsqlObjective, hwq.train.ssql): the random bit-widths are the paper's ranges.
     "ssql": (
         Option("ssql_pretrain_epochs", "number", 0.3,
@@ -280,6 +321,15 @@ OBJECTIVE_OPTIONS: dict[str, tuple[Option, ...]] = {
 }
 OPTIMIZER_OPTIONS: dict[str, tuple[Option, ...]] = {
     "adam": (),
+    "madam": (
+        Option("lns_bits", "integer", 8, "bits of an LNS weight: one sign bit, the rest the exponent",
+               range=Range(2, 8)),
+        Option("lns_gamma", "integer", 8, "LNS base 2^(1/gamma): gamma exponent steps per octave",
+               range=Range(1, 64)),
+        Option("madam_lr_scale", "number", 10.0,
+               "Madam's learning rate over --lr (Adam's); a step under half an LNS spacing, ln2/gamma, rounds away",
+               range=Range(0, None, low_open=True)),
+    ),
 }
 
 # --- models (hwq.models) ---------------------------------------------------------------------------------------

@@ -172,9 +172,13 @@ def last_error_line(log: Path) -> str:
 
 
 def estimate_record(args, name: str) -> dict | None:
-    """LUT, BRAM18, DSP and fps from the build's manifest, or the one-line error of the export or build."""
-    run = run_dir(args, name)
-    manifest = build_manifest(args, name)
+    return estimate_record_of(run_dir(args, name))
+
+
+def estimate_record_of(run: Path) -> dict | None:
+    """LUT, BRAM18, DSP and fps from the Pynq-Z2 build's manifest under ``run``, or the one-line error of the
+    export or build (read from ``bench-export.log`` / ``bench-build.log``); None when neither ran."""
+    manifest = run / "build-pynq-z2" / "manifest.json"
     if manifest.exists():
         results = json.loads(manifest.read_text()).get("results", {})
         return {k: results.get(k) for k in ("lut", "bram", "dsp", "fps", "latency_us", "clock_mhz")} | {

@@ -142,3 +142,16 @@ def test_the_exported_graph_has_the_nodes_of_a_uniform_w1a1_graph(tmp_path):
         graph = export_qonnx_model(model, tmp_path / f"{quant}.onnx")
         kinds[quant] = [node.op_type for node in graph.graph.node]
     assert kinds["dirnet"] == kinds["uniform"] and "BipolarQuant" in kinds["dirnet"]
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, train_then_stop):
+    """The estimator's t comes from the step's progress alone: a resumed run is the same bits."""
+    from hwq.train import TrainConfig, run_train
+    from hwq.train.checkpoint import load_checkpoint
+
+    config = TrainConfig(method="dirnet", epochs=2, threads=1, train_subset=300)
+    run_train(config, tmp_path / "straight", progress=False)
+    train_then_stop(tmp_path / "resumed", config, stop_after=1)
+    run_train(config, tmp_path / "resumed", resume=True, progress=False)
+    straight, resumed = (load_checkpoint(tmp_path / name / "model.pt") for name in ("straight", "resumed"))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)

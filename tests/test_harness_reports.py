@@ -82,6 +82,21 @@ def test_a_plot_that_cannot_be_written_does_not_cost_the_report(build_model, dig
     assert any(w.startswith("warning: latency.png: ") for w in warnings)
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt in this process for the test, as in a terminal: a process started in the
+    background by a non-interactive shell (``cmd &``, nohup) inherits SIGINT ignored, and a Ctrl-C test would
+    then see nothing (measured: both SIGINT tests failed under ``bash -c 'make test' &``)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def _sigint_as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT at its default, so Python installs its Ctrl-C handler (see above)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
 def test_signal_ends_measure_with_interrupted_report(build_model, digits_tfc_build, tmp_path, sig, status):
     """A real ``hwq measure`` process, stopped by SIGTERM (kill) or SIGINT (Ctrl-C) after its second window."""
@@ -92,7 +107,8 @@ def test_signal_ends_measure_with_interrupted_report(build_model, digits_tfc_bui
         proc = subprocess.Popen([sys.executable, "-m", "hwq", "measure", "--port", emu.port, "--build",
                                  str(digits_tfc_build), "--out", str(out), "--windows", str(windows),
                                  "--min-window-s", "0.05", "--latency-windows", "1", "--timeout", "5"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_sigint_as_in_a_terminal)
         try:
             lines = []
             while not (lines and lines[-1].startswith(f"window 2/{windows}:")):
@@ -134,7 +150,7 @@ def test_energy_interrupted_keeps_the_covered_windows(build_model, digits_tfc_bu
     assert (tmp_path / "power-trace.csv").read_text().startswith("time_s,power_mW")
 
 
-def test_accuracy_interrupted_keeps_the_images_done(build_model, digits_tfc_build, tmp_path):
+def test_accuracy_interrupted_keeps_the_images_done(build_model, digits_tfc_build, tmp_path, ctrl_c_raises):
     """Ctrl-C (SIGINT) once 50 images are done: the report keeps them and the message counts them."""
     def ctrl_c_at_50(message: str) -> None:
         if message.startswith("50/"):

@@ -23,7 +23,7 @@ def _attached(config: TrainConfig):
     model = _tfc(config.wbits, config.abits)
     optimizer = make_optimizer_named("adam", model, config.lr, 0.0, config.method_options)
     objective = make_objective("ssql", config.method_options)
-    objective.attach(model, optimizer, config)
+    objective.attach(model, config)
     return model, optimizer, objective
 
 
@@ -127,3 +127,18 @@ def test_digits_tfc_w2a2_with_method_ssql_exports_and_builds_bit_exactly_without
     assert manifest["status"] == "done"
     assert manifest["bit_exact"]["passed"] and manifest["bit_exact"]["n"] == 20
     assert manifest["integer_range"]["passed"]
+
+
+def test_a_run_resumed_after_pretraining_equals_an_uninterrupted_one(tmp_path, train_then_stop):
+    """Stopped after the pretraining epoch (the head is not needed after it): the same bits as a straight run.
+    W1A1, as tests/test_methods_build.py explains (a uniform W2A2 run does not resume bit-exactly)."""
+    from hwq.train import run_train
+    from hwq.train.checkpoint import load_checkpoint
+
+    config = TrainConfig(method="ssql", wbits=1, abits=1, epochs=2, threads=1, train_subset=300,
+                         method_options={"ssql_pretrain_epochs": 1})
+    run_train(config, tmp_path / "straight", progress=False)
+    train_then_stop(tmp_path / "resumed", config, stop_after=1)
+    run_train(config, tmp_path / "resumed", resume=True, progress=False)
+    straight, resumed = (load_checkpoint(tmp_path / name / "model.pt") for name in ("straight", "resumed"))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)

@@ -18,7 +18,7 @@ import yaml
 from hwq._io import read_yaml_mapping
 from hwq.catalog import check_model_options
 from hwq.errors import ConfigError
-from hwq.methods import check_method_options, method_options, resolve_method
+from hwq.methods import METHODS, check_method_bits, check_method_options, method_options, resolve_method
 
 
 class Loss(str, Enum):
@@ -144,6 +144,7 @@ class TrainConfig:
         self._check_recipe()
         check_model_options(self.model, self.quant, self.model_options)
         check_method_options(self.method, self.method_options)
+        check_method_bits(self.method, self.wbits)
 
     def _check_types(self) -> None:
         for name in ("model", "dataset", "quant", "device"):
@@ -256,11 +257,13 @@ class TrainConfig:
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with ``changes`` applied (None values are ignored, as for unset CLI flags).
 
-        A new ``method`` alone brings its family, and a new ``quant`` alone the method of that name (or none).
+        A new ``method`` alone brings its family, and a new ``quant`` alone the method of that name (or none),
+        except that a method of the objective or optimizer alone (``any_quant``) stays.
         """
         changes = {k: v for k, v in changes.items() if v is not None}
         if "method" in changes and "quant" not in changes:
             changes["quant"] = None
-        if "quant" in changes and "method" not in changes:
+        keeps_method = self.method is not None and METHODS[self.method].any_quant
+        if "quant" in changes and "method" not in changes and not keeps_method:
             changes["method"] = None
         return dataclasses.replace(self, **changes)

@@ -261,6 +261,7 @@ class _Run:
     def __post_init__(self) -> None:
         if self.objective is None:
             self.objective = make_run_objective(self.config)
+        self.objective.attach(self.model, self.config)
 
 
 def _train(
@@ -296,8 +297,6 @@ def _prepare(config: TrainConfig, device: torch.device, checkpoint: dict | None)
     if config.init_from and checkpoint is None:
         load_init_weights(model, config.init_from)
     optimizer = make_optimizer(model, config)
-    objective = make_run_objective(config)
-    objective.attach(model, optimizer, config)  # before a checkpoint's optimizer state (its groups) is loaded
     teacher = load_trained_model(config.teacher)[0].to(device) if config.teacher else None
     attach_teacher(model, teacher)
     start_epoch, history = 0, []
@@ -310,7 +309,7 @@ def _prepare(config: TrainConfig, device: torch.device, checkpoint: dict | None)
         history = list(checkpoint.get("history", []))[:start_epoch]
     inputs = {name: records.file_record(path) for name, path in train_inputs(config).items()}
     return _Run(config, device, dataset, spec, model, optimizer, teacher, history, start_epoch, inputs,
-                ModelHooks(model), plan, objective)
+                ModelHooks(model), plan)
 
 
 def _fit(run: _Run, out_dir: Path, progress: bool, started: float) -> None:

@@ -7,9 +7,11 @@ returns ``(loss, logits)`` (task loss, distillation and every layer's extra loss
 returns the loss and logits to report. The
 optimizer step, latent-weight clipping and the after-step hooks follow, the same for every objective.
 
-``plain`` calls the closure once and back-propagates. A sharpness-aware objective (SAM) may call it twice with the
-weights perturbed in between and restore them before returning. An objective declares its options in
-:data:`hwq.options.OBJECTIVE_OPTIONS` under the same name and receives them read (defaults filled in).
+``plain`` calls the closure once and back-propagates. ``sam`` (sharpness-aware minimization; SAQ's variant on a
+quantized model) calls it twice with the weights perturbed in between and restores them before returning; ``hero``
+adds HERO's Hessian penalty to the perturbed pass. An objective declares its options in
+:data:`hwq.options.OBJECTIVE_OPTIONS` under the same name and receives them read (defaults filled in); the run
+hands it the model once (:meth:`Objective.attach`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from hwq.options import OBJECTIVE_OPTIONS
+from hwq.train.perturb import (Target, ascent_direction, perturbed, quantized_layers, quantized_weights,
+                               weight_quantizer_parameters)
 
 Closure = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
@@ -28,10 +34,12 @@ class Objective:
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = options
+        self.model: nn.Module | None = None
 
-    def attach(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: Any) -> None:
-        """Called once per run, after the model and optimizer are made and before a checkpoint is loaded into them
-        (an objective with parameters of its own adds their group to ``optimizer`` here)."""
+    def attach(self, model: nn.Module, config: Any = None) -> None:
+        """The model the closure runs (an objective that perturbs layers, not only parameters, needs it) and the run's
+        ``TrainConfig`` (its seed and epochs; None outside a run)."""
+        self.model = model
 
     def on_batch(self, inputs: torch.Tensor, labels: torch.Tensor, progress: float) -> None:
         """Called before each step with its batch and the training's progress (0..1) at the step's end."""
@@ -48,18 +56,86 @@ def trained_parameters(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parame
     return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
 
 
+class SharpnessAware(Objective):
+    """SAM (Foret et al. 2021): the gradient at ``w + eps``, ``eps = rho * g / ||g||``, then the weights restored.
+
+    ``sam_point: quantized`` is SAQ's case (Liu et al., reference code ``utils/qsam.py``): a quantized layer's
+    perturbation comes from the gradient of its quantized weight and is added after the quantizer, ``Q(w) + eps``;
+    the other trained parameters (normalisation, activation scales) are perturbed themselves, the weight
+    quantizers' scales not at all. ``latent`` perturbs every trained parameter itself, ``Q(w + eps)`` (plain SAM
+    on the latent weights). A layer without a quantizer (``--quant float``) is perturbed itself either way.
+    """
+
+    def gradients(self, closure, optimizer):
+        layers = quantized_layers(self.model) if self.options["sam_point"] == "quantized" else []
+        optimizer.zero_grad(set_to_none=True)
+        with quantized_weights(layers) as qweights:
+            loss, logits = closure()
+            loss.backward()
+        eps = ascent_direction(self.ascent_gradients(optimizer, layers, qweights), self.options["rho"])
+        optimizer.zero_grad(set_to_none=True)
+        with perturbed(eps, layers):
+            loss_at_eps, _ = closure()
+            loss_at_eps.backward()
+        return loss, logits
+
+    def ascent_gradients(self, optimizer, layers, qweights) -> dict[Target, torch.Tensor]:
+        """The gradient of each perturbation target after the first pass."""
+        grads: dict[Target, torch.Tensor] = {m: qweights[m].grad for m in layers
+                                              if m in qweights and qweights[m].grad is not None}
+        skip = {m.weight for m in grads} | (weight_quantizer_parameters(self.model) if layers else set())
+        grads.update({p: p.grad.detach().clone() for p in trained_parameters(optimizer) if p not in skip})
+        return grads
+
+
+class Hero(SharpnessAware):
+    """HERO (Yang et al., DAC 2022; reference code ``cifar_hero.py``): SAM's perturbed gradient plus the gradient of
+    ``hero_lambda * sum_l mean((grad_l L(w + eps) - grad_l L(w))^2)`` over the weight tensors ``l``, which is about
+    ``hero_lambda * ||H eps||^2 / n_l``: it penalises the Hessian's large eigenvalues along the ascent direction.
+    The parameters themselves are perturbed (HERO trains float or quantized weights; ``sam_point`` is not its)."""
+
+    def gradients(self, closure, optimizer):
+        optimizer.zero_grad(set_to_none=True)
+        loss, logits = closure()
+        loss.backward()
+        clean = self.ascent_gradients(optimizer, [], {})
+        params = list(clean)
+        eps = ascent_direction(clean, self.options["rho"])
+        optimizer.zero_grad(set_to_none=True)
+        with perturbed(eps, []):
+            loss_at_eps, _ = closure()
+            grads = torch.autograd.grad(loss_at_eps, params, create_graph=True, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+            penalty = hero_penalty(params, grads, [clean[p] for p in params], self.options["hero_lambda"])
+            penalty_grads = (torch.autograd.grad(penalty, params, allow_unused=True) if penalty.requires_grad
+                             else [None] * len(params))
+            for p, g, h in zip(params, grads, penalty_grads):
+                p.grad = g.detach() + (h.detach() if h is not None else 0.0)
+        return loss, logits
+
+
+def hero_penalty(params: list[torch.Tensor], grads, clean_grads, weight: float) -> torch.Tensor:
+    """HERO's regulariser: ``weight * sum mean((g - g_clean)^2)`` over the weight tensors (2 or more dimensions:
+    the reference code leaves out biases and normalisation parameters)."""
+    terms = [F.mse_loss(g, c) for p, g, c in zip(params, grads, clean_grads) if p.dim() > 1]
+    return weight * torch.stack(terms).sum() if terms else torch.zeros(())
+
+
 class SsqlObjective(Objective):
     """SSQL (Cao et al. ECCV 2022): for the first ``ssql_pretrain_epochs`` the step is SSQL-SimSiam's, on two
     augmented views of the batch through a full-precision and a random-bit view of the network and a projection
     head (:mod:`hwq.train.ssql`; no labels); afterwards the plain step (supervised QAT at the run's bit-widths).
 
-    The head lives here, not in the model: it is in no ``model.pt`` and no export. Its weights are not in the
-    checkpoint either: a run resumed during pretraining starts a new head (seeded); the network's weights resume.
+    The head lives here, not in the model, with its own Adam: it is in no ``model.pt``, no export and no
+    ``checkpoint.pt``, so a run resumed during pretraining starts a new head (seeded); the network's weights resume.
     """
 
-    def attach(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: Any) -> None:
+    def attach(self, model: nn.Module, config: Any = None) -> None:
         from hwq.errors import ConfigError
         from hwq.train.ssql import SsqlHead, classifier_of
+
+        if config is None:
+            raise ValueError("ssql: attach(model, config) needs the run's TrainConfig (its seed and epochs)")
 
         for key in ("ssql_wbits", "ssql_abits"):
             values = self.options[key]
@@ -76,19 +152,18 @@ class SsqlObjective(Objective):
         self.pretrain_until = pretrain if pretrain < 1 else pretrain / config.epochs
         self.model, self.seed = model, int(config.seed)
         classifier = classifier_of(model)
-        self.head = SsqlHead(classifier.in_features, self.options["ssql_dim"])
-        generator = torch.Generator().manual_seed(self.seed)
-        with torch.no_grad():  # the head's initial weights from the run's seed, not from the global generator
-            for param in self.head.parameters():
-                if param.dim() > 1:
-                    bound = 1.0 / param.shape[1] ** 0.5
-                    param.copy_(torch.empty_like(param).uniform_(-bound, bound, generator=generator))
+        # The head's initial weights from the run's seed, leaving the global random state alone: a resumed run
+        # (which restores that state before the objective is attached) then draws its dropout masks as a straight one.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.head = SsqlHead(classifier.in_features, self.options["ssql_dim"])
         device = next(model.parameters()).device
         self.head.to(device)
         self._features: torch.Tensor | None = None
         self._feature_hook = classifier.register_forward_pre_hook(self._keep_features)
-        optimizer.add_param_group({"params": list(self.head.parameters()), "lr_scale": 1.0,
-                                   "lr": optimizer.param_groups[0]["lr"]})
+        # The head has its own Adam, stepped here at the run's current learning rate, so the run's optimizer (and its
+        # checkpoint) holds the deployed model's parameters only.
+        self.head_optimizer = torch.optim.Adam(self.head.parameters(), lr=config.lr)
         self._batch: tuple[torch.Tensor, float] | None = None
 
     def _keep_features(self, module, inputs) -> None:
@@ -116,6 +191,7 @@ class SsqlObjective(Objective):
         from hwq.train.ssql import augment_views, draw_bits, precision_view, ssql_loss
 
         optimizer.zero_grad(set_to_none=True)
+        self.head_optimizer.zero_grad(set_to_none=True)
         generator = self.step_generator(progress)
         views = [augment_views(inputs, generator), augment_views(inputs, generator)]
         bits = draw_bits(self.wbits, self.abits, generator)
@@ -130,12 +206,19 @@ class SsqlObjective(Objective):
         loss = ssql_loss([outputs["full", i][1] for i in (0, 1)], [outputs["quant", i][1] for i in (0, 1)],
                          [outputs["full", i][0] for i in (0, 1)])
         loss.backward()
+        for group in self.head_optimizer.param_groups:
+            group["lr"] = optimizer.param_groups[0]["lr"]
+        self.head_optimizer.step()
         return loss, outputs["full", 0][2].detach()
 
 
 #: Objective name -> its class. A new objective subclasses :class:`Objective` and declares its options.
 OBJECTIVES: dict[str, type[Objective]] = {
     "plain": Objective,
+    "sam": SharpnessAware,
+    "hero": Hero,
+
+
     "ssql": SsqlObjective,
 }
 

@@ -1,0 +1,388 @@
+#!/usr/bin/env python
+# SPDX-License-Identifier: BSD-3-Clause
+"""Benchmark (issue 17): every training method of the reading list in one table, MQBench-style, deployed.
+
+Every cell of a suite (a model on a dataset) is one method at one bit-width (W1A1, W2A2, W4A4, where the method's
+quantizer family takes it), trained with the same epochs, batch, learning rate, training subset and seeds as every
+other cell, with the method's own defaults (no row is tuned). Seed 0 of each cell is then exported (``hwq export``,
+checked against PyTorch) and built for the Pynq-Z2 to FINN's estimates (``hwq build --stop-step estimate``, which
+runs the layer-by-layer bit-exact gate first). A method this hwq does not have yet, or a bit-width its family does
+not take, stays in the table, marked with the reason; a failed training, export or build is recorded with its
+one-line error and does not stop the others.
+
+Columns: final test top-1 (mean and spread over the seeds), the mean of the last epochs (averaged over seeds),
+training seconds per epoch relative to ``uniform`` at the same bit-width in the same suite, FINN's LUT / BRAM18 /
+fps at 100 MHz, the export check and the build check. Writes ``<results>.json`` (every run's per-epoch history),
+``<results>.md`` and ``<results>.png`` (test top-1 against FINN's LUTs, one panel per suite). A rerun of the same
+command trains only what is missing (a complete run of the same command is reused, as is its build).
+
+    OMP_NUM_THREADS=1 python scripts/bench_methods.py --suites mnist_tfc --epochs 5 --seeds 0,1,2 --jobs 2 \\
+        --runs runs/bench-methods --results benchmarks/methods_mnist_tfc          # the MNIST TFC table
+    python scripts/bench_methods.py ... --collect     # train nothing: tabulate what is under --runs
+    python scripts/bench_methods.py --results benchmarks/methods_mnist_tfc --from-json   # rewrite .md/.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import bench_bitat  # noqa: E402  (run, _machine)
+import bench_bitat2  # noqa: E402  (estimate_record_of, last_error_line)
+
+#: The reading list's methods and the existing ones, in the issue's order (the table's rows).
+METHODS = ("uniform", "n2uq", "bitat", "lsq", "noise", "saq", "hero", "osc", "dirnet", "lqnet", "lns-madam", "adder",
+           "ssql")
+BITS = ((1, 1), (2, 2), (4, 4))
+
+
+@dataclass(frozen=True)
+class Suite:
+    model: str
+    dataset: str
+    #: the methods this suite trains (the compact backbone: the methods that target one)
+    methods: tuple[str, ...] = METHODS
+    options: tuple[tuple[str, object], ...] = ()
+
+
+SUITES = {
+    "mnist_tfc": Suite("tfc", "mnist"),
+    "cifar10_cnv": Suite("cnv", "cifar10"),
+    "mnist_compact": Suite("mobilenet_tiny", "mnist", ("uniform", "osc", "dirnet", "bitat"), (("width", 0.5),)),
+    # seconds, no data folder: what the test runs
+    "digits_tfc": Suite("tfc", "digits"),
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    suite: str
+    method: str
+    wbits: int
+    abits: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-w{self.wbits}a{self.abits}"
+
+
+def cells(args) -> list[Cell]:
+    return [Cell(suite, method, w, a) for suite in args.suites for method in SUITES[suite].methods
+            if method in args.methods for w, a in args.bits]
+
+
+def unavailable(cell: Cell) -> str | None:
+    """Why this hwq cannot train the cell (no such method, a bit-width its family does not take), or None."""
+    from hwq import catalog
+    from hwq.methods import METHODS as REGISTERED
+
+    if cell.method not in REGISTERED:
+        return "not in this hwq yet (issue 17 open)"
+    family = REGISTERED[cell.method].quant
+    if family in catalog.FAMILIES:
+        _, wbits, abits = catalog.FAMILIES[family]
+        if cell.wbits not in wbits or cell.abits not in abits:
+            return f"n/a: --quant {family} takes W{','.join(map(str, wbits))} A{','.join(map(str, abits))}"
+    return None
+
+
+def run_dir(args, cell: Cell, seed: int) -> Path:
+    return Path(args.runs) / cell.suite / f"{cell.name}-s{seed}"
+
+
+def train_command(args, cell: Cell, seed: int) -> list[str]:
+    suite = SUITES[cell.suite]
+    cmd = [sys.executable, "-m", "hwq", "train", "--model", suite.model, "--dataset", suite.dataset,
+           "--method", cell.method, "--wbits", str(cell.wbits), "--abits", str(cell.abits),
+           "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+           "--seed", str(seed), "--threads", "1", "--device", args.device, "--out", str(run_dir(args, cell, seed)),
+           "--overwrite", "--no-progress"]
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
+    if args.train_subset:
+        cmd += ["--train-subset", str(args.train_subset)]
+    for key, value in suite.options:
+        cmd += ["--option", f"{key}={json.dumps(value)}"]
+    return cmd
+
+
+def trained(args, cell: Cell, seed: int) -> bool:
+    """A complete run of exactly this command is there (so a rerun of the benchmark reuses it)."""
+    run = run_dir(args, cell, seed)
+    metrics, command = run / "metrics.json", run / "command.json"
+    return (metrics.exists() and json.loads(metrics.read_text()).get("complete") and command.exists()
+            and json.loads(command.read_text()) == train_command(args, cell, seed)[1:])
+
+
+def deploy(args, cell: Cell, slots: threading.Semaphore) -> None:
+    """Export seed 0 and build it to FINN's estimates, unless a build newer than its training is there."""
+    run = run_dir(args, cell, 0)
+    manifest = run / "build-pynq-z2" / "manifest.json"
+    if manifest.exists() and manifest.stat().st_mtime > (run / "metrics.json").stat().st_mtime:
+        return
+    hwq = [sys.executable, "-m", "hwq"]
+    steps = [([*hwq, "export", str(run), "--verify-samples", str(args.export_samples)], "bench-export.log"),
+             ([*hwq, "build", str(run), "--board", "pynq-z2", "--stop-step", "estimate", "--verify-samples",
+               str(args.build_samples), "--no-progress"], "bench-build.log")]
+    for cmd, log in steps:
+        try:
+            bench_bitat.run(cmd, run / log, slots)
+        except RuntimeError:
+            return  # collect() reads the one-line error from the log or the failed manifest
+
+
+def train_all(args) -> None:
+    from hwq.data import load_dataset
+
+    for suite in args.suites:  # decode/cache once, before parallel processes race to do it
+        load_dataset(SUITES[suite].dataset, args.data_dir)
+    slots = threading.Semaphore(max(1, args.jobs))
+
+    def one(cell: Cell) -> None:
+        if unavailable(cell):
+            return
+        for seed in args.seeds:
+            with slots:
+                if trained(args, cell, seed):
+                    continue
+                cmd = train_command(args, cell, seed)
+                log = Path(args.runs) / cell.suite / f"{cell.name}-s{seed}.log"
+                try:
+                    bench_bitat.run(cmd, log, threading.Semaphore())
+                except RuntimeError as error:
+                    print(error, file=sys.stderr, flush=True)
+                    if seed == 0:
+                        return
+                    continue
+                (run_dir(args, cell, seed) / "command.json").write_text(json.dumps(cmd[1:]) + "\n")
+            print(f"trained {cell.suite} {cell.name} seed {seed}", flush=True)
+        if args.deploy and trained(args, cell, 0):
+            deploy(args, cell, slots)
+
+    todo = cells(args)
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for job in [pool.submit(one, cell) for cell in todo]:
+            job.result()
+
+
+# --- the table -------------------------------------------------------------------------------------------------
+def seed_record(args, cell: Cell, seed: int) -> dict:
+    run = run_dir(args, cell, seed)
+    metrics_path = run / "metrics.json"
+    if not metrics_path.exists():
+        log = Path(args.runs) / cell.suite / f"{cell.name}-s{seed}.log"
+        error = bench_bitat2.last_error_line(log) if log.exists() and "rror" in log.read_text(errors="replace") \
+            else None
+        return {"seed": seed, "status": "failed" if error else "missing", "error": error}
+    metrics = json.loads(metrics_path.read_text())
+    history = metrics.get("history", [])
+    accs = [h["test_acc"] for h in history]
+    return {"seed": seed, "status": "complete" if metrics.get("complete") and len(history) == args.epochs
+            else "unfinished", "test_acc": accs[-1] if accs else None,
+            "mean_last": statistics.fmean(accs[-args.last:]) if accs else None,
+            "seconds_per_epoch": statistics.fmean(h["seconds"] for h in history) if history else None,
+            "epochs": len(history), "n_train": metrics.get("dataset", {}).get("n_train"),
+            "history": history}
+
+
+def export_check(run: Path) -> bool | None:
+    path = run / "export.json"
+    if not path.exists():
+        return None
+    return bool(json.loads(path.read_text()).get("verification", {}).get("passed"))
+
+
+def cell_record(args, cell: Cell) -> dict:
+    record = {"suite": cell.suite, "method": cell.method, "wbits": cell.wbits, "abits": cell.abits}
+    reason = unavailable(cell)
+    if reason:
+        return {**record, "status": "unavailable", "reason": reason}
+    seeds = [seed_record(args, cell, seed) for seed in args.seeds]
+    done = [s for s in seeds if s["status"] == "complete"]
+    record.update(seeds=seeds, seeds_complete=len(done), status="complete" if len(done) == len(seeds) else
+                  ("partial" if done else next((s["status"] for s in seeds if s["status"] == "failed"), "missing")))
+    if done:
+        finals = [s["test_acc"] for s in done]
+        record.update(test_acc_mean=statistics.fmean(finals),
+                      test_acc_std=statistics.stdev(finals) if len(finals) > 1 else 0.0,
+                      mean_last=statistics.fmean(s["mean_last"] for s in done),
+                      seconds_per_epoch=statistics.fmean(s["seconds_per_epoch"] for s in done))
+    else:
+        record["reason"] = next((s["error"] for s in seeds if s.get("error")), "not trained")
+    run = run_dir(args, cell, 0)
+    record["export_passed"] = export_check(run)
+    record["estimate"] = bench_bitat2.estimate_record_of(run)
+    return record
+
+
+def add_relative_time(rows: list[dict]) -> None:
+    """Training seconds per epoch / uniform's at the same bit-width in the same suite (same invocation's runs)."""
+    base = {(r["suite"], r["wbits"], r["abits"]): r.get("seconds_per_epoch") for r in rows if r["method"] == "uniform"}
+    for row in rows:
+        ref = base.get((row["suite"], row["wbits"], row["abits"]))
+        own = row.get("seconds_per_epoch")
+        row["time_vs_uniform"] = round(own / ref, 2) if own and ref else None
+
+
+def collect(args, wall_seconds: float | None) -> dict:
+    rows = [cell_record(args, cell) for cell in cells(args)]
+    add_relative_time(rows)
+    return {"benchmark": "issue 17: the reading list's QAT methods, deployed (FINN, Pynq-Z2)",
+            "note": args.note, "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+            "args": {k: v for k, v in vars(args).items()}, "wall_seconds": wall_seconds,
+            "machine": bench_bitat._machine(args.device), "rows": rows}
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "&#124;")
+
+
+def build_cells(row: dict) -> list[str]:
+    est = row.get("estimate")
+    if not est:
+        return ["-", "-", "-", "-"]
+    if "error" in est:
+        return [_cell(est["error"]), "", "", "failed"]
+    fps = "-" if est.get("fps") is None else f"{est['fps']:,.0f}"
+    lut = "-" if est.get("lut") is None else f"{est['lut']:,}"
+    return [lut, f"{est.get('bram')}", fps, "bit-exact" if est.get("bit_exact") else "not bit-exact"]
+
+
+def markdown(results: dict) -> str:
+    args = results["args"]
+    wall = f"{results['wall_seconds']} s wall" if results["wall_seconds"] is not None else "tabulated from the runs"
+    lines = [f"Command: `{results['command']}` ({results['machine']['device_name']}, {wall})", ""]
+    if results.get("note"):
+        lines += [results["note"], ""]
+    seeds = ",".join(map(str, args["seeds"]))
+    for suite in args["suites"]:
+        spec = SUITES[suite]
+        subset = f"{args['train_subset']} class-balanced training images" if args["train_subset"] else \
+            "the whole training set"
+        lines += [f"### {spec.model} on {spec.dataset}: {subset}, {args['epochs']} epochs, batch "
+                  f"{args['batch_size']}, lr {args['lr']}, seeds {seeds}, the whole test set", "",
+                  f"| method | bits | final top-1 % (mean ± std over seeds) | mean of the last "
+                  f"{min(args['last'], args['epochs'])} epochs % "
+                  "| s/epoch vs uniform | LUT | BRAM18 | fps (Pynq-Z2, 100 MHz) | build check | export check |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for row in (r for r in results["rows"] if r["suite"] == suite):
+            bits = f"W{row['wbits']}A{row['abits']}"
+            if row["status"] == "unavailable" or "test_acc_mean" not in row:
+                lines.append(f"| {row['method']} | {bits} | {row['status']}: {_cell(row.get('reason'))} "
+                             "| | | | | | | |")
+                continue
+            acc = f"{_pct(row['test_acc_mean'])} ± {100 * row['test_acc_std']:.2f}"
+            if row["status"] != "complete":
+                acc += f" ({row['seeds_complete']} of {len(row['seeds'])} seeds)"
+            vs = "-" if row["time_vs_uniform"] is None else f"{row['time_vs_uniform']:.2f}x"
+            export = {True: "passed", False: "failed", None: "-"}[row["export_passed"]]
+            lines.append(f"| {row['method']} | {bits} | {acc} | {_pct(row['mean_last'])} | {vs} | "
+                         f"{' | '.join(build_cells(row))} | {export} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    """Test top-1 against FINN's LUT estimate, one panel per suite, one marker per method, labelled by bits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    suites = results["args"]["suites"]
+    fig, axes = plt.subplots(1, len(suites), figsize=(6 * len(suites), 4.2), squeeze=False)
+    for ax, suite in zip(axes[0], suites):
+        for method in METHODS:
+            points = [(r["estimate"]["lut"], 100 * r["test_acc_mean"], f"W{r['wbits']}A{r['abits']}")
+                      for r in results["rows"] if r["suite"] == suite and r["method"] == method
+                      and "test_acc_mean" in r and (r.get("estimate") or {}).get("lut")]
+            if not points:
+                continue
+            xs, ys, labels = zip(*points)
+            ax.scatter(xs, ys, label=method, s=18)
+            for x, y, label in points:
+                ax.annotate(label, (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        spec = SUITES[suite]
+        ax.set_title(f"{spec.model} on {spec.dataset}", fontsize=9)
+        ax.set_xscale("log")
+        ax.set_xlabel("LUT (FINN estimate, Pynq-Z2)")
+        ax.set_ylabel("test top-1 %")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
+def write_results(results: dict, out: Path) -> None:
+    from hwq._io import write_atomic
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out.with_suffix(".json"), lambda p: p.write_text(json.dumps(results, indent=2) + "\n"))
+    table = markdown(results)
+    write_atomic(out.with_suffix(".md"), lambda p: p.write_text(table))
+    write_atomic(out.with_suffix(".png"), lambda p: plot(results, p))
+    print(table)
+
+
+def _names(text: str, known, what: str, parser) -> list[str]:
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        parser.error(f"--{what}: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suites", default="mnist_tfc", help=f"comma-separated, of {', '.join(SUITES)}")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all)")
+    parser.add_argument("--bits", default="1,2,4", help="W=A bit-widths, comma-separated (default: 1,2,4)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=0.02, help="hwq train's default, for every row")
+    parser.add_argument("--train-subset", dest="train_subset", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--jobs", type=int, default=1, help="processes at a time (training, export, build)")
+    parser.add_argument("--no-deploy", dest="deploy", action="store_false", help="no export and FINN estimate")
+    parser.add_argument("--export-samples", dest="export_samples", type=int, default=20)
+    parser.add_argument("--build-samples", dest="build_samples", type=int, default=5)
+    parser.add_argument("--last", type=int, default=3, help="the table also averages the last N epochs")
+    parser.add_argument("--data-dir", dest="data_dir", default=None)
+    parser.add_argument("--runs", default="runs/bench-methods")
+    parser.add_argument("--results", default="benchmarks/methods")
+    parser.add_argument("--note", default="", help="free text stored with the results")
+    parser.add_argument("--collect", action="store_true", help="train nothing: tabulate the runs under --runs")
+    parser.add_argument("--from-json", dest="from_json", action="store_true",
+                        help="train nothing: rewrite <results>.md and <results>.png from <results>.json")
+    args = parser.parse_args(argv)
+    out = Path(args.results)
+    if args.from_json:
+        write_results(json.loads(out.with_suffix(".json").read_text()), out)
+        return
+    args.suites = _names(args.suites, SUITES, "suites", parser)
+    args.methods = _names(args.methods, METHODS, "methods", parser)
+    args.bits = [(int(b), int(b)) for b in args.bits.split(",") if b]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    started = time.perf_counter()
+    if not args.collect:
+        train_all(args)
+    write_results(collect(args, None if args.collect else round(time.perf_counter() - started, 1)), out)
+
+
+if __name__ == "__main__":
+    main()
