@@ -52,12 +52,14 @@ FAMILIES: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
               "(sign at 1 bit; docs/methods.md)", tuple(range(1, 9)), tuple(range(1, 9))),
     "osc": ("uniform with oscillation dampening and freezing of oscillating weights (sign at 1 bit; "
             "docs/methods.md)", tuple(range(1, 9)), tuple(range(1, 9))),
+    "lqnet": ("LQ-Nets: learned bases, levels v^T e over +-1 (weights) or 0/1 (activations) codes, QEM updates "
+              "(docs/methods.md)", (1, 2, 3, 4), (1, 2, 3, 4)),
 }
 
 #: Quantizer family -> the options it reads.
 FAMILY_OPTIONS: dict[str, tuple[o.Option, ...]] = {
     "uniform": o.UNIFORM_OPTIONS, "float": o.FLOAT_OPTIONS, "n2uq": o.N2UQ_OPTIONS, "bitat": o.BITAT_OPTIONS,
-    "lsq": o.UNIFORM_OPTIONS, "noise": o.NOISE_OPTIONS, "osc": o.OSC_OPTIONS,
+    "lsq": o.UNIFORM_OPTIONS, "noise": o.NOISE_OPTIONS, "osc": o.OSC_OPTIONS, "lqnet": o.LQNET_OPTIONS,
     "dirnet": o.DIRNET_OPTIONS,
 }
 

@@ -80,6 +80,8 @@ METHODS: dict[str, Method] = {
     "lns-madam": Method("LNS-Madam (Zhao et al. 2022): multiplicative updates of weights kept in a logarithmic "
                         "number system; deployed uniform at --wbits (docs/methods.md)", "uniform",
                         optimizer="madam", min_wbits=2),
+    "lqnet": Method("LQ-Nets (Zhang et al. 2018): learned weight and activation bases, QEM updates (docs/methods.md)",
+                    "lqnet"),
     "dirnet": Method("DIR-Net (Qin et al. 2022): balanced, standardized binary weights, two-stage sign estimator, "
                      "representation distillation with --teacher (docs/methods.md)", "dirnet"),
     "ssql": Method("SSQL (Cao et al. 2022): SimSiam pretraining contrasting random-bit and full-precision views, "

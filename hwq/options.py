@@ -222,6 +222,17 @@ N2UQ_OPTIONS = (
            "scale the last layer per class too (trains as the paper, but FINN cannot absorb it)"),
 )
 
+LQNET_OPTIONS = (
+    Option("lqnet_extra_bits", "integer", 2,
+           "deployed grid of 2^(bits + this) - 1 steps; more: finer learned levels, wider FINN datapath",
+           range=Range(0, 4)),
+    Option("lqnet_decay", "number", 0.9, "moving-average factor of the QEM basis update (the paper's 0.9)",
+           range=Range(0, 1, high_open=True)),
+    Option("lqnet_per_channel", "bool", True, "one weight basis per output channel (the paper's; false: per layer)"),
+    Option("lqnet_classifier_per_channel", "bool", False,
+           "one basis per class in the last layer too (FINN cannot absorb its per-class scale)"),
+)
+
 #: Layers with more inputs than this keep the coordinate basis (``hwq.quant.bitat.MAX_EIGEN_DIM``).
 BITAT_MAX_EIGEN_DIM = 2048
 

@@ -88,12 +88,29 @@ def unavailable(cell: Cell) -> str | None:
 
     if cell.method not in REGISTERED:
         return "not in this hwq yet (issue 17 open)"
-    family = REGISTERED[cell.method].quant
+    if cell.wbits < REGISTERED[cell.method].min_wbits:
+        return f"n/a: --method {cell.method} trains W{REGISTERED[cell.method].min_wbits} and more"
+    family = table_quant(cell.method)
     if family in catalog.FAMILIES:
         _, wbits, abits = catalog.FAMILIES[family]
         if cell.wbits not in wbits or cell.abits not in abits:
             return f"n/a: --quant {family} takes W{','.join(map(str, wbits))} A{','.join(map(str, abits))}"
     return None
+
+
+def method_quant(method: str) -> str:
+    from hwq.methods import METHODS as REGISTERED
+
+    return REGISTERED[method].quant
+
+
+def table_quant(method: str) -> str:
+    """The family a method trains in the table: its own, except that a method of the objective alone whose
+    default is float (HERO) trains the deployable ``uniform`` family, as every other row."""
+    from hwq.methods import METHODS as REGISTERED
+
+    quant = method_quant(method)
+    return "uniform" if quant == "float" and REGISTERED[method].any_quant else quant
 
 
 def run_dir(args, cell: Cell, seed: int) -> Path:
@@ -107,6 +124,8 @@ def train_command(args, cell: Cell, seed: int) -> list[str]:
            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
            "--seed", str(seed), "--threads", "1", "--device", args.device, "--out", str(run_dir(args, cell, seed)),
            "--overwrite", "--no-progress"]
+    if table_quant(cell.method) != method_quant(cell.method):
+        cmd += ["--quant", table_quant(cell.method)]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     if args.train_subset:

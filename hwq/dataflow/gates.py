@@ -65,7 +65,8 @@ def run_hw_graph(model: ModelWrapper, images: np.ndarray, keep: list[str]) -> tu
 
 # --- which tensors correspond ------------------------------------------------------------------------------------
 def qonnx_layer_outputs(model: ModelWrapper) -> tuple[list[dict], FinalMatMul | None]:
-    """QONNX activation-quantizer outputs (in order, without the input quantizer) and the final MatMul.
+    """QONNX activation-quantizer outputs (in order, without the input quantizer; a MultiThreshold's count counts as
+    one) and the final MatMul.
 
     Each entry: ``tensor``, ``scale`` (to turn values into integers), ``bipolar``. The final MatMul
     (:func:`hwq.export.scores.final_matmul`) carries its inputs and their scales, so its integer dot product can
@@ -78,6 +79,9 @@ def qonnx_layer_outputs(model: ModelWrapper) -> tuple[list[dict], FinalMatMul | 
         if node.op_type in ("BipolarQuant", "Quant") and node.input[0] not in initial and node.input[0] != graph_in:
             acts.append({"tensor": node.output[0], "scale": quant_scale(model, node),
                          "bipolar": node.op_type == "BipolarQuant"})
+        elif node.op_type == "MultiThreshold" and node.input[0] not in initial:
+            # a threshold activation (N2UQ, LQ-Nets): its count is the integer the HW layer outputs
+            acts.append({"tensor": node.output[0], "scale": np.asarray(1.0), "bipolar": False})
     return acts, final_matmul(model)
 
 

@@ -1,14 +1,16 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Export N2UQ activations as QONNX ``MultiThreshold`` nodes, exactly.
+"""Export threshold activations (N2UQ's, LQ-Nets') as QONNX ``MultiThreshold`` nodes, exactly.
 
 An N2UQ activation *is* a multi-threshold function (``step * #{k : x >= t_k}``), so it is exported as one:
 a ``MultiThreshold`` node (domain ``qonnx.custom_op.general``, thresholds ``(P, n)`` as an initializer,
 ``out_dtype`` ``UINTb``) followed by a ``Mul`` by the output step. That is the very pattern FINN's
 ``ConvertQONNXtoFINN`` makes from a uniform activation, so streamlining treats both alike.
 
-How: while :func:`multithreshold_export` is active, every :class:`~hwq.quant.n2uq.N2UQAct` in the model is
-swapped for a :class:`MultiThresholdAct` holding its thresholds as float32 buffers (computed once, by the same
-function the PyTorch forward uses), whose autograd ``symbolic`` writes the two nodes. The swap is undone on exit.
+How: while :func:`multithreshold_export` is active, every threshold activation in the model (:func:`threshold_form`:
+N2UQ's, LQ-Nets') is swapped for a :class:`MultiThresholdAct` holding its thresholds as float32 buffers (computed
+once, by the same function the PyTorch forward uses), whose autograd ``symbolic`` writes the two nodes. The swap is
+undone on exit. An LQ-Nets activation's thresholds may repeat (non-uniform levels on an integer grid), so its count
+jumps by several steps at one input.
 
 >>> from hwq.models import ModelSpec, build_model
 >>> model = build_model(ModelSpec("tfc", 2, 2, quant="n2uq", image_shape=(1, 8, 8))).eval()
@@ -49,15 +51,28 @@ class _MultiThresholdFn(torch.autograd.Function):
         return g.op("Mul", count, step)
 
 
-class MultiThresholdAct(nn.Module):
-    """A frozen N2UQ activation: thresholds and step as buffers (they become the graph's initializers)."""
+def threshold_form(module: nn.Module) -> tuple[torch.Tensor, float, int] | None:
+    """``(thresholds (P, n), step, count bits)`` of an activation that is a multi-threshold function, else None.
 
-    def __init__(self, act: N2UQAct) -> None:
+    N2UQ activations are one; any other module says so with ``hwq_threshold_form()`` (LQ-Nets' ``LQAct``, whose
+    thresholds may repeat so that the count jumps by several steps at once).
+    """
+    if isinstance(module, N2UQAct):
+        return module.thresholds(), module.step, module.bits
+    form = getattr(module, "hwq_threshold_form", None)
+    return form() if callable(form) else None
+
+
+class MultiThresholdAct(nn.Module):
+    """A frozen threshold activation: thresholds and step as buffers (they become the graph's initializers)."""
+
+    def __init__(self, act: nn.Module) -> None:
         super().__init__()
+        thresholds, step, bits = threshold_form(act)
         with torch.no_grad():
-            self.register_buffer("thresholds", act.thresholds().detach().float().cpu().clone())
-        self.register_buffer("step", torch.tensor(act.step, dtype=torch.float32))
-        self.dtype_name = out_dtype(act.bits)
+            self.register_buffer("thresholds", thresholds.detach().float().cpu().clone())
+        self.register_buffer("step", torch.tensor(step, dtype=torch.float32))
+        self.dtype_name = out_dtype(bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _MultiThresholdFn.apply(x, self.thresholds, self.step, self.dtype_name)
@@ -65,15 +80,16 @@ class MultiThresholdAct(nn.Module):
 
 def needs_multithreshold(model: nn.Module) -> bool:
     """Whether ``model`` holds an activation that exports as MultiThreshold."""
-    return any(isinstance(module, N2UQAct) for module in model.modules())
+    return any(threshold_form(module) is not None for module in model.modules())
 
 
 @contextlib.contextmanager
 def multithreshold_export(model: nn.Module) -> Iterator[dict[str, MultiThresholdAct]]:
-    """Swap each N2UQAct for a :class:`MultiThresholdAct` for the duration; yields ``{module name: stand-in}``."""
-    swapped: dict[str, tuple[nn.Module, str, N2UQAct, MultiThresholdAct]] = {}
+    """Swap each threshold activation for a :class:`MultiThresholdAct` for the duration; yields ``{module name:
+    stand-in}``."""
+    swapped: dict[str, tuple[nn.Module, str, nn.Module, MultiThresholdAct]] = {}
     for name, module in list(model.named_modules()):  # a copy: the loop body changes the module tree
-        if isinstance(module, N2UQAct):
+        if threshold_form(module) is not None:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             swapped[name] = (parent, child, module, MultiThresholdAct(module))
@@ -102,6 +118,6 @@ def multithreshold_nodes(model_wrapper) -> list[dict[str, Any]]:
         found.append({
             "name": node.name, "domain": node.domain, "out_dtype": getCustomOp(node).get_nodeattr("out_dtype"),
             "thresholds_shape": None if thresholds is None else list(thresholds.shape),
-            "sorted": None if thresholds is None else bool(np.all(np.diff(thresholds, axis=1) > 0)),
+            "sorted": None if thresholds is None else bool(np.all(np.diff(thresholds, axis=1) >= 0)),
         })
     return found

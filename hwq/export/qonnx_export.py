@@ -80,7 +80,11 @@ def export_qonnx_model(model: nn.Module, path: str | Path) -> "ModelWrapper":  #
         # Threshold activations (N2UQ) are swapped for exact MultiThreshold stand-ins during the export only.
         swap = multithreshold_export(model) if needs_multithreshold(model) else contextlib.nullcontext()
         # The TorchScript exporter (dynamo=False) writes MatMul nodes, the form FINN's conversion expects.
-        with swap:
+        # A module may prepare itself for the export (LQ-Nets' weights: the latent weight holds the quantized one).
+        with swap, contextlib.ExitStack() as prepared:
+            for module in model.modules():
+                if hasattr(module, "hwq_export_context"):
+                    prepared.enter_context(module.hwq_export_context())
             export_qonnx(model.cpu().eval(), input_t=example, export_path=str(tmp), dynamo=False)
         cleanup_model(ModelWrapper(str(tmp))).save(str(tmp))
 

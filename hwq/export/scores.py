@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """A QONNX graph's class scores in the integer domain, for the class rule of :mod:`hwq.classes`.
 
-An hwq graph ends ``Quant (activation) -> [Flatten/Reshape] -> MatMul <- Quant (weights)``, then the
+An hwq graph ends ``Quant (activation) -> [Flatten/Reshape] -> MatMul <- Quant (weights)`` (the activation may
+also be a ``MultiThreshold`` and its ``Mul`` by a step), then the
 TensorNorm's scalar ``Sub/Div/Mul/Add``. The classifier's integer scores are the MatMul's inputs divided by their
 quantizers' scales, multiplied as integers: exactly what FINN's streamlined graph hands to its label selection.
 They are trusted only when they reproduce the MatMul's float output to within half an integer step, and are
@@ -96,7 +97,16 @@ def _act_quants(model, tensor: str) -> list:
     if node.op_type == "Concat":
         found = [_act_quants(model, t) for t in node.input]
         return [q for qs in found for q in qs] if all(found) else []
-    return [node] if node.op_type.endswith("Quant") else []
+    return [node] if node.op_type.endswith("Quant") or is_threshold_step(model, node) else []
+
+
+def is_threshold_step(model, node) -> bool:
+    """Whether ``node`` is the ``Mul`` by one constant step after a ``MultiThreshold`` (a threshold activation of
+    :mod:`hwq.export.multithreshold`): a quantizer whose integers are the threshold counts, its scale input[1]."""
+    if node.op_type != "Mul" or len(node.input) != 2:
+        return False
+    producer, step = model.find_producer(node.input[0]), model.get_initializer(node.input[1])
+    return producer is not None and producer.op_type == "MultiThreshold" and step is not None and step.size == 1
 
 
 def _orientation(model, tensor: str) -> int | None:
