@@ -44,6 +44,8 @@ FAMILIES: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
     "n2uq": ("N2UQ: learned non-uniform thresholds, uniform output levels (docs/n2uq.md)", tuple(range(1, 9)),
              (1, 2, 3, 4)),
     "bitat": ("BiTAT: importance-weighted, progressive binarization (docs/bitat.md)", (1,), (1,)),
+    "dirnet": ("DIR-Net: balanced, standardized binary weights, EDE/DTE sign gradient, RBD with a teacher "
+               "(docs/methods.md)", (1,), (1,)),
     "lsq": ("LSQ: uniform with learned step size (init 2 mean|v|/sqrt(Qp), gradient scale; docs/methods.md)",
             tuple(range(1, 9)), tuple(range(1, 9))),
     "noise": ("noise tempering: uniform with decaying quantization-error noise and a learned gradient scale "
@@ -58,6 +60,7 @@ FAMILIES: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
 FAMILY_OPTIONS: dict[str, tuple[o.Option, ...]] = {
     "uniform": o.UNIFORM_OPTIONS, "float": o.FLOAT_OPTIONS, "n2uq": o.N2UQ_OPTIONS, "bitat": o.BITAT_OPTIONS,
     "lsq": o.UNIFORM_OPTIONS, "noise": o.NOISE_OPTIONS, "osc": o.OSC_OPTIONS, "lqnet": o.LQNET_OPTIONS,
+    "dirnet": o.DIRNET_OPTIONS,
 }
 
 #: Dataset name -> what it is.

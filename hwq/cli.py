@@ -25,10 +25,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                     "(default: tfc)")
     p.add_argument("--dataset", help="digits, mnist, cifar10 (default: digits)")
     p.add_argument("--method", help="training method: uniform, n2uq, bitat, lsq, noise, osc, saq, hero, lns-madam, "
-                                    "lqnet; sets the quantizer family, which --quant may replace for saq and hero "
-                                    "('hwq models' lists them) (default: uniform, or the one named like --quant)")
-    p.add_argument("--quant", help="quantizer family: uniform, float, n2uq, bitat, lsq, noise, osc, lqnet (default: "
-                                   "uniform, or the method's)")
+                                    "lqnet, dirnet, ssql; sets the quantizer family, which --quant may replace for saq "
+                                    "and hero ('hwq models' lists them) (default: uniform, or the one named like "
+                                    "--quant)")
+    p.add_argument("--quant", help="quantizer family: uniform, float, n2uq, bitat, lsq, noise, osc, lqnet, dirnet "
+                                   "(default: uniform, or the method's)")
     p.add_argument("--wbits", type=int, help="weight bit-width, 1 = binary (default: 1)")
     p.add_argument("--abits", type=int, help="activation bit-width, 1 = binary (default: 1)")
     p.add_argument("--epochs", type=int, help="epochs to train, at least 1; with --resume, the new total "

@@ -82,6 +82,10 @@ METHODS: dict[str, Method] = {
                         optimizer="madam", min_wbits=2),
     "lqnet": Method("LQ-Nets (Zhang et al. 2018): learned weight and activation bases, QEM updates (docs/methods.md)",
                     "lqnet"),
+    "dirnet": Method("DIR-Net (Qin et al. 2022): balanced, standardized binary weights, two-stage sign estimator, "
+                     "representation distillation with --teacher (docs/methods.md)", "dirnet"),
+    "ssql": Method("SSQL (Cao et al. 2022): SimSiam pretraining contrasting random-bit and full-precision views, "
+                   "then QAT at --wbits/--abits (docs/methods.md)", "uniform", objective="ssql"),
 }
 
 

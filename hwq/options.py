@@ -185,6 +185,20 @@ WEIGHT_SCALE = Option("weight_scale", "choice", "const",
 
 UNIFORM_OPTIONS: tuple[Option, ...] = (WEIGHT_SCALE,)
 
+#: DIR-Net's binarization (``hwq.quant.dirnet``; IR-Net's EDE schedule in ``hwq.quant.estimators``).
+DIRNET_OPTIONS: tuple[Option, ...] = (
+    Option("dirnet_scale", "choice", "power_of_two",
+           "binary weight scale: power_of_two (IR-Net's 2^round(log2 mean|w_std|)), mean_abs or const; folds away",
+           choices=("power_of_two", "mean_abs", "const")),
+    Option("dirnet_t_min", "number", 0.1, "estimator's t at the start of training (IR-Net: 0.1)",
+           range=Range(0, None, low_open=True)),
+    Option("dirnet_t_max", "number", 10.0, "estimator's t at the end of training (IR-Net: 10)",
+           range=Range(0, None, low_open=True)),
+    Option("dirnet_rbd_weight", "number", 1.0,
+           "weight of RBD, the binary layers' outputs against --teacher's (mean over layers; 0: off)",
+           range=Range(0, None)),
+)
+
 FLOAT_OPTIONS = (
     Option("float_act", "choice", "relu", "activation after each normalisation (hardtanh: what sign approximates)",
            choices=("relu", "hardtanh")),
@@ -303,6 +317,18 @@ OBJECTIVE_OPTIONS: dict[str, tuple[Option, ...]] = {
     "plain": (),
     "sam": (RHO, SAM_POINT),
     "hero": (RHO, HERO_LAMBDA),
+    # SSQL (hwq.train.objectives.SsqlObjective, hwq.train.ssql): the random bit-widths are the paper's ranges.
+    "ssql": (
+        Option("ssql_pretrain_epochs", "number", 0.3,
+               "self-supervised pretraining first: a fraction of --epochs (< 1) or a count of epochs (>= 1)",
+               range=Range(0, None, low_open=True)),
+        Option("ssql_wbits", "numbers", [2, 3, 4, 5, 6, 7, 8],
+               "weight bit-widths the quantized view draws from at each step (SSQL: 2..8)", range=Range(2, 8)),
+        Option("ssql_abits", "numbers", [4, 5, 6, 7, 8],
+               "activation bit-widths the quantized view draws from at each step (SSQL: 4..8)", range=Range(2, 8)),
+        Option("ssql_dim", "integer", 64, "width of the projection head (dropped after pretraining)",
+               range=Range(4, None)),
+    ),
 }
 OPTIMIZER_OPTIONS: dict[str, tuple[Option, ...]] = {
     "adam": (),

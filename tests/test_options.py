@@ -38,7 +38,7 @@ def _every_option():
 
 
 def _bits(quant: str) -> tuple[int, int]:
-    return (1, 1) if quant == "bitat" else (2, 2)
+    return (1, 1) if quant in ("bitat", "dirnet") else (2, 2)  # the binarization families take W1A1 only
 
 
 def test_the_catalog_declares_what_the_registries_read():

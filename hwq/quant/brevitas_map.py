@@ -75,12 +75,14 @@ class L1ClipRange(brevitas.jit.ScriptModule):
     integer of the grid, so the top level sits at ``gain * mean|w|`` (at 1 bit: ``sign(w) * mean|w|``).
     """
 
-    __constants__ = ["stats_reduce_dim", "gain"]
+    __constants__ = ["stats_reduce_dim", "gain", "power_of_two"]
 
-    def __init__(self, l1_gain: float, stats_reduce_dim: Optional[int] = None) -> None:
+    def __init__(self, l1_gain: float, stats_reduce_dim: Optional[int] = None, l1_power_of_two: bool = False) -> None:
         super().__init__()
         self.stats_reduce_dim = stats_reduce_dim
         self.gain = l1_gain
+        #: IR-Net/DIR-Net: the scale rounded to the nearest power of two (``2^round(log2(gain * mean|w|))``).
+        self.power_of_two = l1_power_of_two
 
     @brevitas.jit.script_method
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +90,10 @@ class L1ClipRange(brevitas.jit.ScriptModule):
             ave = torch.mean(torch.abs(x))
         else:
             ave = torch.mean(torch.abs(x), dim=self.stats_reduce_dim)
-        return (self.gain * ave).detach()
+        scale = self.gain * ave
+        if self.power_of_two:
+            scale = torch.pow(2.0, torch.round(torch.log2(scale)))
+        return scale.detach()
 
 
 class L1ScaleWeight(FinnCompatibleQuant, WeightQuantSolver):
@@ -107,6 +112,7 @@ class L1ScaleWeight(FinnCompatibleQuant, WeightQuantSolver):
     #: the statistic itself is ours.
     scaling_stats_op = StatsOp.AVE
     scaling_stats_impl = L1ClipRange
+    l1_power_of_two = False
     scaling_per_output_channel = True
     scaling_per_output_type = ScalingPerOutputType.CHANNEL
 

@@ -76,8 +76,11 @@ class UniformFamily:
 
     # --- layers ------------------------------------------------------------------------------------------
     def input_quant(self) -> nn.Module:
-        """The 8-bit quantizer in front of the first layer."""
-        return QuantIdentity(act_quant=to_injector(INPUT_SPEC))
+        """The 8-bit quantizer in front of the first layer (tagged ``hwq_input_quant``: training pieces that change
+        the precision of the activations, such as SSQL's views, leave the pixels alone)."""
+        quant = QuantIdentity(act_quant=to_injector(INPUT_SPEC))
+        quant.hwq_input_quant = True
+        return quant
 
     def weight_quant(self, bits: int, per_channel: bool = True):
         """The Brevitas weight quantizer (injector) for ``bits``; a family may override just this.

@@ -261,7 +261,7 @@ class _Run:
     def __post_init__(self) -> None:
         if self.objective is None:
             self.objective = make_run_objective(self.config)
-        self.objective.attach(self.model)
+        self.objective.attach(self.model, self.config)
 
 
 def _train(
@@ -352,6 +352,7 @@ def train_step(run: _Run, inputs: torch.Tensor, labels: torch.Tensor,
             loss = loss + extra
         return loss, logits
 
+    run.objective.on_batch(inputs, labels, progress)
     loss, logits = run.objective.gradients(closure, optimizer)
     optimizer.step()
     hooks.clip_latent_weights()

@@ -36,9 +36,13 @@ class Objective:
         self.options = options
         self.model: nn.Module | None = None
 
-    def attach(self, model: nn.Module) -> None:
-        """The model the closure runs (an objective that perturbs layers, not only parameters, needs it)."""
+    def attach(self, model: nn.Module, config: Any = None) -> None:
+        """The model the closure runs (an objective that perturbs layers, not only parameters, needs it) and the run's
+        ``TrainConfig`` (its seed and epochs; None outside a run)."""
         self.model = model
+
+    def on_batch(self, inputs: torch.Tensor, labels: torch.Tensor, progress: float) -> None:
+        """Called before each step with its batch and the training's progress (0..1) at the step's end."""
 
     def gradients(self, closure: Closure, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
         optimizer.zero_grad(set_to_none=True)
@@ -117,11 +121,105 @@ def hero_penalty(params: list[torch.Tensor], grads, clean_grads, weight: float) 
     return weight * torch.stack(terms).sum() if terms else torch.zeros(())
 
 
+class SsqlObjective(Objective):
+    """SSQL (Cao et al. ECCV 2022): for the first ``ssql_pretrain_epochs`` the step is SSQL-SimSiam's, on two
+    augmented views of the batch through a full-precision and a random-bit view of the network and a projection
+    head (:mod:`hwq.train.ssql`; no labels); afterwards the plain step (supervised QAT at the run's bit-widths).
+
+    The head lives here, not in the model, with its own Adam: it is in no ``model.pt``, no export and no
+    ``checkpoint.pt``, so a run resumed during pretraining starts a new head (seeded); the network's weights resume.
+    """
+
+    def attach(self, model: nn.Module, config: Any = None) -> None:
+        from hwq.errors import ConfigError
+        from hwq.train.ssql import SsqlHead, classifier_of
+
+        if config is None:
+            raise ValueError("ssql: attach(model, config) needs the run's TrainConfig (its seed and epochs)")
+
+        for key in ("ssql_wbits", "ssql_abits"):
+            values = self.options[key]
+            if not values or any(v != int(v) for v in values):
+                raise ConfigError(f"method_options.{key}: expected a non-empty list of integer bit-widths, "
+                                  f"got {values!r}")
+        self.wbits = [int(v) for v in self.options["ssql_wbits"]]
+        self.abits = [int(v) for v in self.options["ssql_abits"]]
+        pretrain = self.options["ssql_pretrain_epochs"]
+        if pretrain >= 1 and (pretrain != int(pretrain) or pretrain >= config.epochs):
+            raise ConfigError(f"method_options.ssql_pretrain_epochs: expected a fraction in (0, 1) or a whole number "
+                              f"of epochs below --epochs {config.epochs} (fine-tuning needs one), got {pretrain!r}")
+        #: Pretraining runs while the training's progress (at a step's end) is at most this.
+        self.pretrain_until = pretrain if pretrain < 1 else pretrain / config.epochs
+        self.model, self.seed = model, int(config.seed)
+        classifier = classifier_of(model)
+        # The head's initial weights from the run's seed, leaving the global random state alone: a resumed run
+        # (which restores that state before the objective is attached) then draws its dropout masks as a straight one.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.head = SsqlHead(classifier.in_features, self.options["ssql_dim"])
+        device = next(model.parameters()).device
+        self.head.to(device)
+        self._features: torch.Tensor | None = None
+        self._feature_hook = classifier.register_forward_pre_hook(self._keep_features)
+        # The head has its own Adam, stepped here at the run's current learning rate, so the run's optimizer (and its
+        # checkpoint) holds the deployed model's parameters only.
+        self.head_optimizer = torch.optim.Adam(self.head.parameters(), lr=config.lr)
+        self._batch: tuple[torch.Tensor, float] | None = None
+
+    def _keep_features(self, module, inputs) -> None:
+        x = inputs[0]
+        self._features = x.value if hasattr(x, "value") else x
+
+    def pretraining(self, progress: float) -> bool:
+        return progress <= self.pretrain_until + 1e-9
+
+    def on_batch(self, inputs: torch.Tensor, labels: torch.Tensor, progress: float) -> None:
+        self._batch = (inputs, progress)
+
+    def step_generator(self, progress: float) -> torch.Generator:
+        """The step's random source (views and bit-widths): a function of the seed and the step, so a resumed run
+        draws what the straight one drew."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + int(round(progress * 1e9)))
+
+    def gradients(self, closure: Closure, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, progress = self._batch
+        if not self.pretraining(progress):
+            if self._feature_hook is not None:  # the features are not needed any more
+                self._feature_hook.remove()
+                self._feature_hook, self._features = None, None
+            return super().gradients(closure, optimizer)
+        from hwq.train.ssql import augment_views, draw_bits, precision_view, ssql_loss
+
+        optimizer.zero_grad(set_to_none=True)
+        self.head_optimizer.zero_grad(set_to_none=True)
+        generator = self.step_generator(progress)
+        views = [augment_views(inputs, generator), augment_views(inputs, generator)]
+        bits = draw_bits(self.wbits, self.abits, generator)
+        self.last_bits = bits
+        self.head.train()
+        outputs = {}
+        for name, precision in (("full", None), ("quant", bits)):
+            with precision_view(self.model, precision):
+                for i, view in enumerate(views):
+                    logits = self.model(view)
+                    outputs[name, i] = (*self.head(self._features), logits)
+        loss = ssql_loss([outputs["full", i][1] for i in (0, 1)], [outputs["quant", i][1] for i in (0, 1)],
+                         [outputs["full", i][0] for i in (0, 1)])
+        loss.backward()
+        for group in self.head_optimizer.param_groups:
+            group["lr"] = optimizer.param_groups[0]["lr"]
+        self.head_optimizer.step()
+        return loss, outputs["full", 0][2].detach()
+
+
 #: Objective name -> its class. A new objective subclasses :class:`Objective` and declares its options.
 OBJECTIVES: dict[str, type[Objective]] = {
     "plain": Objective,
     "sam": SharpnessAware,
     "hero": Hero,
+
+
+    "ssql": SsqlObjective,
 }
 
 
