@@ -195,13 +195,19 @@ def collect(args, suites: list[str], methods: list[str], runs: Path, seconds: di
 
 
 def write_results(results: dict, out: Path) -> None:
+    write_outputs(results, out, markdown, plot_history)
+
+
+def write_outputs(results: dict, out: Path, table_of, plot) -> None:
+    """``<out>.json`` (the results), ``<out>.md`` (``table_of(results)``, also printed) and ``<out>.png``
+    (``plot(results, path)``), each written atomically: the benchmark scripts' shared output."""
     from hwq._io import write_atomic
 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out.with_suffix(".json"), lambda p: p.write_text(json.dumps(results, indent=2) + "\n"))
-    table = markdown(results)
+    table = table_of(results)
     write_atomic(out.with_suffix(".md"), lambda p: p.write_text(table))
-    write_atomic(out.with_suffix(".png"), lambda p: plot_history(results, p))
+    write_atomic(out.with_suffix(".png"), lambda p: plot(results, p))
     print(table)
 
 

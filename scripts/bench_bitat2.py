@@ -339,14 +339,7 @@ def add_gaps(rows: dict) -> None:
 
 
 def write_results(results: dict, out: Path) -> None:
-    from hwq._io import write_atomic
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out.with_suffix(".json"), lambda p: p.write_text(json.dumps(results, indent=2) + "\n"))
-    table = markdown(results)
-    write_atomic(out.with_suffix(".md"), lambda p: p.write_text(table))
-    write_atomic(out.with_suffix(".png"), lambda p: bench_bitat.plot_history(plot_view(results), p))
-    print(table)
+    bench_bitat.write_outputs(results, out, markdown, lambda r, p: bench_bitat.plot_history(plot_view(r), p))
 
 
 def plot_view(results: dict) -> dict:

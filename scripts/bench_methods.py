@@ -347,14 +347,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def write_results(results: dict, out: Path) -> None:
-    from hwq._io import write_atomic
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out.with_suffix(".json"), lambda p: p.write_text(json.dumps(results, indent=2) + "\n"))
-    table = markdown(results)
-    write_atomic(out.with_suffix(".md"), lambda p: p.write_text(table))
-    write_atomic(out.with_suffix(".png"), lambda p: plot(results, p))
-    print(table)
+    bench_bitat.write_outputs(results, out, markdown, plot)
 
 
 def _names(text: str, known, what: str, parser) -> list[str]:

@@ -21,12 +21,12 @@ objective, "aggregation"). The deployed network is plain binary. Decisions: ``do
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hwq.errors import ConfigError
 from hwq.quant import bitat_transform as T
 from hwq.quant.bitat import BiTATConv2d, BiTATLinear, _BiTATWeights
+from hwq.quant.teacher_layers import matching_teacher_layer, representation_distance
 
 
 class SecondDesignSchedule:
@@ -103,15 +103,7 @@ class _SecondDesignWeights(_BiTATWeights):
             raise ConfigError("model_options.bitat_aggregate: the block objective compares each layer's output with "
                               "the teacher's layer of the same name; give --teacher RUN (a full-precision run of the "
                               "same model) or set bitat_aggregate=false")
-        try:
-            layer = teacher.get_submodule(name)
-        except AttributeError:
-            raise ConfigError(f"model_options.bitat_aggregate: the teacher has no layer '{name}' (the block "
-                              f"objective needs a teacher of the same model); set bitat_aggregate=false") from None
-        if getattr(layer, "weight", None) is None or layer.weight.shape != self.weight.shape:
-            raise ConfigError(f"model_options.bitat_aggregate: the teacher's layer '{name}' has weights "
-                              f"{tuple(getattr(layer, 'weight', torch.empty(0)).shape)}, expected "
-                              f"{tuple(self.weight.shape)} (a teacher of the same model and width)")
+        layer = matching_teacher_layer(teacher, name, self.weight, "bitat_aggregate", "set bitat_aggregate=false")
 
         def keep_output(module, inputs, output, owner=self):
             owner._teacher_output = output.detach() if owner.aggregating() else None
@@ -125,8 +117,7 @@ class _SecondDesignWeights(_BiTATWeights):
         self._own_output = self._teacher_output = None
         if not (self.training and own is not None and teacher is not None):
             return self.weight.new_zeros(())
-        own, teacher = F.normalize(own.flatten(1), dim=1), F.normalize(teacher.flatten(1), dim=1)
-        return self.schedule.aggregate_weight * (own - teacher).pow(2).sum(1).mean()
+        return self.schedule.aggregate_weight * representation_distance(own, teacher)
 
     def hwq_after_step(self) -> None:
         """With ``bitat_codes_every = k > 0``, re-choose the codes every k steps of the layer's phase."""

@@ -16,7 +16,6 @@ initializer fold into a constant at export, the positive scales into the thresho
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from brevitas.inject.enum import ScalingPerOutputType
 from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear
 from torch import nn
@@ -27,20 +26,7 @@ from hwq.quant.brevitas_map import ConstScaleWeight, L1ScaleWeight, to_injector
 from hwq.quant.estimators import EdeBinaryQuant, balance_standardize
 from hwq.quant.family import UniformFamily, register_family
 from hwq.quant.spec import QuantSpec, Role
-
-
-def representation_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """RBD's term for one layer: ``|| s / ||s|| - t / ||t|| ||^2`` per image (flattened), averaged over the batch.
-
-    Scale-free, because a binary layer's outputs are a positive multiple of a real one's at best (a normalisation
-    follows both); 0 exactly when the two point the same way, at most 4.
-
-    >>> x = torch.randn(3, 5)
-    >>> float(representation_distance(x, 2 * x)) < 1e-6, float(representation_distance(x, -x))
-    (True, 4.0)
-    """
-    s, t = F.normalize(student.flatten(1), dim=1), F.normalize(teacher.flatten(1), dim=1)
-    return (s - t).pow(2).sum(1).mean()
+from hwq.quant.teacher_layers import matching_teacher_layer, representation_distance
 
 
 class RepresentationGroup:
@@ -74,15 +60,7 @@ class _DirNetWeights:
         """Keep the output of the teacher's layer ``name`` at each training forward pass (no teacher: no RBD)."""
         if teacher is None or not self.rbd_group.weight:
             return
-        try:
-            layer = teacher.get_submodule(name)
-        except AttributeError:
-            raise ConfigError(f"model_options.dirnet_rbd_weight: the teacher has no layer '{name}' (RBD needs a "
-                              f"teacher of the same model); set dirnet_rbd_weight=0") from None
-        if getattr(layer, "weight", None) is None or layer.weight.shape != self.weight.shape:
-            raise ConfigError(f"model_options.dirnet_rbd_weight: the teacher's layer '{name}' has weights "
-                              f"{tuple(getattr(layer, 'weight', torch.empty(0)).shape)}, expected "
-                              f"{tuple(self.weight.shape)} (a teacher of the same model and width)")
+        layer = matching_teacher_layer(teacher, name, self.weight, "dirnet_rbd_weight", "set dirnet_rbd_weight=0")
         self._distilling = True
         self.rbd_group.layers.append(self)
 
