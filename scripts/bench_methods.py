@@ -44,6 +44,9 @@ import bench_bitat2  # noqa: E402  (estimate_record_of, last_error_line)
 METHODS = ("uniform", "n2uq", "bitat", "lsq", "noise", "saq", "hero", "osc", "dirnet", "lqnet", "lns-madam", "adder",
            "ssql")
 BITS = ((1, 1), (2, 2), (4, 4))
+#: Families that are uniform's sign quantizer at 1 bit (docs/methods.md says so for each): their W1A1 cell would
+#: train the same network as uniform's, so the table says that instead of training it again.
+UNIFORM_AT_1_BIT = ("lsq", "noise", "osc")
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ def unavailable(cell: Cell) -> str | None:
     if cell.wbits < REGISTERED[cell.method].min_wbits:
         return f"n/a: --method {cell.method} trains W{REGISTERED[cell.method].min_wbits} and more"
     family = table_quant(cell.method)
+    if family in UNIFORM_AT_1_BIT and (cell.wbits, cell.abits) == (1, 1):
+        return f"= uniform W1A1: --quant {family} is uniform's sign quantizer at 1 bit"
     if family in catalog.FAMILIES:
         _, wbits, abits = catalog.FAMILIES[family]
         if cell.wbits not in wbits or cell.abits not in abits:

@@ -78,3 +78,9 @@ def test_a_real_cell_trains_exports_and_builds(tmp_path):
     before = model.stat().st_mtime_ns
     bench_methods.main(argv)
     assert model.stat().st_mtime_ns == before
+
+
+def test_a_family_that_is_uniform_at_1_bit_is_not_trained_again_there():
+    assert bench_methods.unavailable(bench_methods.Cell("digits_tfc", "noise", 1, 1)).startswith("= uniform W1A1")
+    assert bench_methods.unavailable(bench_methods.Cell("digits_tfc", "noise", 2, 2)) is None
+    assert "trains W2 and more" in bench_methods.unavailable(bench_methods.Cell("digits_tfc", "lns-madam", 1, 1))
