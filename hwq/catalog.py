@@ -46,12 +46,14 @@ FAMILIES: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
     "bitat": ("BiTAT: importance-weighted, progressive binarization (docs/bitat.md)", (1,), (1,)),
     "lsq": ("LSQ: uniform with learned step size (init 2 mean|v|/sqrt(Qp), gradient scale; docs/methods.md)",
             tuple(range(1, 9)), tuple(range(1, 9))),
+    "adder": ("AdderNet: -sum|x - w| layers, weights on their input's grid (open backend only; docs/methods.md)",
+              tuple(range(2, 9)), tuple(range(2, 9))),
 }
 
 #: Quantizer family -> the options it reads.
 FAMILY_OPTIONS: dict[str, tuple[o.Option, ...]] = {
     "uniform": o.UNIFORM_OPTIONS, "float": o.FLOAT_OPTIONS, "n2uq": o.N2UQ_OPTIONS, "bitat": o.BITAT_OPTIONS,
-    "lsq": o.UNIFORM_OPTIONS,
+    "lsq": o.UNIFORM_OPTIONS, "adder": o.ADDER_OPTIONS,
 }
 
 #: Dataset name -> what it is.

@@ -24,9 +24,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="tfc, sfc, lfc, cnv, resnet20, mobilenet, mobilenet_tiny, reactnet, reactnet_tiny "
                                     "(default: tfc)")
     p.add_argument("--dataset", help="digits, mnist, cifar10 (default: digits)")
-    p.add_argument("--method", help="training method: uniform, n2uq, bitat, lsq; sets the quantizer family "
+    p.add_argument("--method", help="training method: uniform, n2uq, bitat, lsq, adder; sets the quantizer family "
                                     "('hwq models' lists them) (default: uniform, or the one named like --quant)")
-    p.add_argument("--quant", help="quantizer family: uniform, float, n2uq, bitat, lsq (default: uniform, or "
+    p.add_argument("--quant", help="quantizer family: uniform, float, n2uq, bitat, lsq, adder (default: uniform, or "
                                    "the method's)")
     p.add_argument("--wbits", type=int, help="weight bit-width, 1 = binary (default: 1)")
     p.add_argument("--abits", type=int, help="activation bit-width, 1 = binary (default: 1)")

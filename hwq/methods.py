@@ -56,6 +56,8 @@ METHODS: dict[str, Method] = {
     "bitat": Method("BiTAT: importance-weighted, progressive binarization (docs/bitat.md)", "bitat"),
     "lsq": Method("LSQ (Esser et al. 2020): learned step size, its init and gradient scale (docs/methods.md)",
                   "lsq"),
+    "adder": Method("AdderNet (Chen et al. 2020): -sum|x - w| layers, quantized on one grid (Nie et al. 2022; "
+                    "docs/methods.md)", "adder"),
 }
 
 

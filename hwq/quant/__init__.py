@@ -24,3 +24,4 @@ __all__ = [
 from hwq.quant import bitat  # noqa: E402,F401  (registers --quant bitat)
 from hwq.quant import n2uq  # noqa: E402,F401  (registers --quant n2uq)
 from hwq.quant import lsq  # noqa: E402,F401  (registers --quant lsq)
+from hwq.quant import adder  # noqa: E402,F401  (registers --quant adder)
