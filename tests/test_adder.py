@@ -3,6 +3,7 @@
 their input's grid; a digits TFC's export."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -108,15 +109,36 @@ def test_binary_bits_are_a_config_error():
     assert config.quant == "adder" and config.method == "adder"
 
 
-def test_digits_tfc_w4a4_with_method_adder_exports_bit_exactly(tmp_path):
+@pytest.fixture(scope="module")
+def adder_run(tmp_path_factory):
+    """A digits TFC at W4A4 trained 2 epochs with --method adder and exported: (run folder, export.json)."""
     from hwq.export import run_export
     from hwq.train import TrainConfig, run_train
 
     config = TrainConfig(method="adder", wbits=4, abits=4, epochs=2, lr=0.01, threads=1)
-    run = tmp_path / "adder"
+    run = tmp_path_factory.mktemp("adder") / "adder"
     metrics = run_train(config, run, progress=False)
     assert metrics["config"]["method"] == "adder" and metrics["config"]["quant"] == "adder"
-    report = run_export(run)
+    return run, run_export(run)
+
+
+def test_digits_tfc_w4a4_with_method_adder_exports_bit_exactly(adder_run):
+    _, report = adder_run
     verification = report["verification"]
     assert verification["passed"] and verification["integer_scores_match"] == 1.0
     assert {"Sub", "Abs", "ReduceSum", "Neg"} <= set(report["ops"])
+
+
+@pytest.mark.parametrize("backend,reason", [("pynq-z2", "FINN has no adder MVAU"),
+                                            ("open", "adder MVAU .* is not yet generated")])
+def test_build_of_an_adder_network_is_one_line_naming_its_node(adder_run, backend, reason, capsys):
+    from hwq.cli import main
+
+    run, _ = adder_run
+    args = ["build", str(run), "--board", "pynq-z2", "--no-progress"] + (["--backend", "open"] if backend == "open"
+                                                                          else [])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert re.search(rf"node 'Sub_0' \(Sub_0 -> Abs_0 -> ReduceSum_0 -> Neg_0: an adder layer.*{reason}", err)
+    assert not any(p.name.startswith("build-") for p in run.iterdir())

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hwq.accelerator import finn_accelerator, open_accelerator
+from hwq.dataflow.adder import refuse_adder_layers
 from hwq.dataflow.build import build_outputs, build_with_steps, check_inputs, finn_config, new_manifest
 from hwq.dataflow.driver import step_range
 from hwq.dataflow.progress import StepProgress
@@ -51,6 +52,7 @@ def run_open_build(run_dir: str | Path, config: OpenBuildConfig = OpenBuildConfi
     first, last = step_range(steps, start_step, stop_step)
     fold = config.fold_config()
     inputs = check_inputs(run_dir, fold)   # cheap checks before any output
+    refuse_adder_layers(inputs["qonnx_model"], inputs["onnx"], "open")
     shown = StepProgress(f"{board.name} (open backend)", total=last - first + 1, show=progress)
     if inputs["export"]["status"].startswith("overridden"):
         shown.warn(f"building an unverified model (--force): {inputs['export']['problem']}")
