@@ -14,9 +14,9 @@ multiple of one integer unless ``s_x = s_w``; so the weights of an adder layer a
 ``w_q = s * clamp(round(w / s), -Qw, Qw)``, ``s`` the scale of the activation quantizer in front of it (carried by
 Brevitas' ``QuantTensor``), ``Qw = 2^(wbits-1) - 1``. Then ``y = -s * sum_k |X - W|``, an integer times ``s``.
 
->>> x = torch.tensor([[1.0, -2.0]]); w = torch.tensor([[0.5, 0.5], [1.0, -2.0]])
+>>> x = torch.tensor([[1.0, -2.0]]); w = torch.tensor([[0.5, 0.5], [1.0, -1.0]])
 >>> adder_distance(x, w)
-tensor([[-3.,  0.]])
+tensor([[-3., -1.]])
 """
 
 from __future__ import annotations
