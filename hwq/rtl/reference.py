@@ -10,7 +10,7 @@ software run all call these functions. They follow finn-plus's own Python execut
 >>> xnor_popcount(np.array([[1, 0, 1]]), np.array([[1], [1], [1]]))
 array([[2]])
 >>> adder_distance(np.array([[1, -2]]), np.array([[1, 0], [-2, 3]]))
-array([[ 0, -7]])
+array([[ 0, -6]])
 >>> thresholds(np.array([[5, -3]]), np.array([[0, 4], [-3, 9]]))
 array([[2, 1]])
 >>> label_select(np.array([[3, 9, 9, 1]]))
