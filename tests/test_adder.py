@@ -105,8 +105,15 @@ def test_binary_bits_are_a_config_error():
 
     with pytest.raises(ConfigError, match="--wbits 1 .*'adder'"):
         get_family("adder").check_bits(1, 4)
-    config = TrainConfig(method="adder", wbits=4, abits=4, threads=1)
+    config = TrainConfig(method="adder", wbits=4, abits=4, dropout=0.0, threads=1)
     assert config.quant == "adder" and config.method == "adder"
+
+
+def test_dropout_is_a_config_error_naming_the_field():
+    from hwq.train import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"^dropout: --method adder trains without dropout .*give --dropout 0"):
+        TrainConfig(method="adder", wbits=4, abits=4, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -115,10 +122,11 @@ def adder_run(tmp_path_factory):
     from hwq.export import run_export
     from hwq.train import TrainConfig, run_train
 
-    config = TrainConfig(method="adder", wbits=4, abits=4, epochs=2, lr=0.01, threads=1)
+    config = TrainConfig(method="adder", wbits=4, abits=4, epochs=2, lr=0.01, dropout=0.0, threads=1)
     run = tmp_path_factory.mktemp("adder") / "adder"
     metrics = run_train(config, run, progress=False)
     assert metrics["config"]["method"] == "adder" and metrics["config"]["quant"] == "adder"
+    assert metrics["test_acc"] > 0.5
     return run, run_export(run)
 
 

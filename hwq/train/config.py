@@ -18,7 +18,7 @@ import yaml
 from hwq._io import read_yaml_mapping
 from hwq.catalog import check_model_options
 from hwq.errors import ConfigError
-from hwq.methods import check_method_options, method_options, resolve_method
+from hwq.methods import check_method_dropout, check_method_options, method_options, resolve_method
 
 
 class Loss(str, Enum):
@@ -141,6 +141,7 @@ class TrainConfig:
             if isinstance(self.model_options, dict) else self.model_options
         self._check_types()
         self._check_ranges()
+        check_method_dropout(self.method, self.dropout)
         self._check_recipe()
         check_model_options(self.model, self.quant, self.model_options)
         check_method_options(self.method, self.method_options)
