@@ -141,10 +141,10 @@ class TrainConfig:
             if isinstance(self.model_options, dict) else self.model_options
         self._check_types()
         self._check_ranges()
-        check_method_dropout(self.method, self.dropout)
         self._check_recipe()
         check_model_options(self.model, self.quant, self.model_options)
         check_method_options(self.method, self.method_options)
+        check_method_dropout(self.method, self.dropout)
 
     def _check_types(self) -> None:
         for name in ("model", "dataset", "quant", "device"):
