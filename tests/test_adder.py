@@ -87,6 +87,14 @@ def test_conv_layer_equals_the_distance_of_each_patch():
         assert torch.equal(y[n, o, i, j], -(padded[n, :, i:i + 3, j:j + 3] - w[o]).abs().sum())
 
 
+def test_conv_layer_exports_the_same_values_without_im2col():
+    """The exported form (patches by a one-hot convolution) equals the training form exactly."""
+    torch.manual_seed(3)
+    layer = AdderConv2d(3, 4, 3, bits=4, eta=0.2, stride=2, padding=1)
+    x = torch.randint(-8, 8, (2, 3, 7, 6)).float() * 0.5
+    assert torch.equal(layer._exported(x, torch.tensor(0.5)), layer(_on_grid(x, 0.5, 4)))
+
+
 def test_family_keeps_first_layer_and_classifier_multiplying():
     family = get_family("adder")
     first, second, last = family.linear(8, 4, 4), family.linear(4, 4, 4), family.classifier(4, 2, 4)
@@ -150,3 +158,16 @@ def test_build_of_an_adder_network_is_one_line_naming_its_node(adder_run, backen
     assert len(err.splitlines()) == 1
     assert re.search(rf"node 'Sub_0' \(Sub_0 -> Abs_0 -> ReduceSum_0 -> Neg_0: an adder layer.*{reason}", err)
     assert not any(p.name.startswith("build-") for p in run.iterdir())
+
+
+def test_mobilenet_tiny_with_adder_convolutions_exports_bit_exactly(tmp_path):
+    """The pointwise convolutions add (the depthwise ones and the classifier multiply); the export is verified."""
+    from hwq.export import run_export
+    from hwq.train import TrainConfig, run_train
+
+    config = TrainConfig(model="mobilenet_tiny", method="adder", wbits=4, abits=4, epochs=1, lr=0.01, dropout=0.0,
+                         train_subset=100, threads=1)
+    run = tmp_path / "adder-conv"
+    run_train(config, run, progress=False)
+    report = run_export(run)
+    assert report["verification"]["passed"] and {"Conv", "Sub", "Abs", "ReduceSum"} <= set(report["ops"])

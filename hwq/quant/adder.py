@@ -133,6 +133,8 @@ class AdderConv2d(AdderLinear):
 
     def forward(self, x) -> torch.Tensor:
         values, scale = input_grid(x)
+        if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+            return self._exported(values, scale)
         n, _, h, w = values.shape
         k, s, p = self.kernel_size, self.stride, self.padding
         cols = nn.functional.unfold(values, k, padding=p, stride=s)         # (N, C*k*k, L); padding is 0
@@ -140,6 +142,15 @@ class AdderConv2d(AdderLinear):
         rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])               # (N*L, C*k*k)
         y = adder(rows, self.quant_weight(scale), self.eta)                  # (N*L, O)
         return y.reshape(n, out_h * out_w, -1).transpose(1, 2).reshape(n, -1, out_h, out_w)
+
+    def _exported(self, values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The same values as ONNX can hold them: the patches by a convolution with one-hot kernels (each output
+        is one input times 1, exact; ONNX has no im2col), then ``-sum |patch - w|`` over the patch axis."""
+        k = self.kernel_size
+        eye = torch.eye(self.in_features, dtype=values.dtype).reshape(self.in_features, self.in_channels, k, k)
+        patches = nn.functional.conv2d(values, eye, stride=self.stride, padding=self.padding)   # (N, C*k*k, H, W)
+        w = self.quant_weight(scale).reshape(1, self.out_features, self.in_features, 1, 1)
+        return -(patches.unsqueeze(1) - w).abs().sum(2)
 
 
 @register_family
