@@ -77,3 +77,18 @@ def test_the_multiplying_block_fails_the_adder_reference(tmp_path):
     want = np.clip(run_layers([layer], x), times.out_type.lo, times.out_type.hi)
     with pytest.raises(VerificationError, match="image 0"):
         simulate(design, x, want, tmp_path / "sim")
+
+
+@pytest.mark.slow
+def test_adder_mvau_block_on_verilator_matches_icarus(tmp_path):
+    """The same block on Verilator (C++ compilation: slow): it passes Verilator's lint as the other blocks do, and
+    gives the same outputs and cycles as Icarus under back-pressure."""
+    rng = np.random.default_rng(6)
+    layer = random_adder_mvau(rng, "thr")
+    design = generate_verilog([layer], tmp_path / "rtl", top="dut", tree_levels_per_stage=2)
+    x = rng.integers(layer.in_type.lo, layer.in_type.hi + 1, (5, layer.in_elems))
+    want = run_layers([layer], x)
+    runs = {sim: simulate(design, x, want, tmp_path / sim, simulator=sim, p_gap=0.2, p_stall=0.3, seed=1)
+            for sim in ("verilator", "icarus")}
+    assert runs["verilator"]["cycles_per_image"] == runs["icarus"]["cycles_per_image"]
+    assert runs["verilator"]["latency_cycles"] == runs["icarus"]["latency_cycles"]
