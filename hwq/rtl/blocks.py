@@ -224,7 +224,8 @@ def mvau_verilog(layer: MVAULayer, in_beat: int, tree_levels_per_stage: int = TR
     stages = mvau_pipeline_stages(layer, every)
     lo, hi = layer.acc_range()
     acc_t = ElemType.for_range(lo, hi)
-    signed = acc_t.signed or layer.adder or (not layer.xnor and layer.in_type.signed) or (not layer.xnor and wb > 1)
+    signed = (acc_t.signed or layer.adder or (not layer.xnor and layer.in_type.signed)
+              or (not layer.xnor and wb > 1))
     if signed and not acc_t.signed:
         acc_t = ElemType(acc_t.bits + 1, True)
     ab = acc_t.bits
