@@ -46,7 +46,7 @@ FAMILIES: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
     "bitat": ("BiTAT: importance-weighted, progressive binarization (docs/bitat.md)", (1,), (1,)),
     "lsq": ("LSQ: uniform with learned step size (init 2 mean|v|/sqrt(Qp), gradient scale; docs/methods.md)",
             tuple(range(1, 9)), tuple(range(1, 9))),
-    "adder": ("AdderNet: -sum|x - w| layers, weights on their input's grid (builds refuse it for now; docs/methods.md)",
+    "adder": ("AdderNet: -sum|x - w| layers, weights on their input's grid (open backend; FINN refuses it; docs/methods.md)",
               tuple(range(2, 9)), tuple(range(2, 9))),
 }
 
