@@ -18,48 +18,45 @@ It is not yet a step of ``hwq build --backend open``.
 from __future__ import annotations
 
 import numpy as np
+from qonnx.custom_op.general.quant import quant
+from qonnx.util.basic import get_by_name
 
 from hwq.dataflow.adder import adder_layers
+from hwq.export.scores import final_matmul
 from hwq.rtl.layers import ElemType, LabelSelectLayer, MVAULayer, UnsupportedLayerError
 
 
 def _quant_params(model, node) -> tuple[float, int, bool, bool]:
     """(scale, bits, signed, narrow) of a per-tensor, zero-point-free ``Quant`` node."""
-    from qonnx.util.basic import get_by_name
-
     if node is None or node.op_type != "Quant":
         raise UnsupportedLayerError(f"node '{getattr(node, 'name', '?')}': expected a Quant")
     scale, zero, bits = (model.get_initializer(t) for t in node.input[1:4])
     if scale is None or np.size(scale) != 1 or zero is None or float(zero) != 0 or bits is None:
         raise UnsupportedLayerError(f"node '{node.name}' (Quant): expected one constant scale and zero point 0")
     attr = {a: get_by_name(node.attribute, a).i for a in ("signed", "narrow")}
+    mode = get_by_name(node.attribute, "rounding_mode")
+    if mode is not None and mode.s.decode() != "ROUND":
+        raise UnsupportedLayerError(f"node '{node.name}' (Quant): rounds with {mode.s.decode()}; expected ROUND")
     return float(scale), int(bits), bool(attr["signed"]), bool(attr["narrow"])
-
-
-def _elem(bits: int, signed: bool) -> ElemType:
-    return ElemType(bits, signed)
 
 
 def _codes_of(model, quant_node) -> tuple[ElemType, float, int]:
     """The integer type of a quantizer's output, its scale and its lowest code."""
     scale, bits, signed, narrow = _quant_params(model, quant_node)
     lo = (-(2 ** (bits - 1)) + int(narrow)) if signed else 0
-    return _elem(bits, signed), scale, lo
+    return ElemType(bits, signed), scale, lo
 
 
 def _activation(model, layer_out: str, acc_range: tuple[int, int], step: float, name: str):
     """Thresholds (MH, T) and ActVal mapping each integer accumulator to the code of ``BN -> Quant`` after it."""
-    from qonnx.custom_op.general.quant import quant
-
     (bn,) = model.find_consumers(layer_out) or [None]
     if bn is None or bn.op_type != "BatchNormalization":
         raise UnsupportedLayerError(f"{name}: expected a BatchNormalization after it")
     gamma, beta, mean, var = (model.get_initializer(t).astype(np.float32) for t in bn.input[1:5])
-    from qonnx.util.basic import get_by_name
     eps = np.float32(get_by_name(bn.attribute, "epsilon").f)
     (q,) = model.find_consumers(bn.output[0]) or [None]
-    out_type, out_scale, lowest = _codes_of(model, q)
-    scale, bits, signed, narrow = _quant_params(model, q)
+    out_type, scale, lowest = _codes_of(model, q)
+    _, bits, signed, narrow = _quant_params(model, q)
     acc = np.arange(acc_range[0], acc_range[1] + 1, dtype=np.int64)
     z = (acc.astype(np.float64) * step).astype(np.float32)[:, None]               # (A, 1), the layer's float output
     y = (z - mean) / np.sqrt(var + eps) * gamma + beta                             # (A, MH), float32 as BatchNorm
@@ -98,10 +95,9 @@ def read_adder_chain(model, pe: int = 1, simd: int = 1) -> list:
             adder, step, out = True, in_scale, chain.output
         elif user.op_type == "MatMul":
             wq = model.find_producer(user.input[1])
-            w_scale, _, _, _ = _quant_params(model, wq)
-            from qonnx.custom_op.general.quant import quant
-            s, b, sg, nr = _quant_params(model, wq)
-            w = quant(model.get_initializer(wq.input[0]), np.float32(s), np.float32(0), np.float32(b), sg, nr, "ROUND")
+            w_scale, b, sg, nr = _quant_params(model, wq)
+            w = quant(model.get_initializer(wq.input[0]), np.float32(w_scale), np.float32(0), np.float32(b), sg, nr,
+                      "ROUND")
             weights = np.rint(w / w_scale).astype(np.int64)
             adder, step, out = False, in_scale * w_scale, user.output[0]
         else:
@@ -119,8 +115,6 @@ def read_adder_chain(model, pe: int = 1, simd: int = 1) -> list:
             _, in_scale, _ = _codes_of(model, model.find_producer(tensor))
             in_type = out_type
             continue
-        from hwq.export.scores import final_matmul
-
         final = final_matmul(model)
         if final is None or final.tensor != out or final.orientation != 1:
             raise UnsupportedLayerError(f"{name}: the last layer must be a MatMul whose scores keep their order up to "

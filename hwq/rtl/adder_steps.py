@@ -47,7 +47,8 @@ def step_read_adder_layers(model: ModelWrapper, ctx: OpenBuildContext) -> StepRe
     convention = ctx.convention()
     if not (np.isclose(convention.scale, 1 / 255, rtol=1e-6, atol=0) and convention.offset == 0):
         raise ConfigError(f"input: an adder network's open build takes pixels / 255, got {convention.to_dict()}")
-    report = {layer.name: {**{key: getattr(layer, key.lower()) for key in ("PE", "SIMD") if hasattr(layer, key.lower())},
+    report = {layer.name: {**{key: getattr(layer, key.lower()) for key in ("PE", "SIMD")
+                              if hasattr(layer, key.lower())},
                            "cycles": layer.cycles, "adder": bool(getattr(layer, "adder", False))}
               for layer in _layers(model)}
     # no accelerator section (emulate, measure): it describes FINN's HW graph, which an adder build has not

@@ -28,8 +28,8 @@ from hwq.dataflow.build import build_outputs, build_with_steps, check_inputs, fi
 from hwq.dataflow.driver import step_range
 from hwq.dataflow.progress import StepProgress
 from hwq.manifest import estimate_totals
-from hwq.rtl.config import MAX_TREE_LEVELS, OpenBuildConfig
 from hwq.rtl.adder_steps import adder_open_steps
+from hwq.rtl.config import MAX_TREE_LEVELS, OpenBuildConfig
 from hwq.rtl.steps import OpenBuildContext, open_steps
 
 __all__ = ["MAX_TREE_LEVELS", "OpenBuildConfig", "run_open_build"]
