@@ -54,13 +54,15 @@ FAMILIES: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
             "docs/methods.md)", tuple(range(1, 9)), tuple(range(1, 9))),
     "lqnet": ("LQ-Nets: learned bases, levels v^T e over +-1 (weights) or 0/1 (activations) codes, QEM updates "
               "(docs/methods.md)", (1, 2, 3, 4), (1, 2, 3, 4)),
+    "adder": ("AdderNet: -sum|x - w| layers, weights on their input's grid (open backend; FINN refuses it; docs/methods.md)",
+              tuple(range(2, 9)), tuple(range(2, 9))),
 }
 
 #: Quantizer family -> the options it reads.
 FAMILY_OPTIONS: dict[str, tuple[o.Option, ...]] = {
     "uniform": o.UNIFORM_OPTIONS, "float": o.FLOAT_OPTIONS, "n2uq": o.N2UQ_OPTIONS, "bitat": o.BITAT_OPTIONS,
     "lsq": o.UNIFORM_OPTIONS, "noise": o.NOISE_OPTIONS, "osc": o.OSC_OPTIONS, "lqnet": o.LQNET_OPTIONS,
-    "dirnet": o.DIRNET_OPTIONS,
+    "dirnet": o.DIRNET_OPTIONS, "adder": o.ADDER_OPTIONS,
 }
 
 #: Dataset name -> what it is.

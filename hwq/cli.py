@@ -25,11 +25,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                     "(default: tfc)")
     p.add_argument("--dataset", help="digits, mnist, cifar10 (default: digits)")
     p.add_argument("--method", help="training method: uniform, n2uq, bitat, lsq, noise, osc, saq, hero, lns-madam, "
-                                    "lqnet, dirnet, ssql; sets the quantizer family, which --quant may replace for saq "
-                                    "and hero ('hwq models' lists them) (default: uniform, or the one named like "
-                                    "--quant)")
-    p.add_argument("--quant", help="quantizer family: uniform, float, n2uq, bitat, lsq, noise, osc, lqnet, dirnet "
-                                   "(default: uniform, or the method's)")
+                                    "lqnet, dirnet, ssql, adder; sets the quantizer family, which --quant may replace "
+                                    "for saq and hero ('hwq models' lists them) (default: uniform, or the one named "
+                                    "like --quant)")
+    p.add_argument("--quant", help="quantizer family: uniform, float, n2uq, bitat, lsq, noise, osc, lqnet, dirnet, "
+                                   "adder (default: uniform, or the method's)")
     p.add_argument("--wbits", type=int, help="weight bit-width, 1 = binary (default: 1)")
     p.add_argument("--abits", type=int, help="activation bit-width, 1 = binary (default: 1)")
     p.add_argument("--epochs", type=int, help="epochs to train, at least 1; with --resume, the new total "
@@ -295,26 +295,26 @@ def _build_open(args: argparse.Namespace) -> int:
     if m["status"] == "stopped":
         print(_stopped(args, m))
         return 0
-    s, e = m["simulation"], m["finn_estimate"]
+    s, e = m["simulation"], m.get("finn_estimate")
+    finn_note = (f"FINN estimate for the same folding: {e['LUT']:,} LUT, {e['BRAM_18K']} BRAM18" if e else
+                 "no FINN estimate: FINN has no adder layer")    # an adder network's build runs no FINN step
     if "xilinx_estimate" in m and "measured" not in m:    # a Xilinx board: synth_xilinx estimates, no P&R
         x, c = m["xilinx_estimate"], m["xilinx_estimate"]["counts"]
         print(f"built {args.run} for {m['board']['name']} (open backend, Xilinx estimate): bit-exact in RTL "
               f"simulation ({s['simulator']}) on {s['n']} test images, {s['cycles_per_image']:g} cycles/image -> "
               f"estimated {x['fps']:,.0f} fps at {x['clock_mhz']:g} MHz; synth_xilinx {c['lut']:,} LUT, "
-              f"{c['ff']:,} FF, {c['bram18']} BRAM18, {c['dsp']} DSP (FINN estimate for the same folding: "
-              f"{e['LUT']:,} LUT, {e['BRAM_18K']} BRAM18)")
+              f"{c['ff']:,} FF, {c['bram18']} BRAM18, {c['dsp']} DSP ({finn_note})")
         return 0
     if "measured" not in m:    # synthesise: false
         print(f"built {args.run} for {m['board']['name']} (open backend, not synthesised): bit-exact in RTL "
               f"simulation ({s['simulator']}) on {s['n']} test images, {s['cycles_per_image']:g} cycles/image "
-              f"(folding bound {s['folding_bound_cycles']}; FINN estimate for the same folding: {e['LUT']:,} LUT, "
-              f"{e['BRAM_18K']} BRAM18)")
+              f"(folding bound {s['folding_bound_cycles']}; {finn_note})")
         return 0
     f = m["measured"]
     print(f"built {args.run} for {m['board']['name']} (open backend): bit-exact in RTL simulation on {s['n']} test "
           f"images, {f['cycles_per_image']:g} cycles/image (folding bound {s['folding_bound_cycles']}), "
           f"Fmax {f['fmax_mhz']:.1f} MHz -> {f['fps']:,.0f} fps, {f['lut']:,} LUT, {f['ff']:,} FF, {f['bram']} BRAM, "
-          f"{f['dsp']} DSP (FINN estimate for the same folding: {e['LUT']:,} LUT, {e['BRAM_18K']} BRAM18)")
+          f"{f['dsp']} DSP ({finn_note})")
     return 0
 
 

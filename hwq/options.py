@@ -299,6 +299,16 @@ OSC_OPTIONS: tuple[Option, ...] = UNIFORM_OPTIONS + (
            range=Range(0, 1, low_open=True)),
 )
 
+#: AdderNet's reference code scales each filter gradient to L2 norm ``sqrt(k) / 5`` (``hwq.quant.adder``).
+ADDER_DEFAULT_ETA = 0.2
+
+ADDER_OPTIONS = (
+    Option("adder_eta", "number", ADDER_DEFAULT_ETA,
+           "AdderNet's adaptive learning rate: each adder layer's weight gradient is scaled to L2 norm eta*sqrt(k)",
+           range=Range(0, None, low_open=True)),
+    Option("adder_first", "bool", False, "the first layer adds too (AdderNet: it multiplies, like the classifier)"),
+)
+
 # --- training pieces (hwq.train.objectives, hwq.train.optimizers) ---------------------------------------------
 # A method (hwq.methods) names an objective (how a step turns a batch into gradients) and an optimizer; their
 # options are the run's ``method_options`` (``--method-option KEY=VALUE``). A new piece declares its options here.

@@ -109,6 +109,12 @@ def method_quant(method: str) -> str:
     return REGISTERED[method].quant
 
 
+def method_trains_with_dropout(method: str) -> bool:
+    from hwq.methods import METHODS as REGISTERED
+
+    return REGISTERED[method].dropout
+
+
 def table_quant(method: str) -> str:
     """The family a method trains in the table: its own, except that a method of the objective alone whose
     default is float (HERO) trains the deployable ``uniform`` family, as every other row."""
@@ -131,6 +137,8 @@ def train_command(args, cell: Cell, seed: int) -> list[str]:
            "--overwrite", "--no-progress"]
     if table_quant(cell.method) != method_quant(cell.method):
         cmd += ["--quant", table_quant(cell.method)]
+    if not method_trains_with_dropout(cell.method):  # AdderNet: the method itself refuses dropout (its reason)
+        cmd += ["--dropout", "0"]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     if args.train_subset:

@@ -29,6 +29,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 from hwq import manifest as records
 from hwq._io import read_json
 from hwq.accelerator import finn_accelerator
+from hwq.dataflow.adder import refuse_adder_layers
 from hwq.dataflow.config import BuildConfig
 from hwq.dataflow.driver import check_resumable, restore, run_steps, step_range
 from hwq.dataflow.errors import MappingError, ModelFileError
@@ -272,6 +273,7 @@ def run_build(
     steps = list(steps or STEPS)
     first, last = step_range(steps, start_step, stop_step)
     inputs = check_inputs(run_dir, config)
+    refuse_adder_layers(inputs["qonnx_model"], inputs["onnx"])  # before any output: FINN has no adder MVAU
     board = inputs["board"]
     shown = StepProgress(board.name, total=last - first + 1, show=progress)
     if inputs["export"]["status"].startswith("overridden"):

@@ -58,8 +58,10 @@ class _Recorder:
         self._handles = [m.register_forward_hook(self._hook) for m in model.modules()]
 
     def _hook(self, module, args, output) -> None:
+        output = _plain(output)
         if isinstance(output, torch.Tensor):
-            first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            first = _plain(args[0]) if args else None
+            first = first if isinstance(first, torch.Tensor) else None
             if not isinstance(module, (nn.Linear, TensorNorm)):
                 first, output = _fingerprint(first), _fingerprint(output)
             self.calls.append((module, first, output))
@@ -67,6 +69,12 @@ class _Recorder:
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+def _plain(value: Any) -> Any:
+    """A Brevitas QuantTensor's values (the adder family's activations carry their scale), else ``value``."""
+    inner = getattr(value, "value", None)
+    return inner if not isinstance(value, torch.Tensor) and isinstance(inner, torch.Tensor) else value
 
 
 def _fingerprint(t: torch.Tensor | None) -> tuple[int, int] | None:

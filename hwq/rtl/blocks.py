@@ -1,5 +1,8 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Verilog-2005 text of one block per layer: an MVAU (XNOR-popcount or integer) and a label selector.
+"""Verilog-2005 text of one block per layer: an MVAU (XNOR-popcount, integer or adder) and a label selector.
+
+An adder MVAU (AdderNet, ``MVAULayer.adder``) is the integer MVAU with ``-|x - w|`` in place of each SIMD lane's
+product: a subtraction and a conditional negation, no multiplier; the accumulators and thresholds are the same.
 
 Every block has the same ports: ``clk``, ``rst`` (synchronous, active high), an input stream ``in_data`` /
 ``in_valid`` / ``in_ready`` and an output stream ``out_data`` / ``out_valid`` / ``out_ready``. Element ``i`` of a
@@ -194,7 +197,7 @@ def _tree_shape(layer: MVAULayer) -> tuple[bool, int, int]:
     """(+-1 weights?, logic levels before the tree, after it): integer products count as a level, and the
     +-1 weights' ``2 * masked - sum`` subtraction as one after; XNOR and masking fold into the first adder's LUTs."""
     wb, _ = _weight_code(layer)
-    bipolar_w = not layer.xnor and wb == 1
+    bipolar_w = not layer.xnor and not layer.adder and wb == 1
     return bipolar_w, int(not layer.xnor and not bipolar_w), int(bipolar_w)
 
 
@@ -203,6 +206,8 @@ def _weight_code(layer: MVAULayer) -> tuple[int, np.ndarray]:
     w = layer.weights
     if layer.xnor:
         return 1, w
+    if layer.adder:  # always signed codes, read with $signed: the subtraction is signed
+        return ElemType.for_range(min(int(w.min()), -1), max(int(w.max()), 0)).bits, w
     if np.all(np.abs(w) == 1):
         return 1, (w > 0).astype(np.int64)
     return ElemType.for_range(min(int(w.min()), 0), max(int(w.max()), 0)).bits, w
@@ -219,14 +224,15 @@ def mvau_verilog(layer: MVAULayer, in_beat: int, tree_levels_per_stage: int = TR
     stages = mvau_pipeline_stages(layer, every)
     lo, hi = layer.acc_range()
     acc_t = ElemType.for_range(lo, hi)
-    signed = acc_t.signed or (not layer.xnor and layer.in_type.signed) or (not layer.xnor and wb > 1)
+    signed = (acc_t.signed or layer.adder or (not layer.xnor and layer.in_type.signed)
+              or (not layer.xnor and wb > 1))
     if signed and not acc_t.signed:
         acc_t = ElemType(acc_t.bits + 1, True)
     ab = acc_t.bits
     sgn = "signed " if signed else ""
     L = _ports(layer.name, in_beat * ib, pe * ob)
     L += [f"    // {layer.name}: MW={layer.mw} MH={layer.mh} PE={pe} SIMD={simd} NF={nf} SF={sf} "
-          f"{'XNOR-popcount' if layer.xnor else 'integer'} MVAU, {ib}-bit inputs, {ab}-bit accumulators, "
+          f"{'XNOR-popcount' if layer.xnor else 'adder' if layer.adder else 'integer'} MVAU, {ib}-bit inputs, {ab}-bit accumulators, "
           f"{stages} adder-tree register stage(s)"]
     L += _collector(layer.mw * ib, in_beat * ib)
     # issue stage
@@ -314,7 +320,11 @@ def mvau_verilog(layer: MVAULayer, in_beat: int, tree_levels_per_stage: int = TR
                 continue
             xs = f"$signed({x})" if layer.in_type.signed else f"$signed({{1'b0, {x}}})"
             name = f"m{p}_{i}"
-            if bipolar_w:
+            if layer.adder:  # -|x - w|: the difference if negative, else its negation
+                dw = max(ib + 1, wb) + 1
+                L.append(f"    wire signed [{dw - 1}:0] d{p}_{i} = {xs} - $signed({w});")
+                L.append(f"    wire signed [{ab - 1}:0] {name} = d{p}_{i}[{dw - 1}] ? d{p}_{i} : -d{p}_{i};")
+            elif bipolar_w:
                 L.append(f"    wire signed [{ab - 1}:0] {name} = {w} ? {xs} : -{xs};")
             else:
                 L.append(f"    wire signed [{ab - 1}:0] {name} = {xs} * $signed({w});")

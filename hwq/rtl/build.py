@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from hwq.accelerator import finn_accelerator, open_accelerator
+from hwq.dataflow.adder import adder_layers
 from hwq.dataflow.build import build_outputs, build_with_steps, check_inputs, finn_config, new_manifest
 from hwq.dataflow.driver import step_range
 from hwq.dataflow.progress import StepProgress
 from hwq.manifest import estimate_totals
+from hwq.rtl.adder_steps import adder_open_steps
 from hwq.rtl.config import MAX_TREE_LEVELS, OpenBuildConfig
 from hwq.rtl.steps import OpenBuildContext, open_steps
 
@@ -51,6 +53,9 @@ def run_open_build(run_dir: str | Path, config: OpenBuildConfig = OpenBuildConfi
     first, last = step_range(steps, start_step, stop_step)
     fold = config.fold_config()
     inputs = check_inputs(run_dir, fold)   # cheap checks before any output
+    if adder_layers(inputs["qonnx_model"]):  # FINN has no adder layer: the open backend's own steps only
+        steps = adder_open_steps(config, xilinx)
+        first, last = step_range(steps, start_step, stop_step)
     shown = StepProgress(f"{board.name} (open backend)", total=last - first + 1, show=progress)
     if inputs["export"]["status"].startswith("overridden"):
         shown.warn(f"building an unverified model (--force): {inputs['export']['problem']}")
@@ -83,7 +88,8 @@ def _complete(manifest: dict[str, Any], out_dir: Path) -> None:
         outputs["bitstream"] = f"synth/{manifest['synthesis']['bitstream']}"
     manifest["outputs"].update(outputs)
     manifest["results"] = _results(manifest)
-    if "simulation" in manifest:  # what emulate/measure read: the simulated cycles, FINN's steps' HW graph
+    # what emulate/measure read: the simulated cycles, FINN's steps' HW graph (an adder network's build has none)
+    if "simulation" in manifest and not manifest.get("adder_network"):
         manifest["accelerator"] = open_accelerator(manifest, finn_accelerator(manifest, out_dir), "")
 
 

@@ -124,6 +124,8 @@ class MVAULayer:
     thresholds: np.ndarray | None
     act_val: int = 0
     vectors: int = 1
+    #: An adder MVAU (AdderNet): ``-sum |x - w|`` instead of the dot product; inputs and weights on one grid.
+    adder: bool = False
 
     @property
     def nf(self) -> int:
@@ -161,13 +163,19 @@ class MVAULayer:
         if self.xnor:
             return 0, self.mw
         w = self.weights
+        if self.adder:  # -|x - w| over x in [lo, hi]: farthest end of the range .. 0 if w is in it, else its gap
+            lo_x, hi_x = self.in_type.lo, self.in_type.hi
+            far = np.maximum(np.abs(w - lo_x), np.abs(w - hi_x)).sum(axis=0)
+            near = (np.maximum(lo_x - w, 0) + np.maximum(w - hi_x, 0)).sum(axis=0)
+            return -int(far.max()), -int(near.min())
         lo = np.minimum(w * self.in_type.lo, w * self.in_type.hi).sum(axis=0)
         hi = np.maximum(w * self.in_type.lo, w * self.in_type.hi).sum(axis=0)
         return int(lo.min()), int(hi.max())
 
     def run(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x).reshape(-1, self.mw)
-        out = reference.mvau(x, self.weights, self.thresholds, xnor=self.xnor, act_val=self.act_val)
+        out = reference.mvau(x, self.weights, self.thresholds, xnor=self.xnor, act_val=self.act_val,
+                             adder=self.adder)
         return out.reshape(-1, self.out_elems)
 
 

@@ -9,6 +9,8 @@ software run all call these functions. They follow finn-plus's own Python execut
 >>> import numpy as np
 >>> xnor_popcount(np.array([[1, 0, 1]]), np.array([[1], [1], [1]]))
 array([[2]])
+>>> adder_distance(np.array([[1, -2]]), np.array([[1, 0], [-2, 3]]))
+array([[ 0, -6]])
 >>> thresholds(np.array([[5, -3]]), np.array([[0, 4], [-3, 9]]))
 array([[2, 1]])
 >>> label_select(np.array([[3, 9, 9, 1]]))
@@ -56,6 +58,13 @@ def matmul(x, w) -> np.ndarray:
     return _ints(x, "MVAU input") @ _ints(w, "MVAU weights")
 
 
+def adder_distance(x, w) -> np.ndarray:
+    """Adder MVAU (AdderNet, ``hwq.quant.adder``): ``out[n, j] = -sum_i |x[n, i] - w[i, j]|`` for x (N, MW), w (MW, MH),
+    both integers on one grid."""
+    x, w = _ints(x, "adder input"), _ints(w, "adder weights")
+    return -np.abs(x[:, :, None] - w[None, :, :]).sum(axis=1).astype(np.int64)
+
+
 def integer_thresholds(thr) -> np.ndarray:
     """Thresholds for integer inputs: ``x >= t`` equals ``x >= ceil(t)`` when x is an integer.
 
@@ -87,9 +96,9 @@ def label_select(x, k: int = 1) -> np.ndarray:
     return order[:, :k].astype(np.int64)
 
 
-def mvau(x, w, thr=None, *, xnor: bool, act_val: int = 0) -> np.ndarray:
-    """One MVAU node: the (XNOR-popcount or integer) product, then thresholds unless ``thr`` is None."""
-    acc = xnor_popcount(x, w) if xnor else matmul(x, w)
+def mvau(x, w, thr=None, *, xnor: bool, act_val: int = 0, adder: bool = False) -> np.ndarray:
+    """One MVAU node: the (XNOR-popcount, integer or adder) product, then thresholds unless ``thr`` is None."""
+    acc = adder_distance(x, w) if adder else xnor_popcount(x, w) if xnor else matmul(x, w)
     return acc if thr is None else thresholds(acc, thr, act_val)
 
 

@@ -18,7 +18,8 @@ import yaml
 from hwq._io import read_yaml_mapping
 from hwq.catalog import check_model_options
 from hwq.errors import ConfigError
-from hwq.methods import METHODS, check_method_bits, check_method_options, method_options, resolve_method
+from hwq.methods import (METHODS, check_method_bits, check_method_dropout, check_method_options, method_options,
+                         resolve_method)
 
 
 class Loss(str, Enum):
@@ -145,6 +146,7 @@ class TrainConfig:
         check_model_options(self.model, self.quant, self.model_options)
         check_method_options(self.method, self.method_options)
         check_method_bits(self.method, self.wbits)
+        check_method_dropout(self.method, self.dropout)
 
     def _check_types(self) -> None:
         for name in ("model", "dataset", "quant", "device"):
