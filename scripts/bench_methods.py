@@ -11,8 +11,9 @@ not take, stays in the table, marked with the reason; a failed training, export 
 one-line error and does not stop the others.
 
 Columns: final test top-1 (mean and spread over the seeds), the mean of the last epochs (averaged over seeds),
-training seconds per epoch relative to ``uniform`` at the same bit-width in the same suite, FINN's LUT / BRAM18 /
-fps at 100 MHz, the export check and the build check. Writes ``<results>.json`` (every run's per-epoch history),
+the time of a training step relative to ``uniform`` at the same bit-width (every method timed in one process,
+interleaved: :func:`step_times`; the runs' own seconds per epoch are in the JSON), FINN's LUT / BRAM18 / fps at
+100 MHz, the export check and the build check. Writes ``<results>.json`` (every run's per-epoch history),
 ``<results>.md`` and ``<results>.png`` (test top-1 against FINN's LUTs, one panel per suite). A rerun of the same
 command trains only what is missing (a complete run of the same command is reused, as is its build).
 
@@ -207,6 +208,55 @@ def train_all(args) -> None:
             job.result()
 
 
+# --- step time, every method in one process -------------------------------------------------------------------
+PROGRESS_POINTS = (0.1, 0.5, 0.9)
+
+
+def step_times(args, suite_name: str, todo: list[Cell], steps: int = 8, warmup: int = 2) -> dict[str, float]:
+    """Milliseconds of one training step (``hwq.train.loop.train_step`` on one batch of ``--batch-size``) of each
+    cell's model, all in this process on one thread, interleaved step by step, so that every ratio to uniform
+    shares the machine's load (the runs' seconds per epoch do not: they ran at different times). A method whose
+    cost changes over the training (SSQL's pretraining, BiTAT's phases) is timed at progress 0.1, 0.5 and 0.9 and
+    the three medians averaged."""
+    import torch
+
+    from hwq.data import Dataset, load_dataset
+    from hwq.train import TrainConfig
+    from hwq.train.hooks import ModelHooks
+    from hwq.train.loop import _Run, attach_teacher, build_model, make_optimizer, model_spec_for, train_step
+
+    suite = SUITES[suite_name]
+    dataset = load_dataset(suite.dataset, args.data_dir)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    runs = {}
+    for cell in todo:
+        config = TrainConfig(model=suite.model, dataset=suite.dataset, method=cell.method,
+                             quant=table_quant(cell.method), wbits=cell.wbits, abits=cell.abits, lr=args.lr,
+                             batch_size=args.batch_size, threads=1, model_options=dict(suite.options),
+                             dropout=0.2 if method_trains_with_dropout(cell.method) else 0.0)
+        torch.manual_seed(0)
+        model = build_model(model_spec_for(config, dataset)).train()
+        attach_teacher(model, None)
+        runs[cell.name] = _Run(config, torch.device("cpu"), dataset, None, model, make_optimizer(model, config),
+                               None, [], 0, {}, ModelHooks(model), None)
+    images = Dataset.to_float(dataset.train_x[:args.batch_size])
+    labels = dataset.train_y[:args.batch_size]
+    times = {(name, p): [] for name in runs for p in PROGRESS_POINTS}
+    try:
+        for i in range(warmup + steps):
+            for p in PROGRESS_POINTS:
+                for name, run in runs.items():
+                    started = time.perf_counter()
+                    float(train_step(run, images, labels, p)[0].detach())
+                    if i >= warmup:
+                        times[name, p].append(time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(before)
+    return {name: 1e3 * statistics.fmean(statistics.median(times[name, p]) for p in PROGRESS_POINTS)
+            for name in runs}
+
+
 # --- the table -------------------------------------------------------------------------------------------------
 def seed_record(args, cell: Cell, seed: int) -> dict:
     run = run_dir(args, cell, seed)
@@ -257,18 +307,26 @@ def cell_record(args, cell: Cell) -> dict:
     return record
 
 
-def add_relative_time(rows: list[dict]) -> None:
-    """Training seconds per epoch / uniform's at the same bit-width in the same suite (same invocation's runs)."""
-    base = {(r["suite"], r["wbits"], r["abits"]): r.get("seconds_per_epoch") for r in rows if r["method"] == "uniform"}
+def add_relative_time(rows: list[dict], key: str, out: str) -> None:
+    """``row[out]`` = ``row[key]`` / uniform's at the same bit-width in the same suite."""
+    base = {(r["suite"], r["wbits"], r["abits"]): r.get(key) for r in rows if r["method"] == "uniform"}
     for row in rows:
         ref = base.get((row["suite"], row["wbits"], row["abits"]))
-        own = row.get("seconds_per_epoch")
-        row["time_vs_uniform"] = round(own / ref, 2) if own and ref else None
+        own = row.get(key)
+        row[out] = round(own / ref, 2) if own and ref else None
 
 
 def collect(args, wall_seconds: float | None) -> dict:
-    rows = [cell_record(args, cell) for cell in cells(args)]
-    add_relative_time(rows)
+    todo = cells(args)
+    rows = [cell_record(args, cell) for cell in todo]
+    if args.timing:
+        for suite in args.suites:
+            timed = [c for c in todo if c.suite == suite and not unavailable(c)]
+            for cell, ms in zip(timed, step_times(args, suite, timed).values()):
+                next(r for r in rows if r["suite"] == suite and r["method"] == cell.method
+                     and r["wbits"] == cell.wbits)["step_ms"] = round(ms, 3)
+    add_relative_time(rows, "seconds_per_epoch", "time_vs_uniform")
+    add_relative_time(rows, "step_ms", "step_vs_uniform")
     return {"benchmark": "issue 17: the reading list's QAT methods, deployed (FINN, Pynq-Z2)",
             "note": args.note, "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
             "args": {k: v for k, v in vars(args).items()}, "wall_seconds": wall_seconds,
@@ -309,7 +367,7 @@ def markdown(results: dict) -> str:
                   f"{args['batch_size']}, lr {args['lr']}, seeds {seeds}, the whole test set", "",
                   f"| method | bits | final top-1 % (mean ± std over seeds) | mean of the last "
                   f"{min(args['last'], args['epochs'])} epochs % "
-                  "| s/epoch vs uniform | LUT | BRAM18 | fps (Pynq-Z2, 100 MHz) | build check | export check |",
+                  "| step time vs uniform | LUT | BRAM18 | fps (Pynq-Z2, 100 MHz) | build check | export check |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in (r for r in results["rows"] if r["suite"] == suite):
             bits = f"W{row['wbits']}A{row['abits']}"
@@ -320,7 +378,7 @@ def markdown(results: dict) -> str:
             acc = f"{_pct(row['test_acc_mean'])} ± {100 * row['test_acc_std']:.2f}"
             if row["status"] != "complete":
                 acc += f" ({row['seeds_complete']} of {len(row['seeds'])} seeds)"
-            vs = "-" if row["time_vs_uniform"] is None else f"{row['time_vs_uniform']:.2f}x"
+            vs = "-" if row.get("step_vs_uniform") is None else f"{row['step_vs_uniform']:.2f}x"
             export = {True: "passed", False: "failed", None: "-"}[row["export_passed"]]
             lines.append(f"| {row['method']} | {bits} | {acc} | {_pct(row['mean_last'])} | {vs} | "
                          f"{' | '.join(build_cells(row))} | {export} |")
@@ -384,6 +442,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=1, help="processes at a time (training, export, build)")
     parser.add_argument("--no-deploy", dest="deploy", action="store_false", help="no export and FINN estimate")
+    parser.add_argument("--no-timing", dest="timing", action="store_false",
+                        help="no step-time column (it times every cell's step in this process)")
     parser.add_argument("--export-samples", dest="export_samples", type=int, default=20)
     parser.add_argument("--build-samples", dest="build_samples", type=int, default=5)
     parser.add_argument("--last", type=int, default=3, help="the table also averages the last N epochs")

@@ -42,7 +42,8 @@ def test_table_from_runs_seeds_relative_time_unavailable_and_errors(tmp_path):
     (lsq / "bench-build.log").write_text("failed\n")
     log = tmp_path / "runs" / "digits_tfc" / "n2uq-w2a2-s0.log"
     log.write_text("Traceback ...\nhwq train: error: model_options.x: not an option\n")
-    bench_methods.main(_args(tmp_path, "--collect", "--methods", "uniform,lsq,n2uq,bitat,adder", "--bits", "2"))
+    bench_methods.main(_args(tmp_path, "--collect", "--no-timing", "--methods", "uniform,lsq,n2uq,bitat,adder",
+                             "--bits", "2"))
     rows = {r["method"]: r for r in json.loads((tmp_path / "out.json").read_text())["rows"]}
     assert rows["uniform"]["test_acc_mean"] == pytest.approx(0.85)
     assert rows["uniform"]["test_acc_std"] == pytest.approx(0.0707, abs=1e-4)
@@ -84,3 +85,13 @@ def test_a_family_that_is_uniform_at_1_bit_is_not_trained_again_there():
     assert bench_methods.unavailable(bench_methods.Cell("digits_tfc", "noise", 1, 1)).startswith("= uniform W1A1")
     assert bench_methods.unavailable(bench_methods.Cell("digits_tfc", "noise", 2, 2)) is None
     assert "trains W2 and more" in bench_methods.unavailable(bench_methods.Cell("digits_tfc", "lns-madam", 1, 1))
+
+
+def test_step_times_time_every_cell_in_one_process():
+    """Each available cell's model takes training steps here (no runs needed); the table's ratio comes from these."""
+    import argparse
+
+    args = argparse.Namespace(data_dir=None, lr=0.02, batch_size=50)
+    cells = [bench_methods.Cell("digits_tfc", m, 2, 2) for m in ("uniform", "saq")]
+    ms = bench_methods.step_times(args, "digits_tfc", cells, steps=1, warmup=0)
+    assert list(ms) == ["uniform-w2a2", "saq-w2a2"] and all(v > 0 for v in ms.values())
