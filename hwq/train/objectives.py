@@ -184,9 +184,9 @@ class SsqlObjective(Objective):
     def gradients(self, closure: Closure, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, progress = self._batch
         if not self.pretraining(progress):
-            if self._feature_hook is not None:  # the features are not needed any more
-                self._feature_hook.remove()
-                self._feature_hook, self._features = None, None
+            # The feature hook stays (it keeps a reference, nothing more), so a caller that steps at an earlier
+            # progress again (the benchmark's interleaved step timing) still finds the features.
+            self._features = None
             return super().gradients(closure, optimizer)
         from hwq.train.ssql import augment_views, draw_bits, precision_view, ssql_loss
 
