@@ -1,0 +1,86 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Skipping the tidy-ups known to change nothing (hwq.dataflow.fixed_points) streamlines to exactly the graph the
+plain run gives (docs/dataflow.md, "Streamline time")."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto, helper
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNodeNames
+
+from hwq.dataflow import BuildConfig, run_build
+from hwq.dataflow.finn_compat import finn_session, import_finn_steps, streamline
+from hwq.dataflow.fixed_points import skipping_known_fixed_points
+from hwq.dataflow.provenance import record_user_nodes, tracking_user_nodes
+from tests.test_dataflow_branches import ResidualNet, _train, make_run
+
+
+def _mul_graph() -> ModelWrapper:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("Relu", ["m"], ["y"])],
+                              "g", [x], [y])
+    model = ModelWrapper(helper.make_model(graph))
+    model.set_initializer("s", np.full((1, 4), 2.0, dtype=np.float32))
+    return model
+
+
+def test_a_tidy_up_runs_once_per_unchanged_graph_and_ModelWrapper_is_restored():
+    original = ModelWrapper.transform, ModelWrapper.cleanup
+    model = _mul_graph()
+    with skipping_known_fixed_points() as memo:
+        named = model.transform(GiveUniqueNodeNames()).transform(GiveReadableTensorNames())  # changes: runs
+        again = named.transform(GiveReadableTensorNames())  # unchanged the first time: recorded
+        assert memo.skipped["GiveReadableTensorNames"] == 0 and memo.ran["GiveReadableTensorNames"] == 2
+        third = again.transform(GiveReadableTensorNames())  # the same graph again: skipped
+        assert memo.skipped["GiveReadableTensorNames"] == 1 and memo.ran["GiveReadableTensorNames"] == 2
+        assert third is not again and third.model == again.model == named.model
+        # another transformation, or other arguments, still runs
+        named.transform(GiveReadableTensorNames(), cleanup=False)
+        assert memo.skipped["GiveReadableTensorNames"] == 1 and memo.ran["GiveReadableTensorNames"] == 3
+    assert (ModelWrapper.transform, ModelWrapper.cleanup) == original
+
+
+def test_a_changed_graph_is_tidied_again():
+    with skipping_known_fixed_points() as memo:
+        model = _mul_graph().transform(GiveUniqueNodeNames()).transform(GiveReadableTensorNames())
+        model.transform(GiveReadableTensorNames())
+        model.set_initializer(model.graph.node[0].input[1], np.full((1, 4), 3.0, dtype=np.float32))
+        model.graph.node[1].name = "renamed"
+        skipped = memo.skipped["GiveUniqueNodeNames"]
+        tidied = model.transform(GiveUniqueNodeNames())
+        assert memo.skipped["GiveUniqueNodeNames"] == skipped and tidied.graph.node[1].name == "Relu_0"
+
+
+@pytest.fixture(scope="module")
+def residual_before_streamline(tmp_path_factory):
+    """ResidualNet (a residual add: finn-plus's StreamlinePlus runs) as it reaches ``streamline`` in a build."""
+    tmp = tmp_path_factory.mktemp("residual")
+    torch.manual_seed(0)
+    run = make_run(_train(ResidualNet()), tmp / "run")
+    manifest = run_build(run, BuildConfig(board="pynq-z2", out_dir=str(run / "build"), verify_samples=2),
+                         progress=False, stop_step="insert_topk")
+    assert manifest["status"] == "stopped", manifest.get("error")
+    return ModelWrapper(str(run / "build" / "intermediate" / "insert_topk.onnx"))
+
+
+def test_streamlining_skipping_fixed_points_gives_the_same_graph(residual_before_streamline, tmp_path):
+    import_finn_steps()
+    graphs, counts = [], None
+    for skip in (False, True):
+        model = record_user_nodes(ModelWrapper(residual_before_streamline.model.SerializeToString()))
+        with finn_session(tmp_path / "codegen"), tracking_user_nodes():
+            if skip:
+                with skipping_known_fixed_points() as memo:
+                    model = streamline(model, None)
+                counts = sum(memo.skipped.values()), sum(memo.ran.values())
+            else:
+                model = streamline(model, None)
+        graphs.append(model.model.SerializeToString())
+    # the same nodes, names, provenance tags and initializers, bit for bit
+    assert graphs[0] == graphs[1]
+    assert counts[0] > counts[1]  # most tidy-ups were skipped
+    assert any(n.op_type == "Add" for n in ModelWrapper(graphs[1]).graph.node)  # it streamlined the join
