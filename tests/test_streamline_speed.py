@@ -84,3 +84,48 @@ def test_streamlining_skipping_fixed_points_gives_the_same_graph(residual_before
     assert graphs[0] == graphs[1]
     assert counts[0] > counts[1]  # most tidy-ups were skipped
     assert any(n.op_type == "Add" for n in ModelWrapper(graphs[1]).graph.node)  # it streamlined the join
+
+
+def _graph_with(names: dict[str, str] | None = None, twice: bool = False) -> ModelWrapper:
+    """``x -> Mul(s) -> Add(b) -> Relu -> y`` with value infos; ``names`` renames tensors first, ``twice`` makes the
+    Add read its input twice (qonnx then renames only the first: the one-pass renaming steps aside)."""
+    names = names or {}
+    n = lambda t: names.get(t, t)  # noqa: E731
+    nodes = [helper.make_node("Mul", [n("x"), n("s")], [n("m")], name="Mul_0"),
+             helper.make_node("Add", [n("m"), n("m") if twice else n("b")], [n("a")], name="Add_0"),
+             helper.make_node("Relu", [n("a")], [n("y")], name="Relu_0")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n("x"), TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info(n("y"), TensorProto.FLOAT, [1, 4])],
+                              value_info=[helper.make_tensor_value_info(n(t), TensorProto.FLOAT, [1, 4])
+                                          for t in ("m", "a")])
+    model = ModelWrapper(helper.make_model(graph))
+    model.set_initializer(n("s"), np.full((1, 4), 2.0, dtype=np.float32))
+    if not twice:
+        model.set_initializer(n("b"), np.full((1, 4), 1.0, dtype=np.float32))
+    return model
+
+
+@pytest.mark.parametrize("names, twice", [
+    ({}, False),
+    ({"m": "tensor_1", "a": "tensor_0"}, False),  # a rename onto a name in use: the fork steps aside
+    ({"m": "Mul_0_out0", "a": "Relu_0_out0"}, False),
+    ({}, True),
+])
+def test_one_pass_renames_are_qonnxs(names, twice):
+    from qonnx.transformation.general import GiveUniqueTensorNames
+
+    from hwq.dataflow.fast_renames import fast_tensor_renames
+
+    def renamed(transformation):
+        try:
+            return _graph_with(names, twice).transform(transformation()).model
+        except Exception as error:  # qonnx's own failure (the merged tensor found twice), also the fork's
+            return repr(error)
+
+    saved = vars(GiveUniqueTensorNames)["apply"], vars(GiveReadableTensorNames)["apply"]
+    for transformation in (GiveUniqueTensorNames, GiveReadableTensorNames):
+        theirs = renamed(transformation)
+        with fast_tensor_renames():
+            ours = renamed(transformation)
+        assert ours == theirs, transformation.__name__
+    assert (vars(GiveUniqueTensorNames)["apply"], vars(GiveReadableTensorNames)["apply"]) == saved
