@@ -4,6 +4,8 @@ plain run gives (docs/dataflow.md, "Streamline time")."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -55,6 +57,46 @@ def test_a_changed_graph_is_tidied_again():
         assert memo.skipped["GiveUniqueNodeNames"] == skipped and tidied.graph.node[1].name == "Relu_0"
 
 
+def _join_graph() -> ModelWrapper:
+    """A 2-bit quantizer's output forks into two scaled branches that an Add joins, then a sign: StreamlinePlus
+    moves the scales past the fork and the join into the sign's thresholds (a few rounds of its lists)."""
+    from qonnx.core.datatype import DataType
+
+    nodes = [helper.make_node("MultiThreshold", ["x", "t0"], ["x0"], domain="qonnx.custom_op.general",
+                              out_dtype="UINT2"),
+             helper.make_node("Mul", ["x0", "s1"], ["a"]), helper.make_node("Mul", ["x0", "s2"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["c"]),
+             helper.make_node("MultiThreshold", ["c", "t"], ["y"], domain="qonnx.custom_op.general",
+                              out_dtype="BIPOLAR", out_scale=2.0, out_bias=-1.0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = ModelWrapper(helper.make_model(graph))
+    model.set_tensor_datatype("x", DataType["INT4"])
+    model.set_initializer("t0", np.tile(np.array([[-1.0, 0.0, 1.0]], dtype=np.float32), (4, 1)))
+    for name, value in (("s1", 0.25), ("s2", 0.25)):
+        model.set_initializer(name, np.asarray(value, dtype=np.float32))
+    model.set_initializer("t", np.zeros((4, 1), dtype=np.float32))
+    return model
+
+
+def test_streamline_plus_skipping_fixed_points_gives_the_same_graph():
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    from hwq.dataflow.fast_renames import fast_tensor_renames
+    from hwq.dataflow.passes_branches import streamline_plus_unrounded
+
+    graphs = []
+    for fast in (False, True):
+        model = record_user_nodes(_join_graph().transform(InferShapes()).transform(GiveUniqueNodeNames()))
+        with tracking_user_nodes(), (skipping_known_fixed_points() if fast else contextlib.nullcontext()) as memo, \
+                (fast_tensor_renames() if fast else contextlib.nullcontext()):
+            model = model.transform(streamline_plus_unrounded())
+        graphs.append(model.model.SerializeToString())
+    assert graphs[0] == graphs[1]
+    assert sum(memo.skipped.values()) > sum(memo.ran.values())
+    assert "Mul" not in [n.op_type for n in ModelWrapper(graphs[1]).graph.node]  # the scales moved into the sign
+
+
 @pytest.fixture(scope="module")
 def residual_before_streamline(tmp_path_factory):
     """ResidualNet (a residual add: finn-plus's StreamlinePlus runs) as it reaches ``streamline`` in a build."""
@@ -67,14 +109,17 @@ def residual_before_streamline(tmp_path_factory):
     return ModelWrapper(str(run / "build" / "intermediate" / "insert_topk.onnx"))
 
 
+@pytest.mark.slow  # about 70 s on the shared machine: the plain streamline is the slow part
 def test_streamlining_skipping_fixed_points_gives_the_same_graph(residual_before_streamline, tmp_path):
+    from hwq.dataflow.fast_renames import fast_tensor_renames
+
     import_finn_steps()
     graphs, counts = [], None
     for skip in (False, True):
         model = record_user_nodes(ModelWrapper(residual_before_streamline.model.SerializeToString()))
         with finn_session(tmp_path / "codegen"), tracking_user_nodes():
             if skip:
-                with skipping_known_fixed_points() as memo:
+                with skipping_known_fixed_points() as memo, fast_tensor_renames():
                     model = streamline(model, None)
                 counts = sum(memo.skipped.values()), sum(memo.ran.values())
             else:
