@@ -66,7 +66,8 @@ def applied_transforms(func, skip_marked: bool = False) -> list[str]:
 
 
 def _revisit(fork, detail: str) -> str:
-    return (f"finn-plus {importlib.metadata.version('finn-plus')} changed {fork.upstream}; revisit workaround "
+    package = "qonnx" if fork.upstream.startswith("qonnx.") else "finn-plus"
+    return (f"{package} {importlib.metadata.version(package)} changed {fork.upstream}; revisit workaround "
             f"{fork.workaround} (hwq/dataflow/finn_compat.py): {detail}")
 
 

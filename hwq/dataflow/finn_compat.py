@@ -56,7 +56,17 @@ library without Xilinx tools it needs three things, each applied here and undone
    with "Thresholds can't be expressed with type BIPOLAR". :func:`finn_session` gives that one case ``INT2``
    (holds -2..1) and leaves every other to finn-plus (:func:`_threshold_width`).
 
-Nothing here runs at import time. :data:`FORKS` records the finn-plus code that workarounds 4 to 6 and 9 copy or wrap;
+10. Streamlining time: finn-plus's ``Streamline`` and ``StreamlinePlus`` (qonnx's ``ComposedTransformation``)
+   follow each transformation with qonnx's tidy-ups, which mostly run on a graph they already tidied, and qonnx
+   renames tensors one search of the whole graph per tensor; ReActNet's streamlining took 5 to 18 minutes
+   (digits). ``step_streamline`` skips a tidy-up on a graph it has returned unchanged before
+   (:mod:`hwq.dataflow.fixed_points`, wrapping ``ModelWrapper.transform`` and ``cleanup`` while it runs) and
+   renames in one pass (:mod:`hwq.dataflow.fast_renames`, qonnx's ``GiveUniqueTensorNames`` and
+   ``GiveReadableTensorNames`` with the same renames); the streamlined graph is the same, byte for byte
+   (docs/dataflow.md, "Streamline time").
+
+Nothing here runs at import time. :data:`FORKS` records the finn-plus (and qonnx) code that workarounds 4 to 6, 9
+and 10 copy or wrap;
 ``tests/test_finn_compat.py`` fails, naming the workaround, when an installed finn-plus differs from it.
 
 >>> with finn_session("runs/demo/build-pynq-z2/codegen"):   # doctest: +SKIP
@@ -337,7 +347,8 @@ def streamline(model, cfg):
 # --- the finn-plus code the workarounds copy or replace -------------------------------------------------------------
 @dataclass(frozen=True)
 class Fork:
-    """A finn-plus function that a workaround copies (4, 5) or wraps (6), as it was when the workaround was written.
+    """A finn-plus (or qonnx) function that a workaround copies (4, 5, 10) or wraps (6, 9, 10), as it was when the
+    workaround was written.
 
     ``tests/test_finn_compat.py`` hashes the installed finn-plus's function (its syntax tree without the docstring:
     signature, decorators and body, not comments or formatting) and compares it with ``code_hash``, and compares
@@ -345,9 +356,9 @@ class Fork:
     naming the workaround to revisit. After porting the change, put the new hash here.
     """
 
-    #: ``module:qualname`` in finn-plus.
+    #: ``module:qualname`` in finn-plus (or qonnx).
     upstream: str
-    #: The code hash in finn-plus 1.6.1.
+    #: The code hash in finn-plus 1.6.1 (qonnx 1.0.0).
     code_hash: str
     #: The workaround (its number in this module's docstring) and hwq's function that replaces or wraps it.
     workaround: str
@@ -370,4 +381,14 @@ FORKS = (
          "5, hwq.dataflow.passes_branches.streamline_plus_unrounded"),
     Fork("finn.transformation.streamline.reorder:MoveMulPastJoinAdd.are_producers_identical", "15562a7d961b65e1",
          "5, hwq.dataflow.passes_branches.streamline_plus_unrounded"),
+    Fork("qonnx.transformation.general:GiveUniqueTensorNames.apply", "e9c2489905480bd0",
+         "10, hwq.dataflow.fast_renames._unique_tensor_names"),
+    Fork("qonnx.transformation.general:GiveReadableTensorNames.apply", "15f71f126de28d7b",
+         "10, hwq.dataflow.fast_renames._readable_tensor_names"),
+    Fork("qonnx.core.modelwrapper:ModelWrapper.rename_tensor", "74c08848bcbdbd3a",
+         "10, hwq.dataflow.fast_renames._Renamer"),
+    Fork("qonnx.core.modelwrapper:ModelWrapper.transform", "240e6381bf0d0ed0",
+         "10, hwq.dataflow.fixed_points.skipping_known_fixed_points"),
+    Fork("qonnx.core.modelwrapper:ModelWrapper.cleanup", "340908d9879e1be6",
+         "10, hwq.dataflow.fixed_points.skipping_known_fixed_points"),
 )

@@ -20,6 +20,7 @@ node the transformation removed, else its input's producer. :func:`describe` the
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 from typing import Iterator
@@ -32,8 +33,14 @@ MADE_FROM = "made from the user's node"
 
 
 def _tag(node) -> tuple[str, str] | None:
-    if node.doc_string.startswith(PREFIX):
-        name, op_type = json.loads(node.doc_string[len(PREFIX):])
+    return _parse_tag(node.doc_string)
+
+
+@functools.lru_cache(maxsize=None)
+def _parse_tag(doc_string: str) -> tuple[str, str] | None:
+    # cached: every transformation of a build reads every node's tag (millions of json.loads on ReActNet)
+    if doc_string.startswith(PREFIX):
+        name, op_type = json.loads(doc_string[len(PREFIX):])
         return name, op_type
     return None
 
