@@ -54,6 +54,23 @@ def test_step_gradient_is_the_unscaled_gradient_times_g(bits, qp):
     assert unscaled.grad.abs() > 0
 
 
+def test_a_step_pushed_below_zero_quantizes_with_its_magnitude():
+    """The scale is |value| (floored): a raw step Adam pushed negative would flip the integer scores' sign."""
+    layer = get_family("lsq").linear(8, 3, bits=2)
+    layer.quant_weight()
+    (step,) = _steps(layer)
+    with torch.no_grad():
+        step.value.fill_(0.25)
+    positive = layer.quant_weight()
+    with torch.no_grad():
+        step.value.fill_(-0.25)
+    negative = layer.quant_weight()
+    assert torch.equal(negative.scale, positive.scale) and torch.equal(negative.value, positive.value)
+    with torch.no_grad():
+        step.value.zero_()
+    assert float(layer.quant_weight().scale) > 0 and torch.isfinite(layer.quant_weight().value).all()
+
+
 def test_loaded_model_keeps_its_learned_step():
     family = get_family("lsq")
     layer = family.linear(8, 3, bits=2)

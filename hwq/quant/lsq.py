@@ -35,6 +35,10 @@ from hwq.quant.brevitas_map import FinnCompatibleQuant
 from hwq.quant.family import UniformFamily, register_family
 
 
+#: The smallest step (of a float32 value in [-1, 1] or an activation): below it v / s would overflow in practice.
+LSQ_MIN_STEP = 1e-8
+
+
 def lsq_init(v: torch.Tensor, qp: int) -> torch.Tensor:
     """LSQ's initial step: ``2 * mean(|v|) / sqrt(Qp)``."""
     return 2.0 * v.detach().abs().mean() / math.sqrt(qp)
@@ -72,7 +76,11 @@ class LsqStepScaling(brevitas.jit.ScriptModule):
                 self.value.copy_(lsq_init(x, self.qp))
                 self.initialised.fill_(True)
         features = x[0].numel() if self.per_sample and x.dim() > 1 else x.numel()
-        return scale_grad(self.value, lsq_grad_scale(features, self.qp))
+        # The step is |value|: Adam can push a raw step through zero (MNIST TFC W4A4 at lr 0.02, seed 2: the
+        # classifier's step reached -0.36, its integer scores flipped sign and the class rule read 0 % accuracy).
+        # A positive floor keeps v / s finite.
+        step = self.value.abs().clamp_min(LSQ_MIN_STEP)
+        return scale_grad(step, lsq_grad_scale(features, self.qp))
 
 
 class _LsqQuant(FinnCompatibleQuant):
