@@ -20,8 +20,8 @@ from hwq.rtl.adder_import import read_adder_chain
 from hwq.rtl.config import OpenBuildConfig
 from hwq.rtl.generate import generate_verilog
 from hwq.rtl.layers import run_layers
-from hwq.rtl.steps import (OpenBuildContext, design_from_record, design_record, sim_inputs, step_place_and_route,
-                           step_synth_xilinx, step_synthesise)
+from hwq.rtl.steps import (OpenBuildContext, design_record, sim_inputs, simulate_against_reference,
+                           step_place_and_route, step_synth_xilinx, step_synthesise)
 
 StepResult = tuple[ModelWrapper, dict[str, Any]]
 #: PE x SIMD of every layer: the digits TFC's RTL_SMALL_FOLDING of the tests (128 cycles per image).
@@ -84,18 +84,7 @@ def step_generate_adder_verilog(model: ModelWrapper, ctx: OpenBuildContext) -> S
 def step_simulate_adder(model: ModelWrapper, ctx: OpenBuildContext) -> StepResult:
     """As the open backend's ``simulate``: every test image under random gaps and back-pressure, each output equal
     to the reference (which ``check_reference`` compared with qonnx)."""
-    from hwq.rtl.simulate import simulate, simulator_version
-
-    config = ctx.open_config
-    design = design_from_record(ctx.reports["design"], ctx.out_dir)
-    _, x, expected = _reference(model, ctx)
-    sim = simulate(design, x, expected, ctx.out_dir / "sim", simulator=config.simulator, p_gap=config.p_gap,
-                   p_stall=config.p_stall)
-    return model, {"simulation": {"simulator": config.simulator,
-                                  "simulator_version": simulator_version(config.simulator),
-                                  "dataset": ctx.reports.get("source", {}).get("dataset"), "n": int(len(x)),
-                                  "bit_exact": True, "reference": "hwq.rtl.reference == qonnx execution",
-                                  "folding_bound_cycles": design.cycles_bound, **sim}}
+    return simulate_against_reference(model, ctx, _reference, "hwq.rtl.reference == qonnx execution")
 
 
 def adder_open_steps(config: OpenBuildConfig, xilinx: bool) -> list[Step]:

@@ -166,18 +166,25 @@ def step_generate_verilog(model: ModelWrapper, ctx: OpenBuildContext) -> StepRes
 def step_simulate(model: ModelWrapper, ctx: OpenBuildContext) -> StepResult:
     """cocotb + Icarus or Verilator (``sim/``): every test image free-running, then with random input gaps and
     output back-pressure; every output beat must equal the reference. Reports cycles per image and latency."""
+    return simulate_against_reference(model, ctx, _reference,
+                                      "hwq.rtl.reference == finn execution of the abstract HW graph")
+
+
+def simulate_against_reference(model: ModelWrapper, ctx: OpenBuildContext, reference, compared: str) -> StepResult:
+    """Simulate the generated design on ``reference(model, ctx)``'s inputs, every output beat equal to its outputs;
+    the report says what the reference itself was ``compared`` with (the open backend's and the adder build's
+    ``simulate`` differ only there)."""
     from hwq.rtl.simulate import simulate, simulator_version
 
     config = ctx.open_config
     design = design_from_record(ctx.reports["design"], ctx.out_dir)
-    _, x, expected = _reference(model, ctx)
+    _, x, expected = reference(model, ctx)
     sim = simulate(design, x, expected, ctx.out_dir / "sim", simulator=config.simulator, p_gap=config.p_gap,
                    p_stall=config.p_stall)
     return model, {"simulation": {"simulator": config.simulator,
                                   "simulator_version": simulator_version(config.simulator),
                                   "dataset": ctx.reports.get("source", {}).get("dataset"), "n": int(len(x)),
-                                  "bit_exact": True,
-                                  "reference": "hwq.rtl.reference == finn execution of the abstract HW graph",
+                                  "bit_exact": True, "reference": compared,
                                   "folding_bound_cycles": design.cycles_bound, **sim}}
 
 
