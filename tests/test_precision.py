@@ -167,6 +167,7 @@ def test_mixed_cnv_exports_and_builds_bit_exactly(tmp_path):
     from hwq.dataflow import BuildConfig, run_build
     from hwq.export import ExportConfig, export_qonnx_model
     from hwq.export.qonnx_export import verify_qonnx
+    from tests.conftest import random_bn_statistics
 
     precision = {"conv_features.1": 2, "conv_features.3": 2, "conv_features.4": 4, "conv_features.6": 1,
                  "conv_features.11": 2, "conv_features.13": 4, "conv_features.15": 4, "linear_features.0": 2,
@@ -176,10 +177,7 @@ def test_mixed_cnv_exports_and_builds_bit_exactly(tmp_path):
     model, layers = model_and_layers(spec)
     model.eval()
     assert sorted({layer.bits for layer in layers}) == [1, 2, 4]
-    for module in model.modules():
-        if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            module.running_mean.uniform_(-3.3, 3.3)
-            module.running_var.uniform_(0.5, 2.0)
+    random_bn_statistics(model)
     run = tmp_path / "cnv"
     run.mkdir()
     export_qonnx_model(model, run / "model.onnx")
