@@ -72,6 +72,12 @@ DATASETS: dict[str, str] = {
     "cifar10": "CIFAR-10 32x32 colour, 50,000 / 10,000 (the JPEG zips in the data folder)",
 }
 
+#: Dataset name -> (one image's shape (C, H, W), classes): what a model is built for, known without loading data
+#: (``hwq layers``); tests/test_precision.py checks it against the loaded datasets.
+DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
+    "digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10),
+}
+
 
 def check_model_options(model: str, quant: str, options: Mapping[str, Any]) -> None:
     """Raise a one-line ConfigError for a key of ``options`` that neither ``model`` nor the family ``quant`` reads

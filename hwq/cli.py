@@ -69,6 +69,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="model or quantizer-family option, repeatable ('hwq models' lists each one's); VALUE is "
                         "read as YAML, e.g. width=0.5 (default: none)")
+    p.add_argument("--precision", help="YAML file mapping layer names to bit-widths, e.g. 'features.2: 4' ('hwq "
+                                       "layers' lists a model's names); layers it does not name keep --wbits/--abits "
+                                       "(default: {}, no layer named)")
     p.add_argument("--method-option", dest="method_option_items", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the method's objective or optimizer, repeatable ('hwq models' lists each "
                         "method's); VALUE is read as YAML (default: none)")
@@ -85,19 +88,36 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from hwq.errors import ConfigError
-    from hwq.train import TrainConfig, resume_config, run_train
+    from hwq.train import run_train
 
-    # The flags that set a TrainConfig field of the same name (--option sets model_options).
-    flags = {k: getattr(args, k) for k in (
-        "model", "dataset", "method", "quant", "wbits", "abits", "epochs", "batch_size", "lr", "schedule", "loss",
-        "dropout", "weight_decay", "seed", "device", "threads", "data_dir", "teacher", "distill_weight",
-        "distill_temperature", "init_from", "train_subset", "recipe", "step1_epochs", "step1_weight_decay",
-        "step2_weight_decay")}
-    if args.resume and args.config:
+    config = _train_config(args)
+    metrics = run_train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
+    mixed = f" + {len(config.precision)} layer(s) of --precision" if config.precision else ""
+    print(f"{config.model}-w{config.wbits}a{config.abits}{mixed} ({config.quant}) on {config.dataset}: "
+          f"test accuracy {100 * metrics['test_acc']:.2f}% after {metrics['epochs']} epochs "
+          f"({metrics['seconds']:.1f} s, {metrics['threads']} threads) -> {args.out}")
+    return 0
+
+
+#: The flags that set a TrainConfig field of the same name (--option sets model_options).
+TRAIN_FIELD_FLAGS = (
+    "model", "dataset", "method", "quant", "wbits", "abits", "epochs", "batch_size", "lr", "schedule", "loss",
+    "dropout", "weight_decay", "seed", "device", "threads", "data_dir", "teacher", "distill_weight",
+    "distill_temperature", "init_from", "train_subset", "recipe", "step1_epochs", "step1_weight_decay",
+    "step2_weight_decay", "precision")
+
+
+def _train_config(args: argparse.Namespace):
+    """The TrainConfig that ``hwq train``'s flags describe (``hwq layers`` takes a subset of them)."""
+    from hwq.errors import ConfigError
+    from hwq.train import TrainConfig, resume_config
+
+    flags = {k: getattr(args, k, None) for k in TRAIN_FIELD_FLAGS}
+    resume = getattr(args, "resume", False)
+    if resume and args.config:
         raise ConfigError("--config: a resumed run keeps the settings in its config.yaml; give flags to change "
                           "--epochs, --threads, --device or --data-dir")
-    if args.resume:
+    if resume:
         base = resume_config(args.out)
     elif args.config:
         base = TrainConfig.from_yaml(args.config)
@@ -105,14 +125,49 @@ def _train(args: argparse.Namespace) -> int:
         base = TrainConfig()
     if args.options:
         flags["model_options"] = {**base.model_options, **_parse_options(args.options)}
-    if args.method_option_items:
+    if getattr(args, "method_option_items", None):
         flags["method_options"] = {**base.method_options,
                                    **_parse_options(args.method_option_items, "--method-option")}
-    config = base.replace(**flags)
-    metrics = run_train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
-    print(f"{config.model}-w{config.wbits}a{config.abits} ({config.quant}) on {config.dataset}: "
-          f"test accuracy {100 * metrics['test_acc']:.2f}% after {metrics['epochs']} epochs "
-          f"({metrics['seconds']:.1f} s, {metrics['threads']} threads) -> {args.out}")
+    return base.replace(**flags)
+
+
+def _add_layers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("layers", help="list a model's quantized layers with their bit-widths (the names a "
+                                      "precision map takes)")
+    p.add_argument("run", nargs="?", help="a finished run directory (default: the model the flags below describe)")
+    p.add_argument("--config", help="YAML file of training settings, which the flags below override (default: none)")
+    p.add_argument("--model", help="as for 'hwq train' (default: tfc)")
+    p.add_argument("--dataset", help="as for 'hwq train'; no data is read (default: digits)")
+    p.add_argument("--method", help="as for 'hwq train' (default: uniform)")
+    p.add_argument("--quant", help="as for 'hwq train' (default: the method's)")
+    p.add_argument("--wbits", type=int, help="weight bit-width of the layers the precision map does not name "
+                                             "(default: 1)")
+    p.add_argument("--abits", type=int, help="activation bit-width of the layers the map does not name (default: 1)")
+    p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="model or quantizer-family option, repeatable (default: none)")
+    p.add_argument("--precision", help="YAML file mapping layer names to bit-widths, checked as training checks it "
+                                       "(default: none)")
+    p.add_argument("--json", action="store_true", help="print the layers as JSON (default: a table)")
+    p.set_defaults(func=_layers)
+
+
+def _layers(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from hwq.errors import ConfigError
+    from hwq.models.precision import layers_table
+    from hwq.train.layers import config_layers, run_layers
+
+    if args.run:
+        given = [flag for flag in ("config", "model", "dataset", "method", "quant", "wbits", "abits", "precision")
+                 if getattr(args, flag) is not None] + (["option"] if args.options else [])
+        if given:
+            raise ConfigError(f"--{given[0]}: a run's layers are those it was trained with; give a run or flags, "
+                              f"not both")
+        layers = run_layers(args.run)
+    else:
+        layers = config_layers(_train_config(args))
+    print(json.dumps([asdict(layer) for layer in layers], indent=2) if args.json else layers_table(layers))
     return 0
 
 
@@ -492,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hwq", description="quantization-aware training to FPGA accelerators")
     parser.add_argument("--version", action="version", version=f"hwq {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
-    for add in (_add_train, _add_export, _add_models, _add_build, _add_boards, _add_emulate,
+    for add in (_add_train, _add_layers, _add_export, _add_models, _add_build, _add_boards, _add_emulate,
                 _add_measure, _add_run):
         add(sub)
     return parser

@@ -127,6 +127,19 @@ def resolve_method(method: str | None, quant: str | None) -> tuple[str | None, s
     return method, wanted
 
 
+def check_method_precision(method: str | None, precision: dict, layers) -> None:
+    """A one-line ConfigError when ``precision`` gives a layer fewer weight bits than the method trains (``layers``:
+    the model's quantized layers, :class:`hwq.models.precision.QuantizedLayer`)."""
+    if method is None or not precision:
+        return
+    least = METHODS[method].min_wbits
+    for layer in layers:
+        named = [name for name in layer.names if name in precision]
+        if named and layer.role == "weight" and layer.bits < least:
+            raise ConfigError(f"precision.{named[0]}: --method {method} trains {least} or more weight bits, got "
+                              f"{layer.bits}")
+
+
 def check_method_bits(method: str | None, wbits: Any) -> None:
     """A one-line ConfigError when the method cannot train ``wbits``-bit weights.
 

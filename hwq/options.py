@@ -378,3 +378,22 @@ CLASSIFIER_BITS = Option("classifier_bits", "integer", 8, "weight bits of the cl
                          range=Range(2, 8))
 REACTNET_OPTIONS = (_width(0.5), SHORTCUT_BITS, CLASSIFIER_BITS, PAD_VALUE)
 REACTNET_TINY_OPTIONS = (_width(0.5), SHORTCUT_BITS, CLASSIFIER_BITS, PAD_VALUE)
+
+
+# --- per-layer bit-widths (``precision:``, hwq.models.precision) ---------------------------------------------------
+#: The bit-widths a layer of the map may take: hwq.quant.spec's MIN_BITS..MAX_BITS (tests/test_precision.py checks).
+PRECISION_BITS = tuple(range(1, 9))
+
+
+def check_precision_map(precision: Any, where: str = "precision") -> dict[str, int]:
+    """``precision`` as a dict of module path -> bits (1..8), or a one-line ConfigError naming ``where``."""
+    if not isinstance(precision, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of layer names to bit-widths (e.g. features.2: 4), "
+                          f"got {precision!r}")
+    for name, bits in precision.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}: layer names are module paths such as features.2, got {name!r}")
+        if isinstance(bits, bool) or not isinstance(bits, int) or bits not in PRECISION_BITS:
+            raise ConfigError(f"{where}.{name}: expected a bit-width, an integer {PRECISION_BITS[0]}.."
+                              f"{PRECISION_BITS[-1]}, got {bits!r}")
+    return dict(precision)

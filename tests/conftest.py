@@ -25,6 +25,17 @@ def _train(tmp_path_factory, name: str, **settings):
     return out
 
 
+def random_bn_statistics(model) -> None:
+    """Give an untrained model's BatchNorms random running statistics, so its thresholds are not all alike (the
+    builds of untrained networks check the gates on them)."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            module.running_mean.uniform_(-3.3, 3.3)
+            module.running_var.uniform_(0.5, 2.0)
+
+
 @pytest.fixture(scope="session")
 def digits_tfc_w1a1(tmp_path_factory):
     """A run directory holding a trained digits TFC-w1a1 (config.yaml, model.pt, metrics.json ...)."""

@@ -125,7 +125,8 @@ def test_any_recipe_gives_one_line(tmp_path_factory, data):
         recipe[data.draw(st.sampled_from(["name", "run_dir", "extra"]))] = data.draw(SECTION_VALUES)
     path = tmp_path_factory.mktemp("recipe") / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    status, stderr = _run(["run", str(path), "--no-progress"])
+    with contextlib.chdir(path.parent):  # a drawn run_dir is relative: its failure record goes there, not the cwd
+        status, stderr = _run(["run", str(path), "--no-progress"])
     _one_line_or_usage("run", status, stderr)
     assert status == 2, stderr  # nothing here can succeed: the data folder does not exist
 

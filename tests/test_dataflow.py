@@ -323,13 +323,11 @@ def test_cnv_build_is_bit_exact(tmp_path):
     from hwq._io import write_json
     from hwq.export import export_qonnx_model
     from hwq.models import ModelSpec, build_model
+    from tests.conftest import random_bn_statistics
 
     torch.manual_seed(0)
     model = build_model(ModelSpec("cnv", 1, 1, image_shape=(3, 32, 32))).eval()
-    for module in model.modules():
-        if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            module.running_mean.uniform_(-3.3, 3.3)
-            module.running_var.uniform_(0.5, 2.0)
+    random_bn_statistics(model)
     run = tmp_path / "cnv"
     run.mkdir()
     export_qonnx_model(model, run / "model.onnx")

@@ -22,7 +22,7 @@ def _divisor(rng, n: int) -> int:
 
 
 def random_mvau(rng, kind: str, name: str = "mvau") -> MVAULayer:
-    """A random MVAU of one of four kinds, with random PE/SIMD dividing MH/MW."""
+    """A random MVAU of one of six kinds, with random PE/SIMD dividing MH/MW."""
     mw, mh = int(rng.choice([8, 12, 16, 24])), int(rng.choice([4, 6, 8]))
     pe, simd = _divisor(rng, mh), _divisor(rng, mw)
     if kind == "xnor":
@@ -33,6 +33,14 @@ def random_mvau(rng, kind: str, name: str = "mvau") -> MVAULayer:
         it, w, ot = ElemType(8, False), rng.choice([-1, 1], (mw, mh)), ElemType(1, False)
         acc = (-255 * mw, 255 * mw)
         n_thr, act = 1, 0
+    elif kind == "bipolar_in":       # a BIPOLAR stream (bits for -1/+1) x INT2, out BIPOLAR (mixed precision)
+        it, w, ot = ElemType(1, False, bipolar=True), rng.integers(-2, 2, (mw, mh)), ElemType(1, False, bipolar=True)
+        acc = (-2 * mw, 2 * mw)
+        n_thr, act = 1, 0
+    elif kind == "bipolar_in_pm1":   # a BIPOLAR stream x +-1 weights in an integer MVAU, 3 thresholds, INT2 out
+        it, w, ot = ElemType(1, False, bipolar=True), rng.choice([-1, 1], (mw, mh)), ElemType(2, True)
+        acc = (-mw, mw)
+        n_thr, act = 3, -2
     elif kind == "int":              # INT4 x INT3, 3 thresholds, signed 2-bit output (ActVal -2)
         it, w, ot = ElemType(4, True), rng.integers(-4, 4, (mw, mh)), ElemType(2, True)
         acc = (-32 * mw, 32 * mw)
@@ -47,12 +55,15 @@ def random_mvau(rng, kind: str, name: str = "mvau") -> MVAULayer:
 
 
 def _inputs(rng, layer, n: int = 8) -> np.ndarray:
-    return rng.integers(layer.in_type.lo, layer.in_type.hi + 1, (n, layer.in_elems))
+    """Stream elements: a bipolar stream carries bits."""
+    lo, hi = (0, 1) if layer.in_type.bipolar else (layer.in_type.lo, layer.in_type.hi)
+    return rng.integers(lo, hi + 1, (n, layer.in_elems))
 
 
 # seeds 0-3 draw combinational trees or one stage, 13/19/15/18 two to four stages (depth 1-2, 4-level trees)
 @pytest.mark.parametrize("kind, seed", [("xnor", 0), ("bipolar", 1), ("int", 2), ("raw", 3),
-                                        ("xnor", 13), ("bipolar", 19), ("int", 15), ("raw", 18)])
+                                        ("xnor", 13), ("bipolar", 19), ("int", 15), ("raw", 18),
+                                        ("bipolar_in", 4), ("bipolar_in_pm1", 5), ("bipolar_in", 16)])
 def test_mvau_block_matches_reference_with_random_folding(tmp_path, kind, seed):
     rng = np.random.default_rng(seed)
     layer = random_mvau(rng, kind)
@@ -65,6 +76,16 @@ def test_mvau_block_matches_reference_with_random_folding(tmp_path, kind, seed):
     result = simulate(design, x, want, tmp_path / "sim", p_gap=0.3, p_stall=0.4, seed=seed)
     assert result["cycles_per_image"] == max(layer.cycles, design.in_beats + 1)
     assert result["width_in"] == layer.simd * layer.in_type.bits
+
+
+def test_bipolar_stream_stands_for_minus_one_and_one():
+    """The reference reads a BIPOLAR stream's bits as -1/+1: the same integers as the dot product of the values."""
+    rng = np.random.default_rng(7)
+    layer = random_mvau(rng, "bipolar_in_pm1")
+    bits = _inputs(rng, layer)
+    no_act = dataclasses.replace(layer, thresholds=None, out_type=ElemType.for_range(-layer.mw, layer.mw))
+    assert np.array_equal(run_layers([no_act], bits), (2 * bits - 1) @ layer.weights)
+    assert (layer.in_type.lo, layer.in_type.hi) == (-1, 1)
 
 
 @pytest.mark.parametrize("kind, seed", [("bipolar", 20), ("int", 21), ("xnor", 22)])

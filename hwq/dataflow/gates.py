@@ -4,7 +4,8 @@
 **Bit-exactness**: the abstract HW-layer graph (before layer specialisation, when every layer still executes in
 Python) runs on held-out ``uint8`` test images next to the QONNX model (on ``pixels / 255``). The classes must be
 identical, and so must the integer outputs: each layer's integer output (a bipolar activation ``b`` in QONNX is
-``(b + 1) / 2`` in FINN's binary encoding; an XNOR popcount ``p`` over ``MW`` inputs is the dot product
+``(b + 1) / 2`` in FINN's binary encoding where it feeds an XNOR layer, ``b`` where FINN keeps it BIPOLAR, as in
+front of an integer layer; an XNOR popcount ``p`` over ``MW`` inputs is the dot product
 ``2p - MW``). The first differing tensor is named.
 
 **Integer range**: every tensor must fit the datatype FINN declared for it. The values seen while running the
@@ -152,7 +153,10 @@ def check_bit_exact(qonnx_model: ModelWrapper, hw_model: ModelWrapper, images: n
     if layerwise:
         for act, node in zip(acts, layers[:-1]):
             value = ref[act["tensor"]]
-            expected = (value + 1) / 2 if act["bipolar"] else value / act["scale"]
+            # FINN's binary encoding (0/1) where the stream feeds an XNOR layer; a bipolar stream into an integer
+            # MVAU (mixed precision: W2 after A1) stays BIPOLAR, its values -1/+1 on both sides
+            encoded = act["bipolar"] and hw_model.get_tensor_datatype(node.output[0]) != DataType["BIPOLAR"]
+            expected = (value + 1) / 2 if encoded else value if act["bipolar"] else value / act["scale"]
             pairs.append((act["tensor"], node.output[0], _to_nhwc(np.rint(expected)), hw[node.output[0]]))
     if dot is not None:
         last = getCustomOp(layers[-1])

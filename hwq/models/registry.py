@@ -32,6 +32,9 @@ class ModelSpec:
     dropout: float = 0.2
     #: The run's ``model_options``: those the builder declares (a backbone's width) and the family's.
     options: dict = field(default_factory=dict)
+    #: Per-layer bit-widths, module path -> bits (:mod:`hwq.models.precision`); layers not named keep
+    #: ``wbits`` / ``abits``.
+    precision: dict = field(default_factory=dict)
 
 
 Builder = Callable[[ModelSpec, UniformFamily], nn.Module]
@@ -79,13 +82,31 @@ def build_model(spec: ModelSpec) -> nn.Module:
     >>> model.input_shape
     (64,)
     """
+    if not spec.precision:
+        family = _checked_family(spec)
+        return MODELS[spec.name](spec, family)
+    return model_and_layers(spec)[0]
+
+
+def model_and_layers(spec: ModelSpec) -> tuple[nn.Module, list]:
+    """The model ``spec`` describes with its ``precision`` map applied, and its quantized layers
+    (:class:`hwq.models.precision.QuantizedLayer`, in construction order, with the bits each got)."""
+    from hwq.models.precision import build_with_precision, check_precision_map
+
+    check_precision_map(spec.precision)
+    _checked_family(spec)
+    return build_with_precision(spec, lambda: get_family(spec.quant, spec.options),
+                                lambda family: MODELS[spec.name](spec, family))
+
+
+def _checked_family(spec: ModelSpec) -> UniformFamily:
     if spec.name not in MODELS:
         raise ConfigError(f"unknown model '{spec.name}'; known: {', '.join(sorted(MODELS))}")
     if spec.quant in FAMILIES:
         check_model_options(spec.name, spec.quant, spec.options)
     family = get_family(spec.quant, spec.options)
     family.check_bits(spec.wbits, spec.abits)
-    return MODELS[spec.name](spec, family)
+    return family
 
 
 def check_model_options(model: str, quant: str, options: dict) -> None:

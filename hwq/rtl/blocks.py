@@ -47,6 +47,13 @@ def _extend(word: str, i: int, t: ElemType, bits: int) -> str:
     return f"{{{bits - t.bits}'d0, {expr}}}"
 
 
+def _value(x: str, t: ElemType) -> str:
+    """The signed value of the element ``x`` (of type ``t``): itself, zero-extended, or -1/+1 for a bipolar bit."""
+    if t.bipolar:
+        return f"$signed({{~{x}, 1'b1}})"
+    return f"$signed({x})" if t.signed else f"$signed({{1'b0, {x}}})"
+
+
 def _hex(value: int, bits: int) -> str:
     return f"{bits}'h{value & ((1 << bits) - 1):x}"
 
@@ -224,7 +231,7 @@ def mvau_verilog(layer: MVAULayer, in_beat: int, tree_levels_per_stage: int = TR
     stages = mvau_pipeline_stages(layer, every)
     lo, hi = layer.acc_range()
     acc_t = ElemType.for_range(lo, hi)
-    signed = (acc_t.signed or layer.adder or (not layer.xnor and layer.in_type.signed)
+    signed = (acc_t.signed or layer.adder or (not layer.xnor and layer.in_type.signed_value)
               or (not layer.xnor and wb > 1))
     if signed and not acc_t.signed:
         acc_t = ElemType(acc_t.bits + 1, True)
@@ -289,8 +296,7 @@ def mvau_verilog(layer: MVAULayer, in_beat: int, tree_levels_per_stage: int = TR
         xs_names = []
         for i in range(simd):
             x = f"s1_x[{i * ib + ib - 1}:{i * ib}]" if ib > 1 else f"s1_x[{i}]"
-            xs = f"$signed({x})" if layer.in_type.signed else f"$signed({{1'b0, {x}}})"
-            L.append(f"    wire signed [{ab - 1}:0] xs{i} = {xs};")
+            L.append(f"    wire signed [{ab - 1}:0] xs{i} = {_value(x, layer.in_type)};")
             xs_names.append((f"xs{i}", ab))
         tl, xsum, _ = _adder_tree("xsum", xs_names, True, ab, every, before, after)
         L += tl
@@ -298,16 +304,16 @@ def mvau_verilog(layer: MVAULayer, in_beat: int, tree_levels_per_stage: int = TR
             terms = []
             for i in range(simd):
                 wbit = p * simd + i
-                if layer.in_type.signed:
+                if layer.in_type.signed_value:
                     L.append(f"    wire signed [{ab - 1}:0] m{p}_{i} = s1_w[{wbit}] ? xs{i} : {ab}'sd0;")
                     terms.append((f"m{p}_{i}", ab))
                 else:  # unsigned pixels: the masked sum grows from IB bits, no sign bits to add
                     x = f"s1_x[{i * ib + ib - 1}:{i * ib}]" if ib > 1 else f"s1_x[{i}]"
                     L.append(f"    wire [{ib - 1}:0] m{p}_{i} = s1_w[{wbit}] ? {x} : {ib}'d0;")
                     terms.append((f"m{p}_{i}", ib))
-            tl, total, _ = _adder_tree(f"t{p}", terms, layer.in_type.signed, ab, every, before, after)
+            tl, total, _ = _adder_tree(f"t{p}", terms, layer.in_type.signed_value, ab, every, before, after)
             L += tl
-            masked = total if layer.in_type.signed else f"$signed({{1'b0, {total}}})"
+            masked = total if layer.in_type.signed_value else f"$signed({{1'b0, {total}}})"
             L.append(f"    wire signed [{ab - 1}:0] dot{p} = ({masked} <<< 1) - {xsum};")
     for p in range(pe if not bipolar_w else 0):
         terms = []
@@ -318,7 +324,7 @@ def mvau_verilog(layer: MVAULayer, in_beat: int, tree_levels_per_stage: int = TR
             if layer.xnor:
                 terms.append((f"{{{x} ~^ {w}}}", 1))
                 continue
-            xs = f"$signed({x})" if layer.in_type.signed else f"$signed({{1'b0, {x}}})"
+            xs = _value(x, layer.in_type)
             name = f"m{p}_{i}"
             if layer.adder:  # -|x - w|: the difference if negative, else its negation
                 dw = max(ib + 1, wb) + 1

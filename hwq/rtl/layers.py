@@ -34,18 +34,36 @@ class UnsupportedLayerError(ConfigError):
 
 @dataclass(frozen=True)
 class ElemType:
-    """An integer element type on a stream: ``bits`` wide, two's complement when ``signed``."""
+    """An integer element type on a stream: ``bits`` wide, two's complement when ``signed``.
+
+    ``bipolar``: one bit ``b`` standing for the value ``2b - 1`` (FINN's BIPOLAR stream, which a mixed-precision
+    network feeds into an integer MVAU: its ``lo``/``hi`` are the values -1/+1, its elements the bits).
+    """
 
     bits: int
     signed: bool
+    bipolar: bool = False
+
+    def __repr__(self) -> str:
+        bipolar = ", bipolar=True" if self.bipolar else ""
+        return f"ElemType(bits={self.bits}, signed={self.signed}{bipolar})"
 
     @property
     def lo(self) -> int:
+        if self.bipolar:
+            return -1
         return -(1 << (self.bits - 1)) if self.signed else 0
 
     @property
     def hi(self) -> int:
+        if self.bipolar:
+            return 1
         return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+    @property
+    def signed_value(self) -> bool:
+        """Whether the values it stands for can be negative (signed, or bipolar)."""
+        return self.signed or self.bipolar
 
     @staticmethod
     def for_range(lo: int, hi: int) -> "ElemType":
@@ -174,6 +192,8 @@ class MVAULayer:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x).reshape(-1, self.mw)
+        if self.in_type.bipolar:  # the stream's bits stand for -1/+1
+            x = 2 * x - 1
         out = reference.mvau(x, self.weights, self.thresholds, xnor=self.xnor, act_val=self.act_val,
                              adder=self.adder)
         return out.reshape(-1, self.out_elems)
@@ -213,10 +233,14 @@ class LabelSelectLayer:
         return reference.label_select(x, 1)
 
 
-def _elem_type(name: str, where: str) -> ElemType:
+def _elem_type(name: str, where: str, bipolar: bool = False) -> ElemType:
+    """The stream type of FINN's datatype ``name``; BIPOLAR only where ``bipolar`` (the integer MVAU reads and
+    writes it; the other blocks carry it as nothing they know)."""
     from qonnx.core.datatype import DataType
 
     dt = DataType[name]
+    if name == "BIPOLAR" and bipolar:
+        return ElemType(1, False, bipolar=True)
     if name == "BIPOLAR" or not dt.is_integer():
         raise UnsupportedLayerError(f"{where}: element type {name} is not supported by the Verilog generator")
     return ElemType(dt.bitwidth(), dt.signed())
@@ -241,9 +265,11 @@ def _mvau(model, node) -> MVAULayer:
     mw, mh, pe, simd = attr("MW"), attr("MH"), attr("PE"), attr("SIMD")
     if mh % pe or mw % simd:
         raise UnsupportedLayerError(f"{node.name}: PE={pe} must divide MH={mh} and SIMD={simd} must divide MW={mw}")
+    # a BIPOLAR output is the threshold count (0/1) as FINN streams it, whatever reads it
+    out_type = _elem_type(attr("outputDataType"), node.name, bipolar=thr is not None)
     return MVAULayer(name=node.name, mw=mw, mh=mh, pe=pe, simd=simd, xnor=xnor,
-                     in_type=_elem_type(attr("inputDataType"), node.name),
-                     out_type=_elem_type(attr("outputDataType"), node.name), weights=weights,
+                     in_type=_elem_type(attr("inputDataType"), node.name, bipolar=not xnor), out_type=out_type,
+                     weights=weights,
                      thresholds=thr, act_val=int(attr("ActVal")) if thr is not None else 0,
                      vectors=int(np.prod(attr("numInputVectors"))))
 

@@ -18,6 +18,7 @@ import yaml
 from hwq._io import read_yaml_mapping
 from hwq.catalog import check_model_options
 from hwq.errors import ConfigError
+from hwq.options import check_precision_map
 from hwq.methods import (METHODS, check_method_bits, check_method_dropout, check_method_options, method_options,
                          resolve_method)
 
@@ -44,6 +45,18 @@ class Recipe(str, Enum):
 
 #: Families whose 1-bit weights the two-step recipe can turn off and on (plain Brevitas weight quantizers).
 TWO_STEP_FAMILIES = ("uniform", "n2uq")
+
+
+def read_precision(precision: Any) -> dict[str, int]:
+    """A ``precision`` field as its mapping: the file's when it names one (the mapping itself, or under a
+    ``precision:`` key, so a training config file can serve), checked layer by layer."""
+    where = "precision"
+    if isinstance(precision, str | Path):
+        where = str(precision)
+        precision = read_yaml_mapping(precision, "precision file")
+        if set(precision) == {"precision"}:
+            precision = precision["precision"]
+    return check_precision_map(precision, where)
 
 
 def _is_int(value: Any) -> bool:
@@ -98,6 +111,10 @@ class TrainConfig:
     #: Options of the model builder and the quantizer family (``hwq models`` lists each one's); any other key, or a
     #: value of the wrong type, is an error when the config is made.
     model_options: dict[str, Any] = field(default_factory=dict)
+    #: Per-layer bit-widths: module path -> bits (``hwq layers`` lists a model's), or the path of a YAML file holding
+    #: that mapping (read when the config is made; config.yaml records the mapping). Layers it does not name keep
+    #: ``wbits`` / ``abits``. Checked against the model when it is built (hwq.models.precision).
+    precision: dict[str, int] | str = field(default_factory=dict)
     #: Options of the method's objective and optimizer (``hwq models`` lists each method's), e.g. SAM's radius;
     #: a key the method does not read is an error when the config is made.
     method_options: dict[str, Any] = field(default_factory=dict)
@@ -140,6 +157,7 @@ class TrainConfig:
         self.method, self.quant = resolve_method(self.method, self.quant)
         self.model_options = method_options(self.method, self.model_options) \
             if isinstance(self.model_options, dict) else self.model_options
+        self.precision = read_precision(self.precision)
         self._check_types()
         self._check_ranges()
         self._check_recipe()
@@ -199,6 +217,9 @@ class TrainConfig:
         return Schedule.LINEAR if self.recipe is Recipe.TWO_STEP else Schedule.COSINE
 
     def _check_recipe(self) -> None:
+        if self.recipe is Recipe.TWO_STEP and self.precision:
+            raise ConfigError("precision: the two-step recipe switches every weight layer to binary weights in its "
+                              "second step; per-layer bit-widths are not supported with --recipe two-step")
         if self.recipe is not Recipe.TWO_STEP:
             if self.step1_epochs is not None:
                 raise ConfigError(f"step1_epochs: only --recipe two-step has steps, got {self.step1_epochs!r} "

@@ -26,13 +26,13 @@ from hwq import manifest as records
 from hwq._io import read_json, write_atomic, write_json
 from hwq.data import Dataset, load_dataset
 from hwq.errors import CheckpointError, ConfigError, Interrupted
-from hwq.models import ModelSpec, build_model
+from hwq.models import ModelSpec, build_model, model_and_layers
 from hwq.models.scores import model_scores
 from hwq.train.augment import AUGMENTED_BY_DEFAULT, random_crop_flip
 from hwq.train.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from hwq.options import BITAT_OPTIONS, option_named
 from hwq.train.config import Loss, Schedule, TrainConfig
-from hwq.methods import method_named
+from hwq.methods import check_method_precision, method_named
 from hwq.train.hooks import ModelHooks, call_hooks  # noqa: F401  (call_hooks: part of this module's API)
 from hwq.train.objectives import Objective, make_objective
 from hwq.train.optimizers import make_optimizer_named
@@ -58,6 +58,7 @@ def model_spec_for(config: TrainConfig, dataset: Dataset) -> ModelSpec:
     return ModelSpec(
         name=config.model, wbits=config.wbits, abits=config.abits, quant=config.quant,
         image_shape=dataset.image_shape, num_classes=dataset.num_classes, dropout=config.dropout, options=options,
+        precision=dict(config.precision),
     )
 
 
@@ -293,7 +294,9 @@ def _prepare(config: TrainConfig, device: torch.device, checkpoint: dict | None)
                                   test_x=dataset.test_x.to(device), test_y=dataset.test_y.to(device))
     spec = model_spec_for(config, dataset)
     torch.manual_seed(config.seed)
-    model = build_model(spec).to(device)
+    model, layers = model_and_layers(spec)
+    check_method_precision(config.method, spec.precision, layers)
+    model = model.to(device)
     if config.init_from and checkpoint is None:
         load_init_weights(model, config.init_from)
     if checkpoint is not None:
@@ -477,7 +480,7 @@ def load_trained_model(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: run directory not found")
-    config, spec = _run_description(run_dir)
+    config, spec = run_description(run_dir)
     model = build_model(spec)
     path = run_dir / weights
     state = load_checkpoint(path, required=("model",) if weights == CHECKPOINT_FILE else ())
@@ -495,7 +498,7 @@ def load_trained_model(
 BITAT_DESIGN_UNRECORDED = "first"
 
 
-def _run_description(run_dir: Path) -> tuple[TrainConfig, ModelSpec]:
+def run_description(run_dir: Path) -> tuple[TrainConfig, ModelSpec]:
     """The config and model spec ``metrics.json`` records; a damaged file is a CheckpointError naming it."""
     path = run_dir / METRICS_FILE
     metrics = read_json(path, "metrics file (is this a finished hwq training run?)")
