@@ -48,6 +48,21 @@ def test_a_map_that_changes_nothing_draws_the_same_weights_as_no_map():
     assert plain.keys() == mapped.keys() and all(torch.equal(plain[k], mapped[k]) for k in plain)
 
 
+def test_without_a_map_model_and_layers_is_build_model():
+    """Training builds through ``model_and_layers``: without a map, one build with the very random draws of
+    ``build_model`` (the weights, and the random state training goes on from), and no tags left on the modules."""
+    spec = ModelSpec("tfc", 2, 2, image_shape=DIGITS)
+    torch.manual_seed(5)
+    plain, after_plain = build_model(spec).state_dict(), torch.rand(4)
+    torch.manual_seed(5)
+    model, layers = model_and_layers(spec)
+    assert torch.equal(torch.rand(4), after_plain) and len(layers) == 7
+    state = model.state_dict()
+    assert plain.keys() == state.keys() and all(torch.equal(plain[k], state[k]) for k in plain)
+    mapped, _ = model_and_layers(ModelSpec("tfc", 2, 2, image_shape=DIGITS, precision={"features.6": 4}))
+    assert not any(hasattr(m, "hwq_precision_call") for net in (model, mapped) for m in net.modules())
+
+
 def test_layers_list_every_quantizer_with_its_role_and_shared_modules_with_every_name():
     layers = quantized_layers(ModelSpec("tfc", 1, 1, image_shape=DIGITS))
     assert [(layer.name, layer.role) for layer in layers] == [

@@ -58,8 +58,8 @@ class _CallRecorder:
     the family itself, so a ``classifier`` that makes its layer with ``self.linear`` is one call, not two.
     """
 
-    def __init__(self, family, bits_at: Mapping[int, int], tag: bool) -> None:
-        self._family, self._bits_at, self._tag = family, dict(bits_at), tag
+    def __init__(self, family, bits_at: Mapping[int, int]) -> None:
+        self._family, self._bits_at = family, dict(bits_at)
         self.calls: list[tuple[str, int]] = []
 
     def __getattr__(self, name: str):
@@ -70,8 +70,7 @@ class _CallRecorder:
         bits = self._bits_at.get(call, bits)
         self.calls.append((role, bits))
         module = make(bits)
-        if self._tag:
-            module.hwq_precision_call = call
+        module.hwq_precision_call = call  # read and removed by _recorded_layers once the model is built
         return module
 
     def linear(self, in_features: int, out_features: int, bits: int) -> nn.Module:
@@ -89,11 +88,15 @@ class _CallRecorder:
 
 
 def _recorded_layers(model: nn.Module, calls: list[tuple[str, int]]) -> list[QuantizedLayer]:
+    """The named quantized layers of ``model``, whose modules the recorder tagged with their call (tags removed)."""
     paths: dict[int, list[str]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         call = getattr(module, "hwq_precision_call", None)
         if call is not None and name not in paths.get(call, []):
             paths.setdefault(call, []).append(name)
+    for module in model.modules():
+        if hasattr(module, "hwq_precision_call"):
+            del module.hwq_precision_call
     layers = []
     for call, (role, bits) in enumerate(calls):
         if call in paths:  # a layer the model made but did not keep has no name, and no map can reach it
@@ -129,27 +132,30 @@ def _bits_per_call(spec, family, layers: list[QuantizedLayer]) -> dict[int, int]
     return bits_at
 
 
+def _recorded_build(family, bits_at: Mapping[int, int], build: Callable[[Any], nn.Module]
+                    ) -> tuple[nn.Module, list[QuantizedLayer]]:
+    recorder = _CallRecorder(family, bits_at)
+    model = build(recorder)
+    return model, _recorded_layers(model, recorder.calls)
+
+
 def build_with_precision(spec, make_family: Callable[[], Any], build: Callable[[Any], nn.Module]
                          ) -> tuple[nn.Module, list[QuantizedLayer]]:
     """``build(family)`` with ``spec.precision``'s bits in the layers it names, and the model's quantized layers.
 
-    ``make_family`` makes a fresh family for each build (a family may keep per-model state). Without a map the
-    model is the recording build's, made with the random state forked (``build_model`` builds it once, as usual).
+    Without a map this is one build, the one ``build_model`` makes (the same random draws). With a map, a first build
+    with the random state forked finds which family call made which named module, and the second gives those calls
+    the map's bits. ``make_family`` makes a fresh family for each build (a family may keep per-model state).
     """
-    with torch.random.fork_rng(devices=[]):
-        recorder = _CallRecorder(make_family(), {}, tag=True)
-        model = build(recorder)
-        layers = _recorded_layers(model, recorder.calls)
     if not spec.precision:
-        return model, layers
-    roles = [role for role, _ in recorder.calls]
-    recorder = _CallRecorder(make_family(), _bits_per_call(spec, make_family(), layers), tag=False)
-    model = build(recorder)
-    if [role for role, _ in recorder.calls] != roles:
+        return _recorded_build(make_family(), {}, build)
+    with torch.random.fork_rng(devices=[]):
+        _, layers = _recorded_build(make_family(), {}, build)
+    model, mapped = _recorded_build(make_family(), _bits_per_call(spec, make_family(), layers), build)
+    if [(layer.names, layer.role) for layer in mapped] != [(layer.names, layer.role) for layer in layers]:
         raise ConfigError(f"model '{spec.name}': its layers changed with the precision map (a model must ask its "
                           f"family for the same layers whatever their bits)")
-    return model, [QuantizedLayer(layer.name, layer.role, recorder.calls[layer.call][1], layer.call, layer.aliases)
-                   for layer in layers]
+    return model, mapped
 
 
 def quantized_layers(spec) -> list[QuantizedLayer]:
