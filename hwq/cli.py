@@ -64,7 +64,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step2-weight-decay", dest="step2_weight_decay", type=float,
                    help="Adam weight decay of step 2 (binary weights), >= 0 (default: 0.0)")
     p.add_argument("--train-subset", dest="train_subset", type=int,
-                   help="train on this many training images (class-balanced, seeded); the test set stays whole "
+                   help="train on this many training images (class-balanced, seeded) (default: all)")
+    p.add_argument("--test-subset", dest="test_subset", type=int,
+                   help="score on this many test images (class-balanced, the same ones for every run and seed) "
                         "(default: all)")
     p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="model or quantizer-family option, repeatable ('hwq models' lists each one's); VALUE is "
@@ -103,7 +105,7 @@ def _train(args: argparse.Namespace) -> int:
 TRAIN_FIELD_FLAGS = (
     "model", "dataset", "method", "quant", "wbits", "abits", "epochs", "batch_size", "lr", "schedule", "loss",
     "dropout", "weight_decay", "seed", "device", "threads", "data_dir", "teacher", "distill_weight",
-    "distill_temperature", "init_from", "train_subset", "recipe", "step1_epochs", "step1_weight_decay",
+    "distill_temperature", "init_from", "train_subset", "test_subset", "recipe", "step1_epochs", "step1_weight_decay",
     "step2_weight_decay", "precision")
 
 

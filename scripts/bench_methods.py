@@ -144,6 +144,8 @@ def train_command(args, cell: Cell, seed: int) -> list[str]:
         cmd += ["--data-dir", args.data_dir]
     if args.train_subset:
         cmd += ["--train-subset", str(args.train_subset)]
+    if args.test_subset:
+        cmd += ["--test-subset", str(args.test_subset)]
     for key, value in suite.options:
         cmd += ["--option", f"{key}={json.dumps(value)}"]
     return cmd
@@ -363,8 +365,10 @@ def markdown(results: dict) -> str:
         spec = SUITES[suite]
         subset = f"{args['train_subset']} class-balanced training images" if args["train_subset"] else \
             "the whole training set"
+        test = f"the same {args['test_subset']} class-balanced test images for every row" \
+            if args.get("test_subset") else "the whole test set"
         lines += [f"### {spec.model} on {spec.dataset}: {subset}, {args['epochs']} epochs, batch "
-                  f"{args['batch_size']}, lr {args['lr']}, seeds {seeds}, the whole test set", "",
+                  f"{args['batch_size']}, lr {args['lr']}, seeds {seeds}, {test}", "",
                   f"| method | bits | final top-1 % (mean ± std over seeds) | mean of the last "
                   f"{min(args['last'], args['epochs'])} epochs % "
                   "| step time vs uniform | LUT | BRAM18 | fps (Pynq-Z2, 100 MHz) | build check | export check |",
@@ -439,6 +443,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=100)
     parser.add_argument("--lr", type=float, default=0.02, help="hwq train's default, for every row")
     parser.add_argument("--train-subset", dest="train_subset", type=int, default=None)
+    parser.add_argument("--test-subset", dest="test_subset", type=int, default=None,
+                        help="score every row on the same class-balanced test images (CPU-sized CIFAR-10)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=1, help="processes at a time (training, export, build)")
     parser.add_argument("--no-deploy", dest="deploy", action="store_false", help="no export and FINN estimate")

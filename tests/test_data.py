@@ -46,6 +46,20 @@ def test_train_subset_is_class_balanced_seeded_and_leaves_the_test_set_whole():
             ds.with_train_subset(bad, seed=0)
 
 
+def test_test_subset_is_class_balanced_and_the_same_images_whatever_the_seed():
+    ds = load_dataset("digits")
+    sub = ds.with_test_subset(105)
+    counts = np.bincount(sub.test_y.numpy(), minlength=10)
+    assert counts.sum() == 105 and counts.max() - counts.min() <= 1
+    assert sub.train_x is ds.train_x  # training data untouched
+    again = ds.with_train_subset(300, seed=7).with_test_subset(105)  # another run's seed: same test images
+    assert (again.test_x == sub.test_x).all() and (again.test_y == sub.test_y).all()
+    assert not (ds.with_test_subset(105).test_x == ds.test_x[:105]).all()  # drawn over the classes, not a prefix
+    for bad in (0, len(ds.test_y) + 1):
+        with pytest.raises(DataError, match=rf"test_subset: expected 1\.\.360 images of digits, got {bad}"):
+            ds.with_test_subset(bad)
+
+
 @pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="../shared/data/mnist not present")
 def test_mnist_from_idx_files():
     ds = load_dataset("mnist", SHARED)

@@ -124,6 +124,17 @@ def test_train_subset_trains_on_fewer_images_and_is_recorded(tmp_path):
             TrainConfig(train_subset=bad)
 
 
+def test_test_subset_scores_on_fewer_images_and_is_recorded(tmp_path):
+    metrics = run_train(TrainConfig(epochs=1, train_subset=200, test_subset=100), tmp_path / "sub", progress=False)
+    assert metrics["dataset"]["n_test"] == 100 and metrics["dataset"]["n_train"] == 200
+    # an accuracy on 100 images is a multiple of 1 %
+    assert abs(metrics["test_acc"] * 100 - round(metrics["test_acc"] * 100)) < 1e-9
+    assert TrainConfig.from_yaml(tmp_path / "sub" / "config.yaml").test_subset == 100
+    for bad in (0, 2.5, True):
+        with pytest.raises(ConfigError, match="test_subset: expected a positive integer or null"):
+            TrainConfig(test_subset=bad)
+
+
 def test_train_help_names_every_registered_model_and_family():
     from hwq.cli import build_parser
     from hwq.models.registry import MODELS

@@ -42,21 +42,38 @@ class Dataset:
         """The same dataset trained on ``size`` of its training images, as evenly spread over the classes as
         ``size`` allows (drawn with ``seed``, kept in their original order); the test set stays whole, so
         accuracies remain comparable with full-data runs."""
-        if not 0 < size <= len(self.train_y):
-            raise DataError(f"train_subset: expected 1..{len(self.train_y)} images of {self.name}, got {size}")
-        generator = torch.Generator().manual_seed(seed)
-        per_class = [torch.nonzero(self.train_y == c).flatten() for c in range(self.num_classes)]
-        per_class = [idx[torch.randperm(len(idx), generator=generator)] for idx in per_class]
-        # Round-robin over the classes: class c contributes its k-th image before any class its (k+1)-th.
-        rank = torch.cat([torch.arange(len(idx)) for idx in per_class])
-        order = torch.cat(per_class)[torch.argsort(rank, stable=True)]
-        keep = torch.sort(order[:size]).values
+        keep = _balanced_subset(self.train_y, size, seed, self.num_classes, f"train_subset: expected 1..{{}} "
+                                f"images of {self.name}")
         return replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep])
+
+    def with_test_subset(self, size: int) -> "Dataset":
+        """The same dataset evaluated on ``size`` of its test images, class-balanced as in
+        :meth:`with_train_subset`, always drawn with seed 0: every run (any seed, any method) that asks for the
+        same size is scored on the same images, so the rows of a table stay comparable. For CPU-sized
+        experiments whose evaluation of the whole test set would cost more than their training."""
+        keep = _balanced_subset(self.test_y, size, 0, self.num_classes, f"test_subset: expected 1..{{}} "
+                                f"images of {self.name}")
+        return replace(self, test_x=self.test_x[keep], test_y=self.test_y[keep])
 
     @staticmethod
     def to_float(images: torch.Tensor) -> torch.Tensor:
         """The model input for ``uint8`` images: ``pixels / 255`` in [0, 1]."""
         return images.to(torch.float32) / 255.0
+
+
+def _balanced_subset(labels: torch.Tensor, size: int, seed: int, num_classes: int, error: str) -> torch.Tensor:
+    """Indices of ``size`` of ``labels``' items, as evenly spread over the classes as ``size`` allows (drawn with
+    ``seed``), in their original order; ``error`` (with ``{}`` for the number of items) when ``size`` does not
+    fit."""
+    if not 0 < size <= len(labels):
+        raise DataError(error.format(len(labels)) + f", got {size}")
+    generator = torch.Generator().manual_seed(seed)
+    per_class = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
+    per_class = [idx[torch.randperm(len(idx), generator=generator)] for idx in per_class]
+    # Round-robin over the classes: class c contributes its k-th image before any class its (k+1)-th.
+    rank = torch.cat([torch.arange(len(idx)) for idx in per_class])
+    order = torch.cat(per_class)[torch.argsort(rank, stable=True)]
+    return torch.sort(order[:size]).values
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:

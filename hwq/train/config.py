@@ -108,6 +108,9 @@ class TrainConfig:
     #: Train on this many training images (class-balanced, drawn with ``seed``); None uses them all. The test
     #: set is always whole. For quick or CPU-sized experiments on the large datasets.
     train_subset: int | None = None
+    #: Score on this many test images (class-balanced, always the same ones: drawn with seed 0); None uses them
+    #: all. For CPU-sized experiments where evaluating the whole test set each epoch costs more than training.
+    test_subset: int | None = None
     #: Options of the model builder and the quantizer family (``hwq models`` lists each one's); any other key, or a
     #: value of the wrong type, is an error when the config is made.
     model_options: dict[str, Any] = field(default_factory=dict)
@@ -207,6 +210,8 @@ class TrainConfig:
             raise ConfigError(f"threads: expected a positive integer or null, got {self.threads!r}")
         if self.train_subset is not None and not (_is_int(self.train_subset) and self.train_subset >= 1):
             raise ConfigError(f"train_subset: expected a positive integer or null, got {self.train_subset!r}")
+        if self.test_subset is not None and not (_is_int(self.test_subset) and self.test_subset >= 1):
+            raise ConfigError(f"test_subset: expected a positive integer or null, got {self.test_subset!r}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ConfigError(f"device: expected cpu, cuda or auto, got '{self.device}'")
 

@@ -290,6 +290,8 @@ def _prepare(config: TrainConfig, device: torch.device, checkpoint: dict | None)
     dataset = load_dataset(config.dataset, config.data_dir)
     if config.train_subset is not None:
         dataset = dataset.with_train_subset(config.train_subset, config.seed)
+    if config.test_subset is not None:
+        dataset = dataset.with_test_subset(config.test_subset)
     dataset = dataclasses.replace(dataset, train_x=dataset.train_x.to(device), train_y=dataset.train_y.to(device),
                                   test_x=dataset.test_x.to(device), test_y=dataset.test_y.to(device))
     spec = model_spec_for(config, dataset)
