@@ -253,6 +253,8 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                       help="frames/s to fold for (default: none, the fastest folding that fits 80%% of the board)")
     fold.add_argument("--folding", dest="folding_file",
                       help="folding file in FINN's JSON format (default: none, folding chosen by hwq)")
+    p.add_argument("--max-lut", dest="max_lut", type=int,
+                   help="a LUT budget (FINN's estimate) the folding must also stay within (default: the board)")
     p.add_argument("--out", dest="out_dir",
                    help="build directory (default RUN/build-BOARD; RUN/build-BOARD-open for the open backend on a "
                         "Xilinx board); replaced only when the build succeeds, a failed one is kept as OUT.failed")
@@ -305,6 +307,7 @@ def _build(args: argparse.Namespace) -> int:
     if given:
         raise ConfigError(f"{', '.join(given)}: only for --backend open")
     config = BuildConfig().replace(board=args.board, target_fps=args.target_fps, folding_file=args.folding_file,
+                                   max_lut=args.max_lut,
                                    out_dir=args.out_dir, verify_samples=args.verify_samples,
                                    data_dir=args.data_dir, force=args.force, boards_dir=args.boards_dir,
                                    **_source_settings(args))
@@ -343,7 +346,7 @@ def _stopped(args: argparse.Namespace, m: dict) -> str:
 def _build_open(args: argparse.Namespace) -> int:
     from hwq.rtl.build import OpenBuildConfig, run_open_build
 
-    settings = {k: getattr(args, k) for k in ("target_fps", "folding_file", "out_dir", "verify_samples", "data_dir",
+    settings = {k: getattr(args, k) for k in ("target_fps", "folding_file", "max_lut", "out_dir", "verify_samples", "data_dir",
                                            "tree_levels_per_stage", "simulator", "xilinx_estimate", "boards_dir")
                 if getattr(args, k) is not None}
     settings.update(_source_settings(args))
@@ -526,6 +529,40 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="run a sweep of flow recipes on Ray, each point once (finished points kept)")
+    p.add_argument("sweep", help="sweep YAML, e.g. sweeps/digits-smoke.yaml")
+    p.add_argument("--address", help="an existing Ray cluster's address (default: a local Ray on this machine)")
+    p.add_argument("--workers", type=int, help="points at a time on the local Ray (default: the machine's CPUs)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (default: shown)")
+    p.set_defaults(func=_sweep)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from hwq.sweep import run_sweep
+
+    record = run_sweep(args.sweep, address=args.address, workers=args.workers, progress=args.progress)
+    shown = ("point", "status", "accuracy", "lut", "fps", "within_budget", "lut_front")
+    print("  ".join(f"{c:>12}" if c != "point" else f"{c:<40}" for c in shown))
+    for row in record["rows"]:
+        cells = [f"{row['point']:<40}"] + [f"{_cell(row[c]):>12}" for c in shown[1:]]
+        print("  ".join(cells) + (f"  {row['error']}" if row["error"] else ""))
+    out = Path(record["config"]["out_dir"])
+    plots = ", ".join(str(out / name) for key, name in record["outputs"].items() if key.startswith("pareto"))
+    print(f"{record['results']['done']} of {record['results']['points']} points done; results: "
+          f"{out / 'sweep.csv'}, {out / 'sweep.json'}" + (f", {plots}" if plots else ""))
+    return 0 if record["status"] == "done" else 1
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every ``--help`` shows each option's default; ``None`` and switches stay quiet (their help says)."""
 
@@ -550,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hwq {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     for add in (_add_train, _add_layers, _add_export, _add_models, _add_build, _add_boards, _add_emulate,
-                _add_measure, _add_run):
+                _add_measure, _add_run, _add_sweep):
         add(sub)
     return parser
 

@@ -100,3 +100,24 @@ def test_missed_target_fps_is_a_warning_and_a_manifest_field(mnist_tfc, capsys):
                     steps=UP_TO_FOLD)["folding"]
     assert met["met"] is True and met["achieved_fps"] >= 1_000_000
     assert json.loads((run / "zcu" / "manifest.json").read_text())["folding"] == met
+
+
+def test_a_lut_budget_gives_the_fastest_folding_within_it(digits_tfc_build, tmp_path):
+    from hwq.dataflow.errors import FoldingError
+
+    model = ModelWrapper(str(step_checkpoint(digits_tfc_build, "specialize_layers")))
+    board = load_board("pynq-z2")
+    with finn_session(tmp_path / "codegen"):
+        points = estimates.lattice(model, board)
+        luts = sorted({p.summary["total"]["LUT"] for p in points})
+        for budget in (luts[1], luts[len(luts) // 2], luts[-1] - 1):
+            found = estimates.fold_fastest_fitting(model, board, 0.8, max_lut=budget)
+            within = [p.max_cycles for p in points if estimates.fits(p.summary, 0.8) and
+                      p.summary["total"]["LUT"] <= budget]
+            assert found.summary["total"]["LUT"] <= budget and found.max_cycles == min(within), budget
+        with pytest.raises(FoldingError, match=rf"no folding fits 80 % of pynq-z2 and {luts[0] - 1:,} LUT "
+                                               rf"\(--max-lut\), even fully folded .*: needs {luts[0]:,} LUT, the "
+                                               rf"budget \(--max-lut\) is {luts[0] - 1:,}$"):
+            estimates.fold_fastest_fitting(model, board, 0.8, max_lut=luts[0] - 1)
+    with pytest.raises(Exception, match=r"max_lut \(--max-lut\): expected an integer >= 1, got 0"):
+        BuildConfig(max_lut=0)

@@ -399,3 +399,21 @@ def test_hwq_build_maps_a_default_n2uq_network(n2uq_digits_run, tmp_path):
     kinds = [layer["op_type"] for layer in manifest["estimates"]["layers"]]
     assert sum(kind.startswith("MVAU") for kind in kinds) == 4 and any(k.startswith("LabelSelect") for k in kinds)
     assert manifest["estimates"]["total"]["estimated_fps"] > 0
+
+
+def test_an_n2uq_w1a1_network_builds_through_code_generation(tmp_path):
+    """A 1-bit N2UQ activation (0/1) is declared UINT2: FINN's MVAU code generation refuses a BINARY input outside
+    XNOR mode ("True binary (non-bipolar) inputs not yet supported"), and this build failed at hw_codegen."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from hwq.dataflow import BuildConfig, run_build
+    from hwq.export.multithreshold import multithreshold_nodes
+
+    run = tmp_path / "run"
+    run_train(TrainConfig(model="tfc", dataset="digits", quant="n2uq", wbits=1, abits=1, epochs=2, threads=1), run,
+              progress=False)
+    run_export(run)
+    assert {n["out_dtype"] for n in multithreshold_nodes(ModelWrapper(str(run / "model.onnx")))} == {"UINT2"}
+    manifest = run_build(run, BuildConfig(board="pynq-z2", verify_samples=20), progress=False)
+    assert manifest["status"] == "done" and manifest["bit_exact"]["passed"]
+    assert "hw_codegen" in [step["name"] for step in manifest["steps"]]

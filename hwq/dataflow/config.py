@@ -32,6 +32,9 @@ class BuildConfig:
     #: Largest share of each board resource (LUT, BRAM18, DSP, URAM) the folding may use: 0.8 leaves room for
     #: the shell, FIFOs and data-width converters that the estimates do not count.
     fit_fraction: float = 0.8
+    #: A LUT budget (FINN's estimate) the folding must also stay within, below the board's size: the fastest
+    #: folding that fits both, or the target's folding only if it does. None: the board alone limits.
+    max_lut: int | None = None
     #: Held-out test images the bit-exactness gate runs (first ``n`` of the test split). The HW graph executes
     #: image by image in Python (about 7 ms per image for a TFC), so 100 keeps the gate to about a second.
     verify_samples: int = 100
@@ -69,6 +72,8 @@ class BuildConfig:
         if self.target_fps is not None:
             check_number("target_fps", "--target-fps", self.target_fps, low=0.0, low_open=True)
         check_number("fit_fraction", None, self.fit_fraction, low=0.0, low_open=True, high=1.0)
+        if self.max_lut is not None:
+            check_number("max_lut", "--max-lut", self.max_lut, low=1, integer=True)
         check_number("verify_samples", "--verify-samples", self.verify_samples, low=1, integer=True)
 
     @property

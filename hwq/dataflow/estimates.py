@@ -62,16 +62,18 @@ def estimate(model: ModelWrapper, board: Board) -> dict[str, Any]:
     return {"layers": layers, "total": total, "utilisation": usage, "kind": "FINN analytical estimate"}
 
 
-def fits(summary: dict[str, Any], fit_fraction: float) -> bool:
-    """True when every resource's utilisation is at most ``fit_fraction``."""
-    return all(u <= fit_fraction for u in summary["utilisation"].values())
+def fits(summary: dict[str, Any], fit_fraction: float, max_lut: int | None = None) -> bool:
+    """True when every resource's utilisation is at most ``fit_fraction`` and, with a LUT budget ``max_lut``,
+    the LUT estimate is at most that."""
+    within_budget = max_lut is None or summary["total"]["LUT"] <= max_lut
+    return within_budget and all(u <= fit_fraction for u in summary["utilisation"].values())
 
 
 #: How resources are named in messages (FINN's keys -> the board's units).
 RESOURCE_NAMES = {"LUT": "LUT", "BRAM_18K": "BRAM18", "DSP": "DSP", "URAM": "URAM"}
 
 
-def shortfall(summary: dict[str, Any], board: Board, fit_fraction: float) -> str:
+def shortfall(summary: dict[str, Any], board: Board, fit_fraction: float, max_lut: int | None = None) -> str:
     """What exceeds ``fit_fraction`` of the board, per resource: needs, may use, has, over by how much.
 
     >>> shortfall(summary, load_board("pynq-z2"), 0.8)        # doctest: +SKIP
@@ -89,7 +91,14 @@ def shortfall(summary: dict[str, Any], board: Board, fit_fraction: float) -> str
         else:
             parts.append(f"needs {need:,} {name}, may use {limit:,} ({100 * fit_fraction:.0f} % of {have:,}): "
                          f"over by {100 * (need / max(limit, 1) - 1):.0f} %")
+    if max_lut is not None and summary["total"]["LUT"] > max_lut:
+        parts.append(f"needs {summary['total']['LUT']:,} LUT, the budget (--max-lut) is {max_lut:,}")
     return "; ".join(parts)
+
+
+def _within(max_lut: int | None) -> str:
+    """The LUT budget a folding must also stay within, for messages after '80 % of pynq-z2'."""
+    return "" if max_lut is None else f" and {max_lut:,} LUT (--max-lut)"
 
 
 #: Lattice points faster than the bisection's result that the search also tries (see fold_fastest_fitting).
@@ -170,24 +179,27 @@ def fold_to_cycles(model: ModelWrapper, board: Board, cycles: int) -> Folded:
     return Folded(folded, estimate(folded, board), target_cycles=int(cycles))
 
 
-def fold_for_target(model: ModelWrapper, board: Board, target_fps: float, fit_fraction: float) -> Folded:
+def fold_for_target(model: ModelWrapper, board: Board, target_fps: float, fit_fraction: float,
+                    max_lut: int | None = None) -> Folded:
     """Fold for ``target_fps`` at the board clock; a folding that does not fit the board is a FoldingError.
 
     The result may be slower than the target, where SetFolding cannot parallelise a layer further (``fps``
     says what was reached; the build warns)."""
     cycles = max(1, int(board.clock_mhz * 1e6 // target_fps))
     result = fold_to_cycles(model, board, cycles)
-    if not fits(result.summary, fit_fraction):
+    if not fits(result.summary, fit_fraction, max_lut):
         raise FoldingError(
             f"--target-fps {target_fps:g}: the folding for {cycles} cycle{'s' if cycles > 1 else ''} per frame "
-            f"does not fit {100 * fit_fraction:.0f} % of {board.name}: "
-            f"{shortfall(result.summary, board, fit_fraction)}; "
+            f"does not fit {100 * fit_fraction:.0f} % of {board.name}{_within(max_lut)}: "
+            f"{shortfall(result.summary, board, fit_fraction, max_lut)}; "
             "lower --target-fps, or leave it out for the fastest folding that fits")
     return result
 
 
-def fold_fastest_fitting(model: ModelWrapper, board: Board, fit_fraction: float) -> Folded:
-    """The fastest folding FINN's ``SetFolding`` reaches whose estimate fits ``fit_fraction`` of the board.
+def fold_fastest_fitting(model: ModelWrapper, board: Board, fit_fraction: float,
+                         max_lut: int | None = None) -> Folded:
+    """The fastest folding FINN's ``SetFolding`` reaches whose estimate fits ``fit_fraction`` of the board (and,
+    with ``max_lut``, uses at most that many LUTs: a budget below the board's size).
 
     ``SetFolding(T)`` gives each layer the least parallelism (the first divisor, in FINN's order) whose cycles are
     at most ``T``, so the foldings it reaches are exactly those of the integer targets, and they only get more
@@ -209,12 +221,13 @@ def fold_fastest_fitting(model: ModelWrapper, board: Board, fit_fraction: float)
         return trials[cycles]
 
     slowest = trial(FULLY_FOLDED_TARGET)
-    if not fits(slowest.summary, fit_fraction):
+    if not fits(slowest.summary, fit_fraction, max_lut):
         raise FoldingError(
-            f"no folding fits {100 * fit_fraction:.0f} % of {board.name}, even fully folded "
-            f"({slowest.max_cycles:,} cycles per frame): {shortfall(slowest.summary, board, fit_fraction)}")
+            f"no folding fits {100 * fit_fraction:.0f} % of {board.name}{_within(max_lut)}, even "
+            f"fully folded ({slowest.max_cycles:,} cycles per frame): "
+            f"{shortfall(slowest.summary, board, fit_fraction, max_lut)}")
     fastest = trial(1)                    # the most parallel folding SetFolding reaches, C(1) = C_min cycles
-    if fits(fastest.summary, fit_fraction):
+    if fits(fastest.summary, fit_fraction, max_lut):
         return Folded(fastest.model, fastest.summary, target_cycles=1, trials=len(trials))
     best = slowest
     # invariant: the folding for target hi fits (best), the one for lo does not; every target up to C_min gives
@@ -222,14 +235,14 @@ def fold_fastest_fitting(model: ModelWrapper, board: Board, fit_fraction: float)
     lo, hi = fastest.max_cycles, slowest.max_cycles
     cycles = 2 * lo
     while cycles < hi:                    # doubling
-        if fits(trial(cycles).summary, fit_fraction):
+        if fits(trial(cycles).summary, fit_fraction, max_lut):
             best = trial(cycles)
             hi = min(cycles, best.max_cycles)
             break
         lo, cycles = cycles, cycles * 2
     while hi - lo > 1:                    # bisection of (lo, hi]
         mid = (lo + hi) // 2
-        if fits(trial(mid).summary, fit_fraction):
+        if fits(trial(mid).summary, fit_fraction, max_lut):
             best = trial(mid)
             hi = min(mid, best.max_cycles)  # every target in [C(mid), mid] gives this folding
         else:
@@ -239,7 +252,7 @@ def fold_fastest_fitting(model: ModelWrapper, board: Board, fit_fraction: float)
     misses, point = 0, best
     while misses < LOOKAHEAD and point.max_cycles > fastest.max_cycles:
         point = trial(point.max_cycles - 1)
-        if fits(point.summary, fit_fraction):
+        if fits(point.summary, fit_fraction, max_lut):
             best, misses = point, 0
         else:
             misses += 1

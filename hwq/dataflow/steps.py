@@ -172,13 +172,14 @@ def step_fold(model: ModelWrapper, ctx: BuildContext) -> StepResult:
     if cfg.folding_mode == "file":
         model = estimates.apply_folding_file(model, cfg.folding_file)
         result = estimates.Folded(model, estimates.estimate(model, ctx.board))
-        if not estimates.fits(result.summary, cfg.fit_fraction):  # taken as given (e.g. an open-backend folding)
+        if not estimates.fits(result.summary, cfg.fit_fraction, cfg.max_lut):  # taken as given (an open folding)
             ctx.progress.warn(f"folding file {cfg.folding_file} exceeds {100 * cfg.fit_fraction:.0f} % of "
-                              f"{ctx.board.name}: {estimates.shortfall(result.summary, ctx.board, cfg.fit_fraction)}")
+                              f"{ctx.board.name}: "
+                              f"{estimates.shortfall(result.summary, ctx.board, cfg.fit_fraction, cfg.max_lut)}")
     elif cfg.folding_mode == "target_fps":
-        result = estimates.fold_for_target(model, ctx.board, cfg.target_fps, cfg.fit_fraction)
+        result = estimates.fold_for_target(model, ctx.board, cfg.target_fps, cfg.fit_fraction, cfg.max_lut)
     else:
-        result = estimates.fold_fastest_fitting(model, ctx.board, cfg.fit_fraction)
+        result = estimates.fold_fastest_fitting(model, ctx.board, cfg.fit_fraction, cfg.max_lut)
     from finn.util.config import extract_model_config_to_json
 
     extract_model_config_to_json(result.model, str(ctx.out_dir / "folding.json"), list(estimates.FOLD_ATTRS))
@@ -197,7 +198,8 @@ def _folding_report(cfg: BuildConfig, result: estimates.Folded) -> dict[str, Any
     report = {"mode": cfg.folding_mode, "file": cfg.folding_file, "written": "folding.json",
               "target_fps": cfg.target_fps, "achieved_fps": result.fps, "max_cycles": result.max_cycles,
               "met": None if cfg.target_fps is None else result.fps >= cfg.target_fps,
-              "fits": estimates.fits(result.summary, cfg.fit_fraction), "fit_fraction": cfg.fit_fraction}
+              "fits": estimates.fits(result.summary, cfg.fit_fraction, cfg.max_lut), "fit_fraction": cfg.fit_fraction,
+              "max_lut": cfg.max_lut}
     if cfg.folding_mode == "fastest_fitting":
         report["search"] = {"setfolding_runs": result.trials, "target_cycles": result.target_cycles}
     return report

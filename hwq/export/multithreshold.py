@@ -34,8 +34,12 @@ DOMAIN = "qonnx.custom_op.general"
 
 
 def out_dtype(bits: int) -> str:
-    """The QONNX datatype of the threshold count: ``BINARY`` at 1 bit (FINN's name for 0/1), else ``UINTb``."""
-    return "BINARY" if bits == 1 else f"UINT{bits}"
+    """The QONNX datatype of the threshold count: ``UINTb``, and ``UINT2`` at 1 bit (the values stay 0/1).
+
+    Not ``BINARY``, FINN's name for 0/1: a threshold activation's count feeds a layer with multi-level or bipolar
+    weights, and finn-plus 1.6.1's MVAU code generation refuses a 0/1 input outside XNOR mode ("True binary
+    (non-bipolar) inputs not yet supported"): an N2UQ W1A1 build failed at ``hw_codegen`` until this change."""
+    return f"UINT{max(bits, 2)}"
 
 
 class _MultiThresholdFn(torch.autograd.Function):

@@ -27,6 +27,7 @@ class OpenBuildConfig:
     #: As in :class:`hwq.dataflow.BuildConfig`.
     target_fps: float | None = None
     folding_file: str | None = None
+    max_lut: int | None = None
     #: Output folder; None means ``<run>/build-<board>`` (``build-<board>-open`` for a Xilinx board).
     out_dir: str | None = None
     #: Test images simulated in RTL (Icarus runs about 10k cycles/s; a TFC image takes 8 cycles, plus startup).
@@ -71,6 +72,8 @@ class OpenBuildConfig:
         if self.target_fps is not None:
             check_number("target_fps", "--target-fps", self.target_fps, low=0.0, low_open=True)
         check_number("verify_samples", "--verify-samples", self.verify_samples, low=1, integer=True)
+        if self.max_lut is not None:
+            check_number("max_lut", "--max-lut", self.max_lut, low=1, integer=True)
         # a probability of 1 would stall the bench forever
         check_number("p_gap", None, self.p_gap, low=0.0, high=1.0, high_open=True)
         check_number("p_stall", None, self.p_stall, low=0.0, high=1.0, high_open=True)
@@ -119,7 +122,7 @@ class OpenBuildConfig:
         """The settings of the FINN steps the open backend runs first (folding for ``fold_board``, the gates, the
         estimate; no code generation)."""
         return BuildConfig(board=self.canonical().fold_board, target_fps=self.target_fps,
-                           folding_file=self.folding_file, verify_samples=self.verify_samples,
+                           folding_file=self.folding_file, max_lut=self.max_lut, verify_samples=self.verify_samples,
                            data_dir=self.data_dir, codegen=False, force=self.force, boards_dir=self.boards_dir,
                            dataset=self.dataset, calibration=self.calibration, input_scale=self.input_scale,
                            input_offset=self.input_offset)
