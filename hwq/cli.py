@@ -25,7 +25,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                     "(default: tfc)")
     p.add_argument("--dataset", help="digits, mnist, cifar10 (default: digits)")
     p.add_argument("--method", help="training method: uniform, n2uq, bitat, lsq, noise, osc, saq, hero, lns-madam, "
-                                    "lqnet, dirnet, ssql, adder; sets the quantizer family, which --quant may replace "
+                                    "lqnet, dirnet, ssql, adder, once; sets the quantizer family, which --quant may replace "
                                     "for saq and hero ('hwq models' lists them) (default: uniform, or the one named "
                                     "like --quant)")
     p.add_argument("--quant", help="quantizer family: uniform, float, n2uq, bitat, lsq, noise, osc, lqnet, dirnet, "
@@ -197,6 +197,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify-samples", dest="verify_samples", type=int,
                    help="held-out test images to compare on, at least 1 (default: 500, or the whole test set "
                         "when smaller)")
+    p.add_argument("--bits", type=int,
+                   help="a once-QAT run (--method once): export its BITS-bit member, written as the run "
+                        "RUN/member-wBITSaBITS that 'hwq build' takes (default: the run itself)")
     p.add_argument("--force", action="store_true",
                    help="export even an unfinished training (its last finished epoch, from checkpoint.pt); "
                         "export.json records it (default: off)")
@@ -207,9 +210,16 @@ def _export(args: argparse.Namespace) -> int:
     from hwq.export import ExportConfig, run_export
 
     settings = {"verify_samples": args.verify_samples} if args.verify_samples is not None else {}
-    report = run_export(args.run, ExportConfig(force=args.force, **settings))
+    config = ExportConfig(force=args.force, **settings)  # checked before a member is derived
+    run = args.run
+    if args.bits is not None:
+        from hwq.export.members import derive_member_run
+
+        run = derive_member_run(args.run, args.bits)
+        print(f"member W{args.bits}A{args.bits} of {args.run}: {run}")
+    report = run_export(run, config)
     v = report["verification"]
-    print(f"exported {Path(args.run) / report['outputs']['onnx']}: verified on {v['n']} {v['dataset']} test images, "
+    print(f"exported {Path(run) / report['outputs']['onnx']}: verified on {v['n']} {v['dataset']} test images, "
           f"argmax match {100 * v['argmax_match']:.2f}%, max |diff| {v['max_abs_diff']:.2e}, "
           f"QONNX accuracy {100 * v['qonnx_accuracy']:.2f}%"
           + (f" (forced: the training stopped after epoch {report['training']['epochs']})"

@@ -95,6 +95,9 @@ METHODS: dict[str, Method] = {
                     "docs/methods.md)", "adder", dropout=False,
                     no_dropout_reason="an L1 distance does not keep its mean under dropout's zeros and 1/(1-p) "
                                       "rescaling (digits TFC W2A2: 22% test top-1 with 0.2, 94% with 0)"),
+    "once": Method("once-QAT by vertical layering: the lower bit-widths of --method-option once_bits are slices of the "
+                   "run's integers, trained with it; hwq export RUN --bits b (docs/mixed_precision.md)", "uniform",
+                   objective="layered", min_wbits=3),
 }
 
 

@@ -325,6 +325,12 @@ HERO_LAMBDA = Option("hero_lambda", "number", 1.0,
 
 OBJECTIVE_OPTIONS: dict[str, tuple[Option, ...]] = {
     "plain": (),
+    # once-QAT (hwq.train.objectives.LayeredObjective, hwq.quant.layered): the members trained with the run's bits
+    "layered": (
+        Option("once_bits", "numbers", [2],
+               "the lower bit-widths (W = A) sliced from the run's and trained with it at every step",
+               range=Range(2, 8)),
+    ),
     "sam": (RHO, SAM_POINT),
     "hero": (RHO, HERO_LAMBDA),
     # SSQL (hwq.train.objectives.SsqlObjective, hwq.train.ssql): the random bit-widths are the paper's ranges.

@@ -43,7 +43,7 @@ import bench_bitat2  # noqa: E402  (estimate_record_of, last_error_line)
 
 #: The reading list's methods and the existing ones, in the issue's order (the table's rows).
 METHODS = ("uniform", "n2uq", "bitat", "lsq", "noise", "saq", "hero", "osc", "dirnet", "lqnet", "lns-madam", "adder",
-           "ssql")
+           "ssql", "once")
 BITS = ((1, 1), (2, 2), (4, 4))
 #: Families that are uniform's sign quantizer at 1 bit (docs/methods.md says so for each): their W1A1 cell would
 #: train the same network as uniform's, so the table says that instead of training it again.

@@ -212,6 +212,34 @@ class SsqlObjective(Objective):
         return loss, outputs["full", 0][2].detach()
 
 
+class LayeredObjective(Objective):
+    """Once-QAT by vertical layering (:mod:`hwq.quant.layered`): each step's loss is the run's own (the ``B``-bit
+    network) plus that of every member in ``once_bits`` (W = A bits), each the same network with its integers
+    sliced to those bits; one backward pass through the sum. Every member is trained in every step, so one set of
+    weights serves them all (``hwq export RUN --bits b`` exports a member)."""
+
+    def attach(self, model: nn.Module, config: Any = None) -> None:
+        from hwq.quant.layered import check_members
+
+        self.model = model
+        self.members = [(int(b), int(b)) for b in self.options["once_bits"]]
+        if config is not None:
+            check_members((config.wbits, config.abits), self.members, "method_options.once_bits")
+
+    def gradients(self, closure: Closure, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
+        from hwq.quant.layered import layered_view
+
+        optimizer.zero_grad(set_to_none=True)
+        loss, logits = closure()
+        total = loss
+        for bits in self.members:
+            with layered_view(self.model, bits):
+                member_loss, _ = closure()
+            total = total + member_loss
+        total.backward()
+        return loss, logits
+
+
 #: Objective name -> its class. A new objective subclasses :class:`Objective` and declares its options.
 OBJECTIVES: dict[str, type[Objective]] = {
     "plain": Objective,
@@ -220,6 +248,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
 
 
     "ssql": SsqlObjective,
+    "layered": LayeredObjective,
 }
 
 
