@@ -286,6 +286,10 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tree-levels-per-stage", dest="tree_levels_per_stage", type=int,
                    help="open backend: adder levels between pipeline registers in the MVAU adder trees "
                         "(0: combinational; default 2)")
+    p.add_argument("--mvau-form", dest="mvau_form", choices=("integer", "planes"),
+                   help="open backend: integer MVAUs as their integer weights (default) or as K binary weight "
+                        "planes scaled by a per-channel basis where the weights decompose, e.g. an lqnet run's "
+                        "(docs/rtl.md, 'Plane MVAUs')")
     p.add_argument("--simulator", choices=("icarus", "verilator"),
                    help="open backend: RTL simulator (default icarus; verilator compiles for seconds, then runs "
                         "faster: for many images)")
@@ -303,7 +307,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
 
 #: Flags that only the open backend reads, named as on the command line.
 _OPEN_ONLY_FLAGS = {"tree_levels_per_stage": "--tree-levels-per-stage", "simulator": "--simulator",
-                    "xilinx_estimate": "--xilinx-estimate"}
+                    "xilinx_estimate": "--xilinx-estimate", "mvau_form": "--mvau-form"}
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -356,8 +360,9 @@ def _stopped(args: argparse.Namespace, m: dict) -> str:
 def _build_open(args: argparse.Namespace) -> int:
     from hwq.rtl.build import OpenBuildConfig, run_open_build
 
-    settings = {k: getattr(args, k) for k in ("target_fps", "folding_file", "max_lut", "out_dir", "verify_samples", "data_dir",
-                                           "tree_levels_per_stage", "simulator", "xilinx_estimate", "boards_dir")
+    settings = {k: getattr(args, k) for k in ("target_fps", "folding_file", "max_lut", "out_dir", "verify_samples",
+                                           "data_dir", "tree_levels_per_stage", "simulator", "mvau_form",
+                                           "xilinx_estimate", "boards_dir")
                 if getattr(args, k) is not None}
     settings.update(_source_settings(args))
     m = run_open_build(args.run, OpenBuildConfig(board=args.board, force=args.force, **settings),

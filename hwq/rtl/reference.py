@@ -58,6 +58,21 @@ def matmul(x, w) -> np.ndarray:
     return _ints(x, "MVAU input") @ _ints(w, "MVAU weights")
 
 
+def weight_planes(x, planes, basis) -> np.ndarray:
+    """An MVAU in binary weight planes (``hwq.rtl.planes``): ``sum_k basis[:, k] * (x @ (2 * planes[k] - 1))``, the
+    K bipolar dot products scaled by each column's basis, for x (N, MW), planes (K, MW, MH) bits, basis (MH, K).
+    It equals :func:`matmul` with the weights the planes stand for.
+
+    >>> planes = np.array([[[1], [0]], [[1], [1]]])        # K=2 planes of a 2x1 matrix: (+1, -1) and (+1, +1)
+    >>> weight_planes(np.array([[5, 7]]), planes, np.array([[1, 2]])), matmul([[5, 7]], [[3], [1]])
+    (array([[22]]), array([[22]]))
+    """
+    x = _ints(x, "MVAU input")
+    signs = 2 * _ints(planes, "weight planes") - 1
+    basis = _ints(basis, "plane basis")
+    return sum(basis[:, k] * (x @ signs[k]) for k in range(len(signs)))
+
+
 def adder_distance(x, w) -> np.ndarray:
     """Adder MVAU (AdderNet, ``hwq.quant.adder``): ``out[n, j] = -sum_i |x[n, i] - w[i, j]|`` for x (N, MW), w (MW, MH),
     both integers on one grid."""
@@ -96,9 +111,14 @@ def label_select(x, k: int = 1) -> np.ndarray:
     return order[:, :k].astype(np.int64)
 
 
-def mvau(x, w, thr=None, *, xnor: bool, act_val: int = 0, adder: bool = False) -> np.ndarray:
-    """One MVAU node: the (XNOR-popcount, integer or adder) product, then thresholds unless ``thr`` is None."""
-    acc = adder_distance(x, w) if adder else xnor_popcount(x, w) if xnor else matmul(x, w)
+def mvau(x, w, thr=None, *, xnor: bool, act_val: int = 0, adder: bool = False, planes=None,
+         plane_basis=None) -> np.ndarray:
+    """One MVAU node: the (XNOR-popcount, integer, adder or weight-plane) product, then thresholds unless ``thr``
+    is None. ``planes`` / ``plane_basis``: compute the integer product from the planes (:func:`weight_planes`)."""
+    if planes is not None:
+        acc = weight_planes(x, planes, plane_basis)
+    else:
+        acc = adder_distance(x, w) if adder else xnor_popcount(x, w) if xnor else matmul(x, w)
     return acc if thr is None else thresholds(acc, thr, act_val)
 
 

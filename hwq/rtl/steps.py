@@ -31,6 +31,7 @@ from hwq.errors import ConfigError, VerificationError
 from hwq.rtl.config import OpenBuildConfig
 from hwq.rtl.generate import Design, generate_verilog
 from hwq.rtl.layers import layers_from_model, run_layers
+from hwq.rtl.mvau_form import layers_in_form
 
 StepResult = tuple[ModelWrapper, dict[str, Any]]
 #: The FINN steps the open backend runs first: folding, both gates, the datatype correction and FINN's estimate
@@ -100,10 +101,16 @@ def finn_execution(model: ModelWrapper | str | Path, x: np.ndarray) -> np.ndarra
                      for xi in x]).astype(np.int64)
 
 
+def open_layers(model: ModelWrapper, ctx: OpenBuildContext):
+    """The layers of the folded graph in the MVAU form of the build's settings (``mvau_form``); returns
+    (graph, report of the form pass: per MVAU its form and, when kept integer, why)."""
+    return layers_in_form(layers_from_model(model), ctx.open_config.mvau_form)
+
+
 def _reference(model: ModelWrapper, ctx: OpenBuildContext) -> tuple[list, np.ndarray, np.ndarray]:
-    """The layers of the folded graph (a chain or a DAG), the simulated inputs and the NumPy reference's outputs
-    for them."""
-    layers = layers_from_model(model)
+    """The layers of the folded graph (a chain or a DAG) in the build's MVAU form, the simulated inputs and the
+    NumPy reference's outputs for them."""
+    layers, _ = open_layers(model, ctx)
     x = sim_inputs(ctx.images, layers.in_elems)
     return layers, x, run_layers(layers, x)
 
@@ -112,15 +119,24 @@ def step_read_layers(model: ModelWrapper, ctx: OpenBuildContext) -> StepResult:
     """Read the folded graph into hwq's layers (PE, SIMD, element types, weights, integer thresholds); a node
     without a Verilog block is an ``UnsupportedLayerError`` naming it. Reports each layer's folding (``layers``);
     in a graph with branches, also what feeds each layer (``inputs``: layer names, ``layer.N`` for output N of a
-    duplicate, ``input`` for the graph input)."""
-    layers = layers_from_model(model)
+    duplicate, ``input`` for the graph input). With ``mvau_form: planes`` also ``mvau_form``: per MVAU its form
+    (``planes`` with K, or ``integer`` and why), and a warning line per integer MVAU whose weights do not
+    decompose."""
+    layers, forms = open_layers(model, ctx)
     report = {layer.name: {**{key: getattr(layer, key.lower()) for key in ("PE", "SIMD")
                               if hasattr(layer, key.lower())},   # a sliding window has no PE
                            "cycles": layer.cycles} for layer in layers}
     if not layers.is_chain:
         for layer in layers:
             report[layer.name]["inputs"] = [src.label() for src in layers.feeds[layer.name]]
-    return model, {"layers": report}
+    if ctx.open_config.mvau_form == "integer":
+        return model, {"layers": report}
+    for name, form in forms.items():
+        report[name]["form"] = form["form"]
+        layer = layers.layer(name)
+        if form["form"] == "integer" and not (layer.xnor or layer.adder):   # those have no plane form to miss
+            ctx.progress.warn(f"--mvau-form planes: {name} stays an integer MVAU: {form['reason']}")
+    return model, {"layers": report, "mvau_form": {"form": ctx.open_config.mvau_form, "layers": forms}}
 
 
 def step_check_reference(model: ModelWrapper, ctx: OpenBuildContext) -> StepResult:
@@ -156,9 +172,9 @@ def _relative(path: Path, ctx_or_dir) -> Path:
 
 
 def step_generate_verilog(model: ModelWrapper, ctx: OpenBuildContext) -> StepResult:
-    """One Verilog module per layer and the top level ``accel`` (``rtl/accel.v``), with a FIFO on each residual
-    shortcut (``design.fifos``: name -> depth in beats); reports the ``design``."""
-    design = generate_verilog(layers_from_model(model), ctx.out_dir / "rtl", top="accel",
+    """One Verilog module per layer (an MVAU in the build's ``mvau_form``) and the top level ``accel``
+    (``rtl/accel.v``), with a FIFO on each residual shortcut (``design.fifos``: name -> depth in beats); reports the ``design``."""
+    design = generate_verilog(open_layers(model, ctx)[0], ctx.out_dir / "rtl", top="accel",
                               tree_levels_per_stage=ctx.open_config.tree_levels_per_stage)
     return model, {"design": design_record(design, ctx.out_dir)}
 
