@@ -20,6 +20,7 @@ from hwq.rtl.adder_import import read_adder_chain
 from hwq.rtl.config import OpenBuildConfig
 from hwq.rtl.generate import generate_verilog
 from hwq.rtl.layers import run_layers
+from hwq.rtl.mvau_form import layers_in_form
 from hwq.rtl.steps import (OpenBuildContext, design_record, sim_inputs, simulate_against_reference,
                            step_place_and_route, step_synth_xilinx, step_synthesise)
 
@@ -28,12 +29,14 @@ StepResult = tuple[ModelWrapper, dict[str, Any]]
 ADDER_FOLDING = {"PE": 4, "SIMD": 8}
 
 
-def _layers(model: ModelWrapper) -> list:
-    return read_adder_chain(model, pe=ADDER_FOLDING["PE"], simd=ADDER_FOLDING["SIMD"])
+def _layers(model: ModelWrapper, ctx: OpenBuildContext) -> list:
+    """The adder chain, its integer MVAUs in the build's ``mvau_form`` (the adder MVAUs have no plane form)."""
+    chain = read_adder_chain(model, pe=ADDER_FOLDING["PE"], simd=ADDER_FOLDING["SIMD"])
+    return list(layers_in_form(chain, ctx.open_config.mvau_form)[0])
 
 
 def _reference(model: ModelWrapper, ctx: OpenBuildContext) -> tuple[list, np.ndarray, np.ndarray]:
-    layers = _layers(model)
+    layers = _layers(model, ctx)
     x = sim_inputs(ctx.images, layers[0].in_elems)
     return layers, x, run_layers(layers, x)
 
@@ -50,7 +53,7 @@ def step_read_adder_layers(model: ModelWrapper, ctx: OpenBuildContext) -> StepRe
     report = {layer.name: {**{key: getattr(layer, key.lower()) for key in ("PE", "SIMD")
                               if hasattr(layer, key.lower())},
                            "cycles": layer.cycles, "adder": bool(getattr(layer, "adder", False))}
-              for layer in _layers(model)}
+              for layer in _layers(model, ctx)}
     # no accelerator section (emulate, measure): it describes FINN's HW graph, which an adder build has not
     return model, {"layers": report, "adder_network": True}
 
@@ -76,7 +79,7 @@ def step_check_adder_reference(model: ModelWrapper, ctx: OpenBuildContext) -> St
 
 def step_generate_adder_verilog(model: ModelWrapper, ctx: OpenBuildContext) -> StepResult:
     """One Verilog module per layer and the top level ``accel`` (``rtl/accel.v``); reports the ``design``."""
-    design = generate_verilog(_layers(model), ctx.out_dir / "rtl", top="accel",
+    design = generate_verilog(_layers(model, ctx), ctx.out_dir / "rtl", top="accel",
                               tree_levels_per_stage=ctx.open_config.tree_levels_per_stage)
     return model, {"design": design_record(design, ctx.out_dir)}
 
