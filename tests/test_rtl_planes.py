@@ -217,3 +217,12 @@ def test_mvaus_without_planes_stay_integer_with_one_warning_line_each(digits_tfc
     assert kept and len(warnings) == len(kept)
     for name, line in zip(kept, warnings):
         assert f"{name} stays an integer MVAU: column " in line and "both parities" in line
+
+
+def test_docstring_examples():
+    import doctest
+
+    from hwq.rtl import mvau_form, planes
+
+    for module in (planes, mvau_form, reference):
+        assert doctest.testmod(module).failed == 0, module.__name__
