@@ -51,9 +51,11 @@ def test_the_fewest_planes_and_the_smallest_basis_are_found():
 
 
 @pytest.mark.parametrize("column, why", [([0, 1, 2], "both parities"),
-                                         (list(range(1, 19, 2)), "9 magnitudes")])
+                                         (list(range(1, 19, 2)), "9 magnitudes"),
+                                         ([1, 3, 5, 9, 11, 13, 27, 29], "no basis fits"),
+                                         ([1, 3, 7, 9, 11, 13, 1999, 2001], "largest |value| 2001 is beyond")])
 def test_a_column_that_is_no_sum_of_planes_is_a_one_line_error_naming_layer_and_column(column, why):
-    w = np.stack([np.array([1, -1, 1] * 6)[:len(column)], column], axis=1)
+    w = np.stack([np.array([1, -1] * 9)[:len(column)], column], axis=1)
     with pytest.raises(PlaneDecompositionError) as error:
         plane_decomposition(w, "MVAU_hls_2")
     message = str(error.value)

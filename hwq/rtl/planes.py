@@ -12,12 +12,14 @@ integers alone, so that any integer MVAU whose columns have this form can be bui
 
 **How K and the bases are found.** Levels ``b^T e`` are symmetric and all have the parity of ``sum(b)``, so a
 column is searched by the set ``A`` of its absolute values. For ``K = 1, 2, ...`` up to ``max_planes`` (4), a
-column's bases are non-decreasing tuples of K non-negative integers, tried by their sum ``S`` (the column's
-largest level) from ``max(A)`` up to ``2 * max(A)`` in steps of 2 (one parity), then in lexicographic order; the
-first whose levels hold ``A`` is the column's. The layer's K is the largest of its columns' fewest planes (one K
-for the whole block), and a column that needs fewer planes gets zeros at the front of its basis (a plane it
-ignores). A column with values of both parities, or more distinct magnitudes than ``2^(K-1)``, is no such sum:
-the error names the layer and the column.
+column's candidate bases are the non-decreasing tuples of K non-negative integers whose sum, the top level, is the
+column's largest ``|value|``, in lexicographic order; the first whose levels hold ``A`` is the column's. (A larger
+top level never gave fewer planes in an exhaustive check of every subset of the levels of every basis of 2 or 3
+values up to 8, the top level left out; searching larger sums would cost their number of candidates, ~S^3 for
+K = 4.) The layer's K is the largest of its columns' fewest planes (one K for the whole block), and a column that
+needs fewer planes gets zeros at the front of its basis (a plane it ignores). A column with values of both
+parities, or more distinct magnitudes than ``2^(K-1)``, is no such sum, and a column whose candidates number more
+than :data:`MAX_CANDIDATES` is not searched: the error names the layer and the column.
 
 >>> w = np.array([[3, -1], [-1, 1], [1, -3]])
 >>> form = plane_decomposition(w, "fc0")
@@ -44,6 +46,9 @@ from hwq.errors import ConfigError
 
 #: The most planes searched: 4 planes cover up to 8 magnitudes per column (LQ-Nets' weights have at most 4 bits).
 MAX_PLANES = 4
+#: The most candidate bases searched per column and K (4 planes: a largest |value| up to about 520, where a
+#: column that fits none takes a few seconds).
+MAX_CANDIDATES = 1_000_000
 
 
 class PlaneDecompositionError(ConfigError):
@@ -79,29 +84,45 @@ def _codes(k: int) -> np.ndarray:
     return np.array(list(itertools.product((1, -1), repeat=k)), dtype=np.int64)
 
 
-def _bases(k: int, total: int):
-    """Non-decreasing tuples of ``k`` non-negative integers summing to ``total``, lexicographically."""
+def _partitions(k: int, total: int) -> int:
+    """How many non-decreasing tuples of ``k`` non-negative integers sum to ``total`` (partitions into <= k parts:
+    ``p(k, s) = p(k - 1, s) + p(k, s - k)``)."""
+    p = [1] * (total + 1)                       # k = 1: one tuple for every sum
+    for parts in range(2, k + 1):
+        for s in range(parts, total + 1):
+            p[s] += p[s - parts]
+    return p[total]
+
+
+def _bases(k: int, total: int) -> np.ndarray:
+    """The non-decreasing tuples of ``k`` non-negative integers summing to ``total``, lexicographically: (n, k)."""
     if k == 1:
-        yield (total,)
-        return
-    for first in range(total // k + 1):
-        for rest in _bases(k - 1, total - first * (k - 1) - first):
-            yield (first, *(first + r for r in rest))
+        return np.array([[total]], dtype=np.int64)
+    if k == 2:
+        first = np.arange(total // 2 + 1, dtype=np.int64)
+        return np.stack([first, total - first], axis=1)
+    rows = []
+    for first in range(total // k + 1):     # the rest are >= first: shift a (k-1)-tuple of the remainder by it
+        rest = _bases(k - 1, total - k * first) + first
+        rows.append(np.hstack([np.full((len(rest), 1), first, dtype=np.int64), rest]))
+    return np.vstack(rows)
 
 
 @lru_cache(maxsize=4096)
 def _column_basis(magnitudes: tuple[int, ...], k: int) -> tuple[int, ...] | None:
     """The first basis of ``k`` values (search order of the module docstring) whose levels hold ``magnitudes``
     (sorted distinct absolute values), or None."""
-    if len(magnitudes) > 2 ** (k - 1) or len({m % 2 for m in magnitudes}) > 1:
-        return None
     top = magnitudes[-1]
-    codes = _codes(k)
-    for total in range(top, 2 * top + 1, 2):
-        for basis in _bases(k, total):
-            reached = set(np.abs(codes @ np.array(basis)).tolist())
-            if reached.issuperset(magnitudes):
-                return basis
+    if (len(magnitudes) > 2 ** (k - 1) or len({m % 2 for m in magnitudes}) > 1
+            or _partitions(k, top) > MAX_CANDIDATES):
+        return None
+    bases, codes, wanted = _bases(k, top), _codes(k), np.array(magnitudes)
+    for start in range(0, len(bases), 100_000):         # in chunks: (n, 2^K) levels at a time
+        chunk = bases[start:start + 100_000]
+        levels = np.abs(chunk @ codes.T)
+        holds = (levels[:, :, None] == wanted[None, None, :]).any(axis=1).all(axis=1)
+        if holds.any():
+            return tuple(int(v) for v in chunk[int(np.argmax(holds))])
     return None
 
 
@@ -122,7 +143,9 @@ def plane_decomposition(weights, name: str, max_planes: int = MAX_PLANES) -> Pla
         k = _fewest_planes(mags, max_planes)
         if k is None:
             why = ("its values have both parities" if len({m % 2 for m in mags}) > 1 else
-                   f"{len(mags)} magnitudes" if len(mags) > 2 ** (max_planes - 1) else "no small basis fits")
+                   f"{len(mags)} magnitudes" if len(mags) > 2 ** (max_planes - 1) else
+                   f"largest |value| {mags[-1]} is beyond the search" if _partitions(max_planes, mags[-1]) >
+                   MAX_CANDIDATES else "no basis fits")
             shown = ", ".join(map(str, mags[:8])) + (", ..." if len(mags) > 8 else "")
             raise PlaneDecompositionError(f"{name}: column {j} (|values| {shown}) is not a sum of at most "
                                           f"{max_planes} +-basis values ({why}), so it has no binary weight planes")
