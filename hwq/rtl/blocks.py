@@ -1,8 +1,11 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Verilog-2005 text of one block per layer: an MVAU (XNOR-popcount, integer or adder) and a label selector.
+"""Verilog-2005 text of one block per layer: an MVAU (XNOR-popcount, integer, adder or binary weight planes) and a
+label selector.
 
 An adder MVAU (AdderNet, ``MVAULayer.adder``) is the integer MVAU with ``-|x - w|`` in place of each SIMD lane's
 product: a subtraction and a conditional negation, no multiplier; the accumulators and thresholds are the same.
+A plane MVAU (``MVAULayer.planes``, :func:`plane_mvau_verilog`) is the integer MVAU with K bipolar dot products
+per PE and their sum scaled by a per-channel integer basis in place of the integer products.
 
 Every block has the same ports: ``clk``, ``rst`` (synchronous, active high), an input stream ``in_data`` /
 ``in_valid`` / ``in_ready`` and an output stream ``out_data`` / ``out_valid`` / ``out_ready``. Element ``i`` of a
@@ -511,7 +514,7 @@ def plane_mvau_verilog(layer: MVAULayer, in_beat: int, tree_levels_per_stage: in
     L += _bipolar_dots(layer, ab, every, [(f"dot{p}_{k}", f"{p}_{k}",
                                            lambda i, p=p, k=k: f"s1_w[{(p * simd + i) * k_planes + k}]")
                                           for p in range(pe) for k in range(k_planes)])
-    dot_levels, scale_levels = _plane_levels(layer)
+    dot_levels, _ = _plane_levels(layer)
     dl, ctl = _control_delay(nf, stages)
     L += dl
     per_pe, rom_bits = _plane_scale_terms(layer)
