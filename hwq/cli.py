@@ -171,6 +171,48 @@ def _layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_cost(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cost", help="per-layer and total LUT / BRAM18 / DSP / cycles of a model at its bits and a "
+                                    "folding, from FINN's formulas (no build)")
+    p.add_argument("--model", default="tfc", help="tfc, sfc, lfc or cnv (default: tfc)")
+    p.add_argument("--dataset", default="mnist", help="the input size and classes (default: mnist); no data is read")
+    p.add_argument("--wbits", type=int, default=2, help="weight bits of the layers the map does not name (default: 2)")
+    p.add_argument("--abits", type=int, default=2, help="activation bits of the layers the map does not name "
+                                                        "(default: 2)")
+    p.add_argument("--precision", help="YAML file mapping layer names to bits, as 'hwq train --precision' takes "
+                                       "(default: none)")
+    p.add_argument("--board", default="pynq-z2", help="board name, as for 'hwq build' (default: pynq-z2)")
+    p.add_argument("--target-fps", type=float, help="fold for this many frames per second at the board clock "
+                                                    "(default: the fastest folding that fits the board)")
+    p.add_argument("--target-cycles", type=int, help="fold for this many cycles per frame (excludes --target-fps)")
+    p.add_argument("--fit-fraction", type=float, default=0.8, help="share of each resource the fastest fitting "
+                                                                   "folding may use (default: 0.8)")
+    p.add_argument("--calibrated", action="store_true", help="also predict the open backend's synthesised LUTs "
+                                                             "for the board (hwq/cost/calibration.json)")
+    p.add_argument("--json", action="store_true", help="print the cost as JSON (default: a table)")
+    p.set_defaults(func=_cost)
+
+
+def _cost(args: argparse.Namespace) -> int:
+    from hwq.cost import describe_model, model_cost
+    from hwq.cost.report import cost_table
+    from hwq.errors import ConfigError
+    from hwq.train.config import read_precision
+
+    if args.target_fps is not None and args.target_cycles is not None:
+        raise ConfigError("--target-fps and --target-cycles exclude each other")
+    if args.target_fps is not None and not args.target_fps > 0:
+        raise ConfigError(f"--target-fps: expected a number > 0, got {args.target_fps:g}")
+    if args.target_cycles is not None and args.target_cycles < 1:
+        raise ConfigError(f"--target-cycles: expected an integer >= 1, got {args.target_cycles}")
+    precision = read_precision(args.precision) if args.precision else {}
+    layers = describe_model(args.model, args.dataset, args.wbits, args.abits)
+    result = model_cost(layers, precision, board=args.board, target_fps=args.target_fps,
+                        target_cycles=args.target_cycles, fit_fraction=args.fit_fraction, calibrated=args.calibrated)
+    print(json.dumps(result, indent=2) if args.json else cost_table(result))
+    return 0
+
+
 def _parse_options(items: list[str], flag: str = "--option") -> dict:
     import yaml
 
@@ -547,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hwq", description="quantization-aware training to FPGA accelerators")
     parser.add_argument("--version", action="version", version=f"hwq {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
-    for add in (_add_train, _add_layers, _add_export, _add_models, _add_build, _add_boards, _add_emulate,
+    for add in (_add_train, _add_layers, _add_cost, _add_export, _add_models, _add_build, _add_boards, _add_emulate,
                 _add_measure, _add_run):
         add(sub)
     return parser
