@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
 import pytest
-import torch
 
 from hwq.cli import main
-from hwq.cost import describe_model, layer_bits, layer_cost, model_cost
+from hwq.cost import describe_model, layer_cost, model_cost
+from hwq.cost.reference import finn_reference
 from hwq.errors import ConfigError
 
 #: Largest relative LUT difference per layer against FINN's estimate (measured: 1.0 %, benchmarks/cost_model.md).
@@ -29,28 +28,8 @@ FINN_KIND = {"mvau": "MVAU", "window": "ConvolutionInputGenerator", "pool": "Poo
 
 def finn_estimate(tmp_path, model: str, wbits: int, abits: int, precision: dict, board: str,
                   target_fps: float | None = None) -> dict:
-    """hwq's FINN build of an untrained ``model`` up to its estimate step: the manifest's ``estimates``."""
-    from hwq._io import write_json
-    from hwq.catalog import DATASET_SHAPES
-    from hwq.dataflow import BuildConfig, run_build
-    from hwq.export import export_qonnx_model
-    from hwq.models import ModelSpec, model_and_layers
-    from tests.conftest import random_bn_statistics
-
     dataset = "digits" if model == "tfc" else "cifar10"
-    torch.manual_seed(0)
-    net, _ = model_and_layers(ModelSpec(model, wbits, abits, image_shape=DATASET_SHAPES[dataset][0],
-                                        precision=precision))
-    net.eval()
-    random_bn_statistics(net)
-    run = tmp_path / "run"
-    run.mkdir()
-    export_qonnx_model(net, run / "model.onnx")
-    write_json(run / "metrics.json", {"config": {"dataset": dataset}})
-    manifest = run_build(run, BuildConfig(board=board, target_fps=target_fps, verify_samples=2, force=True),
-                         progress=False, stop_step="estimate")
-    assert manifest["status"] == "stopped", manifest.get("error")
-    return manifest["estimates"]
+    return finn_reference(tmp_path / "run", model, dataset, wbits, abits, precision, board, target_fps)
 
 
 def assert_matches(cost: dict, finn: dict) -> None:
@@ -96,7 +75,8 @@ def test_the_layers_come_from_the_pytorch_model():
     assert [(l.name, l.kind, l.mw, l.mh, l.input, l.output) for l in tfc.layers] == [
         ("features.2", "mvau", 784, 64, None, "features.4"), ("features.6", "mvau", 64, 64, "features.4", "features.8"),
         ("features.10", "mvau", 64, 64, "features.8", "features.12"),
-        ("features.14", "mvau", 64, 10, "features.12", None), ("label_select", "label_select", 0, 0, "features.14", None)]
+        ("features.14", "mvau", 64, 10, "features.12", None),
+        ("label_select", "label_select", 0, 0, "features.14", None)]
     cnv = describe_model("cnv", "cifar10", 1, 1)
     first_fc = next(l for l in cnv.layers if l.name == "linear_features.0")
     conv = next(l for l in cnv.layers if l.name == "conv_features.4")
@@ -146,6 +126,8 @@ def test_a_query_takes_milliseconds():
     (lambda l: model_cost(l, folding={"fc1": {"PE": 1}}), "folding: 'fc1' is not a layer of the cost model"),
     (lambda l: describe_model("mobilenet", "cifar10"), "model 'mobilenet': the cost model covers"),
     (lambda l: describe_model("tfc", "imagenet"), "dataset: unknown 'imagenet'"),
+    (lambda l: model_cost(l, fit_fraction=1.5), r"fit_fraction 1.5: expected a number in \[0, 1\]"),
+    (lambda l: model_cost(l, target_fps=float("nan")), "target_fps nan: expected a number > 0"),
 ])
 def test_bad_input_is_a_one_line_error(call, message):
     with pytest.raises(ConfigError, match=message) as err:
@@ -184,3 +166,42 @@ def test_hwq_cost_prints_per_layer_and_total(tmp_path, capsys):
     assert out.splitlines()[0].startswith("tfc on ulx3s-85f") and "calibrated (ecp5 synthesis)" in out
     assert main(["cost", "--model", "tfc", "--target-fps", "1e6", "--target-cycles", "10"]) == 2
     assert "exclude each other" in capsys.readouterr().err
+
+
+def test_the_trained_digits_tfc_matches_finns_estimate_of_its_build(exported_tfc_w1a1, tmp_path):
+    """A trained model (the session's exported digits TFC-w1a1): FINN sizes its accumulators from the trained
+    weights, the cost model from the bit-widths."""
+    import shutil
+
+    from hwq.dataflow import BuildConfig, run_build
+
+    run = tmp_path / "run"
+    shutil.copytree(exported_tfc_w1a1, run)
+    manifest = run_build(run, BuildConfig(board="pynq-z2", verify_samples=5), progress=False, stop_step="estimate")
+    assert_matches(model_cost(describe_model("tfc", "digits", 1, 1), board="pynq-z2"), manifest["estimates"])
+
+
+def test_a_budget_folds_for_its_speed_and_names_what_it_exceeds(capsys):
+    from hwq.cost import cost_under_budget, parse_budget
+
+    layers = describe_model("tfc", "mnist", 2, 2)
+    assert parse_budget("lut=20000, fps=1e6") == {"lut": 20000.0, "fps": 1e6}
+    over = cost_under_budget(layers, {}, "pynq-z2", parse_budget("lut=20000,fps=1e6"))
+    assert over["total"]["fps"] >= 1e6 and not over["within_budget"]
+    assert over["over_budget"] == [f"lut {over['total']['lut']:,} > 20,000"]
+    within = cost_under_budget(layers, {"features.2": 1}, "pynq-z2", parse_budget("lut=20000,fps=1e5,bram18=40"))
+    assert within["within_budget"] and within["total"]["lut"] <= 20000
+    for text, message in (("lut", "expected KEY=VALUE"), ("luts=3", "expected KEY=VALUE"), ("lut=-1", "> 0"),
+                          ("fps=1e6,cycles=10", "exclude each other"), ("lut=big", "'big' is not a number")):
+        with pytest.raises(ConfigError, match=message):
+            parse_budget(text)
+    assert main(["cost", "--model", "tfc", "--budget", "lut=20000,fps=1e6"]) == 1
+    assert "budget lut=20000, fps=1e+06: over: lut" in capsys.readouterr().out
+
+
+def test_the_formula_module_examples_hold():
+    import doctest
+
+    from hwq.cost import budget, finn_formulas
+
+    assert doctest.testmod(finn_formulas).failed == 0 and doctest.testmod(budget).failed == 0

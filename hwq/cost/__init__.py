@@ -7,7 +7,9 @@ variant calibrated to open-backend synthesis. ``hwq cost`` is the command; docs/
 >>> model_cost(describe_model("tfc", "mnist", 2, 2), board="pynq-z2", target_fps=1e6)["total"]["lut"]  # doctest: +SKIP
 """
 
+from hwq.cost.budget import cost_under_budget, parse_budget
 from hwq.cost.layers import HwLayer, ModelLayers, describe
 from hwq.cost.model import describe_model, layer_bits, layer_cost, model_cost
 
-__all__ = ["HwLayer", "ModelLayers", "describe", "describe_model", "layer_bits", "layer_cost", "model_cost"]
+__all__ = ["HwLayer", "ModelLayers", "cost_under_budget", "describe", "describe_model", "layer_bits", "layer_cost",
+           "model_cost", "parse_budget"]

@@ -134,9 +134,10 @@ def fit(points: list[dict[str, Any]]) -> dict[str, Any]:
         errors = [float(abs(p - t) / t) for p, t in zip(predicted, y)]
         targets[target] = {
             "coefficients": coefficients, "builds": len(rows),
-            "fit_error_max_pct": round(100 * max(errors), 1), "fit_error_mean_pct": round(100 * float(np.mean(errors)), 1),
+            "fit_error_max_pct": round(100 * max(errors), 1),
+            "fit_error_mean_pct": round(100 * float(np.mean(errors)), 1),
             "loo_error_max_pct": round(100 * max(loo), 1) if loo else None,
-            "note": "exact by construction (as many builds as coefficients)" if len(rows) <= len(coefficients) else "",
+            "note": "exact by construction: as many builds as coefficients" if len(rows) <= len(coefficients) else "",
             "residuals_pct": [round(100 * float((p - t) / t), 1) for p, t in zip(predicted, y)],
         }
     return {"targets": targets, "points": points}

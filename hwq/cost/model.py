@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from hwq.boards import Board, load_board
 from hwq.catalog import DATASET_SHAPES
+from hwq.checks import check_int, check_number
 from hwq.cost import finn_formulas as f
 from hwq.cost.folding import FULLY_FOLDED_TARGET, Folding, fastest_fitting, set_folding
 from hwq.cost.layers import MVAU, ModelLayers, HwLayer, describe
@@ -96,6 +97,11 @@ def model_cost(
     board (hwq's build default). ``calibrated`` adds LUTs predicted for the board's open-backend synthesis
     (:mod:`hwq.cost.calibration`); the fastest-fitting search then fits those.
     """
+    check_number("fit_fraction", fit_fraction, 0, 1, above=True)
+    if target_fps is not None:
+        check_number("target_fps", target_fps, 0, above=True)
+    if target_cycles is not None:
+        check_int("target_cycles", target_cycles, 1)
     if isinstance(layers, str):
         layers = describe_model(layers, dataset, wbits, abits)
     the_board, part = _board(board)
@@ -159,8 +165,8 @@ def _totals(units: list[Unit], folding: Folding, block: str, board: Board, fit_f
     if calibration is not None:
         total["lut_calibrated"] = calibration.predict(units, costs)
     lut = total.get("lut_calibrated", total["lut"])
-    usage = {"lut": lut / board.resources.lut,
-             "bram18": _share(total["bram18"], board.resources.bram18), "dsp": _share(total["dsp"], board.resources.dsp)}
+    usage = {"lut": lut / board.resources.lut, "bram18": _share(total["bram18"], board.resources.bram18),
+             "dsp": _share(total["dsp"], board.resources.dsp)}
     total["utilisation"] = usage
     total["fits"] = all(u <= fit_fraction for u in usage.values())
     return total

@@ -35,4 +35,8 @@ def cost_table(result: dict[str, Any]) -> str:
         c = result["calibration"]
         lines.append(f"calibrated ({c['target']} synthesis): {t['lut_calibrated']:,} LUT (fit error on "
                      f"{c['builds']} build{'s' if c['builds'] != 1 else ''}: max {c['fit_error_max_pct']} %)")
+    if "budget" in result:
+        budget = ", ".join(f"{k}={v:g}" for k, v in result["budget"].items())
+        lines.append(f"budget {budget}: " + ("within" if result["within_budget"] else
+                                              "over: " + "; ".join(result["over_budget"])))
     return "\n".join(lines)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from hwq.cost import finn_formulas as f
-from hwq.cost.layers import LABEL_SELECT, MVAU, PIXEL_BITS, POOL, WINDOW, HwLayer
+from hwq.cost.layers import MVAU, PIXEL_BITS, POOL, WINDOW, HwLayer
 
 
 @dataclass(frozen=True)
