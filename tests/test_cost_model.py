@@ -205,3 +205,14 @@ def test_the_formula_module_examples_hold():
     from hwq.cost import budget, finn_formulas
 
     assert doctest.testmod(finn_formulas).failed == 0 and doctest.testmod(budget).failed == 0
+
+
+def test_the_calibration_ships_as_package_data():
+    import tomllib
+    from pathlib import Path
+
+    from hwq.cost.calibration import CALIBRATION_FILE
+
+    config = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert CALIBRATION_FILE.name in config["tool"]["setuptools"]["package-data"]["hwq.cost"]
+    assert CALIBRATION_FILE.parent.name == "cost" and CALIBRATION_FILE.is_file()
