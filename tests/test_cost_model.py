@@ -216,3 +216,15 @@ def test_the_calibration_ships_as_package_data():
     config = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert CALIBRATION_FILE.name in config["tool"]["setuptools"]["package-data"]["hwq.cost"]
     assert CALIBRATION_FILE.parent.name == "cost" and CALIBRATION_FILE.is_file()
+
+
+def test_an_open_board_folds_as_the_open_build_does_unless_calibrated():
+    """``hwq build --backend open`` folds for the Pynq-Z2 (its ``fold_board``); a calibrated query fits the ULX3S's
+    own LUTs with the ECP5 calibration instead."""
+    layers = describe_model("tfc", "mnist", 1, 1)
+    open_board = model_cost(layers, board="ulx3s-85f")
+    pynq = model_cost(layers, board="pynq-z2")
+    assert open_board["fold_board"] == "pynq-z2" and open_board["layers"] == pynq["layers"]
+    calibrated = model_cost(layers, board="ulx3s-85f", calibrated=True)
+    assert calibrated["fold_board"] == "ulx3s-85f" and calibrated["total"]["fits"]
+    assert calibrated["total"]["utilisation"]["lut"] == calibrated["total"]["lut_calibrated"] / 83640

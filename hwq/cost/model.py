@@ -54,6 +54,12 @@ def _board(name: str) -> tuple[Board, str]:
     return board, part
 
 
+def _fold_board(board: Board, calibrated: bool) -> Board:
+    """The board whose clock and resources the folding is chosen for: an open board's build folds as FINN does for
+    :data:`OPEN_FOLD_BOARD` (``hwq build --backend open``); a calibrated query fits the open board itself."""
+    return _board(OPEN_FOLD_BOARD)[0] if board.shell == "open" and not calibrated else board
+
+
 def layer_bits(layers: ModelLayers, precision: Mapping[str, int] | None = None) -> dict[str, int]:
     """Each quantizer's bits: the model's, with ``precision``'s (a name -> bits map, as ``--precision`` takes)."""
     bits = dict(layers.bits)
@@ -92,10 +98,12 @@ def model_cost(
     """The cost of a model (described, or a model name built for ``dataset`` at ``wbits``/``abits``) with
     ``precision``'s bits, per layer and in total, on ``board``.
 
-    The folding is ``folding`` (layer name -> PE/SIMD) if given, else FINN's SetFolding for ``target_cycles``
-    or for ``target_fps`` at the board clock, else the fastest folding whose cost fits ``fit_fraction`` of the
-    board (hwq's build default). ``calibrated`` adds LUTs predicted for the board's open-backend synthesis
-    (:mod:`hwq.cost.calibration`); the fastest-fitting search then fits those.
+    The folding is ``folding`` (layer name -> PE/SIMD; a layer left out gets 1) if given, else FINN's SetFolding
+    for ``target_cycles`` or for ``target_fps`` at the board clock, else the fastest folding whose cost fits
+    ``fit_fraction`` of the board (hwq's build default). For an open board, as ``hwq build --backend open`` does,
+    the folding is chosen for :data:`OPEN_FOLD_BOARD` (its clock, its resources) and the costs use its FPGA part.
+    ``calibrated`` adds the LUTs predicted for the board's synthesis (:mod:`hwq.cost.calibration`); the folding
+    is then chosen for the board itself, fitting those LUTs into its resources.
     """
     check_number("fit_fraction", fit_fraction, 0, 1, above=True)
     if target_fps is not None:
@@ -104,14 +112,15 @@ def model_cost(
         check_int("target_cycles", target_cycles, 1)
     if isinstance(layers, str):
         layers = describe_model(layers, dataset, wbits, abits)
-    the_board, part = _board(board)
+    target_board, part = _board(board)
+    the_board = _fold_board(target_board, calibrated)
     block = f.dsp_block(part)
     units = resolve(layers.layers, layer_bits(layers, precision), block)
     calibration = None
     if calibrated:
         from hwq.cost.calibration import calibration_for
 
-        calibration = calibration_for(the_board)
+        calibration = calibration_for(target_board)
     mode = "file" if folding is not None else "target_cycles" if target_cycles is not None else \
         "target_fps" if target_fps is not None else "fastest_fitting"
     trials = 1
@@ -137,7 +146,8 @@ def model_cost(
             row["impl"] = "rtl"
         rows.append(row)
     total = _totals(units, folding, block, the_board, fit_fraction, calibration)
-    result = {"model": layers.model, "board": the_board.name, "part": part, "folding_mode": mode,
+    result = {"model": layers.model, "board": target_board.name, "fold_board": the_board.name, "part": part,
+              "folding_mode": mode,
               "search_trials": trials, "layers": rows, "total": total,
               "kind": "hwq cost model: FINN's analytical estimates (finn-plus 1.6.1 formulas)"}
     if calibration is not None:

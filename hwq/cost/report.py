@@ -17,7 +17,8 @@ def cost_table(result: dict[str, Any]) -> str:
     """The per-layer rows and the totals of a :func:`hwq.cost.model_cost` result."""
     rows = result["layers"]
     width = max(len("layer"), *(len(r["name"]) for r in rows))
-    lines = [f"{result['model']} on {result['board']} ({result['part']}), folding: {result['folding_mode']}",
+    fold = "" if result["fold_board"] == result["board"] else f" for {result['fold_board']}"
+    lines = [f"{result['model']} on {result['board']} ({result['part']}), folding: {result['folding_mode']}{fold}",
              f"{'layer':<{width}}  {'kind':<12} {'bits':<11} {'PE':>4} {'SIMD':>5} {'cycles':>9} {'LUT':>8} "
              f"{'BRAM18':>6} {'DSP':>5}"]
     for r in rows:
@@ -28,7 +29,7 @@ def cost_table(result: dict[str, Any]) -> str:
     lines.append(f"{'total':<{width}}  {'':<12} {'':<11} {'':>4} {'':>5} {t['max_cycles']:>9,} {t['lut']:>8,} "
                  f"{t['bram18']:>6} {t['dsp']:>5}")
     lines.append(f"{t['fps']:,.0f} fps at {t['clock_mhz']:g} MHz (bottleneck {t['bottleneck']}), latency "
-                 f"{t['latency_us']:.2f} us; utilisation LUT {100 * t['utilisation']['lut']:.0f} %, BRAM18 "
+                 f"{t['latency_us']:.2f} us; {result['fold_board']} utilisation LUT {100 * t['utilisation']['lut']:.0f} %, BRAM18 "
                  f"{100 * t['utilisation']['bram18']:.0f} %, DSP {100 * t['utilisation']['dsp']:.0f} %"
                  f"{'' if t['fits'] else ' (does not fit)'}")
     if "lut_calibrated" in t:
