@@ -5,7 +5,8 @@ Writes benchmarks/cost_model.{json,md}.
 For each point (model, bits, board, folding) the model is exported untrained and built by hwq's FINN build up to
 its estimate step (hwq.cost.reference); the cost model answers the same question from the PyTorch model. Reported:
 the LUT error of the total and the largest per-layer error, whether cycles, BRAM18 and the folding agree, the query
-time and the build's. The calibrated model's error against synthesised builds comes from hwq/cost/calibration.json.
+time and the build's. The calibrated model's error against synthesised builds comes from hwq/cost/calibration.json
+(scripts/calibrate_cost_model.py synthesises builds for it).
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_cost_model.py      # about 5 minutes on 2 shared cores
 """
@@ -125,8 +126,8 @@ def markdown(rows: list[dict], calibration: dict, recorded: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['board']} | {r['finn_lut']:,} / {r['model_lut']:,} | "
                      f"{r['lut_error_pct']:+.2f} % | {r['finn_bram18']} / {r['model_bram18']} | "
                      f"{r['finn_max_cycles']:,} / {r['model_max_cycles']:,} |")
-    lines += ["", "Calibrated model (hwq/cost/calibration.json: LUT_synth ~ a * datapath + b * fixed, least squares "
-              "of relative errors):", "",
+    lines += ["", "Calibrated model (hwq/cost/calibration.json: LUT_synth ~ sum of coefficient * term, least squares "
+              "of relative errors; the terms in hwq/cost/calibration.py):", "",
               "| target | builds | coefficients | fit error max / mean | leave-one-out max | residuals |",
               "| --- | ---: | --- | ---: | ---: | --- |"]
     for target, entry in calibration["targets"].items():

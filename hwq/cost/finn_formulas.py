@@ -47,6 +47,8 @@ class Mvau:
     out: int | None
     vectors: int = 1
     rtl: bool = False
+    #: +-1 weights stored as FINN's INT2 (``w == 2``): one bit of information per weight.
+    bipolar_weights: bool = False
 
 
 def mvau_cycles(layer: Mvau, pe: int, simd: int) -> int:
@@ -72,6 +74,18 @@ def mvau_lut(layer: Mvau, pe: int, simd: int) -> int:
     addertree_luts = (W + A) * (2 * Q - 1)
     acc_luts = accumulator_bits(layer)
     return int(c0 + c1 * (P * (mult_luts + addertree_luts + acc_luts)) + c2)
+
+
+def mvau_distributed_memory_lut(layer: Mvau, pe: int, simd: int) -> int:
+    """The LUTs ``MVAU_hls.lut_estimation`` adds when the memories are LUTs (``ram_style=distributed``,
+    ``ram_style_thresholds=distributed``): ``c2 = P * Q * W * ceil(WMEM / 64)`` for the weights, and
+    ``1.1 * P * (2^B - 1) * acc * (ceil(TMEM / 64) + 1)`` for the thresholds and their comparators."""
+    weights = pe * simd * layer.w * math.ceil(mvau_wmem(layer, pe, simd) / 64)
+    if layer.out is None:
+        return int(weights)
+    steps, acc = 2 ** layer.out - 1, accumulator_bits(layer)
+    thresholds = steps * acc * math.ceil((layer.mh // pe) / 64) + steps * acc
+    return int(weights + 1.1 * pe * thresholds)
 
 
 def accumulator_bits(layer: Mvau) -> int:

@@ -173,7 +173,7 @@ def _totals(units: list[Unit], folding: Folding, block: str, board: Board, fit_f
                   "fps": board.clock_mhz * 1e6 / slowest,
                   "latency_us": sum(c["cycles"] for c in costs) * board.clock_period_ns / 1000.0})
     if calibration is not None:
-        total["lut_calibrated"] = calibration.predict(units, costs)
+        total["lut_calibrated"] = calibration.predict(units, costs, folding)
     lut = total.get("lut_calibrated", total["lut"])
     usage = {"lut": lut / board.resources.lut, "bram18": _share(total["bram18"], board.resources.bram18),
              "dsp": _share(total["dsp"], board.resources.dsp)}

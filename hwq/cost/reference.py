@@ -28,22 +28,19 @@ def _random_bn_statistics(model, generator) -> None:
             module.running_var.copy_(torch.empty_like(module.running_var).uniform_(0.5, 2.0, generator=generator))
 
 
-def finn_reference(work: str | Path, model: str, dataset: str, wbits: int, abits: int,
-                   precision: Mapping[str, int] | None = None, board: str = "pynq-z2",
-                   target_fps: float | None = None, seed: int = 0) -> dict[str, Any]:
-    """hwq's FINN build of an untrained ``model`` into ``work`` up to its estimate step: the manifest's
-    ``estimates`` (per layer and total), with ``seconds`` (the export and the build)."""
+def export_untrained(work: str | Path, model: str, dataset: str, wbits: int, abits: int,
+                     precision: Mapping[str, int] | None = None, seed: int = 0) -> Path:
+    """``work`` as a run folder hwq can build: an untrained ``model`` (random BatchNorm statistics) exported to
+    ``model.onnx``, ``metrics.json`` naming the dataset and ``images.npz``, two random images for the gates."""
     import torch
 
     from hwq._io import write_json
-    from hwq.dataflow import BuildConfig, run_build
     from hwq.export import export_qonnx_model
     from hwq.models import ModelSpec, model_and_layers
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     shape, classes = DATASET_SHAPES[dataset]
-    started = time.perf_counter()
     torch.manual_seed(seed)
     net, _ = model_and_layers(ModelSpec(model, wbits, abits, image_shape=shape, num_classes=classes,
                                         precision=dict(precision or {})))
@@ -53,6 +50,18 @@ def finn_reference(work: str | Path, model: str, dataset: str, wbits: int, abits
     write_json(work / "metrics.json", {"config": {"dataset": dataset}})
     images = np.random.default_rng(seed).integers(0, 256, (2, *shape), dtype=np.uint8)
     np.savez(work / "images.npz", images=images)
+    return work
+
+
+def finn_reference(work: str | Path, model: str, dataset: str, wbits: int, abits: int,
+                   precision: Mapping[str, int] | None = None, board: str = "pynq-z2",
+                   target_fps: float | None = None, seed: int = 0) -> dict[str, Any]:
+    """hwq's FINN build of an untrained ``model`` into ``work`` up to its estimate step: the manifest's
+    ``estimates`` (per layer and total), with ``seconds`` (the export and the build)."""
+    from hwq.dataflow import BuildConfig, run_build
+
+    started = time.perf_counter()
+    work = export_untrained(work, model, dataset, wbits, abits, precision, seed)
     config = BuildConfig(board=board, target_fps=target_fps, verify_samples=2, force=True,
                          calibration=str(work / "images.npz"))
     manifest = run_build(work, config, progress=False, stop_step="estimate")

@@ -58,7 +58,8 @@ def mvau(layer: HwLayer, bits: Mapping[str, int], block: str) -> f.Mvau:
         x_max = 2 ** a - 1 if not a_signed else (1 if a == 1 else 2 ** (a - 1))
         acc = math.ceil(math.log2(layer.mw * w_max * x_max + 1)) + 1
     rtl = f.rtl_mvau_possible(w, a, a_signed, acc, out is not None, block)
-    return f.Mvau(layer.mw, layer.mh, w, a, a_signed, acc, out, layer.vectors, rtl)
+    return f.Mvau(layer.mw, layer.mh, w, a, a_signed, acc, out, layer.vectors, rtl,
+                  bipolar_weights=bits[layer.weight] == 1)
 
 
 def resolve(layers: tuple[HwLayer, ...], bits: Mapping[str, int], block: str) -> list[Unit]:
