@@ -147,13 +147,18 @@ def markdown(rows: list[dict], calibration: dict, recorded: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", type=int, nargs="*", help="indices of POINTS to run (default: all)")
+    parser.add_argument("--render", action="store_true", help="no builds: rewrite the files from the rows in "
+                                                              "benchmarks/cost_model.json and the current calibration")
     args = parser.parse_args()
-    chosen = [POINTS[i] for i in args.only] if args.only else POINTS
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, point in enumerate(chosen):
-            rows.append(compare(point, Path(tmp) / f"point{i}"))
-            print(json.dumps(rows[-1]), flush=True)
+    if args.render:
+        rows = json.loads((OUT / "cost_model.json").read_text())["rows"]
+    else:
+        chosen = [POINTS[i] for i in args.only] if args.only else POINTS
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, point in enumerate(chosen):
+                rows.append(compare(point, Path(tmp) / f"point{i}"))
+                print(json.dumps(rows[-1]), flush=True)
     calibration = json.loads(CALIBRATION_FILE.read_text())
     recorded = recorded_rows()
     summary = {"max_abs_lut_error_pct": max(abs(r["lut_error_pct"]) for r in rows),
