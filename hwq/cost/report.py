@@ -29,8 +29,9 @@ def cost_table(result: dict[str, Any]) -> str:
     lines.append(f"{'total':<{width}}  {'':<12} {'':<11} {'':>4} {'':>5} {t['max_cycles']:>9,} {t['lut']:>8,} "
                  f"{t['bram18']:>6} {t['dsp']:>5}")
     lines.append(f"{t['fps']:,.0f} fps at {t['clock_mhz']:g} MHz (bottleneck {t['bottleneck']}), latency "
-                 f"{t['latency_us']:.2f} us; {result['fold_board']} utilisation LUT {100 * t['utilisation']['lut']:.0f} %, BRAM18 "
-                 f"{100 * t['utilisation']['bram18']:.0f} %, DSP {100 * t['utilisation']['dsp']:.0f} %"
+                 f"{t['latency_us']:.2f} us; {result['fold_board']} utilisation "
+                 f"LUT {100 * t['utilisation']['lut']:.0f} %, BRAM18 {100 * t['utilisation']['bram18']:.0f} %, "
+                 f"DSP {100 * t['utilisation']['dsp']:.0f} %"
                  f"{'' if t['fits'] else ' (does not fit)'}")
     if "lut_calibrated" in t:
         c = result["calibration"]
