@@ -106,6 +106,9 @@ def test_layer_cost_is_finns_formula_for_one_layer():
     # (its accumulator INT8 from the weights; the bit-widths give INT9, one LUT per PE more)
     assert layer_cost(tfc.layers[1], tfc.bits, pe=16, simd=16) == {"cycles": 16, "lut": 3767, "bram18": 15, "dsp": 0}
     assert layer_cost(tfc.layers[1], {**tfc.bits, "features.6": 4}, pe=16, simd=16)["lut"] > 3767
+    assert layer_cost(tfc.layers[1], tfc.bits, pe=16, simd=16, wbits=4) == \
+        layer_cost(tfc.layers[1], {**tfc.bits, "features.6": 4}, pe=16, simd=16)
+    assert layer_cost(tfc.layers[1], tfc.bits, pe=16, simd=16, abits=1)["lut"] < 3767
 
 
 def test_a_query_takes_milliseconds():

@@ -78,13 +78,22 @@ def layer_bits(layers: ModelLayers, precision: Mapping[str, int] | None = None) 
 
 
 def layer_cost(layer: HwLayer, bits: Mapping[str, int], pe: int = 1, simd: int = 1, parallel_window: int = 0,
-               part: str = "xc7z020clg400-1") -> dict[str, int]:
-    """One layer's ``{"cycles", "lut", "bram18", "dsp"}`` at ``bits`` (quantizer name -> bits) and PE/SIMD.
+               part: str = "xc7z020clg400-1", *, wbits: int | None = None, abits: int | None = None,
+               out_bits: int | None = None) -> dict[str, int]:
+    """One layer's ``{"cycles", "lut", "bram18", "dsp"}`` at ``bits`` (quantizer name -> bits, e.g. the described
+    model's ``bits``) and PE/SIMD; ``wbits`` / ``abits`` / ``out_bits`` override its weights', its input's and its
+    output's bits. A label select's input (an accumulator) does not change its cost.
 
     >>> tfc = describe_model("tfc", "digits", 2, 2)                                     # doctest: +SKIP
     >>> layer_cost(tfc.layers[1], tfc.bits, pe=16, simd=16)                              # doctest: +SKIP
-    {'cycles': 16, 'lut': 3785, 'bram18': 15, 'dsp': 0}
+    {'cycles': 16, 'lut': 3767, 'bram18': 15, 'dsp': 0}
+    >>> layer_cost(tfc.layers[1], tfc.bits, pe=16, simd=16, wbits=4)["lut"]             # doctest: +SKIP
+    5456
     """
+    bits = dict(bits)
+    for name, value in ((layer.weight, wbits), (layer.input, abits), (layer.output, out_bits)):
+        if value is not None and name is not None:
+            bits[name] = value
     block = f.dsp_block(part)
     unit = resolve_one(layer, bits, block)
     return cost(unit, {"PE": pe, "SIMD": simd, "parallel_window": parallel_window}, block)
