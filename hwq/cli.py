@@ -173,6 +173,61 @@ def _layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_cost(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cost", help="per-layer and total LUT / BRAM18 / DSP / cycles of a model at its bits and a "
+                                    "folding, from FINN's formulas (no build)")
+    p.add_argument("--model", default="tfc", help="tfc, sfc, lfc or cnv (default: tfc)")
+    p.add_argument("--dataset", default="mnist", help="the input size and classes (default: mnist); no data is read")
+    p.add_argument("--wbits", type=int, default=2, help="weight bits of the layers the map does not name (default: 2)")
+    p.add_argument("--abits", type=int, default=2, help="activation bits of the layers the map does not name "
+                                                        "(default: 2)")
+    p.add_argument("--precision", help="YAML file mapping layer names to bits, as 'hwq train --precision' takes "
+                                       "(default: none)")
+    p.add_argument("--board", default="pynq-z2", help="board name, as for 'hwq build' (default: pynq-z2)")
+    p.add_argument("--target-fps", type=float, help="fold for this many frames per second at the board clock "
+                                                    "(default: the fastest folding that fits the board)")
+    p.add_argument("--target-cycles", type=int, help="fold for this many cycles per frame, excludes --target-fps "
+                                                      "(default: none)")
+    p.add_argument("--fit-fraction", type=float, default=0.8, help="share of each resource the fastest fitting "
+                                                                   "folding may use (default: 0.8)")
+    p.add_argument("--calibrated", action="store_true", help="also predict the open backend's synthesised LUTs "
+                                                             "for the board, hwq/cost/calibration.json (default: FINN's estimate only)")
+    p.add_argument("--budget", help="KEY=VALUE,... with lut, bram18, dsp (at most), fps (at least) or cycles (at "
+                                    "most): fold for its speed and say whether the cost is within it (exit 1 if "
+                                    "not; excludes --target-fps/--target-cycles) (default: none)")
+    p.add_argument("--json", action="store_true", help="print the cost as JSON (default: a table)")
+    p.set_defaults(func=_cost)
+
+
+def _cost(args: argparse.Namespace) -> int:
+    from hwq.checks import check_int, check_number
+    from hwq.cost import cost_under_budget, describe_model, model_cost, parse_budget
+    from hwq.cost.report import cost_table
+    from hwq.errors import ConfigError
+    from hwq.train.config import read_precision
+
+    if args.target_fps is not None and args.target_cycles is not None:
+        raise ConfigError("--target-fps and --target-cycles exclude each other")
+    check_number("--fit-fraction", args.fit_fraction, 0, 1, above=True)
+    if args.target_fps is not None:
+        check_number("--target-fps", args.target_fps, 0, above=True)
+    if args.target_cycles is not None:
+        check_int("--target-cycles", args.target_cycles, 1)
+    if args.budget is not None and (args.target_fps is not None or args.target_cycles is not None):
+        raise ConfigError("--budget sets the speed itself (fps= or cycles=); leave out --target-fps/--target-cycles")
+    precision = read_precision(args.precision) if args.precision else {}
+    layers = describe_model(args.model, args.dataset, args.wbits, args.abits)
+    if args.budget is not None:
+        result = cost_under_budget(layers, precision, args.board, parse_budget(args.budget), args.calibrated,
+                                   args.fit_fraction)
+    else:
+        result = model_cost(layers, precision, board=args.board, target_fps=args.target_fps,
+                            target_cycles=args.target_cycles, fit_fraction=args.fit_fraction,
+                            calibrated=args.calibrated)
+    print(json.dumps(result, indent=2) if args.json else cost_table(result))
+    return 0 if result.get("within_budget", True) else 1
+
+
 def _parse_options(items: list[str], flag: str = "--option") -> dict:
     import yaml
 
@@ -601,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hwq", description="quantization-aware training to FPGA accelerators")
     parser.add_argument("--version", action="version", version=f"hwq {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
-    for add in (_add_train, _add_layers, _add_export, _add_models, _add_build, _add_boards, _add_emulate,
+    for add in (_add_train, _add_layers, _add_cost, _add_export, _add_models, _add_build, _add_boards, _add_emulate,
                 _add_measure, _add_run, _add_sweep):
         add(sub)
     return parser
