@@ -60,7 +60,7 @@ FAMILIES: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
 
 #: Quantizer family -> the options it reads.
 FAMILY_OPTIONS: dict[str, tuple[o.Option, ...]] = {
-    "uniform": o.UNIFORM_OPTIONS, "float": o.FLOAT_OPTIONS, "n2uq": o.N2UQ_OPTIONS, "bitat": o.BITAT_OPTIONS,
+    "uniform": o.UNIFORM_FAMILY_OPTIONS, "float": o.FLOAT_OPTIONS, "n2uq": o.N2UQ_OPTIONS, "bitat": o.BITAT_OPTIONS,
     "lsq": o.UNIFORM_OPTIONS, "noise": o.NOISE_OPTIONS, "osc": o.OSC_OPTIONS, "lqnet": o.LQNET_OPTIONS,
     "dirnet": o.DIRNET_OPTIONS, "adder": o.ADDER_OPTIONS,
 }

@@ -246,6 +246,57 @@ def _parse_options(items: list[str], flag: str = "--option") -> dict:
     return options
 
 
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="post-training quantization of a float run into a run that exports and builds "
+                                        "like a trained one (docs/mixed_precision.md)")
+    p.add_argument("run", help="a finished float run directory (hwq train --quant float)")
+    p.add_argument("--method", default="attention-round",
+                   help="attention-round (Diao et al. 2022) or nearest (round-to-nearest) (default: attention-round)")
+    p.add_argument("--wbits", type=int, default=4, help="weight bits, 2..8 (default: 4)")
+    p.add_argument("--abits", type=int, default=4, help="activation bits, 2..8 (default: 4)")
+    p.add_argument("--calibration", type=int, default=1024,
+                   help="calibration images, class-balanced from the training split (default: 1024)")
+    p.add_argument("--iterations", type=int, default=500, help="Attention Round steps per layer (default: 500)")
+    p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate of the latent weights (default: 0.01)")
+    p.add_argument("--sigma-start", dest="sigma_start", type=float, default=1.0,
+                   help="Gaussian sigma at the first step, in grid steps (default: 1.0)")
+    p.add_argument("--sigma-end", dest="sigma_end", type=float, default=0.05,
+                   help="Gaussian sigma at the last step, in grid steps (default: 0.05)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw and minibatches (default: 0)")
+    p.add_argument("--precision", help="YAML file mapping layer names to bit-widths ('hwq layers' lists them) "
+                                       "(default: none)")
+    p.add_argument("--bit-allocation", dest="bit_allocation", default="fixed",
+                   help="fixed (--wbits / --precision) or lossy-coding (per-layer weight bits from the lossy coding "
+                        "length, under --budget-bits) (default: fixed)")
+    p.add_argument("--budget-bits", dest="budget_bits", type=float,
+                   help="average weight bits of --bit-allocation lossy-coding (default: none)")
+    p.add_argument("--threads", type=int, help="CPU threads torch uses (default: 1)")
+    p.add_argument("--out", required=True, help="the new run directory (required)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run in --out (default: off)")
+    p.set_defaults(func=_quantize)
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from hwq.ptq import QuantizeConfig, run_quantize
+    from hwq.train.config import read_precision
+
+    config = QuantizeConfig(
+        method=args.method, wbits=args.wbits, abits=args.abits, calibration=args.calibration,
+        iterations=args.iterations, lr=args.lr, sigma_start=args.sigma_start, sigma_end=args.sigma_end,
+        seed=args.seed, precision=read_precision(args.precision) if args.precision else {},
+        bit_allocation=args.bit_allocation, budget_bits=args.budget_bits, threads=args.threads)
+    metrics = run_quantize(args.run, config, args.out, overwrite=args.overwrite)
+    record = metrics["ptq"]
+    bits = ", ".join(f"{layer['name']}: {layer['bits']}" for layer in record["layers"] if layer["role"] == "weight")
+    widths = (f"w{config.wbits}a{config.abits}" if not config.precision and config.budget_bits is None else
+              f"a{config.abits}, weights at an average of {config.budget_bits} bits" if config.budget_bits is not None
+              else f"w{config.wbits}a{config.abits} + {len(config.precision)} layer(s) of --precision")
+    print(f"{config.method.value} {widths} from {args.run}: test accuracy "
+          f"{100 * metrics['test_acc']:.2f}% (float {100 * record['source_test_acc']:.2f}%), weight bits {bits}, "
+          f"{record['calibration_images']} calibration images, {record['seconds']:.1f} s -> {args.out}")
+    return 0
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a trained run to QONNX and verify it against PyTorch")
     p.add_argument("run", help="run directory written by 'hwq train'")
@@ -656,8 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hwq", description="quantization-aware training to FPGA accelerators")
     parser.add_argument("--version", action="version", version=f"hwq {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
-    for add in (_add_train, _add_layers, _add_cost, _add_export, _add_models, _add_build, _add_boards, _add_emulate,
-                _add_measure, _add_run, _add_sweep):
+    for add in (_add_train, _add_layers, _add_cost, _add_quantize, _add_export, _add_models, _add_build, _add_boards,
+                _add_emulate, _add_measure, _add_run, _add_sweep):
         add(sub)
     return parser
 

@@ -185,6 +185,15 @@ WEIGHT_SCALE = Option("weight_scale", "choice", "const",
 
 UNIFORM_OPTIONS: tuple[Option, ...] = (WEIGHT_SCALE,)
 
+#: ``act_signed: false``: the multi-bit activations on the unsigned grid ``0 .. 2^b - 1`` (a quantized ReLU), what a
+#: float ReLU network becomes under ``hwq quantize`` (hwq.ptq); the signed grid (the default) suits networks trained
+#: quantized or with hardtanh. 1-bit activations stay bipolar either way.
+ACT_SIGNED = Option("act_signed", "bool", True,
+                    "multi-bit activations on the signed grid (true) or the unsigned one, a quantized ReLU (false)")
+
+#: The uniform family's own options (families built on it declare ``UNIFORM_OPTIONS`` or their own).
+UNIFORM_FAMILY_OPTIONS: tuple[Option, ...] = UNIFORM_OPTIONS + (ACT_SIGNED,)
+
 #: DIR-Net's binarization (``hwq.quant.dirnet``; IR-Net's EDE schedule in ``hwq.quant.estimators``).
 DIRNET_OPTIONS: tuple[Option, ...] = (
     Option("dirnet_scale", "choice", "power_of_two",

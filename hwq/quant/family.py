@@ -20,7 +20,7 @@ from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear
 from torch import nn
 
 from hwq.errors import ConfigError
-from hwq.options import FLOAT_OPTIONS, UNIFORM_OPTIONS, WEIGHT_SCALE, Option, option_named
+from hwq.options import ACT_SIGNED, FLOAT_OPTIONS, UNIFORM_FAMILY_OPTIONS, WEIGHT_SCALE, Option, option_named
 from hwq.quant.brevitas_map import L1ScaleWeight, to_injector
 from hwq.quant.spec import MAX_BITS, MIN_BITS, QuantSpec, Role, Scaling
 
@@ -44,7 +44,7 @@ class UniformFamily:
     act_bits: tuple[int, ...] = tuple(range(MIN_BITS, MAX_BITS + 1))
     #: The ``model_options`` this family reads (``hwq models`` lists them); ``build_model`` rejects other keys
     #: that the model does not declare either.
-    declared_options: tuple[Option, ...] = UNIFORM_OPTIONS
+    declared_options: tuple[Option, ...] = UNIFORM_FAMILY_OPTIONS
 
     def __init__(self, options: dict | None = None) -> None:
         #: Settings from the run's ``model_options`` (the model's and the family's); read them with ``_option``.
@@ -72,7 +72,12 @@ class UniformFamily:
     def act_spec(self, bits: int) -> QuantSpec:
         if bits == 1:
             return QuantSpec(Role.ACT, 1)
-        return QuantSpec(Role.ACT, bits, narrow_range=False, scaling=Scaling.LEARNED)
+        signed = self._option(ACT_SIGNED.name) if self._declares(ACT_SIGNED) else True
+        return QuantSpec(Role.ACT, bits, signed=signed, narrow_range=False, scaling=Scaling.LEARNED)
+
+    def _declares(self, option: Option) -> bool:
+        """Whether this family reads ``option`` (families built on this one may declare other options)."""
+        return any(declared.name == option.name for declared in self.declared_options)
 
     # --- layers ------------------------------------------------------------------------------------------
     def input_quant(self) -> nn.Module:

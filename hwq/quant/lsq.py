@@ -33,6 +33,7 @@ from torch import nn
 
 from hwq.quant.brevitas_map import FinnCompatibleQuant
 from hwq.quant.family import UniformFamily, register_family
+from hwq.options import UNIFORM_OPTIONS
 
 
 #: The smallest step (of a float32 value in [-1, 1] or an activation): below it v / s would overflow in practice.
@@ -109,6 +110,8 @@ class LsqFamily(UniformFamily):
     """``uniform``'s quantizers with LSQ's step size at 2..8 bits; binary (sign) at 1 bit as ``uniform``."""
 
     name = "lsq"
+    #: Not ``act_signed``: LSQ's activation quantizer is kept as the paper's, on the signed grid.
+    declared_options = UNIFORM_OPTIONS
 
     def weight_quant(self, bits: int, per_channel: bool = True):
         if bits == 1:
