@@ -86,7 +86,7 @@ def test_an_unknown_option_names_it_and_lists_the_known_ones_with_a_hint():
                                           r"\(width is an option of model 'mobilenet' and model 'mobilenet_tiny' and model "
                                           r"'reactnet' and model 'reactnet_tiny'\)"):
         TrainConfig(model="tfc", quant="n2uq", model_options={"width": 0.5})
-    with pytest.raises(ConfigError, match=r"n2uq_range is an option of --quant n2uq\); known: weight_scale$"):
+    with pytest.raises(ConfigError, match=r"n2uq_range is an option of --quant n2uq\); known: act_signed, weight_scale$"):
         TrainConfig(model="tfc", quant="uniform", model_options={"n2uq_range": 1.0})
     # the model and the family together: mobilenet's width and N2UQ's options
     TrainConfig(model="mobilenet_tiny", quant="n2uq", wbits=2, abits=2,
@@ -173,7 +173,7 @@ def test_hwq_models_lists_the_options(capsys):
     assert width == {"name": "width", "type": "a number in (0, 4]", "default": 0.5,
                      "help": "channel multiplier of MobileNet-v1's widths"}
     assert [o["name"] for o in data["quant"]["n2uq"]["options"]] == [o.name for o in N2UQ_OPTIONS]
-    assert [o["name"] for o in data["quant"]["uniform"]["options"]] == ["weight_scale"]
+    assert [o["name"] for o in data["quant"]["uniform"]["options"]] == ["weight_scale", "act_signed"]
     assert data["models"]["tfc"]["options"] == []
 
 

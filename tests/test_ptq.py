@@ -120,7 +120,8 @@ def test_bad_runs_are_one_line_errors(tmp_path, digits_tfc_float):
         run_quantize(digits_tfc_float, QuantizeConfig(method="nearest", calibration=64), quantized)
 
 
-def test_a_w2a2_attention_round_run_exports_bit_exactly_and_beats_nearest(tmp_path, digits_tfc_float):
+def test_a_w2a2_attention_round_run_beats_nearest_and_exports_and_builds_bit_exactly(tmp_path, digits_tfc_float):
+    from hwq.dataflow import BuildConfig, run_build
     from hwq.export import run_export
 
     runs = {}
@@ -139,10 +140,14 @@ def test_a_w2a2_attention_round_run_exports_bit_exactly_and_beats_nearest(tmp_pa
     report = run_export(tmp_path / "attention-round")
     assert report["verification"]["passed"] and report["verification"]["integer_scores_match"] in (True, None)
     assert report["verification"]["qonnx_accuracy"] == pytest.approx(runs["attention-round"]["test_acc"])
+    manifest = run_build(tmp_path / "attention-round", BuildConfig(board="pynq-z2", verify_samples=20), progress=False)
+    assert manifest["status"] == "done"
+    assert manifest["bit_exact"]["passed"] and manifest["bit_exact"]["n"] == 20
+    assert manifest["integer_range"]["passed"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bits", [4, 2])
+@pytest.mark.parametrize("bits", [4, 3])
 def test_attention_round_runs_build_with_finn_bit_exactly(tmp_path, digits_tfc_float, bits):
     from hwq.dataflow import BuildConfig, run_build
     from hwq.export import run_export
