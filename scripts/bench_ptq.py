@@ -6,6 +6,7 @@ seconds each quantization took. A float run already under ``--runs`` is reused.
 
     OMP_NUM_THREADS=1 python scripts/bench_ptq.py --dataset digits --epochs 10 --seeds 0,1,2 --bits 2,3,4 \\
         --runs runs/bench-ptq --results benchmarks/ptq_digits_tfc
+    OMP_NUM_THREADS=1 python scripts/bench_ptq.py --model mobilenet_tiny --float-option pad_value=0 --epochs 3 ...
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hwq.ptq import QuantizeConfig, run_quantize  # noqa: E402
@@ -23,12 +26,13 @@ from hwq.train import TrainConfig, run_train  # noqa: E402
 from hwq.train.rundir import METRICS_FILE  # noqa: E402
 
 
-def float_run(runs: Path, dataset: str, model: str, epochs: int, seed: int) -> tuple[Path, float]:
+def float_run(runs: Path, dataset: str, model: str, epochs: int, seed: int, options: dict) -> tuple[Path, float]:
     out = runs / f"{model}-float-{dataset}-s{seed}"
     metrics_path = out / METRICS_FILE
     if metrics_path.is_file() and json.loads(metrics_path.read_text()).get("complete"):
         return out, json.loads(metrics_path.read_text())["test_acc"]
-    config = TrainConfig(model=model, dataset=dataset, quant="float", epochs=epochs, seed=seed, threads=1)
+    config = TrainConfig(model=model, dataset=dataset, quant="float", epochs=epochs, seed=seed, threads=1,
+                         model_options=options)
     return out, run_train(config, out, progress=False, overwrite=out.exists())["test_acc"]
 
 
@@ -42,15 +46,18 @@ def main() -> int:
     parser.add_argument("--calibration", type=int, default=1024)
     parser.add_argument("--budget-bits", dest="budget_bits", type=float,
                         help="also a lossy-coding allocation at this average weight bits (activations: the lowest --bits)")
+    parser.add_argument("--float-option", dest="float_options", action="append", default=[], metavar="KEY=VALUE",
+                        help="model option of the float runs, e.g. pad_value=0 for mobilenet_tiny (VALUE as YAML)")
     parser.add_argument("--runs", default="runs/bench-ptq")
     parser.add_argument("--results", default="benchmarks/ptq")
     args = parser.parse_args()
     runs = Path(args.runs)
     seeds = [int(s) for s in args.seeds.split(",")]
+    options = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.float_options)}
     bits = [int(b) for b in args.bits.split(",")]
     rows: dict[str, list[dict]] = {}
     for seed in seeds:
-        fp, fp_acc = float_run(runs, args.dataset, args.model, args.epochs, seed)
+        fp, fp_acc = float_run(runs, args.dataset, args.model, args.epochs, seed, options)
         rows.setdefault("float", []).append({"seed": seed, "test_acc": fp_acc, "seconds": None})
         cells = [(f"{m} W{b}A{b}", QuantizeConfig(method=m, wbits=b, abits=b, calibration=args.calibration))
                  for b in bits for m in ("nearest", "attention-round")]

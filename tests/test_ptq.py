@@ -175,3 +175,14 @@ def test_the_cli_quantizes_with_the_lossy_coding_allocation(tmp_path, digits_tfc
     assert 3.0 <= average <= 3.5
     assert metrics["config"]["precision"] == {layer["name"]: layer["bits"] for layer in weights}
     assert main(["quantize", str(digits_tfc_float), "--wbits", "1", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_a_float_padding_the_quantized_model_cannot_hold_is_an_error(tmp_path):
+    """A float MobileNet made with the default 1-bit --abits pads its depthwise convolutions with -1; its quantized
+    counterpart pads with 0, so the float weights would meet other inputs at the borders."""
+    float_run = tmp_path / "mobilenet-float"
+    run_train(TrainConfig(model="mobilenet_tiny", dataset="digits", quant="float", epochs=1, threads=1), float_run,
+              progress=False)
+    with pytest.raises(HwqError, match=r"pads features\.4 with -1, the quantized one with 0; train the float run "
+                                       r"with --option pad_value=0"):
+        run_quantize(float_run, QuantizeConfig(method="nearest", calibration=32), tmp_path / "out")

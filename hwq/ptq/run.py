@@ -70,6 +70,7 @@ def run_quantize(run_fp: str | Path, config: QuantizeConfig, out_dir: str | Path
             check_ptq_bits(f"precision.{layer.name}" if layer.name in precision else f"{layer.role[0]}bits",
                            layer.bits)
         _copy_float_weights(model, float_model, run_fp)
+        _check_same_padding(model, float_model, run_fp)
         model.eval()
         per_layer = _quantize_layers(model, float_model, images, config)
         test_acc = evaluate(model, dataset.test_x, dataset.test_y)
@@ -118,6 +119,20 @@ def _copy_float_weights(model: nn.Module, float_model: nn.Module, run_fp: Path) 
     if missing:
         raise CheckpointError(f"{run_fp / MODEL_FILE}: '{missing[0]}' has no counterpart in the quantized model")
     model.load_state_dict(state, strict=False)
+
+
+def _check_same_padding(model: nn.Module, float_model: nn.Module, run_fp: Path) -> None:
+    """A constant padding that differs between the float and the quantized model is an error naming it: the float
+    weights were trained for the float padding (MobileNet's depthwise convolutions pad with -1 when the float run
+    was made with 1-bit ``--abits``, which a multi-bit activation grid does not hold)."""
+    float_modules = dict(float_model.named_modules())
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.padding._ConstantPadNd):
+            value = float_modules[name].value
+            if value != module.value:
+                raise ConfigError(
+                    f"{run_fp}: the float model pads {name} with {value:g}, the quantized one with {module.value:g}; "
+                    f"train the float run with --option pad_value={module.value:g} (or --abits 2 or more)")
 
 
 def _lossy_coding_precision(float_model: nn.Module, config: QuantizeConfig) -> dict[str, int]:
