@@ -120,6 +120,14 @@ def test_bad_runs_are_one_line_errors(tmp_path, digits_tfc_float):
         run_quantize(digits_tfc_float, QuantizeConfig(method="nearest", calibration=64), quantized)
 
 
+def test_a_quantization_is_repeatable(tmp_path, digits_tfc_float):
+    config = QuantizeConfig(wbits=3, abits=3, iterations=20, calibration=64)
+    first = run_quantize(digits_tfc_float, config, tmp_path / "a")
+    again = run_quantize(digits_tfc_float, config, tmp_path / "b")
+    assert first["outputs"]["model_sha256"] == again["outputs"]["model_sha256"]
+    assert first["inputs"]["float_model"]["sha256"] == first["ptq"]["source_model_sha256"]
+
+
 def test_a_w2a2_attention_round_run_beats_nearest_and_exports_and_builds_bit_exactly(tmp_path, digits_tfc_float):
     from hwq.dataflow import BuildConfig, run_build
     from hwq.export import run_export

@@ -231,7 +231,7 @@ def _write_run(out_dir: Path, train_config, spec: ModelSpec, dataset: Dataset, m
     write_atomic(out_dir / CONFIG_FILE, lambda p: p.write_text(train_config.to_yaml()))
     metrics = {
         "stage": "train", "status": "done", "complete": True,
-        "inputs": {"float_model": record["source_run"] + "/" + MODEL_FILE},
+        "inputs": {"float_model": records.file_record(Path(record["source_run"]) / MODEL_FILE)},
         "outputs": {"model": MODEL_FILE, "model_sha256": records.sha256_file(out_dir / MODEL_FILE)},
         "steps": [{"name": f"quantize {layer['name']}", "seconds": layer.get("seconds"), "status": "done"}
                   for layer in record["layers"]],
