@@ -45,7 +45,8 @@ def main() -> int:
     parser.add_argument("--bits", default="2,4")
     parser.add_argument("--calibration", type=int, default=1024)
     parser.add_argument("--budget-bits", dest="budget_bits", type=float,
-                        help="also a lossy-coding allocation at this average weight bits (activations: the lowest --bits)")
+                        help="also a lossy-coding allocation at this average weight bits "
+                             "(activations: the lowest --bits)")
     parser.add_argument("--float-option", dest="float_options", action="append", default=[], metavar="KEY=VALUE",
                         help="model option of the float runs, e.g. pad_value=0 for mobilenet_tiny (VALUE as YAML)")
     parser.add_argument("--runs", default="runs/bench-ptq")
@@ -76,7 +77,8 @@ def main() -> int:
                   f"weight bits {weight_bits})", flush=True)
     lines = [f"{args.model} on {args.dataset}, float {args.epochs} epochs, seeds {args.seeds}, "
              f"{args.calibration} calibration images", "",
-             "| run | test top-1 (mean over seeds) | min..max | seconds (mean) | weight bits |", "|---|---|---|---|---|"]
+             "| run | test top-1 (mean over seeds) | min..max | seconds (mean) | weight bits |",
+             "|---|---|---|---|---|"]
     for name, cell in rows.items():
         accs = [100 * r["test_acc"] for r in cell]
         secs = [r["seconds"] for r in cell if r["seconds"] is not None]

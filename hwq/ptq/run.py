@@ -36,9 +36,11 @@ from hwq.ptq.attention_round import (
 )
 from hwq.ptq.calibrate import calibrate_act_scale, captured, set_act_scale, set_weight_scale
 from hwq.ptq.coding_length import allocate_bits, coding_length
-from hwq.ptq.config import Method, QuantizeConfig, check_ptq_bits
+from hwq.ptq.config import BitAllocation, Method, QuantizeConfig, check_ptq_bits
 from hwq.train.loop import _versions, evaluate, load_trained_model, run_description
-from hwq.train.rundir import CONFIG_FILE, LOG_FILE, METRICS_FILE, MODEL_FILE, holds_run
+from hwq.train.rundir import (
+    CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, MODEL_FILE, holds_run, remove_downstream,
+)
 from hwq.train.checkpoint import save_checkpoint
 from hwq.train.threads import torch_threads
 
@@ -62,9 +64,9 @@ def run_quantize(run_fp: str | Path, config: QuantizeConfig, out_dir: str | Path
         calibration = dataset.with_train_subset(min(config.calibration, len(dataset.train_x)), config.seed)
         images = Dataset.to_float(calibration.train_x)
         precision = dict(config.precision)
-        if config.bit_allocation.value == "lossy-coding":
+        if config.bit_allocation is BitAllocation.LOSSY_CODING:
             precision = _lossy_coding_precision(float_model, config)
-        spec = _quantized_spec(float_spec, float_config, config, precision)
+        spec = _quantized_spec(float_spec, config, precision)
         model, layers = model_and_layers(spec)
         for layer in layers:
             check_ptq_bits(f"precision.{layer.name}" if layer.name in precision else f"{layer.role[0]}bits",
@@ -102,7 +104,7 @@ def _float_run(run_fp: Path):
     return config, spec
 
 
-def _quantized_spec(float_spec: ModelSpec, float_config, config: QuantizeConfig, precision: dict) -> ModelSpec:
+def _quantized_spec(float_spec: ModelSpec, config: QuantizeConfig, precision: dict) -> ModelSpec:
     """The float model's architecture with the uniform family; a float ReLU becomes the unsigned (ReLU) grid."""
     options = {k: v for k, v in float_spec.options.items() if k != "float_act"}
     options["act_signed"] = float_spec.options.get("float_act", "relu") != "relu"
@@ -225,8 +227,9 @@ def _normalisation_gain(following: list, channels: int) -> torch.Tensor:
 def _write_run(out_dir: Path, train_config, spec: ModelSpec, dataset: Dataset, model: nn.Module, test_acc: float,
                record: dict[str, Any]) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("model.onnx", "export.json", "flow.json"):
-        (out_dir / stale).unlink(missing_ok=True)
+    # A run replaced (--overwrite): later stages' outputs and a training checkpoint describe other weights.
+    remove_downstream(out_dir)
+    (out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     save_checkpoint(out_dir / MODEL_FILE, {k: v.detach().cpu() for k, v in model.state_dict().items()})
     write_atomic(out_dir / CONFIG_FILE, lambda p: p.write_text(train_config.to_yaml()))
     metrics = {
