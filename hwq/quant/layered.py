@@ -28,11 +28,13 @@ import contextlib
 from typing import Iterator
 
 import torch
-from brevitas.proxy.parameter_quant import WeightQuantProxyFromInjector
-from brevitas.proxy.runtime_quant import ActQuantProxyFromInjector
 from torch import nn
 
 from hwq.errors import ConfigError
+from hwq.quant.views import quantizer_views, quantizers
+
+__all__ = ["integer_range", "slice_integers", "member_activation", "check_members", "layered_view",
+           "member_model", "quantizers"]
 
 
 def integer_range(bits: int, signed: bool, narrow: bool) -> tuple[int, int]:
@@ -69,21 +71,6 @@ def member_activation(x: torch.Tensor, step: torch.Tensor, bits: int, signed: bo
     return clipped + (torch.round(x / step).clamp(low, high) * step - clipped).detach()
 
 
-def quantizers(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
-    """``(name, proxy, role)`` of the model's weight and activation quantizers, the input quantizer and the
-    pass-through proxies of Brevitas layers (a ``QuantLinear``'s disabled ``input_quant``) excluded."""
-    inputs = {id(p) for m in model.modules() if getattr(m, "hwq_input_quant", False) for p in m.modules()}
-    found = []
-    for name, module in model.named_modules():
-        if not getattr(module, "is_quant_enabled", True):
-            continue
-        if isinstance(module, WeightQuantProxyFromInjector):
-            found.append((name, module, "weight"))
-        elif isinstance(module, ActQuantProxyFromInjector) and id(module) not in inputs:
-            found.append((name, module, "act"))
-    return found
-
-
 def check_members(top: tuple[int, int], members: list[tuple[int, int]], where: str) -> None:
     """Every member is 2..top bits in both (a 1-bit member would be a sign, not a slice)."""
     for wb, ab in members:
@@ -110,19 +97,8 @@ def layered_view(model: nn.Module, bits: tuple[int, int]) -> Iterator[None]:
         x = inputs[0].value if hasattr(inputs[0], "value") else inputs[0]
         return member_activation(x, out.scale * 2 ** (int(out.bit_width) - abits), abits, bool(out.signed))
 
-    handing_over = [m for m in model.modules() if getattr(m, "return_quant_tensor", False)]
-    for module in handing_over:
-        module.return_quant_tensor = False
-    handles = []
-    for _, proxy, role in quantizers(model):
-        handles.append(proxy.register_forward_hook(weight_view if role == "weight" else act_view))
-    try:
+    with quantizer_views(model, weight_view, act_view):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module in handing_over:
-            module.return_quant_tensor = True
 
 
 @torch.no_grad()

@@ -27,9 +27,9 @@ from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from brevitas.proxy.parameter_quant import WeightQuantProxyFromInjector
-from brevitas.proxy.runtime_quant import ActQuantProxyFromInjector
 from torch import nn
+
+from hwq.quant.views import quantizer_views
 
 
 def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -79,25 +79,8 @@ def precision_view(model: nn.Module, bits: tuple[int, int] | None) -> Iterator[N
             return torch.minimum(torch.maximum(x, low), high)
         return fake_quant_range(x, low, high, bits[1])
 
-    handles = []
-    # A view returns plain tensors, so layers that hand over QuantTensors (ReActNet's shortcuts) hand over the
-    # plain ones inside the block; the models take either.
-    handing_over = [m for m in model.modules() if getattr(m, "return_quant_tensor", False)]
-    for module in handing_over:
-        module.return_quant_tensor = False
-    inputs_quants = {id(p) for m in model.modules() if getattr(m, "hwq_input_quant", False) for p in m.modules()}
-    for module in model.modules():
-        if isinstance(module, WeightQuantProxyFromInjector):
-            handles.append(module.register_forward_hook(weight_view))
-        elif isinstance(module, ActQuantProxyFromInjector) and id(module) not in inputs_quants:
-            handles.append(module.register_forward_hook(act_view))
-    try:
+    with quantizer_views(model, weight_view, act_view):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module in handing_over:
-            module.return_quant_tensor = True
 
 
 def classifier_of(model: nn.Module) -> nn.Module:
