@@ -42,8 +42,7 @@ class Dataset:
         """The same dataset trained on ``size`` of its training images, as evenly spread over the classes as
         ``size`` allows (drawn with ``seed``, kept in their original order); the test set stays whole, so
         accuracies remain comparable with full-data runs."""
-        keep = _balanced_subset(self.train_y, size, seed, self.num_classes, f"train_subset: expected 1..{{}} "
-                                f"images of {self.name}")
+        keep = _balanced_subset(self.train_y, size, seed, self.num_classes, "train_subset", self.name)
         return replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep])
 
     def with_test_subset(self, size: int) -> "Dataset":
@@ -51,8 +50,7 @@ class Dataset:
         :meth:`with_train_subset`, always drawn with seed 0: every run (any seed, any method) that asks for the
         same size is scored on the same images, so the rows of a table stay comparable. For CPU-sized
         experiments whose evaluation of the whole test set would cost more than their training."""
-        keep = _balanced_subset(self.test_y, size, 0, self.num_classes, f"test_subset: expected 1..{{}} "
-                                f"images of {self.name}")
+        keep = _balanced_subset(self.test_y, size, 0, self.num_classes, "test_subset", self.name)
         return replace(self, test_x=self.test_x[keep], test_y=self.test_y[keep])
 
     @staticmethod
@@ -61,12 +59,12 @@ class Dataset:
         return images.to(torch.float32) / 255.0
 
 
-def _balanced_subset(labels: torch.Tensor, size: int, seed: int, num_classes: int, error: str) -> torch.Tensor:
+def _balanced_subset(labels: torch.Tensor, size: int, seed: int, num_classes: int, field: str,
+                     dataset: str) -> torch.Tensor:
     """Indices of ``size`` of ``labels``' items, as evenly spread over the classes as ``size`` allows (drawn with
-    ``seed``), in their original order; ``error`` (with ``{}`` for the number of items) when ``size`` does not
-    fit."""
+    ``seed``), in their original order; a DataError naming ``field`` when ``size`` does not fit."""
     if not 0 < size <= len(labels):
-        raise DataError(error.format(len(labels)) + f", got {size}")
+        raise DataError(f"{field}: expected 1..{len(labels)} images of {dataset}, got {size}")
     generator = torch.Generator().manual_seed(seed)
     per_class = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
     per_class = [idx[torch.randperm(len(idx), generator=generator)] for idx in per_class]

@@ -89,7 +89,7 @@ def run_point(directory: str, point_id: str, recipe: dict[str, Any]) -> dict[str
         return record
     finally:
         log.close()
-    record["results"] = {k: v for k, v in report.get("results", {}).items()}
+    record["results"] = dict(report.get("results", {}))
     record["outputs"] = {"flow": "flow.json"}
     record["seconds"] = round(time.perf_counter() - started, 3)
     records.finish(record, directory / POINT_FILE)
