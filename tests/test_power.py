@@ -56,6 +56,24 @@ def test_energy_lpm01a_equals_power_model(build_model, digits_tfc_build, tmp_pat
     assert (tmp_path / "power-trace.csv").read_text().startswith("time_s,power_mW")
 
 
+def test_window_run_right_after_the_start_ack_is_seen(build_model):
+    """The monitor's thread may lose the CPU just after it acks 'start' (it did, under CI load): the window the
+    host runs meanwhile must still show its two GPIO events, as on a real LPM01A, which acquires from the ack."""
+    with Emulator(build_model) as emu, EmulatedLpm01a(emu) as monitor:
+        send = monitor._send
+
+        def send_then_stall(lines):
+            send(lines)
+            if any(line.endswith("ack start") for line in lines):
+                time.sleep(0.5)                # the host reads the ack and runs its window in this pause
+        monitor._send = send_then_stall
+        with Lpm01a(monitor.port, timeout_s=3.0) as mon, Device.open(emu.port, timeout_s=2.0) as dut:
+            dut.load(bytes(build_model.input_bytes))
+            mon.start()
+            mon.window(dut.infer(1000, 0), dut.last_reply)
+            mon.stop()
+
+
 def test_monitor_that_stops_answering_is_an_error(build_model):
     with Emulator(build_model) as emu, EmulatedLpm01a(emu) as monitor:
         monitor.silent = True

@@ -136,12 +136,15 @@ class EmulatedLpm01a:
         extra = {"powershield": f" {self.board_id}", "version": " 1.0.0", "status": " ok"}.get(verb, "")
         if verb == "freq":
             self.freq = arg
-        self._send([f"{PROMPT}ack {command}{extra}"])
         if verb == "start":
+            # acquisition starts before the ack leaves: a host that runs a window as soon as it reads the ack
+            # must see that window's GPIO events (was a race under load: both edges could land before this)
             self.board.sync_idle()
             tl = self.board.timeline
-            self._t0, self._k, self._edge = tl.end_s, 0, len(tl.edges)
+            with tl.lock:
+                self._t0, self._k, self._edge = tl.end_s, 0, len(tl.edges)
             self._acquiring = True
+        self._send([f"{PROMPT}ack {command}{extra}"])
 
     def _sample(self) -> None:
         """Emit every sample (and GPIO event) the board's timeline now covers."""
