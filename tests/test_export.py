@@ -198,3 +198,50 @@ def test_a_failed_reexport_leaves_no_model_onnx(tmp_path, monkeypatch):
     # a good export afterwards restores model.onnx and drops the failed graph
     run_export(run, ExportConfig(verify_samples=30))
     assert (run / "model.onnx").is_file() and not (run / "model.failed.onnx").exists()
+
+
+def _nudged(onnx_path, out_path, image: np.ndarray, past_boundary: float) -> str:
+    """Move one value before the first hidden activation Quant to ``past_boundary`` steps above the rounding
+    boundary over its level (on ``image``): what a float32 summation order does to a value at a tie
+    (``past_boundary`` tiny), or a wrong bias does (large). Returns the quantizer's node name."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from hwq.export.float_ties import qonnx_activation_quants
+    from hwq.export.scores import run_qonnx_graph
+
+    wrapper = ModelWrapper(str(onnx_path))
+    quant = qonnx_activation_quants(wrapper)[0]
+    x = run_qonnx_graph(wrapper, image[None], [quant.input[0]])[quant.input[0]][0]
+    scale, zero = (float(np.asarray(wrapper.get_initializer(quant.input[i])).reshape(-1)[0]) for i in (1, 2))
+    level = np.rint(x / scale + zero)
+    j = int(np.flatnonzero(level < level.max())[0])              # a value with a level above it
+    shift = np.zeros((1, *x.shape), np.float32)
+    shift[(0, j)] = (level[j] + 0.5 + past_boundary - zero) * scale - x[j]
+    model = onnx.load(str(onnx_path))
+    node = next(n for n in model.graph.node if n.name == quant.name)
+    model.graph.initializer.append(numpy_helper.from_array(shift, "nudge"))
+    at = list(model.graph.node).index(node)
+    model.graph.node.insert(at, onnx.helper.make_node("Add", [node.input[0], "nudge"], ["nudged"], name="nudge"))
+    node.input[0] = "nudged"
+    onnx.save(model, str(out_path))
+    return quant.name
+
+
+@pytest.mark.parametrize("past_boundary, explained", [(1e-5, True), (0.2, False)])
+def test_float_order_ties_are_told_from_genuine_differences(digits_tfc_w2a2, tmp_path, past_boundary, explained):
+    """A value a hair past a rounding boundary (what float32 summation order does at a tie) is forgiven after
+    teacher forcing and counted; the same value a fifth of a step past is a genuine difference, named."""
+    model, _, _ = load_trained_model(digits_tfc_w2a2)
+    images = Dataset.to_float(load_dataset("digits").test_x[:1]).reshape(1, -1)
+    onnx_path = tmp_path / "model.onnx"
+    from hwq.export.qonnx_export import export_qonnx_model
+
+    export_qonnx_model(model, onnx_path)
+    name = _nudged(onnx_path, tmp_path / "nudged.onnx", images[0].numpy(), past_boundary)
+    verification, _, _ = verify_qonnx(tmp_path / "nudged.onnx", model, images)
+    ties = verification["float_order_ties"]
+    assert verification["passed"] is explained and ties["explained"] is explained
+    if explained:
+        assert ties["values"] == 1 and ties["images"] == 1 and sum(ties["by_quantizer"].values()) == 1
+    else:
+        assert f"graph node {name}) differs away from a rounding boundary at image 0" in ties["problem"]

@@ -155,9 +155,16 @@ def qonnx_scores(model, inputs: np.ndarray, batch: int = 100, keep: list[str] = 
     wanted = [out, *keep] + ([final.act, final.weight, final.tensor] if final else [])
     values = run_qonnx_graph(model, inputs, list(dict.fromkeys(wanted)), batch,
                              constant=(final.weight,) if final else ())
-    logits = values[out].reshape(len(inputs), -1)
+    return scores_of(model, values, len(inputs)), values
+
+
+def scores_of(model, values: dict[str, np.ndarray], n: int) -> Scores:
+    """The scores of ``n`` inputs from the executed tensors ``values`` of ``model`` (its output, and the
+    classifier MatMul's inputs and output where it has one)."""
+    final = final_matmul(model)
+    logits = values[model.graph.output[0].name].reshape(n, -1)
     integer = None
     if final is not None and final.orientation is not None:
         dot = integer_dot(values, final)
         integer = None if dot is None else final.orientation * dot
-    return Scores(logits=logits, integer=integer), values
+    return Scores(logits=logits, integer=integer)
