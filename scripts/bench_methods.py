@@ -360,6 +360,9 @@ def markdown(results: dict) -> str:
     lines = [f"Command: `{results['command']}` ({results['machine']['device_name']}, {wall})", ""]
     if results.get("note"):
         lines += [results["note"], ""]
+    for change in results.get("updates", []):
+        rows = ", ".join(f"{method} W{w}A{a}" for _, method, w, a in change["rows"])
+        lines += [f"Update (rows {rows}): `{change['command']}`. {change['note']}".rstrip(), ""]
     seeds = ",".join(map(str, args["seeds"]))
     for suite in args["suites"]:
         spec = SUITES[suite]
@@ -458,6 +461,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", default="benchmarks/methods")
     parser.add_argument("--note", default="", help="free text stored with the results")
     parser.add_argument("--collect", action="store_true", help="train nothing: tabulate the runs under --runs")
+    parser.add_argument("--update", action="store_true",
+                        help="replace these cells' rows in <results>.json (same settings), keeping the others")
     parser.add_argument("--from-json", dest="from_json", action="store_true",
                         help="train nothing: rewrite <results>.md and <results>.png from <results>.json")
     args = parser.parse_args(argv)
@@ -472,7 +477,34 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     if not args.collect:
         train_all(args)
-    write_results(collect(args, None if args.collect else round(time.perf_counter() - started, 1)), out)
+    results = collect(args, None if args.collect else round(time.perf_counter() - started, 1))
+    write_results(update(out, results) if args.update else results, out)
+
+
+#: What must be the same for an update's rows to stand in the table they replace rows of.
+SAME_SETTINGS = ("epochs", "batch_size", "lr", "train_subset", "test_subset", "seeds", "device", "deploy",
+                 "export_samples", "build_samples", "last")
+
+
+def update(out: Path, results: dict) -> dict:
+    """The table ``<out>.json`` with the rows of ``results`` in place of its rows of the same suite, method and
+    bits (others kept), and ``results``' command and note appended to its ``updates``; one-line error when the
+    settings differ (the rows would not be comparable)."""
+    table = json.loads(out.with_suffix(".json").read_text())
+    differ = [k for k in SAME_SETTINGS if table["args"].get(k) != results["args"].get(k)]
+    if differ:
+        pairs = ", ".join(f"{k} {table['args'].get(k)!r} vs {results['args'].get(k)!r}" for k in differ)
+        raise SystemExit(f"--update {out.with_suffix('.json')}: settings differ from the table's ({pairs})")
+    key = lambda r: (r["suite"], r["method"], r["wbits"], r["abits"])  # noqa: E731
+    new = {key(r): r for r in results["rows"]}
+    rows = [new.pop(key(r), r) for r in table["rows"]]
+    table["rows"] = rows + list(new.values())
+    add_relative_time(table["rows"], "seconds_per_epoch", "time_vs_uniform")
+    add_relative_time(table["rows"], "step_ms", "step_vs_uniform")
+    table.setdefault("updates", []).append({"command": results["command"], "note": results["note"],
+                                            "rows": [list(k) for k in (key(r) for r in results["rows"])],
+                                            "wall_seconds": results["wall_seconds"]})
+    return table
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -61,6 +62,27 @@ def test_table_from_runs_seeds_relative_time_unavailable_and_errors(tmp_path):
     (tmp_path / "out.md").unlink()
     bench_methods.main(["--results", str(tmp_path / "out"), "--from-json"])
     assert (tmp_path / "out.md").read_text() == table
+
+
+def test_update_replaces_only_its_rows_and_refuses_other_settings(tmp_path):
+    _run(tmp_path, "uniform-w2a2-s0", [0.5, 0.8])
+    _run(tmp_path, "uniform-w2a2-s1", [0.5, 0.9])
+    lsq = _run(tmp_path, "lsq-w2a2-s0", [0.6, 0.7])
+    _run(tmp_path, "lsq-w2a2-s1", [0.6, 0.7])
+    bench_methods.main(_args(tmp_path, "--collect", "--no-timing", "--methods", "uniform,lsq", "--bits", "2"))
+    shutil.rmtree(lsq)                                                 # the rerun of one cell, better this time
+    _run(tmp_path, "lsq-w2a2-s0", [0.6, 0.95])
+    bench_methods.main(_args(tmp_path, "--collect", "--no-timing", "--methods", "lsq", "--bits", "2", "--update",
+                             "--note", "rerun"))
+    results = json.loads((tmp_path / "out.json").read_text())
+    rows = {r["method"]: r for r in results["rows"]}
+    assert rows["lsq"]["test_acc_mean"] == pytest.approx(0.825)
+    assert rows["uniform"]["test_acc_mean"] == pytest.approx(0.85)
+    assert results["updates"][0]["rows"] == [["digits_tfc", "lsq", 2, 2]] and results["updates"][0]["note"] == "rerun"
+    assert "Update (rows lsq W2A2): `" in (tmp_path / "out.md").read_text()
+    with pytest.raises(SystemExit, match=r"settings differ from the table's \(epochs 2 vs 3\)"):
+        bench_methods.main(_args(tmp_path, "--collect", "--no-timing", "--methods", "lsq", "--bits", "2",
+                                 "--update", "--epochs", "3"))
 
 
 def test_every_registered_method_is_a_row():
