@@ -328,8 +328,8 @@ def _export(args: argparse.Namespace) -> int:
     print(f"exported {Path(run) / report['outputs']['onnx']}: verified on {v['n']} {v['dataset']} test images, "
           f"argmax match {100 * v['argmax_match']:.2f}%, max |diff| {v['max_abs_diff']:.2e}, "
           f"QONNX accuracy {100 * v['qonnx_accuracy']:.2f}%"
-          + (f"; {v['float_order_ties']['values']} values in {v['float_order_ties']['images']} images were "
-             f"rounding ties that float32 order broke the other way (teacher-forced, then equal)"
+          + (f"; {v['float_order_ties']['images_rerun']} differing images rerun teacher-forced, then equal "
+             f"({v['float_order_ties']['values']} values at a rounding tie broken by float32 order)"
              if "float_order_ties" in v else "")
           + (f" (forced: the training stopped after epoch {report['training']['epochs']})"
              if not report["training"]["complete"] else ""))

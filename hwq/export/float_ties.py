@@ -25,7 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwq.classes import Scores
 from hwq.export.scores import scores_of
+from hwq.models.scores import model_scores
 from hwq.quant.views import quantizers
 
 #: How far (relative to ``max(1, |v|)``, in steps) from a rounding boundary a value may be rounded the other way by
@@ -52,9 +54,10 @@ class TieReport:
                 "by_quantizer": self.by_quantizer, "tolerance": TIE_TOLERANCE, "problem": self.problem}
 
 
-def torch_quantizer_outputs(model: nn.Module, images: torch.Tensor) -> list[tuple[str, np.ndarray]]:
+def torch_quantizer_outputs(model: nn.Module, images: torch.Tensor) -> tuple[list[tuple[str, np.ndarray]], Scores]:
     """``(quantizer name, dequantized output)`` of every activation quantizer of ``model`` on ``images``, in the
-    order they ran (the order the export traced them in)."""
+    order they ran (the order the export traced them in), and the scores of that same forward pass (PyTorch's
+    kernels may break a tie differently for another batch size, so the forced graph is held to this pass)."""
     fired: list[tuple[str, np.ndarray]] = []
 
     def record(name: str):
@@ -66,11 +69,11 @@ def torch_quantizer_outputs(model: nn.Module, images: torch.Tensor) -> list[tupl
     handles = [proxy.register_forward_hook(record(name)) for name, proxy, role in quantizers(model) if role == "act"]
     try:
         with torch.no_grad():
-            model.eval()(images)
+            scores = model_scores(model.eval(), images)
     finally:
         for handle in handles:
             handle.remove()
-    return fired
+    return fired, scores
 
 
 def qonnx_activation_quants(model) -> list:
@@ -124,18 +127,19 @@ def _execute(graph, ctx: dict, first, last) -> dict:
     return execute_onnx(graph, known, return_full_exec_context=True, start_node=first, end_node=last)
 
 
-def explain_differences(wrapper, model: nn.Module, images: torch.Tensor) -> tuple[TieReport, Any]:
+def explain_differences(wrapper, model: nn.Module, images: torch.Tensor) -> tuple[TieReport, Scores | None, Scores]:
     """Teacher-forced comparison of the QONNX graph ``wrapper`` with ``model`` on ``images`` (the differing
-    ones): a :class:`TieReport` and the forced graph's scores (None when the comparison stopped)."""
+    ones): a :class:`TieReport`, the forced graph's scores (None when the comparison stopped) and PyTorch's
+    scores of the same pass."""
     from qonnx.transformation.change_batchsize import ChangeBatchSize
     from qonnx.transformation.infer_shapes import InferShapes
 
-    fired = torch_quantizer_outputs(model, images)
+    fired, reference = torch_quantizer_outputs(model, images)
     graph = wrapper.transform(ChangeBatchSize(len(images))).transform(InferShapes())
     nodes = qonnx_activation_quants(graph)
     if len(fired) != len(nodes):
         return TieReport(False, problem=f"cannot pair quantizers: PyTorch ran {len(fired)} activation quantizers, "
-                                        f"the graph has {len(nodes)}"), None
+                                        f"the graph has {len(nodes)}"), None, reference
     report = TieReport(True)
     tied_images = np.zeros(len(images), dtype=bool)
     order = list(graph.graph.node)
@@ -146,7 +150,7 @@ def explain_differences(wrapper, model: nn.Module, images: torch.Tensor) -> tupl
         got = ctx[node.output[0]]
         if got.shape != want.shape:
             return TieReport(False, problem=f"cannot pair quantizers: {name} gives {want.shape}, graph node "
-                                            f"{node.name} {got.shape}"), None
+                                            f"{node.name} {got.shape}"), None, reference
         differ = _levels(node, ctx, got)[0] != _levels(node, ctx, want)[0]
         if differ.any():
             bad = differ & ~_at_boundary(node, ctx, got, want)
@@ -155,7 +159,7 @@ def explain_differences(wrapper, model: nn.Module, images: torch.Tensor) -> tupl
                 return TieReport(False, problem=(
                     f"{name} (graph node {node.name}) differs away from a rounding boundary at image {where[0]}, "
                     f"element {tuple(int(i) for i in where[1:])}: QONNX {float(got[tuple(where)]):.6g}, "
-                    f"PyTorch {float(want[tuple(where)]):.6g}")), None
+                    f"PyTorch {float(want[tuple(where)]):.6g}")), None, reference
             report.values += int(differ.sum())
             report.by_quantizer[name] = int(differ.sum())
             tied_images |= differ.reshape(len(images), -1).any(1)
@@ -164,4 +168,4 @@ def explain_differences(wrapper, model: nn.Module, images: torch.Tensor) -> tupl
     if start is not None:
         ctx = _execute(graph, ctx, start, order[-1])
     report.images = int(tied_images.sum())
-    return report, scores_of(graph, ctx, len(images))
+    return report, scores_of(graph, ctx, len(images)), reference
