@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,6 +20,8 @@ def _bench(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
 
 
+# slow (about 30 s: trains and exports real runs); test_bench_methods.py tests the shared table code
+@pytest.mark.slow
 def test_bench_writes_a_complete_table_and_collect_marks_unfinished_runs(tmp_path):
     _bench(tmp_path, "--epochs", "1", "--fp-epochs", "1", "--jobs", "2")
     results = json.loads((tmp_path / "bitat.json").read_text())

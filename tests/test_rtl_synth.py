@@ -54,6 +54,8 @@ def test_too_large_a_rom_does_not_fit_up5k():
         synthesise(design, "build-rtl-tmp/test-big/syn", family="ice40", device="up5k", package="sg48")
 
 
+# slow (about 30 s: synth_xilinx twice); the default suite synthesises for ice40 and ECP5 above
+@pytest.mark.slow
 def test_synth_xilinx_counts_are_plausible_and_grow_with_the_design():
     small = generate_verilog([_xnor_mvau(32, 16, 4, 8)], "build-rtl-tmp/test-xc7/small/rtl", top="small")
     large = generate_verilog([_xnor_mvau(64, 32, 8, 16)], "build-rtl-tmp/test-xc7/large/rtl", top="large")

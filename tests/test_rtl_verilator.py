@@ -32,6 +32,9 @@ def _chain_case(tmp_path, seed: int, images: int):
     return design, x, run_layers(layers, x)
 
 
+# slow (about 40 s each: a Verilator compile); the default suite keeps Verilator in
+# tests/test_rtl_build.py's pynq-z2 build, bit-exact on it
+@pytest.mark.slow
 def test_chain_on_verilator_with_back_pressure_matches_icarus(tmp_path):
     design, x, want = _chain_case(tmp_path, seed=11, images=16)
     path_before = os.environ.get("PATH")
@@ -44,6 +47,9 @@ def test_chain_on_verilator_with_back_pressure_matches_icarus(tmp_path):
     assert fast["cycles_simulated"] > 16 * fast["cycles_per_image"]
 
 
+# slow (about 40 s each: a Verilator compile); the default suite keeps Verilator in
+# tests/test_rtl_build.py's pynq-z2 build, bit-exact on it
+@pytest.mark.slow
 def test_verilator_catches_a_planted_mismatch(tmp_path):
     from hwq.errors import VerificationError
 
