@@ -200,30 +200,12 @@ def _add_cost(sub: argparse._SubParsersAction) -> None:
 
 
 def _cost(args: argparse.Namespace) -> int:
-    from hwq.checks import check_int, check_number
-    from hwq.cost import cost_under_budget, describe_model, model_cost, parse_budget
+    from hwq.cost.query import CostQuery, run_cost
     from hwq.cost.report import cost_table
-    from hwq.errors import ConfigError
-    from hwq.train.config import read_precision
 
-    if args.target_fps is not None and args.target_cycles is not None:
-        raise ConfigError("--target-fps and --target-cycles exclude each other")
-    check_number("--fit-fraction", args.fit_fraction, 0, 1, above=True)
-    if args.target_fps is not None:
-        check_number("--target-fps", args.target_fps, 0, above=True)
-    if args.target_cycles is not None:
-        check_int("--target-cycles", args.target_cycles, 1)
-    if args.budget is not None and (args.target_fps is not None or args.target_cycles is not None):
-        raise ConfigError("--budget sets the speed itself (fps= or cycles=); leave out --target-fps/--target-cycles")
-    precision = read_precision(args.precision) if args.precision else {}
-    layers = describe_model(args.model, args.dataset, args.wbits, args.abits)
-    if args.budget is not None:
-        result = cost_under_budget(layers, precision, args.board, parse_budget(args.budget), args.calibrated,
-                                   args.fit_fraction)
-    else:
-        result = model_cost(layers, precision, board=args.board, target_fps=args.target_fps,
-                            target_cycles=args.target_cycles, fit_fraction=args.fit_fraction,
-                            calibrated=args.calibrated)
+    result = run_cost(CostQuery(args.model, args.dataset, args.wbits, args.abits, args.precision or {}, args.board,
+                                args.target_fps, args.target_cycles, args.fit_fraction, args.calibrated,
+                                args.budget))
     print(json.dumps(result, indent=2) if args.json else cost_table(result))
     return 0 if result.get("within_budget", True) else 1
 

@@ -234,3 +234,18 @@ def test_an_open_board_folds_as_the_open_build_does_unless_calibrated():
     calibrated = model_cost(layers, board="ulx3s-85f", calibrated=True)
     assert calibrated["fold_board"] == "ulx3s-85f" and calibrated["total"]["fits"]
     assert calibrated["total"]["utilisation"]["lut"] == calibrated["total"]["lut_calibrated"] / 83640
+
+
+def test_a_cost_query_checks_what_the_cli_checks_and_gives_what_it_prints(capsys):
+    """The Python API and ``hwq cost`` share one path: the same one-line errors, the same result."""
+    from hwq.cost.query import CostQuery, run_cost
+
+    for settings, message in (({"target_fps": 1e6, "target_cycles": 10}, "exclude each other"),
+                              ({"fit_fraction": 0}, "--fit-fraction 0"),
+                              ({"budget": "lut=1", "target_fps": 1e6}, "--budget sets the speed itself"),
+                              ({"budget": "luts=1"}, "expected KEY=VALUE")):
+        with pytest.raises(ConfigError, match=message):
+            CostQuery("tfc", **settings)
+    result = run_cost(CostQuery("tfc", budget="lut=20000,fps=1e6"))
+    assert main(["cost", "--model", "tfc", "--budget", "lut=20000,fps=1e6", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(result))

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from hwq._io import read_yaml_mapping
+from hwq.cost.budget import parse_budget as hardware_budget
 from hwq.errors import ConfigError
 
 #: The recipe sections a dotted setting may name.
@@ -133,21 +134,24 @@ class SweepSpec:
 
 
 def parse_budget(value: Any, where: str) -> dict[str, float] | None:
-    """``{lut: N}``, ``{fps: F}``, ``"lut=N"`` or None as ``{"lut": N}`` / ``{"fps": F}`` / None."""
+    """``{lut: N}``, ``{fps: F}``, ``"lut=N"`` or None as ``{"lut": N}`` / ``{"fps": F}`` / None: ``--budget``'s
+    keys and checks (:func:`hwq.cost.budget.parse_budget`), of which a point's build honours one, lut
+    (``build.max_lut``) or fps (``build.target_fps``)."""
     if value is None:
         return None
-    if isinstance(value, str):
-        kind, sep, number = value.partition("=")
-        try:
-            value = {kind.strip(): float(number)} if sep else value
-        except ValueError:
-            pass
-    if not (isinstance(value, dict) and len(value) == 1 and next(iter(value)) in BUDGET_KINDS
-            and isinstance(next(iter(value.values())), (int, float)) and not isinstance(next(iter(value.values())), bool)
-            and next(iter(value.values())) > 0):
-        raise ConfigError(f"{where}: expected {{lut: N}} or {{fps: F}} (or 'lut=N' / 'fps=F') with a positive "
-                          f"number, got {value!r}")
-    (kind, number), = value.items()
+    expected = ConfigError(f"{where}: expected {{lut: N}} or {{fps: F}} (or 'lut=N' / 'fps=F') with a positive "
+                           f"number, got {value!r}")
+    numbers = isinstance(value, dict) and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                              for v in value.values())
+    if not (numbers or isinstance(value, str)):
+        raise expected
+    try:
+        budget = hardware_budget(value if isinstance(value, str) else ",".join(f"{k}={v!r}" for k, v in value.items()))
+    except ConfigError:
+        raise expected from None
+    if len(budget) != 1 or next(iter(budget)) not in BUDGET_KINDS:
+        raise expected
+    (kind, number), = budget.items()
     return {kind: int(number) if kind == "lut" else float(number)}
 
 
