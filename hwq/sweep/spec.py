@@ -67,6 +67,8 @@ class SweepSpec:
     grid: dict[str, list] = field(default_factory=dict)
     extra: list[dict[str, Any]] = field(default_factory=list)
     source: str = "sweep"
+    #: The points, made and checked once (:meth:`points`).
+    _points: list[Point] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SweepSpec":
@@ -101,7 +103,12 @@ class SweepSpec:
 
     def points(self) -> list[Point]:
         """The grid's combinations (in the file's order, the last setting varying fastest), then the extra
-        points; each with its recipe, checked."""
+        points; each with its recipe, checked (once: a recipe check builds every stage's settings)."""
+        if self._points is None:
+            self._points = self._make_points()
+        return self._points
+
+    def _make_points(self) -> list[Point]:
         keys = list(self.grid)
         combos = [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())] if keys else []
         points, seen = [], {}
