@@ -211,6 +211,37 @@ def write_outputs(results: dict, out: Path, table_of, plot) -> None:
     print(table)
 
 
+def update_table(out: Path, results: dict, same_settings: tuple[str, ...], key=None) -> dict:
+    """The table ``<out>.json`` with ``results``' rows in place of its rows of the same key (others kept) and
+    ``results``' command and note appended to its ``updates``: a rerun of some rows stands in the table only when
+    the settings in ``same_settings`` are the table's, else a one-line error (the rows would not be comparable).
+    Rows are a mapping (by name) or a list (``key(row)`` names a row)."""
+    table = json.loads(out.with_suffix(".json").read_text())
+    differ = [k for k in same_settings if table["args"].get(k) != results["args"].get(k)]
+    if differ:
+        pairs = ", ".join(f"{k} {table['args'].get(k)!r} vs {results['args'].get(k)!r}" for k in differ)
+        raise SystemExit(f"--update {out.with_suffix('.json')}: settings differ from the table's ({pairs})")
+    if isinstance(table["rows"], dict):
+        names = list(results["rows"])
+        table["rows"].update(results["rows"])
+    else:
+        new = {key(r): r for r in results["rows"]}
+        names = [list(k) for k in new]
+        table["rows"] = [new.pop(key(r), r) for r in table["rows"]] + list(new.values())
+    table.setdefault("updates", []).append({"command": results["command"], "note": results["note"],
+                                            "rows": names, "wall_seconds": results["wall_seconds"]})
+    return table
+
+
+def update_lines(results: dict, row_name) -> list[str]:
+    """The markdown lines that list a table's updates (``row_name(entry)`` writes one updated row's name)."""
+    lines = []
+    for change in results.get("updates", []):
+        rows = ", ".join(row_name(r) for r in change["rows"])
+        lines += [f"Update (rows {rows}): `{change['command']}`. {change['note']}".rstrip(), ""]
+    return lines
+
+
 def suite_title(data: dict) -> str:
     """``mobilenet (width 0.25) on cifar10, 10000 training images``: what a suite's runs trained."""
     options = ", ".join(f"{k} {v}" for k, v in data.get("options", {}).items())

@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", default="benchmarks/bitat2_cifar10")
     parser.add_argument("--limit-note", dest="note", default="", help="free text stored with the results")
     parser.add_argument("--collect", action="store_true", help="train nothing: tabulate the runs under --runs")
+    parser.add_argument("--update", action="store_true",
+                        help="put these rows into <results>.json (same settings), keeping its other rows")
     parser.add_argument("--from-json", dest="from_json", action="store_true",
                         help="train nothing: rewrite <results>.md and <results>.png from <results>.json")
     args = parser.parse_args(argv)
@@ -234,7 +236,15 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     if not args.collect:
         train_all(args, names)
-    write_results(collect(args, names, None if args.collect else round(time.perf_counter() - started, 1)), out)
+    results = collect(args, names, None if args.collect else round(time.perf_counter() - started, 1))
+    if args.update:
+        results = bench_bitat.update_table(out, results, SAME_SETTINGS)
+        add_gaps(results["rows"])
+    write_results(results, out)
+
+
+#: What must be the same for an update's rows to stand in the table they join.
+SAME_SETTINGS = ("epochs", "lr", "fp_lr", "distill_weight", "seed", "batch_size", "width", "train_subset", "last")
 
 
 def train_all(args, names: list[str]) -> None:
@@ -372,6 +382,7 @@ def markdown(results: dict) -> str:
     lines = [f"Command: `{results['command']}` ({results['machine']['device_name']}, {wall})", ""]
     if results.get("note"):
         lines += [results["note"], ""]
+    lines += bench_bitat.update_lines(results, str)
     subset = f"{args['train_subset']} class-balanced training images" if args["train_subset"] else "all 50,000"
     lines += [f"### CIFAR-10 (JPEG copy), width {args['width']}, {subset}, {args['epochs']} epochs, seed "
               f"{args['seed']}, whole 10,000-image test set", "",

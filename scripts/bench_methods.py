@@ -360,9 +360,7 @@ def markdown(results: dict) -> str:
     lines = [f"Command: `{results['command']}` ({results['machine']['device_name']}, {wall})", ""]
     if results.get("note"):
         lines += [results["note"], ""]
-    for change in results.get("updates", []):
-        rows = ", ".join(f"{method} W{w}A{a}" for _, method, w, a in change["rows"])
-        lines += [f"Update (rows {rows}): `{change['command']}`. {change['note']}".rstrip(), ""]
+    lines += bench_bitat.update_lines(results, lambda row: f"{row[1]} W{row[2]}A{row[3]}")
     seeds = ",".join(map(str, args["seeds"]))
     for suite in args["suites"]:
         spec = SUITES[suite]
@@ -487,23 +485,11 @@ SAME_SETTINGS = ("epochs", "batch_size", "lr", "train_subset", "test_subset", "s
 
 
 def update(out: Path, results: dict) -> dict:
-    """The table ``<out>.json`` with the rows of ``results`` in place of its rows of the same suite, method and
-    bits (others kept), and ``results``' command and note appended to its ``updates``; one-line error when the
-    settings differ (the rows would not be comparable)."""
-    table = json.loads(out.with_suffix(".json").read_text())
-    differ = [k for k in SAME_SETTINGS if table["args"].get(k) != results["args"].get(k)]
-    if differ:
-        pairs = ", ".join(f"{k} {table['args'].get(k)!r} vs {results['args'].get(k)!r}" for k in differ)
-        raise SystemExit(f"--update {out.with_suffix('.json')}: settings differ from the table's ({pairs})")
-    key = lambda r: (r["suite"], r["method"], r["wbits"], r["abits"])  # noqa: E731
-    new = {key(r): r for r in results["rows"]}
-    rows = [new.pop(key(r), r) for r in table["rows"]]
-    table["rows"] = rows + list(new.values())
+    """``<out>.json`` with these cells' rows replaced (:func:`bench_bitat.update_table`), relative times redone."""
+    table = bench_bitat.update_table(out, results, SAME_SETTINGS,
+                                     key=lambda r: (r["suite"], r["method"], r["wbits"], r["abits"]))
     add_relative_time(table["rows"], "seconds_per_epoch", "time_vs_uniform")
     add_relative_time(table["rows"], "step_ms", "step_vs_uniform")
-    table.setdefault("updates", []).append({"command": results["command"], "note": results["note"],
-                                            "rows": [list(k) for k in (key(r) for r in results["rows"])],
-                                            "wall_seconds": results["wall_seconds"]})
     return table
 
 

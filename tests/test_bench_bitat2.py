@@ -69,3 +69,23 @@ def test_binary_rows_start_from_and_distil_from_their_fp_row(tmp_path):
     assert cmd[cmd.index("--recipe") + 1] == "two-step" and "width=0.25" in cmd
     fp_cmd = bench_bitat2.train_command(args, "fp_mobilenet")
     assert "--init-from" not in fp_cmd and "float_act=\"hardtanh\"" in fp_cmd and fp_cmd[fp_cmd.index("--lr") + 1] == "0.005"
+
+
+def test_update_adds_rows_and_recomputes_gaps_from_the_whole_table(tmp_path):
+    _run(tmp_path, "fp_mobilenet", [0.4, 0.5])
+    _run(tmp_path, "plain_mobilenet", [0.1, 0.2])
+    _run(tmp_path, "fp_reactnet", [0.5, 0.6])
+    _tabulate(tmp_path, "--collect", "--rows", "fp_mobilenet,plain_mobilenet,fp_reactnet")
+    later = tmp_path / "later"                                  # a later session: only the new row's run is there
+    (later / "runs").mkdir(parents=True)
+    _run(later, "two_step_reactnet", [0.35, 0.45])
+    bench_bitat2.main(["--runs", str(later / "runs"), "--results", str(tmp_path / "out"), "--epochs", "2",
+                       "--collect", "--rows", "two_step_reactnet", "--update", "--limit-note", "the missing row"])
+    results = json.loads((tmp_path / "out.json").read_text())
+    assert list(results["rows"]) == ["fp_mobilenet", "plain_mobilenet", "fp_reactnet", "two_step_reactnet"]
+    assert results["rows"]["two_step_reactnet"]["gap_vs_fp_reactnet"] == pytest.approx(0.625, abs=1e-3)
+    assert results["updates"][0]["rows"] == ["two_step_reactnet"]
+    assert "Update (rows two_step_reactnet): `" in (tmp_path / "out.md").read_text()
+    with pytest.raises(SystemExit, match=r"settings differ from the table's \(epochs 2 vs 3\)"):
+        bench_bitat2.main(["--runs", str(later / "runs"), "--results", str(tmp_path / "out"), "--epochs", "3",
+                           "--collect", "--rows", "two_step_reactnet", "--update"])
