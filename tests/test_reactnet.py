@@ -48,15 +48,17 @@ def test_reactnet_refuses_what_it_cannot_deploy():
 
 #: shortcut_bits 8: the 8-bit stem's 255 thresholds meet float near-ties (the QONNX reference within float rounding
 #: of a half step), which the gate's reference decides half to even as the thresholds do (hwq.dataflow.round_ties).
-@pytest.fixture(scope="module", params=[4, 8])
+@pytest.fixture(scope="module", params=[{"shortcut_bits": 4}, {"shortcut_bits": 8},
+                                        {"shortcut_bits": 4, "block_shape": "rprelu"}], ids=["k4", "k8", "rprelu"])
 def reactnet_run(request, tmp_path_factory):
-    """reactnet_tiny W1A1 (width 0.25, ``shortcut_bits`` 4 or 8) trained 2 epochs on digits, exported."""
+    """reactnet_tiny W1A1 (width 0.25, ``shortcut_bits`` 4 or 8, or RPReLU block shapes) trained 2 epochs on
+    digits, exported."""
     from hwq.export import run_export
     from hwq.train import TrainConfig, run_train
 
-    run = tmp_path_factory.mktemp("runs") / f"reactnet_tiny-k{request.param}"
+    run = tmp_path_factory.mktemp("runs") / f"reactnet_tiny-{'-'.join(map(str, request.param.values()))}"
     config = TrainConfig(model="reactnet_tiny", dataset="digits", wbits=1, abits=1, epochs=2, threads=1,
-                         model_options={"width": 0.25, "shortcut_bits": request.param})
+                         model_options={"width": 0.25, **request.param})
     run_train(config, run, progress=False)
     export = run_export(run)
     assert export["verification"]["passed"], export["verification"]
@@ -105,3 +107,60 @@ def test_reactnet_tiny_open_backend_simulates_bit_exact(reactnet_run):
     assert m["bit_exact"]["passed"] and m["simulation"]["bit_exact"] and m["simulation"]["n"] == 2
     kinds = {layer.split("_")[0] for layer in m["layers"]}
     assert {"ElementwiseAdd", "DuplicateStreams", "StreamingConcat", "GlobalAccPool"} <= kinds, sorted(m["layers"])
+
+
+def test_rprelu_keeps_its_slope_positive_and_shifts_both_sides():
+    from hwq.models.reactnet import RPReLU
+
+    shape = RPReLU(2)
+    with torch.no_grad():
+        shape.slope.copy_(torch.tensor([-1.0, 0.5]))
+        shape.shift_in.copy_(torch.tensor([1.0, 0.0]))
+        shape.shift_out.copy_(torch.tensor([0.0, 2.0]))
+    x = torch.tensor([[[[0.0]], [[-2.0]]]])                     # (1, 2, 1, 1)
+    # channel 0: slope -1 is used as the minimum 0.01, on x - 1 = -1; channel 1: 0.5 * -2 + 2
+    assert shape(x).flatten().tolist() == pytest.approx([-RPReLU.MIN_SLOPE, 1.0])
+
+
+def test_a_prelu_before_thresholds_becomes_thresholds():
+    """A PRelu (per-channel slopes) feeding a MultiThreshold, absorbed: the same outputs on random inputs; a
+    falling PRelu (slope < 0) is left alone."""
+    import numpy as np
+    from onnx import TensorProto, helper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.infer_shapes import InferShapes
+    from qonnx.util.basic import qonnx_make_model
+
+    from hwq.dataflow.prelu import AbsorbPReluIntoMultiThreshold
+
+    def graph(slope):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])
+        nodes = [helper.make_node("PRelu", ["x", "a"], ["p"]),
+                 helper.make_node("MultiThreshold", ["p", "t"], ["y"], domain="qonnx.custom_op.general",
+                                  out_dtype="UINT2", data_layout="NCHW")]
+        model = ModelWrapper(qonnx_make_model(helper.make_graph(nodes, "g", [x], [y]), producer_name="t"))
+        model.set_initializer("a", np.asarray(slope, np.float32).reshape(3, 1, 1))
+        model.set_initializer("t", np.array([[-1.0, -0.25, 0.5]] * 3, np.float32))
+        return model.transform(InferShapes())
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-6, 2, (1, 3, 4, 4)).astype(np.float32)
+    model = graph([0.25, 0.5, 2.0])
+    expected = execute_onnx(model, {"x": x})["y"]
+    absorbed = model.transform(AbsorbPReluIntoMultiThreshold())
+    assert [n.op_type for n in absorbed.graph.node] == ["MultiThreshold"]
+    assert np.array_equal(execute_onnx(absorbed, {"x": x})["y"], expected) and len(np.unique(expected)) == 4
+    falling = graph([0.25, -0.5, 2.0]).transform(AbsorbPReluIntoMultiThreshold())
+    assert [n.op_type for n in falling.graph.node] == ["PRelu", "MultiThreshold"]
+
+
+def test_reactnet_tiny_with_rprelu_exports_bit_exactly(tmp_path):
+    from hwq.export import run_export
+    from hwq.train import TrainConfig, run_train
+
+    run = tmp_path / "rprelu"
+    run_train(TrainConfig(model="reactnet_tiny", dataset="digits", wbits=1, abits=1, epochs=1, threads=1,
+                          model_options={"width": 0.25, "block_shape": "rprelu"}), run, progress=False)
+    export = run_export(run)
+    assert export["verification"]["passed"] and "PRelu" in export["ops"]

@@ -47,7 +47,8 @@ class CostQuery:
         if self.target_cycles is not None:
             check_int("--target-cycles", self.target_cycles, 1)
         if self.budget is not None and (self.target_fps is not None or self.target_cycles is not None):
-            raise ConfigError("--budget sets the speed itself (fps= or cycles=); leave out --target-fps/--target-cycles")
+            raise ConfigError("--budget sets the speed itself (fps= or cycles=); leave out --target-fps/"
+                              "--target-cycles")
         if self.budget is not None:
             parse_budget(self.budget)
         self.precision = read_precision(self.precision) if self.precision else {}

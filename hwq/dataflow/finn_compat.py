@@ -302,7 +302,8 @@ def streamline(model, cfg):
     finn-plus's ``InferGlobalAccPoolLayer`` (a float GlobalAveragePool becomes the integer sum and a Mul, which
     that Streamline absorbs into the next thresholds); after it, on a graph that joins two computed tensors
     (:func:`~hwq.dataflow.passes_branches.has_joins`), finn-plus's ``StreamlinePlus``. Neither changes a graph
-    without a global pool or a join. They run inside this one step because the
+    without a global pool or a join. After the first ``Streamline``, hwq's ``AbsorbPReluIntoMultiThreshold``
+    (ReActNet's RPReLU, :mod:`hwq.dataflow.prelu`; no change without a PRelu). They run inside this one step because the
     XNOR conversion does, and the step keeps its place and name in the flow. (finn-plus's step additionally
     verifies the streamlined model when asked to; hwq's builds never ask.)
     """
@@ -318,9 +319,11 @@ def streamline(model, cfg):
     from hwq.dataflow.passes import (AbsorbPadIntoIm2Col, BinaryPadsForXnorConvs,
                                      ConvertBipolarDepthwiseToBinaryInput, check_bipolar_pads)
     from hwq.dataflow.passes_branches import has_joins, streamline_plus_unrounded
+    from hwq.dataflow.prelu import AbsorbPReluIntoMultiThreshold
 
     model = model.transform(absorb.AbsorbScalarBiasIntoMultiThreshold())
     model = model.transform(Streamline())
+    model = model.transform(AbsorbPReluIntoMultiThreshold())          # hwq: RPReLU (its shifts: next Streamline)
     if len(model.get_nodes_by_op_type("Conv")) > 0:
         model = model.transform(LowerConvsToMatMul())
         model = model.transform(MakeMaxPoolNHWC())

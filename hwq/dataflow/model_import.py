@@ -111,7 +111,9 @@ def tidy_qonnx(model: ModelWrapper, source: str | Path = "model") -> tuple[Model
     for q in model.graph.node:  # older Brevitas exports: qonnx's ops under the alias domain
         if q.op_type in ("Quant", "BipolarQuant", "Trunc") and q.domain in ("onnx.brevitas", ""):
             q.domain = "qonnx.custom_op.general"
-    for transform in (InferShapes(), GiveUniqueParameterTensors(),
+    from hwq.dataflow.prelu import DropEmptyTrailingInputs
+
+    for transform in (InferShapes(), GiveUniqueParameterTensors(), DropEmptyTrailingInputs(),
                       FoldConstants(exclude_op_types=["Quant", "BipolarQuant", "QuantizeLinear", "DequantizeLinear"]),
                       FoldTransposeIntoQuantInit(), RemoveUnusedTensors(), RemoveStaticGraphInputs()):
         model = model.transform(transform)

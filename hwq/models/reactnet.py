@@ -18,7 +18,7 @@ convolution, **each with a shortcut around it**. The real-valued path of ReActNe
   (ReActNet's layout; FINN's StreamingConcat);
 - the activation shape after each block: a per-channel scale and shift (batch norm) in front of the next k-bit
   quantizer, a learned clipped-linear function per channel that FINN absorbs into that quantizer's thresholds
-  (ReActNet's RPReLU has a learned negative slope too; that slope is not implemented here, see docs/reactnet.md);
+  (``model_options.block_shape: rprelu`` adds ReActNet's RPReLU after it, :class:`RPReLU`);
 - classifier: global average pool, the k-bit quantizer, a linear layer with ``classifier_bits`` weights, then
   FINN's TensorNorm.
 
@@ -45,7 +45,8 @@ from hwq.errors import ConfigError
 from hwq.models.mobilenet import MOBILENET_TINY, MOBILENET_V1_CIFAR, _pad_value, _scaled
 from hwq.models.registry import ModelSpec, register_model
 from hwq.models.tensor_norm import TensorNorm
-from hwq.options import CLASSIFIER_BITS, REACTNET_OPTIONS, REACTNET_TINY_OPTIONS, SHORTCUT_BITS, option_named
+from hwq.options import (BLOCK_SHAPE, CLASSIFIER_BITS, REACTNET_OPTIONS, REACTNET_TINY_OPTIONS, SHORTCUT_BITS,
+                         option_named)
 from hwq.quant import UniformFamily
 
 #: The first layer's weight bits (ReActNet keeps it real-valued; 8 bits is what deploys).
@@ -78,6 +79,25 @@ class Shift(nn.Module):
         return x + self.bias.view(1, -1, 1, 1)
 
 
+class RPReLU(nn.Module):
+    """ReActNet's RPReLU, ``prelu(x - g) + z`` per channel, its slope kept at or above :data:`MIN_SLOPE`: increasing,
+    so FINN absorbs it into the next quantizer's thresholds (:class:`hwq.dataflow.prelu.AbsorbPReluIntoMultiThreshold`;
+    a slope of 0 or below would make it flat or falling, which no set of thresholds on its input can express)."""
+
+    MIN_SLOPE = 0.01
+
+    def __init__(self, channels: int, slope: float = 0.25) -> None:
+        super().__init__()
+        self.shift_in = nn.Parameter(torch.zeros(channels))
+        self.slope = nn.Parameter(torch.full((channels,), slope))
+        self.shift_out = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return F.prelu(x - self.shift_in.view(shape), self.slope.clamp(min=self.MIN_SLOPE)) + \
+            self.shift_out.view(shape)
+
+
 class BinaryConvShortcut(nn.Module):
     """``quant_out(shape(quant_in(bn(conv(sign(x + shift)))) + shortcut(x)))``, ``x`` from ``quant_in``;
     ``quant_out`` (k bits) is made here, after the convolutions (a family may tie a quantizer to the weight layer
@@ -88,7 +108,8 @@ class BinaryConvShortcut(nn.Module):
     """
 
     def __init__(self, family: UniformFamily, cin: int, cout: int, kernel: int, stride: int, wbits: int,
-                 abits: int, quant_in: nn.Module, shortcut_bits: int, pad_value: float) -> None:
+                 abits: int, quant_in: nn.Module, shortcut_bits: int, pad_value: float,
+                 block_shape: str = "affine") -> None:
         super().__init__()
         if cout not in (cin, 2 * cin) or (cout != cin and (kernel != 1 or stride != 1)):
             raise ValueError(f"a {kernel}x{kernel} block maps {cin} to {cout} channels (stride {stride})")
@@ -109,7 +130,8 @@ class BinaryConvShortcut(nn.Module):
             # ties sum = 2 mod 4 then rests on float rounding in the QONNX reference: the gate failed on them)
             self.pool = TruncAvgPool2d(kernel_size=stride, stride=stride,
                                        trunc_quant=TruncTo8bit.let(bit_width=shortcut_bits))
-        self.shape = nn.BatchNorm2d(cout)
+        self.shape = nn.BatchNorm2d(cout) if block_shape == "affine" else nn.Sequential(nn.BatchNorm2d(cout),
+                                                                                        RPReLU(cout))
         self.quant_out = _shortcut_quant(family, shortcut_bits, cout)
 
     def _shortcut(self, x):
@@ -145,7 +167,7 @@ def _channel_plan(config: tuple, width: float) -> tuple[int, list[tuple[int, int
 class ReActNet(nn.Module):
     def __init__(self, family: UniformFamily, wbits: int, abits: int, image_shape: tuple[int, ...],
                  num_classes: int, config: tuple, width: float, shortcut_bits: int, classifier_bits: int,
-                 pad_value: float) -> None:
+                 pad_value: float, block_shape: str = "affine") -> None:
         super().__init__()
         channels, height, width_px = image_shape
         self.input_shape = tuple(image_shape)
@@ -160,7 +182,7 @@ class ReActNet(nn.Module):
                                   f"average-pooled shortcut needs sides divisible by {stride}")
             for kernel, stride_, out in ((3, stride, cin), (1, 1, cout)):
                 blocks.append(BinaryConvShortcut(family, cin, out, kernel, stride_, wbits, abits, quant,
-                                                 shortcut_bits, pad_value))
+                                                 shortcut_bits, pad_value, block_shape))
                 quant = blocks[-1].quant_out
             cin = cout
             height, width_px = math.ceil(height / stride), math.ceil(width_px / stride)
@@ -177,7 +199,7 @@ class ReActNet(nn.Module):
 def _build(spec: ModelSpec, family: UniformFamily, config: tuple, declared) -> ReActNet:
     return ReActNet(family, spec.wbits, spec.abits, spec.image_shape, spec.num_classes, config,
                     option_named(declared, "width").read(spec.options), SHORTCUT_BITS.read(spec.options),
-                    CLASSIFIER_BITS.read(spec.options), _pad_value(spec))
+                    CLASSIFIER_BITS.read(spec.options), _pad_value(spec), BLOCK_SHAPE.read(spec.options))
 
 
 @register_model("reactnet", REACTNET_OPTIONS)
