@@ -180,3 +180,22 @@ def test_a_saq_generator_run_solves_once_after_its_warmup(tmp_path):
     assert [s["epochs_done"] for s in solves] == [1] and solves[0]["within_budget"]
     assert metrics["model_spec"]["precision"] == solves[0]["precision"]
     assert metrics["config"]["method"] == "saq-gen" and metrics["test_acc"] > 0.5
+
+
+def test_rebuilding_the_model_at_its_own_map_changes_nothing(tmp_path, monkeypatch):
+    """The rebuild at a new map carries latent weights, BatchNorms, scales and Adam moments and draws nothing from
+    the training's random stream: forced at every solve of a saq-gen run whose map stays uniform W2, the run
+    trains exactly as ``--method saq`` at W2A2."""
+    from hwq.mixed import search
+    from hwq.train import run_train
+
+    common = dict(wbits=2, abits=2, epochs=3, threads=1)
+    calls = []
+    monkeypatch.setattr(search.SearchPlan, "widths", lambda self, precision: calls.append(1) or len(calls))
+    searched = run_train(TrainConfig(method="saq-gen", budget="lut=6585,fps=1e6", **common), tmp_path / "a",
+                         progress=False)
+    monkeypatch.undo()
+    assert searched["search"]["precision"] == {f"features.{i}": 2 for i in (2, 6, 10, 14)} and calls
+    plain = run_train(TrainConfig(method="saq", **common), tmp_path / "b", progress=False)
+    assert [h["loss"] for h in searched["history"]] == [h["loss"] for h in plain["history"]]
+    assert searched["test_acc"] == plain["test_acc"]

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwq.cost.budget import parse_budget
-from hwq.cost.layers import describe
+from hwq.cost.layers import ModelLayers, describe
+from hwq.cost.model import layer_bits
 from hwq.errors import ConfigError
 from hwq.methods import method_named
 from hwq.mixed.allocate import allocate, searched_layers
@@ -48,6 +49,7 @@ class SearchPlan:
     budget: dict[str, float]
     epochs: int
     solves: list[dict[str, Any]] = field(default_factory=list)
+    _layers: ModelLayers | None = field(default=None, repr=False)
 
     @classmethod
     def for_run(cls, config) -> "SearchPlan | None":
@@ -77,7 +79,7 @@ class SearchPlan:
         from hwq.data import Dataset
 
         started = time.perf_counter()
-        layers = describe(dataclasses.replace(spec, precision={}))
+        layers = self.described(spec)
         weights = set(searched_layers(layers))
         base = {name: bits for name, bits in precision.items() if layers.aliases.get(name, name) not in weights}
         # The batches are drawn with their own generator: the training's random stream is not touched.
@@ -92,6 +94,18 @@ class SearchPlan:
                             "scores": {name: {str(b): v for b, v in s.items()} for name, s in scores.items()},
                             "seconds": round(time.perf_counter() - started, 3)})
         return {**base, **allocation.precision}
+
+    def described(self, spec) -> ModelLayers:
+        """The cost model's layers of the run's model (described once; the random state forked, since describing
+        builds the model and a build draws an initialisation: the training's random stream is not touched)."""
+        if self._layers is None:
+            with torch.random.fork_rng(devices=[]):
+                self._layers = describe(dataclasses.replace(spec, precision={}))
+        return self._layers
+
+    def widths(self, precision: dict[str, int]) -> dict[str, int]:
+        """Every quantizer's bits under ``precision`` (a map naming a layer at its default bits is the same model)."""
+        return layer_bits(self._layers, precision)
 
     def record(self) -> dict[str, Any]:
         """``metrics.json``'s ``search``: what was searched under which budget, and every solve."""

@@ -359,22 +359,26 @@ def _search(run: _Run, epochs_done: int, out_dir: Path) -> None:
     solved = run.search.solves[-1]
     _log(out_dir, f"search after {epochs_done} epochs: {precision} lut {solved['lut']} fps {solved['fps']:.0f} "
                   f"sensitivity {solved['sensitivity']:.4g} ({solved['seconds']} s)")
-    if precision != dict(config.precision):
+    if run.search.widths(precision) != run.search.widths(config.precision):
         _switch_precision(run, precision)
+    else:  # the same bits named explicitly: recorded as the map, the model as it is
+        run.config = config.replace(precision=precision)
+        run.spec = model_spec_for(run.config, run.dataset)
 
 
 def _switch_precision(run: _Run, precision: dict[str, int]) -> None:
-    """Rebuild the run's model at ``precision`` with the same latent weights, BatchNorms and activation scales (a
-    weight quantizer's own state is not carried: it belongs to its bit-width), and its optimizer with the Adam
-    moments of every parameter that carries over."""
+    """Rebuild the run's model at ``precision`` with the same latent weights, BatchNorms, activation scales and
+    weight ranges, and its optimizer with the Adam moments of every parameter that carries over."""
     config = run.config.replace(precision=precision)
     spec = model_spec_for(config, run.dataset)
     with torch.random.fork_rng(devices=[]):  # building draws an initialisation the copy below replaces
         model, layers = model_and_layers(spec)
     check_method_precision(config.method, spec.precision, layers)
     model = model.to(run.device)
-    state = {k: v for k, v in run.model.state_dict().items() if ".weight_quant." not in k}
-    unexpected = model.load_state_dict(state, strict=False).unexpected_keys
+    # A weight scale is stored as its range (max |w|), the step being range / (2^(b-1) - 1), so it carries over to
+    # another width; a 1-bit (sign) weight has none, and a layer made 1-bit drops its range.
+    keys = model.load_state_dict(run.model.state_dict(), strict=False)
+    unexpected = [k for k in keys.unexpected_keys if ".weight_quant." not in k]
     if unexpected:
         raise CheckpointError(f"precision {precision}: '{unexpected[0]}' has no counterpart in the rebuilt model")
     model.train(run.model.training)
