@@ -127,6 +127,9 @@ def test_search_methods_need_a_budget_and_others_refuse_one():
         TrainConfig(method="saq-gen", budget="lut=9000", method_options={"search_every": 2})
     from hwq.mixed.search import SearchPlan
 
+    with pytest.raises(ConfigError, match=r"^method_options.search_bits: expected whole bit-widths 1..8, got \[2.5\]"):
+        SearchPlan.for_run(TrainConfig(method="bmpq", budget="lut=9000", method_options={"search_bits": [2.5]}))
+
     with pytest.raises(ConfigError, match=r"^method_options.search_warmup: expected fewer epochs than --epochs 2"):
         SearchPlan.for_run(TrainConfig(method="saq-gen", budget="lut=9000", epochs=2,
                                        method_options={"search_warmup": 2}))
@@ -138,35 +141,48 @@ def test_hwq_models_lists_the_search_methods(capsys):
     assert "bmpq" in out and "saq-gen" in out and "search_bits" in out
 
 
-def test_a_bmpq_run_ends_within_its_budget_and_exports_and_builds_bit_exactly(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def bmpq_run(tmp_path_factory):
     """Digits TFC, ``hwq train --method bmpq --budget lut=9000,fps=1e6`` (uniform W2A2 at 1e6 fps: 6,585 LUT;
-    W4A2: 8,261): every solve within the budget, the last one's map the run's precision in config.yaml and
-    metrics.json, ``hwq export`` verified and ``hwq build`` bit-exact layer by layer."""
-    import yaml
-
-    from hwq.dataflow import BuildConfig, run_build
-
-    run = tmp_path / "bmpq"
+    W4A2: 8,261), 4 epochs."""
+    run = tmp_path_factory.mktemp("bmpq") / "run"
     assert main(["train", "--method", "bmpq", "--wbits", "2", "--abits", "2", "--budget", "lut=9000,fps=1e6",
                  "--board", "pynq-z2", "--epochs", "4", "--threads", "1", "--out", str(run), "--no-progress"]) == 0
-    assert "chosen under --budget lut=9000,fps=1e6 on pynq-z2" in capsys.readouterr().out
-    metrics = json.loads((run / "metrics.json").read_text())
+    return run
+
+
+def test_a_bmpq_run_ends_within_its_budget_and_exports_bit_exactly(bmpq_run, capsys):
+    """Every solve within the budget, the last one's map the run's precision in config.yaml and metrics.json, its
+    cost recomputed within the budget, ``hwq export`` verified."""
+    import yaml
+
+    metrics = json.loads((bmpq_run / "metrics.json").read_text())
     search = metrics["search"]
     assert [s["epochs_done"] for s in search["solves"]] == [0, 1, 2, 3]
     assert all(s["within_budget"] and s["lut"] <= 9000 for s in search["solves"])
     precision = search["precision"]
     assert set(precision) == {"features.2", "features.6", "features.10", "features.14"}
     assert metrics["model_spec"]["precision"] == precision == metrics["config"]["precision"]
-    assert yaml.safe_load((run / "config.yaml").read_text())["precision"] == precision
+    assert yaml.safe_load((bmpq_run / "config.yaml").read_text())["precision"] == precision
     assert set(precision.values()) != {2}  # the budget allows more than uniform W2 and the search takes it
     cost = cost_under_budget(describe_model("tfc", "digits", 2, 2), precision, "pynq-z2",
                              parse_budget("lut=9000,fps=1e6"))
     assert cost["within_budget"] and cost["total"]["lut"] == search["solves"][-1]["lut"]
     assert metrics["test_acc"] > 0.8
-    assert main(["export", str(run)]) == 0
-    export = json.loads((run / "export.json").read_text())
+    assert main(["export", str(bmpq_run)]) == 0
+    assert "verified" in capsys.readouterr().out
+    export = json.loads((bmpq_run / "export.json").read_text())
     assert export["verification"]["passed"] and export["verification"]["argmax_match"] == 1.0
-    built = run_build(run, BuildConfig(board="pynq-z2", target_fps=1e6, verify_samples=20), progress=False)
+
+
+@pytest.mark.slow
+def test_a_bmpq_run_builds_with_finn_bit_exactly(bmpq_run):
+    """``hwq build`` of the search's map for the Pynq-Z2 at 1e6 fps: bit-exact layer by layer (about 10 s)."""
+    from hwq.dataflow import BuildConfig, run_build
+
+    if not (bmpq_run / "model.onnx").exists():
+        assert main(["export", str(bmpq_run)]) == 0
+    built = run_build(bmpq_run, BuildConfig(board="pynq-z2", target_fps=1e6, verify_samples=20), progress=False)
     assert built["bit_exact"]["passed"] and built["bit_exact"]["layerwise"]
 
 

@@ -58,6 +58,9 @@ class SearchPlan:
         if kind is None:
             return None
         options = {opt.name: opt.read(config.method_options, "method_options") for opt in SEARCH_OPTIONS[kind]}
+        if not options["search_bits"] or any(b != int(b) for b in options["search_bits"]):
+            raise ConfigError(f"method_options.search_bits: expected whole bit-widths 1..8, got "
+                              f"{config.method_options.get('search_bits')!r}")
         options["search_bits"] = sorted({int(b) for b in options["search_bits"]})
         if kind == "saq" and options["search_warmup"] >= config.epochs:
             raise ConfigError(f"method_options.search_warmup: expected fewer epochs than --epochs {config.epochs} "
