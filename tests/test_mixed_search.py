@@ -215,3 +215,18 @@ def test_rebuilding_the_model_at_its_own_map_changes_nothing(tmp_path, monkeypat
     plain = run_train(TrainConfig(method="saq", **common), tmp_path / "b", progress=False)
     assert [h["loss"] for h in searched["history"]] == [h["loss"] for h in plain["history"]]
     assert searched["test_acc"] == plain["test_acc"]
+
+
+def test_a_resumed_bmpq_run_goes_on_at_its_map_and_solves_each_epoch_once(tmp_path):
+    """A finished 2-epoch run resumed to 3 epochs: it starts at its recorded map (not config.yaml's first one),
+    solves after epoch 2 (which the 2-epoch run did not) and repeats no solve."""
+    run = tmp_path / "run"
+    flags = ["--method", "bmpq", "--wbits", "2", "--abits", "2", "--budget", "lut=13170,fps=1e6", "--threads", "1",
+             "--out", str(run), "--no-progress"]
+    assert main(["train", *flags, "--epochs", "2"]) == 0
+    first = json.loads((run / "metrics.json").read_text())["search"]
+    assert main(["train", "--resume", "--epochs", "3", "--out", str(run), "--no-progress"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [s["epochs_done"] for s in metrics["search"]["solves"]] == [0, 1, 2]
+    assert metrics["search"]["solves"][:2] == first["solves"]
+    assert metrics["model_spec"]["precision"] == metrics["search"]["precision"]

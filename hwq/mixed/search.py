@@ -75,6 +75,10 @@ class SearchPlan:
             return epochs_done % self.options["search_every"] == 0
         return epochs_done == self.options["search_warmup"]
 
+    def solved(self, epochs_done: int) -> bool:
+        """Whether a solve after ``epochs_done`` epochs is already recorded (a resumed run does not repeat it)."""
+        return any(solve["epochs_done"] == epochs_done for solve in self.solves)
+
     def choose(self, model: nn.Module, spec, precision: dict[str, int], train_x: torch.Tensor,
                train_y: torch.Tensor, batch_size: int, seed: int, epochs_done: int) -> dict[str, int]:
         """Measure the sensitivities of ``model`` (built from ``spec`` at ``precision``) on a few training batches

@@ -332,8 +332,8 @@ def _fit(run: _Run, out_dir: Path, progress: bool, started: float) -> None:
     """The epochs from ``run.start_epoch`` on; after each, the checkpoint and metrics are written atomically."""
     config = run.config
     steps = math.ceil(len(run.dataset.train_x) / config.batch_size)
-    if run.search is not None and run.start_epoch == 0 and run.search.due(0):
-        _search(run, 0, out_dir)
+    if run.search is not None and run.search.due(run.start_epoch) and not run.search.solved(run.start_epoch):
+        _search(run, run.start_epoch, out_dir)  # before the first epoch, or a finished run resumed to more epochs
     with EpochProgress(progress, config.epochs, steps, run.start_epoch) as bar:
         for epoch in range(run.start_epoch, config.epochs):
             record = _train_epoch(run, epoch, bar)
