@@ -3,7 +3,8 @@
 """Benchmark of the bit-width searches (docs/mixed_precision.md, "Searching bit-widths under a budget"): budgets as
 fractions of uniform W{base}A{abits}'s LUTs at a target fps on a board (the cost model, as ``hwq cost``); per budget,
 ``--method bmpq`` and ``--method saq-gen`` against the widest uniform precision within the same budget (plain
-and, for saq-gen, with SAQ's objective too), same epochs and seeds. Runs already under ``--runs`` are reused.
+and, for saq-gen, with SAQ's objective too) and against uniform training at the map bmpq chose (``--precision``
+from the start: the map without the search), same epochs and seeds. Runs already under ``--runs`` are reused.
 
     OMP_NUM_THREADS=1 python scripts/bench_mixed_search.py --epochs 10 --seeds 0,1,2 --fractions 0.25,0.5,1,1.5,2 \\
         --runs runs/bench-mixed --results benchmarks/mixed_search_digits_tfc
@@ -77,11 +78,16 @@ def main() -> int:
             rows.append(row)
             continue
         entries = {"uniform": ("uniform", row["uniform_bits"]), "saq": ("saq", row["uniform_bits"]),
-                   "bmpq": ("bmpq", None), "saq-gen": ("saq-gen", None)}
+                   "bmpq": ("bmpq", None), "saq-gen": ("saq-gen", None), "bmpq-map": ("uniform", "bmpq")}
         for label, (method, wbits) in entries.items():
             accs, maps, luts, seconds = [], [], [], []
             for seed in seeds:
-                if wbits is not None:
+                if wbits == "bmpq":  # the map bmpq chose for this seed, trained with it from the start
+                    chosen = json.loads((args.runs / f"bmpq-{budget_text.replace(',', '-')}-s{seed}" / METRICS_FILE)
+                                        .read_text())["model_spec"]["precision"]
+                    name = "uniform-map-" + "-".join(str(chosen[n]) for n in uniform_map(layers, 1)) + f"-s{seed}"
+                    config = TrainConfig(method=method, wbits=args.base_wbits, seed=seed, precision=chosen, **common)
+                elif wbits is not None:
                     name = f"{method}-w{wbits}a{args.abits}-s{seed}"
                     config = TrainConfig(method=method, wbits=wbits, seed=seed, **common)
                 else:
@@ -121,9 +127,10 @@ def markdown(record: dict) -> str:
         if "infeasible" in row:
             lines.append(f"| {head} | all | nothing fits: `{row['infeasible']}` | | | | |")
             continue
-        for label in ("uniform", "saq", "bmpq", "saq-gen"):
+        for label in ("uniform", "saq", "bmpq", "bmpq-map", "saq-gen"):
             r = row[label]
-            name = f"{label} W{row['uniform_bits']}" if label in ("uniform", "saq") else label
+            name = f"{label} W{row['uniform_bits']}" if label in ("uniform", "saq") else \
+                "uniform at bmpq's map" if label == "bmpq-map" else label
             lines.append(f"| {head} | {name} | {', '.join(sorted(set(r['maps'])))} | "
                          f"{'/'.join(f'{v:,}' for v in sorted(set(r['lut'])))} | {r['acc_mean']:.2f} % | "
                          f"{min(r['acc']):.2f}..{max(r['acc']):.2f} | {r['seconds_mean']:.1f} |")

@@ -104,7 +104,15 @@ def allocate(layers: ModelLayers, sensitivity: Mapping[str, Mapping[int, float]]
         for key in capped if additive else ():  # tighten by what the full model found over
             tightened[key] += max(0.0, _total(checked["total"], key, calibrated) - float(budget[key]))
         cuts.append(picked)  # and never return to this choice
+    else:
+        raise ConfigError(f"--budget {_text(budget)}: no choice within the budget among the {len(cuts)} of least "
+                          f"total sensitivity tried (the search stops there); give a budget with fps= or cycles=, "
+                          f"whose costs add up per layer")
     raise ConfigError(_infeasible(layers, names, choices, costs, board, budget, base, fit_fraction, calibrated))
+
+
+def _text(budget: Mapping[str, float]) -> str:
+    return ",".join(f"{k}={v:g}" for k, v in budget.items())
 
 
 def _choices(layers: ModelLayers, sensitivity: Mapping[str, Mapping[int, float]]
@@ -188,7 +196,7 @@ def _infeasible(layers, names, choices, costs, board, budget, base, fit_fraction
         options = [(costs[key][i], bits) for i, (n, bits) in enumerate(choices) if n == name]
         cheapest[name] = min(options)[1]
     cost = cost_under_budget(layers, {**base, **cheapest}, board, budget, calibrated, fit_fraction)
-    budget_text = ",".join(f"{k}={v:g}" for k, v in budget.items())
+    budget_text = _text(budget)
     bits = sorted({bits for _, bits in choices})
     return (f"--budget {budget_text}: no choice of weight bits {bits} for {', '.join(names)} fits on {board}; the "
             f"cheapest ({'/'.join(f'W{b}' for b in cheapest.values())}) costs lut {cost['total']['lut']:,.0f}, "
