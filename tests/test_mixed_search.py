@@ -205,7 +205,7 @@ def test_rebuilding_the_model_at_its_own_map_changes_nothing(tmp_path, monkeypat
     from hwq.mixed import search
     from hwq.train import run_train
 
-    common = dict(wbits=2, abits=2, epochs=3, threads=1)
+    common = dict(wbits=2, abits=2, epochs=2, threads=1)
     calls = []
     monkeypatch.setattr(search.SearchPlan, "widths", lambda self, precision: calls.append(1) or len(calls))
     searched = run_train(TrainConfig(method="saq-gen", budget="lut=6585,fps=1e6", **common), tmp_path / "a",
