@@ -25,7 +25,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                     "(default: tfc)")
     p.add_argument("--dataset", help="digits, mnist, cifar10 (default: digits)")
     p.add_argument("--method", help="training method: uniform, n2uq, bitat, lsq, noise, osc, saq, hero, lns-madam, "
-                                    "lqnet, dirnet, ssql, adder, once; sets the quantizer family, which --quant may replace "
+                                    "lqnet, dirnet, ssql, adder, once, bmpq, saq-gen; sets the quantizer family, which --quant may replace "
                                     "for saq and hero ('hwq models' lists them) (default: uniform, or the one named "
                                     "like --quant)")
     p.add_argument("--quant", help="quantizer family: uniform, float, n2uq, bitat, lsq, noise, osc, lqnet, dirnet, "
@@ -74,6 +74,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", help="YAML file mapping layer names to bit-widths, e.g. 'features.2: 4' ('hwq "
                                        "layers' lists a model's names); layers it does not name keep --wbits/--abits "
                                        "(default: {}, no layer named)")
+    p.add_argument("--budget", help="hardware budget a bit-width search (--method bmpq, saq-gen) must meet, as 'hwq "
+                                    "cost --budget' takes it: lut, bram18, dsp at most, fps or cycles; e.g. "
+                                    "lut=9000,fps=1e6 (default: none)")
+    p.add_argument("--board", help="the board the --budget is for ('hwq boards') (default: pynq-z2)")
     p.add_argument("--method-option", dest="method_option_items", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the method's objective or optimizer, repeatable ('hwq models' lists each "
                         "method's); VALUE is read as YAML (default: none)")
@@ -94,7 +98,12 @@ def _train(args: argparse.Namespace) -> int:
 
     config = _train_config(args)
     metrics = run_train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
-    mixed = f" + {len(config.precision)} layer(s) of --precision" if config.precision else ""
+    searched = metrics.get("search")
+    mixed = f" + {len(config.precision)} layer(s) of --precision" if config.precision and not searched else ""
+    if searched:
+        final = searched["solves"][-1]
+        mixed = (f", weights {'/'.join(f'W{b}' for b in final['precision'].values())} chosen under --budget "
+                 f"{config.budget} on {searched['board']} (lut {final['lut']:,}, {final['fps']:,.0f} fps)")
     print(f"{config.model}-w{config.wbits}a{config.abits}{mixed} ({config.quant}) on {config.dataset}: "
           f"test accuracy {100 * metrics['test_acc']:.2f}% after {metrics['epochs']} epochs "
           f"({metrics['seconds']:.1f} s, {metrics['threads']} threads) -> {args.out}")
@@ -106,7 +115,7 @@ TRAIN_FIELD_FLAGS = (
     "model", "dataset", "method", "quant", "wbits", "abits", "epochs", "batch_size", "lr", "schedule", "loss",
     "dropout", "weight_decay", "seed", "device", "threads", "data_dir", "teacher", "distill_weight",
     "distill_temperature", "init_from", "train_subset", "test_subset", "recipe", "step1_epochs", "step1_weight_decay",
-    "step2_weight_decay", "precision")
+    "step2_weight_decay", "precision", "budget", "board")
 
 
 def _train_config(args: argparse.Namespace):

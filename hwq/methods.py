@@ -58,10 +58,13 @@ class Method:
     dropout: bool = True
     #: Why it takes no dropout (the one-line error's reason).
     no_dropout_reason: str = ""
+    #: The bit-width search it runs under ``--budget`` (:mod:`hwq.mixed.search`: ``bmpq``, ``saq``); None: none.
+    search: str | None = None
 
     def declared_options(self) -> tuple[o.Option, ...]:
-        """The ``method_options`` this method reads: its objective's and its optimizer's."""
-        return o.OBJECTIVE_OPTIONS[self.objective] + o.OPTIMIZER_OPTIONS[self.optimizer]
+        """The ``method_options`` this method reads: its objective's, its optimizer's and its search's."""
+        search = o.SEARCH_OPTIONS[self.search] if self.search else ()
+        return o.OBJECTIVE_OPTIONS[self.objective] + o.OPTIMIZER_OPTIONS[self.optimizer] + search
 
 
 #: Method name -> what it sets. The names of the existing families are methods of that family alone.
@@ -98,7 +101,16 @@ METHODS: dict[str, Method] = {
     "once": Method("once-QAT by vertical layering: the lower bit-widths of --method-option once_bits are slices of the "
                    "run's integers, trained with it; hwq export RUN --bits b (docs/mixed_precision.md)", "uniform",
                    objective="layered", min_wbits=3),
+    "bmpq": Method("BMPQ (Kundu et al., DATE 2022): per-layer weight bits from bit-gradient sensitivity, an integer "
+                   "program under --budget re-solved during one training from scratch (docs/mixed_precision.md)",
+                   "uniform", search="bmpq"),
+    "saq-gen": Method("SAQ's bit-width generator (Liu et al.): per-layer sharpness after a warm-up, weight bits under "
+                      "--budget, then SAQ's objective at that map (docs/mixed_precision.md)", "uniform",
+                      objective="sam", search="saq"),
 }
+
+#: The methods that search per-layer bit-widths (and so take ``--budget``).
+SEARCH_METHODS = tuple(name for name, m in METHODS.items() if m.search)
 
 
 def method_named(name: str) -> Method:
@@ -185,6 +197,33 @@ def check_method_dropout(method: str | None, dropout: float) -> None:
     if method is not None and not METHODS[method].dropout and dropout != 0:
         raise ConfigError(f"dropout: --method {method} trains without dropout ({METHODS[method].no_dropout_reason}); "
                           f"give --dropout 0, got {dropout!r}")
+
+
+def check_method_budget(method: str | None, budget: Any, board: Any) -> None:
+    """A one-line ConfigError when a searching method has no ``budget``, or a method that does not search has one
+    (or a ``board`` without a budget).
+
+    >>> check_method_budget("bmpq", None, None)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    hwq.errors.ConfigError: budget: --method bmpq searches per-layer bit-widths under a hardware budget; give ...
+    """
+    searches = method is not None and METHODS[method].search is not None
+    if searches and budget is None:
+        raise ConfigError(f"budget: --method {method} searches per-layer bit-widths under a hardware budget; give "
+                          f"--budget, e.g. lut=20000,fps=1e6 (and --board, default pynq-z2)")
+    if budget is not None and not searches:
+        raise ConfigError(f"budget: --method {method or 'none'} does not search bit-widths; --budget is for "
+                          f"{', '.join(SEARCH_METHODS)}")
+    if board is not None and budget is None:
+        raise ConfigError("board: --board is the board a --budget is for; give --budget too")
+    if budget is not None:
+        if not isinstance(budget, str):
+            raise ConfigError(f"budget: expected KEY=VALUE[,KEY=VALUE...] (a string), got {budget!r}")
+        from hwq.cost.budget import parse_budget
+
+        parse_budget(budget)
+    if board is not None and not isinstance(board, str):
+        raise ConfigError(f"board: expected a board name, got {board!r}")
 
 
 def method_options(method: str | None, options: dict[str, Any]) -> dict[str, Any]:

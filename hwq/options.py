@@ -368,6 +368,24 @@ OPTIMIZER_OPTIONS: dict[str, tuple[Option, ...]] = {
     ),
 }
 
+# --- bit-width searches (hwq.mixed.search) ---------------------------------------------------------------------
+# A method that searches per-layer weight bits under ``--budget`` (hwq.methods: ``search``) reads these too.
+SEARCH_BITS = Option("search_bits", "numbers", [1, 2, 4, 8], "the candidate weight bit-widths of every layer",
+                     range=Range(1, 8))
+SEARCH_BATCHES = Option("search_batches", "integer", 4,
+                        "training batches (of --batch-size) a sensitivity is averaged over", range=Range(1, None))
+SEARCH_OPTIONS: dict[str, tuple[Option, ...]] = {
+    # BMPQ: bit-gradient sensitivity, solved before the first epoch and again every search_every epochs
+    "bmpq": (SEARCH_BITS, SEARCH_BATCHES,
+             Option("search_every", "integer", 1, "epochs between two solves (the first is before training)",
+                    range=Range(1, None))),
+    # SAQ's generator: sharpness per layer after search_warmup epochs, solved once, then trained at that map
+    "saq": (SEARCH_BITS, SEARCH_BATCHES,
+            Option("search_warmup", "integer", 1,
+                   "epochs trained at --wbits before the sharpness is measured and the map chosen (< --epochs)",
+                   range=Range(1, None))),
+}
+
 # --- models (hwq.models) ---------------------------------------------------------------------------------------
 FC_OPTIONS: tuple[Option, ...] = ()
 CNV_OPTIONS: tuple[Option, ...] = ()

@@ -86,7 +86,11 @@ def test_update_replaces_only_its_rows_and_refuses_other_settings(tmp_path):
 
 
 def test_every_registered_method_is_a_row():
-    assert set(REGISTERED) <= set(bench_methods.METHODS)
+    """Except the searches (bmpq, saq-gen): they choose their own bits under a budget, not at a W/A cell
+    (docs/mixed_precision.md measures them)."""
+    from hwq.methods import SEARCH_METHODS
+
+    assert set(REGISTERED) - set(SEARCH_METHODS) <= set(bench_methods.METHODS)
 
 
 @pytest.mark.slow

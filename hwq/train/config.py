@@ -19,8 +19,8 @@ from hwq._io import read_yaml_mapping
 from hwq.catalog import check_model_options
 from hwq.errors import ConfigError
 from hwq.options import check_precision_map
-from hwq.methods import (METHODS, check_method_bits, check_method_dropout, check_method_options, method_options,
-                         resolve_method)
+from hwq.methods import (METHODS, check_method_bits, check_method_budget, check_method_dropout, check_method_options,
+                         method_options, resolve_method)
 
 
 class Loss(str, Enum):
@@ -140,6 +140,12 @@ class TrainConfig:
     #: Adam weight decay of each step (ReActNet's 1e-5 with real weights, 0 with binary ones).
     step1_weight_decay: float = 1e-5
     step2_weight_decay: float = 0.0
+    #: A bit-width search's hardware budget, as ``hwq cost --budget`` takes it (``lut=20000,fps=1e6``); only for a
+    #: method that searches (``bmpq``, ``saq-gen``), which needs one. The run records the map it chose as
+    #: ``precision``.
+    budget: str | None = None
+    #: The board the budget is for (``hwq boards``); None: pynq-z2.
+    board: str | None = None
 
     def __post_init__(self) -> None:
         """Check every field once, for the Python API and the CLI alike; a bad value names its field."""
@@ -168,6 +174,7 @@ class TrainConfig:
         check_method_options(self.method, self.method_options)
         check_method_bits(self.method, self.wbits)
         check_method_dropout(self.method, self.dropout)
+        check_method_budget(self.method, self.budget, self.board)
 
     def _check_types(self) -> None:
         for name in ("model", "dataset", "quant", "device"):
@@ -222,6 +229,9 @@ class TrainConfig:
         return Schedule.LINEAR if self.recipe is Recipe.TWO_STEP else Schedule.COSINE
 
     def _check_recipe(self) -> None:
+        if self.recipe is Recipe.TWO_STEP and self.budget is not None:
+            raise ConfigError("budget: the two-step recipe switches every weight layer to binary weights in its "
+                              "second step; a bit-width search (--budget) is not supported with --recipe two-step")
         if self.recipe is Recipe.TWO_STEP and self.precision:
             raise ConfigError("precision: the two-step recipe switches every weight layer to binary weights in its "
                               "second step; per-layer bit-widths are not supported with --recipe two-step")

@@ -33,6 +33,7 @@ from hwq.train.checkpoint import check_state_dict, load_checkpoint, save_checkpo
 from hwq.options import BITAT_OPTIONS, option_named
 from hwq.train.config import Loss, Schedule, TrainConfig
 from hwq.methods import check_method_precision, method_named
+from hwq.mixed.search import SearchPlan
 from hwq.train.hooks import ModelHooks, call_hooks  # noqa: F401  (call_hooks: part of this module's API)
 from hwq.train.objectives import Objective, make_objective
 from hwq.train.optimizers import make_optimizer_named
@@ -258,6 +259,8 @@ class _Run:
     plan: TwoStepPlan | None = None
     #: How a step turns a batch into gradients (:mod:`hwq.train.objectives`); None: the config's method's.
     objective: Objective | None = None
+    #: The bit-width search of a method that searches under ``--budget`` (None for the others).
+    search: SearchPlan | None = None
 
     def __post_init__(self) -> None:
         if self.objective is None:
@@ -294,6 +297,11 @@ def _prepare(config: TrainConfig, device: torch.device, checkpoint: dict | None)
         dataset = dataset.with_test_subset(config.test_subset)
     dataset = dataclasses.replace(dataset, train_x=dataset.train_x.to(device), train_y=dataset.train_y.to(device),
                                   test_x=dataset.test_x.to(device), test_y=dataset.test_y.to(device))
+    search = SearchPlan.for_run(config)
+    if search is not None and checkpoint is not None and "search" in checkpoint:
+        # A resumed search continues at the map its last finished epoch trained (config.yaml has the first one).
+        config = config.replace(precision=dict(checkpoint["search"]["precision"] or config.precision))
+        search.solves = list(checkpoint["search"]["solves"])
     spec = model_spec_for(config, dataset)
     torch.manual_seed(config.seed)
     model, layers = model_and_layers(spec)
@@ -317,25 +325,72 @@ def _prepare(config: TrainConfig, device: torch.device, checkpoint: dict | None)
         history = list(checkpoint.get("history", []))[:start_epoch]
     inputs = {name: records.file_record(path) for name, path in train_inputs(config).items()}
     return _Run(config, device, dataset, spec, model, optimizer, teacher, history, start_epoch, inputs,
-                ModelHooks(model), plan)
+                ModelHooks(model), plan, search=search)
 
 
 def _fit(run: _Run, out_dir: Path, progress: bool, started: float) -> None:
     """The epochs from ``run.start_epoch`` on; after each, the checkpoint and metrics are written atomically."""
     config = run.config
     steps = math.ceil(len(run.dataset.train_x) / config.batch_size)
+    if run.search is not None and run.search.due(run.start_epoch) and not run.search.solved(run.start_epoch):
+        _search(run, run.start_epoch, out_dir)  # before the first epoch, or a finished run resumed to more epochs
     with EpochProgress(progress, config.epochs, steps, run.start_epoch) as bar:
         for epoch in range(run.start_epoch, config.epochs):
             record = _train_epoch(run, epoch, bar)
             run.history.append(record)
             bar.epoch_done(record)
             _log(out_dir, f"epoch {epoch + 1} " + " ".join(f"{k} {v}" for k, v in record.items() if k != "epoch"))
+            if run.search is not None and run.search.due(epoch + 1):
+                _search(run, epoch + 1, out_dir)
             save_checkpoint(out_dir / CHECKPOINT_FILE, {
                 "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "epoch": epoch + 1,
                 "rng": torch.get_rng_state(), "history": run.history,
                 **({"recipe": {**run.plan.record(), "step": run.plan.step_of(epoch)}} if run.plan else {}),
+                **({"search": run.search.record()} if run.search else {}),
             })
             _write_json(out_dir / METRICS_FILE, _metrics(run, epoch + 1, time.perf_counter() - started))
+
+
+def _search(run: _Run, epochs_done: int, out_dir: Path) -> None:
+    """Solve the run's bit-width search now and, if the map changes, go on training at the new one."""
+    config = run.config
+    precision = run.search.choose(run.model, run.spec, dict(config.precision), run.dataset.train_x,
+                                  run.dataset.train_y, config.batch_size, config.seed, epochs_done)
+    solved = run.search.solves[-1]
+    _log(out_dir, f"search after {epochs_done} epochs: {precision} lut {solved['lut']} fps {solved['fps']:.0f} "
+                  f"sensitivity {solved['sensitivity']:.4g} ({solved['seconds']} s)")
+    if run.search.widths(precision) != run.search.widths(config.precision):
+        _switch_precision(run, precision)
+    else:  # the same bits named explicitly: recorded as the map, the model as it is
+        run.config = config.replace(precision=precision)
+        run.spec = model_spec_for(run.config, run.dataset)
+
+
+def _switch_precision(run: _Run, precision: dict[str, int]) -> None:
+    """Rebuild the run's model at ``precision`` with the same latent weights, BatchNorms, activation scales and
+    weight ranges, and its optimizer with the Adam moments of every parameter that carries over."""
+    config = run.config.replace(precision=precision)
+    spec = model_spec_for(config, run.dataset)
+    with torch.random.fork_rng(devices=[]):  # building draws an initialisation the copy below replaces
+        model, layers = model_and_layers(spec)
+    check_method_precision(config.method, spec.precision, layers)
+    model = model.to(run.device)
+    # A weight scale is stored as its range (max |w|), the step being range / (2^(b-1) - 1), so it carries over to
+    # another width; a 1-bit (sign) weight has none, and a layer made 1-bit drops its range.
+    keys = model.load_state_dict(run.model.state_dict(), strict=False)
+    unexpected = [k for k in keys.unexpected_keys if ".weight_quant." not in k]
+    if unexpected:
+        raise CheckpointError(f"precision {precision}: '{unexpected[0]}' has no counterpart in the rebuilt model")
+    model.train(run.model.training)
+    optimizer = make_optimizer(model, config)
+    old = dict(run.model.named_parameters())
+    for name, param in model.named_parameters():
+        if name in old and old[name] in run.optimizer.state and old[name].shape == param.shape:
+            optimizer.state[param] = {k: (v.clone() if torch.is_tensor(v) else v)
+                                      for k, v in run.optimizer.state[old[name]].items()}
+    run.config, run.spec, run.model, run.optimizer, run.hooks = config, spec, model, optimizer, ModelHooks(model)
+    run.objective.attach(model, config)
+    attach_teacher(model, run.teacher)
 
 
 def train_step(run: _Run, inputs: torch.Tensor, labels: torch.Tensor,
@@ -413,6 +468,9 @@ def _finish(run: _Run, out_dir: Path, started: float) -> dict[str, Any]:
     # A run trained further (resumed after it had finished) replaces weights that later stages were made from;
     # a folder that held no weights keeps whatever it holds.
     removed = remove_downstream(out_dir) if (out_dir / MODEL_FILE).exists() else []
+    if run.search is not None:  # the map the model was trained and is built with, as for any --precision run
+        with naming_errors(out_dir / CONFIG_FILE):
+            write_atomic(out_dir / CONFIG_FILE, lambda p: p.write_text(config.to_yaml()))
     save_checkpoint(out_dir / MODEL_FILE, {k: v.detach().cpu() for k, v in run.model.state_dict().items()})
     metrics["complete"] = True
     metrics["status"] = "done"
@@ -452,6 +510,7 @@ def _metrics(run: _Run, epochs: int, seconds: float) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "versions": _versions(),
         "recipe": run.plan.record() if run.plan else {"name": run.config.recipe.value},
+        **({"search": run.search.record()} if run.search else {}),
         "history": run.history,
     }
 
