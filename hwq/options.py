@@ -410,8 +410,8 @@ SHORTCUT_BITS = Option("shortcut_bits", "integer", 4,
 CLASSIFIER_BITS = Option("classifier_bits", "integer", 8, "weight bits of the classifier (after the average pool)",
                          range=Range(2, 8))
 BLOCK_SHAPE = Option("block_shape", "choice", "affine",
-                     "the learned activation shape after each block, before its k-bit quantizer: affine (a batch "
-                     "norm) or rprelu (the batch norm, then ReActNet's RPReLU: prelu(x - g) + z, slope >= 0.01)",
+                     "each block's learned activation shape: affine (a batch norm) or rprelu (then ReActNet's "
+                     "RPReLU, slope >= 0.01)",
                      choices=("affine", "rprelu"))
 REACTNET_OPTIONS = (_width(0.5), SHORTCUT_BITS, CLASSIFIER_BITS, PAD_VALUE, BLOCK_SHAPE)
 REACTNET_TINY_OPTIONS = (_width(0.5), SHORTCUT_BITS, CLASSIFIER_BITS, PAD_VALUE, BLOCK_SHAPE)
