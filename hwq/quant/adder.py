@@ -54,18 +54,21 @@ class AdderFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, eta: float) -> torch.Tensor:
         ctx.save_for_backward(x, w)
         ctx.eta = eta
-        return torch.cat([adder_distance(x[rows], w) for rows in _chunks(len(x), *w.shape)])
+        # the same distances as adder_distance without its (M, O, K) difference tensor: about 9x faster on a CNV
+        # layer's im2col rows on one CPU thread (the export traces adder_distance's plain ops instead)
+        return -torch.cdist(x, w, p=1)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, w = ctx.saved_tensors
         grad_x = torch.empty_like(x)
         grad_w = torch.zeros_like(w)
+        # full precision: dy/dw = x - w, so dL/dw[o] = sum_m g[m, o] (x[m] - w[o]) = (g^T x)[o] - w[o] sum_m g[m, o]
+        grad_w += grad_out.t() @ x - w * grad_out.sum(0).unsqueeze(1)
         for rows in _chunks(len(x), *w.shape):
-            diff = x[rows].unsqueeze(1) - w.unsqueeze(0)           # (m, O, K): x - w
+            diff = w.unsqueeze(0) - x[rows].unsqueeze(1)           # (m, O, K): w - x
             g = grad_out[rows].unsqueeze(-1)                         # (m, O, 1)
-            grad_w += (diff * g).sum(0)                              # full precision: dy/dw = x - w
-            grad_x[rows] = ((-diff).clamp(-1, 1) * g).sum(1)         # HardTanh: dy/dx = HT(w - x)
+            grad_x[rows] = (diff.clamp_(-1, 1) * g).sum(1)           # HardTanh: dy/dx = HT(w - x)
         norm = grad_w.norm(p=2).clamp(min=1e-12)
         grad_w = grad_w * (ctx.eta * math.sqrt(w.numel()) / norm)
         return grad_x, grad_w, None
