@@ -15,7 +15,7 @@ from typing import Any
 from hwq.errors import ConfigError
 from hwq.train.config import TrainConfig
 
-#: Local training a client accepts besides its shard: every other TrainConfig setting is the federation's.
+#: The method every client trains with (once-QAT: the members are slices of the global model, so they export).
 FED_METHOD = "once"
 
 

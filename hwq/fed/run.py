@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -29,8 +29,10 @@ from hwq.train.config import TrainConfig
 
 
 def run_fedavg(train: TrainConfig, fed: FedConfig, out_dir: str | Path, overwrite: bool = False,
-               echo=None) -> dict[str, Any]:
-    """Train ``fed.rounds`` rounds of ``fed.clients`` clients and return the run's metrics.
+               echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train ``fed.rounds`` rounds of ``fed.clients`` clients and return the run's metrics. ``echo`` (e.g.
+    ``print``) gets one line per round; a run already in ``out_dir`` is replaced only with ``overwrite``. A run
+    that fails midway leaves no ``metrics.json`` (only ``config.yaml`` and ``train.log``), so it is not a run.
 
     >>> from hwq.train import TrainConfig
     >>> metrics = run_fedavg(TrainConfig(wbits=4, abits=4), FedConfig(clients=2, rounds=2, members=(2,)),
