@@ -295,8 +295,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="held-out test images to compare on, at least 1 (default: 500, or the whole test set "
                         "when smaller)")
     p.add_argument("--bits", type=int,
-                   help="a once-QAT run (--method once): export its BITS-bit member, written as the run "
-                        "RUN/member-wBITSaBITS that 'hwq build' takes (default: the run itself)")
+                   help="a once-QAT run (--method once or hwq fedavg): export its BITS-bit member, written as "
+                        "the run RUN/member-wBITSaBITS that 'hwq build' takes; the run's own bits export the run "
+                        "(default: the run itself)")
     p.add_argument("--force", action="store_true",
                    help="export even an unfinished training (its last finished epoch, from checkpoint.pt); "
                         "export.json records it (default: off)")
@@ -670,6 +671,66 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0 if record["status"] == "done" else 1
 
 
+def _add_fedavg(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fedavg", help="quantization-robust FedAvg: clients on shards of the training set as Ray tasks, "
+                                      "one global once-QAT model whose members 'hwq export RUN --bits b' exports")
+    p.add_argument("--config", help="YAML file of the clients' training settings (as for 'hwq train'), which the "
+                                    "flags below override (default: none)")
+    p.add_argument("--model", help="as for 'hwq train' (default: tfc)")
+    p.add_argument("--dataset", help="as for 'hwq train' (default: digits)")
+    p.add_argument("--wbits", type=int, help="the global model's weight bits, the widest member (default: 4 "
+                                             "without --config)")
+    p.add_argument("--abits", type=int, help="its activation bits, equal to --wbits (default: 4 without --config)")
+    p.add_argument("--members", help="comma-separated bit-widths (W = A) the model must serve, 2..--wbits; the "
+                                     "run's own may be listed (default: 2)")
+    p.add_argument("--clients", type=int, default=4,
+                   help="clients, each with one IID shard of the training set (default: 4)")
+    p.add_argument("--rounds", type=int, default=5, help="communication rounds (default: 5)")
+    p.add_argument("--local-epochs", dest="local_epochs", type=int, default=1,
+                   help="epochs a client trains its shard per round (default: 1)")
+    p.add_argument("--sample", default="random", help="bit-widths a client step trains: random (one per step) or "
+                                                      "all (the run's and every member's losses summed) (default: random)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="as for 'hwq train' (default: 100)")
+    p.add_argument("--lr", type=float, help="clients' Adam learning rate (default: 0.02)")
+    p.add_argument("--schedule", help="cosine, constant or linear over rounds x local epochs (default: cosine)")
+    p.add_argument("--dropout", type=float, help="as for 'hwq train' (default: 0.2)")
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, help="as for 'hwq train' (default: 0.0)")
+    p.add_argument("--seed", type=int, help="seed of the model, the shards and every client's (seed, round, "
+                                            "client) (default: 0)")
+    p.add_argument("--threads", type=int, help="torch threads per client task (default: 1)")
+    p.add_argument("--data-dir", dest="data_dir", help="as for 'hwq train' (default: $HWQ_DATA or ../shared/data)")
+    p.add_argument("--train-subset", dest="train_subset", type=int, help="as for 'hwq train' (default: all)")
+    p.add_argument("--test-subset", dest="test_subset", type=int, help="as for 'hwq train' (default: all)")
+    p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="model option, as for 'hwq train' (default: none)")
+    p.add_argument("--address", help="an existing Ray cluster's address (default: a local Ray on this machine)")
+    p.add_argument("--workers", type=int, help="client tasks at a time on the local Ray (default: the machine's "
+                                               "CPUs); the result does not depend on it")
+    p.add_argument("--out", required=True, help="run directory, e.g. runs/NAME (required)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run in --out (default: off)")
+    p.set_defaults(func=_fedavg)
+
+
+def _fedavg(args: argparse.Namespace) -> int:
+    from hwq.errors import ConfigError
+    from hwq.fed import FedConfig, run_fedavg
+
+    try:
+        members = tuple(int(b) for b in (args.members or "2").split(","))
+    except ValueError:
+        raise ConfigError(f"--members '{args.members}': expected comma-separated integers, e.g. 2,4") from None
+    fed = FedConfig(clients=args.clients, rounds=args.rounds, local_epochs=args.local_epochs, members=members,
+                    sample=args.sample, workers=args.workers, address=args.address)
+    if args.config is None and args.wbits is None and args.abits is None:
+        args.wbits = args.abits = 4
+    train = _train_config(args)
+    metrics = run_fedavg(train, fed, args.out, overwrite=args.overwrite, echo=print)
+    accuracy = ", ".join(f"W{b}A{b} {100 * acc:.2f}%" for b, acc in metrics["member_acc"].items())
+    print(f"{train.model} on {train.dataset}, {fed.clients} clients x {fed.rounds} rounds: {accuracy} "
+          f"({metrics['seconds']:.1f} s) -> {args.out}; export a member with: hwq export {args.out} --bits B")
+    return 0
+
+
 def _cell(value) -> str:
     if value is None:
         return "-"
@@ -702,7 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hwq {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     for add in (_add_train, _add_layers, _add_cost, _add_quantize, _add_export, _add_models, _add_build, _add_boards,
-                _add_emulate, _add_measure, _add_run, _add_sweep):
+                _add_emulate, _add_measure, _add_run, _add_sweep, _add_fedavg):
         add(sub)
     return parser
 

@@ -339,6 +339,10 @@ OBJECTIVE_OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("once_bits", "numbers", [2],
                "the lower bit-widths (W = A) sliced from the run's and trained with it at every step",
                range=Range(2, 8)),
+        Option("once_sample", "choice", "all",
+               "which bit-widths a step trains: all (the run's and every member, losses summed) or random (one of "
+               "them, drawn per step from the seed and the step: the quantization-robust FedAvg clients' default)",
+               choices=("all", "random")),
     ),
     "sam": (RHO, SAM_POINT),
     "hero": (RHO, HERO_LAMBDA),

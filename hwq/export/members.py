@@ -30,7 +30,8 @@ def member_dir(run_dir: str | Path, bits: int) -> Path:
 
 
 def derive_member_run(run_dir: str | Path, bits: int) -> Path:
-    """Write the ``bits``-bit member of a ``--method once`` run; returns its directory."""
+    """Write the ``bits``-bit member of a ``--method once`` run; returns its directory (the run's own
+    directory for the run's own bits, whose member is the run)."""
     from hwq._io import write_json
     from hwq.data import Dataset, load_dataset
     from hwq.models import build_model
@@ -46,9 +47,9 @@ def derive_member_run(run_dir: str | Path, bits: int) -> Path:
     if bits not in members:
         raise ConfigError(f"--bits {bits}: {run_dir} holds W{'/'.join(map(str, members))} (its own bits and "
                           f"method_options.once_bits); expected one of {', '.join(map(str, members))}")
+    if bits == config.wbits:  # the widest member is the run itself: nothing to slice
+        return run_dir
     out = member_dir(run_dir, bits)
-    if bits == config.wbits:
-        raise ConfigError(f"--bits {bits}: that is {run_dir}'s own precision; export the run itself")
     dataset = load_dataset(config.dataset, config.data_dir)
     member_spec = dataclasses.replace(spec, wbits=bits, abits=bits)
     torch.manual_seed(config.seed)

@@ -16,6 +16,7 @@ hands it the model once (:meth:`Objective.attach`).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import torch
@@ -216,20 +217,41 @@ class LayeredObjective(Objective):
     """Once-QAT by vertical layering (:mod:`hwq.quant.layered`): each step's loss is the run's own (the ``B``-bit
     network) plus that of every member in ``once_bits`` (W = A bits), each the same network with its integers
     sliced to those bits; one backward pass through the sum. Every member is trained in every step, so one set of
-    weights serves them all (``hwq export RUN --bits b`` exports a member)."""
+    weights serves them all (``hwq export RUN --bits b`` exports a member).
+
+    With ``once_sample: random`` a step trains one of the bit-widths instead (the run's or a member, uniformly),
+    drawn from a generator seeded by the run's seed and the step's progress, so a resumed run, or a federated
+    client seeded per round (:mod:`hwq.fed`), draws the same sequence whatever ran before it."""
 
     def attach(self, model: nn.Module, config: Any = None) -> None:
         from hwq.quant.layered import check_members
 
         self.model = model
         self.members = [(int(b), int(b)) for b in self.options["once_bits"]]
+        self.seed = int(config.seed) if config is not None else 0
+        self.progress = 0.0
         if config is not None:
             check_members((config.wbits, config.abits), self.members, "method_options.once_bits")
+
+    def on_batch(self, inputs: torch.Tensor, labels: torch.Tensor, progress: float) -> None:
+        self.progress = progress
+
+    def drawn_bits(self) -> tuple[int, int] | None:
+        """``once_sample: random``: the step's bit-widths, None for the run's own; ``all``: not called."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(round(self.progress * 1e9)))
+        choice = int(torch.randint(len(self.members) + 1, (1,), generator=generator))
+        return None if choice == 0 else self.members[choice - 1]
 
     def gradients(self, closure: Closure, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
         from hwq.quant.layered import layered_view
 
         optimizer.zero_grad(set_to_none=True)
+        if self.options["once_sample"] == "random":
+            bits = self.drawn_bits()
+            with layered_view(self.model, bits) if bits else contextlib.nullcontext():
+                loss, logits = closure()
+            loss.backward()
+            return loss, logits
         loss, logits = closure()
         total = loss
         for bits in self.members:
