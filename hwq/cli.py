@@ -25,9 +25,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                     "(default: tfc)")
     p.add_argument("--dataset", help="digits, mnist, cifar10 (default: digits)")
     p.add_argument("--method", help="training method: uniform, n2uq, bitat, lsq, noise, osc, saq, hero, lns-madam, "
-                                    "lqnet, dirnet, ssql, adder, once, bmpq, saq-gen; sets the quantizer family, which --quant may replace "
-                                    "for saq and hero ('hwq models' lists them) (default: uniform, or the one named "
-                                    "like --quant)")
+                                    "lqnet, dirnet, ssql, adder, once, bmpq, saq-gen; sets the quantizer family, "
+                                    "which --quant may replace for saq and hero ('hwq models' lists them) (default: "
+                                    "uniform, or the one named like --quant)")
     p.add_argument("--quant", help="quantizer family: uniform, float, n2uq, bitat, lsq, noise, osc, lqnet, dirnet, "
                                    "adder (default: uniform, or the method's)")
     p.add_argument("--wbits", type=int, help="weight bit-width, 1 = binary (default: 1)")
@@ -689,7 +689,8 @@ def _add_fedavg(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--local-epochs", dest="local_epochs", type=int, default=1,
                    help="epochs a client trains its shard per round (default: 1)")
     p.add_argument("--sample", default="random", help="bit-widths a client step trains: random (one per step) or "
-                                                      "all (the run's and every member's losses summed) (default: random)")
+                                                      "all (the run's and every member's losses summed) "
+                                                      "(default: random)")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="as for 'hwq train' (default: 100)")
     p.add_argument("--lr", type=float, help="clients' Adam learning rate (default: 0.02)")
     p.add_argument("--schedule", help="cosine, constant or linear over rounds x local epochs (default: cosine)")

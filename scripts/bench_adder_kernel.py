@@ -46,7 +46,8 @@ def main() -> None:
 
     print(json.dumps({"rows": args.rows, "filters": args.filters, "k": args.k, "threads": 1,
                       "forward_broadcast_s": round(broadcast, 3), "forward_cdist_s": round(cdist, 3),
-                      "forward_speedup": round(broadcast / cdist, 2), "forward_backward_s": round(_seconds(step, 1), 3)}))
+                      "forward_speedup": round(broadcast / cdist, 2),
+                      "forward_backward_s": round(_seconds(step, 1), 3)}))
 
 
 if __name__ == "__main__":
