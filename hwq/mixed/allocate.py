@@ -14,8 +14,9 @@ where ``c_r[l, b]`` is how much layer ``l`` at ``b`` bits changes the total from
 first the model's bits), at the folding the budget implies (FINN's SetFolding for its fps or cycles, else the
 fastest folding fitting the board, as :func:`hwq.cost.cost_under_budget` chooses it). The folding depends on the
 bits, so a layer's cost is not always additive; each solution is therefore checked with the full cost model, and if
-it is over, the limits are tightened by the excess and that exact choice is cut off, then solved again. With a speed in the budget each layer is folded
-for it alone and the costs are additive (the first verified solution is the optimum; tested against brute force).
+it is over, the limits are tightened by the excess and that exact choice is cut off, then solved again. With a
+speed in the budget each layer is folded for it alone and the costs are additive (the first verified solution is the
+optimum; tested against brute force).
 Without one the fastest fitting folding depends on every layer's bits, so the program drops the cost rows and cuts
 off each choice the check rejects: the choices are tried in order of total sensitivity, the first within the budget
 is the optimum (exact too, at one cost query per rejected choice). Only weight bits are searched: an MVAU's cost
