@@ -16,12 +16,12 @@ and the model in eval mode (no dropout noise, BatchNorm statistics untouched).
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
+from hwq.models.modes import evaluating
 from hwq.quant.views import quantizer_views, quantizers
 
 #: The bits the bit planes are counted from: the widest weight a precision map takes.
@@ -35,16 +35,6 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Layer name (a precision map's name, e.g. ``features.2``) -> its weight quantizer proxy."""
     return {name.removesuffix(WEIGHT_PROXY): proxy for name, proxy, role in quantizers(model) if role == "weight"}
-
-
-@contextlib.contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _quantized_weight_gradients(model: nn.Module, batches: Batches, loss_fn: LossFn
@@ -63,7 +53,7 @@ def _quantized_weight_gradients(model: nn.Module, batches: Batches, loss_fn: Los
     magnitude = {name: None for name in layers}
     signed = {name: None for name in layers}
     losses, count = 0.0, 0
-    with _evaluating(model), quantizer_views(model, weight_view, lambda *args: None):
+    with evaluating(model), quantizer_views(model, weight_view, lambda *args: None):
         for inputs, labels in batches:
             leaves.clear()
             loss = loss_fn(model(inputs), labels)
@@ -165,7 +155,7 @@ def _perturbed_loss(model: nn.Module, batches, loss_fn: LossFn, target: nn.Modul
         return (out.value if hasattr(out, "value") else out) + step
 
     total = 0.0
-    with _evaluating(model), quantizer_views(model, weight_view, lambda *args: None):
+    with evaluating(model), quantizer_views(model, weight_view, lambda *args: None):
         for inputs, labels in batches:
             total += float(loss_fn(model(inputs), labels))
     return total / len(batches)

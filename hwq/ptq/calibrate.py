@@ -14,6 +14,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from hwq.models.modes import evaluating
+
 #: Clipping points tried for an activation scale: k / ACT_CANDIDATES of the largest input, k = 1..ACT_CANDIDATES.
 ACT_CANDIDATES = 100
 
@@ -31,11 +33,9 @@ def captured(model: nn.Module, modules: Mapping[str, nn.Module], images: torch.T
 
     handles = [module.register_forward_hook(hook_for(name)) for name, module in modules.items()]
     try:
-        was_training = model.training
-        model.eval()
-        for start in range(0, len(images), batch):
-            model(images[start:start + batch])
-        model.train(was_training)
+        with evaluating(model):
+            for start in range(0, len(images), batch):
+                model(images[start:start + batch])
     finally:
         for handle in handles:
             handle.remove()

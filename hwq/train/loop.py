@@ -27,6 +27,7 @@ from hwq._io import read_json, write_atomic, write_json
 from hwq.data import Dataset, load_dataset
 from hwq.errors import CheckpointError, ConfigError, Interrupted
 from hwq.models import ModelSpec, build_model, model_and_layers
+from hwq.models.modes import evaluating
 from hwq.models.scores import model_scores
 from hwq.train.augment import AUGMENTED_BY_DEFAULT, random_crop_flip
 from hwq.train.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
@@ -133,14 +134,12 @@ def attach_teacher(model: nn.Module, teacher: nn.Module | None) -> None:
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     """Top-1 accuracy (fraction) of ``model`` in eval mode on ``uint8`` images, by the class rule
     (:mod:`hwq.classes`: the first arg-max of the classifier's integer scores, as the hardware decides)."""
-    was_training = model.training
-    model.eval()
     correct = 0
-    for start in range(0, len(images), batch_size):
-        scores = model_scores(model, Dataset.to_float(images[start:start + batch_size]))
-        correct += int((torch.from_numpy(scores.classes()).to(labels.device) ==
-                        labels[start:start + batch_size]).sum())
-    model.train(was_training)
+    with evaluating(model):
+        for start in range(0, len(images), batch_size):
+            scores = model_scores(model, Dataset.to_float(images[start:start + batch_size]))
+            correct += int((torch.from_numpy(scores.classes()).to(labels.device) ==
+                            labels[start:start + batch_size]).sum())
     return correct / max(1, len(images))
 
 
