@@ -42,10 +42,10 @@ def run_fedavg(train: TrainConfig, fed: FedConfig, out_dir: str | Path, overwrit
     """
     import ray
 
-    from hwq.data import load_dataset
     from hwq.methods import check_method_precision
     from hwq.models import model_and_layers
-    from hwq.train.loop import _log, _versions, deterministic, model_spec_for
+    from hwq.ray_local import ray_session
+    from hwq.train.loop import _log, _versions, deterministic, model_spec_for, run_dataset
     from hwq.train.rundir import CONFIG_FILE, METRICS_FILE, MODEL_FILE, holds_run
     from hwq.train.checkpoint import save_checkpoint
     from hwq.train.threads import torch_threads
@@ -57,11 +57,7 @@ def run_fedavg(train: TrainConfig, fed: FedConfig, out_dir: str | Path, overwrit
         if not overwrite:
             raise CheckpointError(f"{out_dir}: already holds a training run; pass --overwrite to replace it")
         shutil.rmtree(out_dir)
-    dataset = load_dataset(config.dataset, config.data_dir)
-    if config.train_subset is not None:
-        dataset = dataset.with_train_subset(config.train_subset, config.seed)
-    if config.test_subset is not None:
-        dataset = dataset.with_test_subset(config.test_subset)
+    dataset = run_dataset(config)
     shards = split_shards(len(dataset.train_x), fed.clients, config.seed)
     spec = model_spec_for(config, dataset)
     with torch_threads(config.threads), torch.random.fork_rng(devices=[]), deterministic(True):
@@ -75,11 +71,7 @@ def run_fedavg(train: TrainConfig, fed: FedConfig, out_dir: str | Path, overwrit
     (out_dir / CONFIG_FILE).write_text(config.to_yaml())
     _log(out_dir, f"# fedavg {time.strftime('%Y-%m-%d %H:%M:%S')} {fed.to_dict()} config {config.to_dict()}")
     started, history = time.perf_counter(), []
-    started_here = not ray.is_initialized()
-    if started_here:  # a local Ray by default, as hwq sweep starts it
-        options = {"address": fed.address} if fed.address else {"num_cpus": fed.workers or _cores()}
-        ray.init(**options, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
+    with ray_session(fed.address, fed.workers or _cores()):  # a local Ray by default, as hwq sweep starts it
         task = ray.remote(num_cpus=1)(train_client)
         data_ref, config_dict = ray.put(dataset), config.to_dict()
         for round_ in range(fed.rounds):
@@ -100,9 +92,6 @@ def run_fedavg(train: TrainConfig, fed: FedConfig, out_dir: str | Path, overwrit
             if echo:
                 echo(f"round {round_ + 1}/{fed.rounds}: " + ", ".join(
                     f"W{b}A{b} {100 * acc:.2f}%" for b, acc in record["member_acc"].items()))
-    finally:
-        if started_here:
-            ray.shutdown()
 
     save_checkpoint(out_dir / MODEL_FILE, state)
     last = history[-1]

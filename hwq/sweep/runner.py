@@ -119,16 +119,12 @@ def _run_on_ray(spec: SweepSpec, todo: list[Point], address: str | None, workers
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from hwq.errors import ConfigError
+    from hwq.ray_local import ray_session
 
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers: expected a positive integer, got {workers}")
-    started_here = not ray.is_initialized()
-    if started_here:
-        # A local Ray by default; the sweep's tasks need nothing from the dashboard or the driver's log stream.
-        options = {"address": address} if address else {"num_cpus": workers or os.cpu_count()}
-        ray.init(**options, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(run_point)
-    try:
+    with ray_session(address, workers or os.cpu_count()):
+        task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(run_point)
         pending = {task.remote(str(point_dir(spec, p)), p.id, p.recipe): p for p in todo}
         failed = 0
         columns = (TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
@@ -146,9 +142,6 @@ def _run_on_ray(spec: SweepSpec, todo: list[Point], address: str | None, workers
                     failed += 1
                     echo(f"point {point.id} failed: {record.get('error')}")
                 bar.update(job, advance=1, note=f"{failed} failed" if failed else "")
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def _record_lost(spec: SweepSpec, point: Point, err: BaseException) -> dict[str, Any]:

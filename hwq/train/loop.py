@@ -287,13 +287,19 @@ def _train(
         return _finish(run, out_dir, started)
 
 
-def _prepare(config: TrainConfig, device: torch.device, checkpoint: dict | None) -> _Run:
-    """Data, model, optimizer and teacher; a checkpoint's weights, optimizer, random state and history."""
+def run_dataset(config: TrainConfig) -> Dataset:
+    """The dataset a run trains and is scored on: ``config.dataset`` with its training and test subsets."""
     dataset = load_dataset(config.dataset, config.data_dir)
     if config.train_subset is not None:
         dataset = dataset.with_train_subset(config.train_subset, config.seed)
     if config.test_subset is not None:
         dataset = dataset.with_test_subset(config.test_subset)
+    return dataset
+
+
+def _prepare(config: TrainConfig, device: torch.device, checkpoint: dict | None) -> _Run:
+    """Data, model, optimizer and teacher; a checkpoint's weights, optimizer, random state and history."""
+    dataset = run_dataset(config)
     dataset = dataclasses.replace(dataset, train_x=dataset.train_x.to(device), train_y=dataset.train_y.to(device),
                                   test_x=dataset.test_x.to(device), test_y=dataset.test_y.to(device))
     search = SearchPlan.for_run(config)
