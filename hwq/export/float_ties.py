@@ -91,17 +91,17 @@ def _rounding(node) -> str:
     return "ROUND"
 
 
-def _levels(node, ctx: dict, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The integer level of ``value`` on ``node``'s grid, and the grid's zero point (broadcast)."""
+def _levels(node, ctx: dict, value: np.ndarray) -> np.ndarray:
+    """The integer level of ``value`` on ``node``'s grid."""
     if node.op_type == "BipolarQuant":
-        return np.sign(value), np.zeros(1)
+        return np.sign(value)
     scale, zero = ctx[node.input[1]], ctx[node.input[2]]
-    return np.rint(value / scale + zero), zero
+    return np.rint(value / scale + zero)
 
 
-def _at_boundary(node, ctx: dict, got: np.ndarray, want: np.ndarray) -> np.ndarray:
-    """Per differing value: whether QONNX's input lies within :data:`TIE_TOLERANCE` of the boundary between the
-    two sides' levels (for BipolarQuant: of 0)."""
+def _at_boundary(node, ctx: dict, q_got: np.ndarray, q_want: np.ndarray) -> np.ndarray:
+    """Per value: whether QONNX's input lies within :data:`TIE_TOLERANCE` of the boundary between the two sides'
+    levels ``q_got`` and ``q_want`` (for BipolarQuant: of 0)."""
     x = ctx[node.input[0]].astype(np.float64)
     if node.op_type == "BipolarQuant":
         scale = np.abs(ctx[node.input[1]]) if len(node.input) > 1 else 1.0
@@ -109,7 +109,6 @@ def _at_boundary(node, ctx: dict, got: np.ndarray, want: np.ndarray) -> np.ndarr
     else:
         scale, zero = ctx[node.input[1]], ctx[node.input[2]]
         v = x / scale + zero
-        q_got, q_want = _levels(node, ctx, got)[0], _levels(node, ctx, want)[0]
         low, high = np.minimum(q_got, q_want), np.maximum(q_got, q_want)
         mode = _rounding(node)
         boundary = (low + 0.5 if mode == "ROUND" else high if mode == "FLOOR" else low if mode == "CEIL"
@@ -151,9 +150,10 @@ def explain_differences(wrapper, model: nn.Module, images: torch.Tensor) -> tupl
         if got.shape != want.shape:
             return TieReport(False, problem=f"cannot pair quantizers: {name} gives {want.shape}, graph node "
                                             f"{node.name} {got.shape}"), None, reference
-        differ = _levels(node, ctx, got)[0] != _levels(node, ctx, want)[0]
+        q_got, q_want = _levels(node, ctx, got), _levels(node, ctx, want)
+        differ = q_got != q_want
         if differ.any():
-            bad = differ & ~_at_boundary(node, ctx, got, want)
+            bad = differ & ~_at_boundary(node, ctx, q_got, q_want)
             if bad.any():
                 where = np.argwhere(bad)[0]
                 return TieReport(False, problem=(
