@@ -27,6 +27,12 @@ from hwq.classes import top_class
 from hwq.errors import HwqError
 
 
+#: Inputs on which the NumPy reference is also run through qonnx (and must give the same class) before it is trusted.
+REFERENCE_CHECKS = 2
+#: Inputs per NumPy batch (bounds the memory of a large graph's intermediate tensors).
+BATCH = 256
+
+
 @dataclass
 class BuildModel:
     """A build's accelerator: its section (timing, layout, classes) and its HW graph (qonnx ``ModelWrapper``)."""
@@ -36,6 +42,10 @@ class BuildModel:
     manifest: dict                  # the whole manifest as read (for reports); the model uses only ``accelerator``
     onnx_path: Path
     model: object                   # qonnx ModelWrapper of the HW graph
+    #: what computes :meth:`classify_many`: ``numpy`` (hwq.rtl.reference, batched) or ``qonnx`` (execute_onnx)
+    executor: str = "qonnx"
+    executor_note: str = "not read from a build"
+    reference_checked: int = 0      # inputs the NumPy reference was compared with qonnx on (up to REFERENCE_CHECKS)
 
     @classmethod
     def from_build_dir(cls, build_dir: str | Path) -> BuildModel:
@@ -67,7 +77,21 @@ class BuildModel:
         if shape != spec.input_shape:
             raise HwqError(f"{onnx}: input shape {list(shape)}, accelerator.input.shape says "
                            f"{list(spec.input_shape)} (the file changed after the build: rebuild)")
-        return cls(build_dir, spec, manifest, onnx, model)
+        built = cls(build_dir, spec, manifest, onnx, model)
+        built._read_reference()
+        return built
+
+    def _read_reference(self) -> None:
+        """The HW graph as hwq's layers (:mod:`hwq.rtl.layers`), for the NumPy reference; qonnx where it has a
+        layer the reference does not model."""
+        from hwq.rtl.layers import UnsupportedLayerError, layers_from_model
+
+        try:
+            self._layers = layers_from_model(self.model)
+        except UnsupportedLayerError as err:
+            self.executor, self.executor_note = "qonnx", f"not by the NumPy reference: {err}"
+            return
+        self.executor, self.executor_note = "numpy", "hwq.rtl.reference, checked against qonnx on the first inputs"
 
     # --- what the section says ---------------------------------------------------------------------------------
     @property
@@ -120,15 +144,44 @@ class BuildModel:
         return np.ascontiguousarray(x).tobytes()
 
     def classify(self, data: bytes) -> int:
-        """Execute the HW graph on one input (accelerator layout) and return the class it outputs.
+        """The class the accelerator outputs for one input (accelerator layout); see :meth:`classify_many`."""
+        return self.classify_many([data])[0]
 
-        A label selection's output is checked against the class rule (:mod:`hwq.classes`, the first arg-max of
-        the integer scores it reads), so the emulated board, the host reference and every other stage decide a
-        tie alike; a graph that outputs scores is classified by that rule."""
+    def classify_many(self, inputs: list[bytes]) -> list[int]:
+        """The class the accelerator outputs for each input (accelerator layout), by the class rule
+        (:mod:`hwq.classes`: the first arg-max of the integer scores) wherever the graph outputs scores.
+
+        Computed by the NumPy reference of the HW graph's layers (:attr:`executor` ``numpy``, batched; the first
+        :data:`REFERENCE_CHECKS` inputs also by qonnx, which must agree), or by qonnx's execution of the graph,
+        one input at a time, where the graph has a layer the reference does not model or the two disagreed
+        (``qonnx``; :attr:`executor_note` says why)."""
+        for data in inputs:
+            if len(data) != self.input_bytes:
+                raise HwqError(f"{self.onnx_path.name}: got {len(data)} input bytes, expected {self.input_bytes}")
+        if self.executor != "numpy" or not inputs:
+            return [self._classify_qonnx(data) for data in inputs]
+        from hwq.rtl.graph import run_graph
+
+        rows = np.frombuffer(b"".join(inputs), dtype=np.uint8).reshape(len(inputs), -1).astype(np.int64)
+        classes: list[int] = []
+        for start in range(0, len(rows), BATCH):
+            out = run_graph(self._layers, rows[start:start + BATCH])
+            classes += [int(o[0]) if self.accelerator.output_kind == CLASS_INDEX else top_class(o) for o in out]
+        for k in range(min(len(inputs), REFERENCE_CHECKS - self.reference_checked)):
+            expected = self._classify_qonnx(inputs[k])
+            self.reference_checked += 1
+            if expected != classes[k]:
+                self.executor = "qonnx"
+                self.executor_note = (f"the NumPy reference gave class {classes[k]} where qonnx's execution of "
+                                      f"{self.onnx_path.name} gives {expected}; qonnx is used")
+                return [self._classify_qonnx(data) for data in inputs]
+        return classes
+
+    def _classify_qonnx(self, data: bytes) -> int:
+        """qonnx's execution of the HW graph on one input. A label selection's output is checked against the class
+        rule, so the emulated board, the host reference and every other stage decide a tie alike."""
         from qonnx.core.onnx_exec import execute_onnx
 
-        if len(data) != self.input_bytes:
-            raise HwqError(f"{self.onnx_path.name}: got {len(data)} input bytes, expected {self.input_bytes}")
         x = np.frombuffer(data, dtype=np.uint8).astype(np.float32).reshape(self.in_shape)
         name = self.model.graph.input[0].name
         context = execute_onnx(self.model, {name: x}, return_full_exec_context=True)

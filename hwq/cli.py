@@ -539,6 +539,9 @@ def _add_emulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reset-at", dest="reset_at_command", type=int, default=0,
                    help="fault: reboot on the Nth command, >= 0 (default: %(default)s, never)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random faults, >= 0 (default: %(default)s)")
+    p.add_argument("--realtime", action="store_true",
+                   help="answer each 'infer' when its device time has passed on the wall clock, as a real board "
+                        "does (default: as soon as it is computed; the timestamps are the same either way)")
     p.set_defaults(func=_emulate)
 
 
@@ -549,7 +552,8 @@ def _emulate(args: argparse.Namespace) -> int:
 
     faults = FaultConfig(drop_rate=args.drop_rate, garble_rate=args.garble_rate, reply_delay_s=args.reply_delay_s,
                          reset_at_command=args.reset_at_command, seed=args.seed)
-    emu = Emulator.from_build_dir(args.build_dir, force=args.force, name=args.name, faults=faults)
+    emu = Emulator.from_build_dir(args.build_dir, force=args.force, name=args.name, faults=faults,
+                                  realtime=args.realtime)
     print(emu.port, flush=True)
     if emu.forced_problems:
         print(f"warning: emulating {args.build_dir} although it did not pass ({'; '.join(emu.forced_problems)}), "
@@ -599,6 +603,10 @@ def _add_measure(sub: argparse._SubParsersAction) -> None:
                    help="dataset folder (default: the build's, else $HWQ_DATA, else ../shared/data)")
     p.add_argument("--timeout", dest="timeout_s", type=float, default=d.timeout_s,
                    help="seconds to wait for each reply, > 0 (default: %(default)s)")
+    p.add_argument("--pipeline", action="store_true",
+                   help="accuracy: send each image's db and infer commands at once and read the replies after (one "
+                        "round trip per image; for a device that buffers its input: hwq emulate, the PYNQ agent; "
+                        "default: one command at a time, as the MLPerf Tiny runner)")
     p.add_argument("--power", choices=("rails", "lpm01a"), default=None,
                    help="energy: the board's rails (hwq m-power- extension) or an ST LPM01A (default: lpm01a "
                         "with --power-port, else rails)")
@@ -621,7 +629,7 @@ def _measure(args: argparse.Namespace) -> int:
     settings = {k: getattr(args, k) for k in (
         "port", "mode", "build_dir", "force", "baud", "windows", "min_window_s", "latency_windows", "warmup",
         "samples", "input_bytes", "data_dir", "timeout_s", "power_port", "power_voltage_v", "transcript_max_mb",
-        "transcript_keep")}
+        "transcript_keep", "pipeline")}
     config = MeasureConfig(out_dir=out, power=args.power or ("lpm01a" if args.power_port else "rails"), **settings)
     report = run_measure(config, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(summary_table(report))

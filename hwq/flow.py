@@ -32,9 +32,9 @@ from hwq.errors import ConfigError
 STAGES = ("train", "export", "build", "measure")
 #: The build backends a recipe's ``build: {backend: ...}`` names; finn when it names none.
 BACKENDS = ("finn", "open")
-#: The port recorded for an emulated board is a new pseudo-terminal each time: not a setting that makes a
-#: measurement out of date.
-VARYING_MEASURE_SETTINGS = ("port",)
+#: The port recorded for an emulated board is a new pseudo-terminal each time, and pipelining changes how the
+#: commands are sent, not what is measured: neither makes a measurement out of date.
+VARYING_MEASURE_SETTINGS = ("port", "pipeline")
 
 
 @dataclass
@@ -48,6 +48,9 @@ class MeasureSettings:
     windows: int = 5
     min_window_s: float = 10.0
     samples: int | None = 100
+    #: Accuracy mode sends each image's commands at once (``hwq measure --pipeline``); None: when emulated (the
+    #: emulator buffers its input), not on a real port (a board's UART may not).
+    pipeline: bool | None = None
 
     def __post_init__(self) -> None:
         from hwq.harness.measure import MODES
@@ -62,8 +65,10 @@ class MeasureSettings:
         """One :class:`~hwq.harness.measure.MeasureConfig` per mode (each checks its own ranges)."""
         from hwq.harness.measure import MeasureConfig
 
+        pipeline = self.emulate if self.pipeline is None else self.pipeline
         return [MeasureConfig(port=port, mode=mode, out_dir=out_dir, build_dir=build_dir, windows=self.windows,
-                              min_window_s=self.min_window_s, samples=self.samples) for mode in self.modes]
+                              min_window_s=self.min_window_s, samples=self.samples, pipeline=pipeline)
+                for mode in self.modes]
 
 
 @dataclass

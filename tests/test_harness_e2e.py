@@ -77,6 +77,47 @@ def test_garbled_bytes_recovered(build_model, digits_tfc_build, tmp_path):
     assert report["recoveries"], "the injected noise should have needed at least one retry"
 
 
+@pytest.mark.parametrize("faults", [FaultConfig(), FaultConfig(garble_rate=0.0015, seed=3),
+                                    FaultConfig(reset_at_command=13)], ids=["clean", "garbled", "reset"])
+def test_pipelined_accuracy_equals_one_command_at_a_time(build_model, digits_tfc_build, tmp_path, faults):
+    """``--pipeline``: each image's commands sent at once; the same classes as one command at a time, and a
+    garbled reply or a reboot in the middle of a pipelined exchange is recovered (the image is redone)."""
+    reports = {}
+    for pipeline in (False, True):
+        with Emulator(build_model, faults=faults) as emu:
+            reports[pipeline] = run_measure(MeasureConfig(
+                port=emu.port, mode="accuracy", build_dir=str(digits_tfc_build), out_dir=str(tmp_path / str(pipeline)),
+                samples=12, timeout_s=0.3, pipeline=pipeline))
+    for report in reports.values():
+        assert report["status"] == "done" and report["summary"]["agreement"] == 1.0
+    assert reports[True]["summary"] == reports[False]["summary"]
+    transcript = (tmp_path / "True" / "transcript.log").read_text()
+    assert "db load 64%db " in transcript and "%infer 1 0%" in transcript      # one write per image
+    if faults.garble_rate or faults.reset_at_command:
+        assert any("pipelined" in r for r in reports[True]["recoveries"]), reports[True]["recoveries"]
+
+
+@pytest.mark.parametrize("realtime", [False, True])
+def test_realtime_window_lasts_its_device_time_on_the_wall(build_model, realtime):
+    """``--realtime``: the reply to ``infer N`` comes when the window's device time has passed (a host timing the
+    loop with its own clock accepts it); the timestamps are the same as without pacing, and the wall time spent
+    waiting is not counted again as idle time afterwards."""
+    device_s = 0.4
+    n = int(device_s * build_model.estimated_fps)
+    with Emulator(build_model, realtime=realtime) as emu, Device.open(emu.port, timeout_s=2.0) as dut:
+        dut.load(bytes(build_model.input_bytes))
+        started = time.monotonic()
+        window = dut.infer(n, 0)
+        wall = time.monotonic() - started
+        after_us = dut.timestamp()
+    assert abs(window.elapsed_us / 1e6 - device_s) < 1e-3
+    if realtime:
+        assert device_s <= wall < device_s + 1.0
+    else:
+        assert wall < device_s / 2
+    assert 0 <= after_us - window.t1_us < 0.3e6          # the timer went on by the command's own time only
+
+
 def test_reset_mid_run_recovered(build_model, digits_tfc_build, tmp_path):
     with Emulator(build_model, faults=FaultConfig(reset_at_command=16)) as emu:
         report = run_measure(MeasureConfig(port=emu.port, mode="performance", build_dir=str(digits_tfc_build),

@@ -184,3 +184,25 @@ def test_unsupported_conv_settings_name_the_node(op, attrs, message):
                             backend="fpgadataflow", **attrs)
     with pytest.raises(UnsupportedLayerError, match=message):
         (pool_layer if op == "Pool" else sliding_window_layer)(node)
+
+
+@pytest.mark.parametrize("mw,mh", [(1, 1), (7, 3), (784, 256), (3000, 5)])
+def test_xnor_popcount_matrix_form_counts_what_the_comparison_counts(mw, mh):
+    """The matrix-product form (MW - sum x - sum w + 2 x@w) gives the comparison's integers, on bits of any size."""
+    rng = np.random.default_rng(mw)
+    x, w = rng.integers(0, 2, (9, mw)), rng.integers(0, 2, (mw, mh))
+    expected = (x[:, :, None] == w[None, :, :]).sum(axis=1)
+    got = reference.xnor_popcount(x, w)
+    assert got.dtype == np.int64 and np.array_equal(got, expected)
+    # values other than bits are still compared, not multiplied
+    assert np.array_equal(reference.xnor_popcount(x + 1, w + 1), expected)
+
+
+@pytest.mark.parametrize("magnitude", [3, 2 ** 10, 2 ** 20, 2 ** 26])
+def test_exact_int_matmul_is_exact_on_both_sides_of_the_float_limits(magnitude):
+    """float32 below 2**24, float64 below 2**53, NumPy's integer product above: always the integer product."""
+    rng = np.random.default_rng(magnitude)
+    a = rng.integers(-magnitude, magnitude + 1, (5, 300))
+    b = rng.integers(-magnitude, magnitude + 1, (300, 4))
+    exact = np.array([[sum(int(p) * int(q) for p, q in zip(row, col)) for col in b.T] for row in a])
+    assert np.array_equal(reference.exact_int_matmul(a, b), exact)

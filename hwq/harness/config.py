@@ -58,6 +58,8 @@ class MeasureConfig:
     input_bytes: int | None = None          # performance without a build: size of the (zero) input
     timeout_s: float = 5.0                  # per reply (infer: 30 s or 3x the expected window, the larger)
     resets_allowed: int = 3                 # device reboots tolerated per run
+    pipeline: bool = False                  # accuracy: send an image's db and infer commands at once (a device
+                                            # that buffers them: hwq emulate, the PYNQ agent), not one by one
     power: str = "rails"                    # energy: rails (the board's m-power- extension) or lpm01a (monitor)
     power_port: str | None = None           # energy with lpm01a: the monitor's serial port
     power_baud: int = 3_686_400             # the LPM01A's VCP rate, as MLPerf Tiny's runner uses
@@ -87,7 +89,8 @@ class MeasureConfig:
         check_choice(flag("power"), self.power, POWER_SOURCES)
         check_choice(flag("power_freq"), self.power_freq, LPM_FREQS_HZ)
         check_number(flag("power_voltage_v"), self.power_voltage_v, *LPM_VOLTAGE_RANGE_V, unit="volts")
-        if not isinstance(self.force, bool):
-            raise ConfigError(f"{flag('force')} {self.force!r}: expected true or false")
+        for name in ("force", "pipeline"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{flag(name)} {getattr(self, name)!r}: expected true or false")
         if self.mode == "energy" and self.power == "lpm01a" and not self.power_port:
             raise ConfigError("--mode energy with the lpm01a monitor: give --power-port PORT")

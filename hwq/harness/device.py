@@ -19,6 +19,7 @@ from hwq.harness import protocol as P
 from hwq.harness.errors import DeviceError, DeviceResetError, DeviceTimeout, ProtocolError
 from hwq.harness.transcript import Transcript
 from hwq.harness.transport import DEFAULT_TIMEOUT_S, SerialTransport
+from hwq.wire import frame_command
 
 T = TypeVar("T")
 #: The reference host allows 30 s for ``infer``; a window is sized to last about 10 s of device time.
@@ -100,20 +101,62 @@ class Device:
         raise AssertionError("unreachable")
 
     def _load_once(self, data: bytes, chunk: int) -> P.LoadProgress:
-        start = P.parse_load(self.link.command(f"db load {len(data)}"))
-        if start.expecting != len(data):
-            raise ProtocolError(f"{self.link.port}: 'db load {len(data)}' answered expecting {start.expecting}")
-        progress = start
-        for i, cmd in enumerate(P.hex_chunks(data, chunk)):
-            progress = P.parse_load(self.link.command(cmd))
-            last = i == (len(data) - 1) // chunk
-            if progress.done != last:
-                raise ProtocolError(f"{self.link.port}: m-load-done {'missing' if last else 'early'} "
-                                    f"after {min(len(data), (i + 1) * chunk)} of {len(data)} bytes")
+        progress = None
+        for i, cmd in enumerate(_load_commands(data, chunk)):
+            progress = self._check_load_reply(data, chunk, i, self.link.command(cmd))
+        return progress
+
+    def _check_load_reply(self, data: bytes, chunk: int, i: int, reply: list[str]) -> P.LoadProgress:
+        """Reply ``i`` of an upload: ``db load N`` (i = 0) answers expecting N; each ``db <hex>`` chunk answers
+        ``m-load-done`` after the last chunk only."""
+        progress = P.parse_load(reply)
+        if i == 0:
+            if progress.expecting != len(data):
+                raise ProtocolError(f"{self.link.port}: 'db load {len(data)}' answered expecting "
+                                    f"{progress.expecting}")
+            return progress
+        last = i - 1 == (len(data) - 1) // chunk
+        if progress.done != last:
+            raise ProtocolError(f"{self.link.port}: m-load-done {'missing' if last else 'early'} "
+                                f"after {min(len(data), i * chunk)} of {len(data)} bytes")
         return P.LoadProgress(len(data), progress.done)
+
+    def load_and_infer(self, data: bytes, n: int = 1, warmup: int = 0, chunk: int = P.DB_CHUNK_BYTES,
+                       timeout_s: float = INFER_TIMEOUT_S) -> P.InferResult:
+        """:meth:`load` then :meth:`infer`, pipelined: every command is sent at once and the replies are read after,
+        in order, each checked as :meth:`load` and :meth:`infer` check them. One round trip instead of one per
+        command, for a device whose input buffer holds them all (``hwq emulate``, the PYNQ agent; a
+        microcontroller's UART may drop what arrives while it is busy). A fault re-synchronises and repeats the
+        exchange command by command (``load``, ``infer``, with their retries); a reboot raises
+        :class:`DeviceResetError` as they do."""
+        if n < 1 or warmup < 0:
+            raise ProtocolError(f"infer {n} {warmup}: need n >= 1 and warmup >= 0")
+        commands = _load_commands(data, chunk) + [f"infer {n} {warmup}"]
+        try:
+            self.link.write(b"".join(frame_command(cmd) for cmd in commands))
+            replies = [self.link.read_reply(timeout_s if cmd.startswith("infer") else None, cmd)
+                       for cmd in commands]
+            for i, reply in enumerate(replies[:-1]):
+                self._check_load_reply(data, chunk, i, reply)
+            self.last_reply = replies[-1]
+            return P.parse_infer(replies[-1], n, warmup)
+        except DeviceResetError as err:
+            self.recoveries.append(f"pipelined load + infer: {err}")
+            self.link.resync()
+            raise
+        except (DeviceTimeout, ProtocolError, DeviceError) as err:
+            self.recoveries.append(f"pipelined load + infer: {err} (repeated command by command)")
+            self.link.resync()
+        self.load(data, chunk)
+        return self.infer(n, warmup, timeout_s)
 
     def infer(self, n: int, warmup: int = 0, timeout_s: float = INFER_TIMEOUT_S) -> P.InferResult:
         """Run ``warmup`` untimed and ``n`` timed inferences on the loaded input."""
         if n < 1 or warmup < 0:
             raise ProtocolError(f"infer {n} {warmup}: need n >= 1 and warmup >= 0")
         return self._exchange(f"infer {n} {warmup}", lambda lines: P.parse_infer(lines, n, warmup), timeout_s)
+
+
+def _load_commands(data: bytes, chunk: int) -> list[str]:
+    """``db load N`` and the ``db <hex>`` commands of ``data`` in ``chunk``-byte pieces."""
+    return [f"db load {len(data)}"] + P.hex_chunks(data, chunk)

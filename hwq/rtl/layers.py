@@ -20,6 +20,7 @@ the optional ``buffer_elems`` the FIFO sizing uses, are described in :mod:`hwq.r
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,11 +211,16 @@ class MVAULayer:
         hi = np.maximum(w * self.in_type.lo, w * self.in_type.hi).sum(axis=0)
         return int(lo.min()), int(hi.max())
 
+    @functools.cached_property
+    def const_weights(self) -> reference.ConstMatrix:
+        """The weights checked and prepared once, for :meth:`run` (the layer is immutable)."""
+        return reference.ConstMatrix(self.weights, f"{self.name} weights")
+
     def run(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x).reshape(-1, self.mw)
         if self.in_type.bipolar:  # the stream's bits stand for -1/+1
             x = 2 * x - 1
-        out = reference.mvau(x, self.weights, self.thresholds, xnor=self.xnor, act_val=self.act_val,
+        out = reference.mvau(x, self.const_weights, self.thresholds, xnor=self.xnor, act_val=self.act_val,
                              adder=self.adder, planes=self.planes, plane_basis=self.plane_basis)
         return out.reshape(-1, self.out_elems)
 

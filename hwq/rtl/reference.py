@@ -40,22 +40,105 @@ from hwq.errors import VerificationError
 
 
 def _ints(a, what: str) -> np.ndarray:
+    if isinstance(a, ConstMatrix):
+        return a.ints
     arr = np.asarray(a)
+    if arr.dtype.kind in "iub":         # already integers: nothing to check
+        return arr.astype(np.int64, copy=False)
     as_int = np.rint(arr).astype(np.int64)
     if not np.array_equal(as_int, arr):
         raise VerificationError(f"{what}: expected integer values")
     return as_int
 
 
+def _is_bits(a: np.ndarray) -> bool:
+    return a.size == 0 or (int(a.min()) >= 0 and int(a.max()) <= 1)
+
+
+#: Largest integer magnitude below which float32 (2**24) and float64 (2**53) represent every integer exactly.
+_EXACT_FLOAT = ((np.float32, 2 ** 24), (np.float64, 2 ** 53))
+
+
+class ConstMatrix:
+    """A constant integer matrix (a layer's weights), checked and prepared once rather than on every call: its
+    int64 values, whether they are bits, its column sums, its largest magnitude and its floating-point copies.
+    Every function here that takes weights takes one of these as well as an array.
+
+    >>> w = ConstMatrix(np.array([[1, 0], [1, 1]]), "weights"); w.bits, w.col_sums.tolist(), w.max_abs
+    (True, [2, 1], 1)
+    """
+
+    def __init__(self, values, what: str = "weights") -> None:
+        self.ints = _ints(values, what)
+        self.bits = _is_bits(self.ints)
+        self.col_sums = self.ints.sum(axis=0)
+        self.max_abs = int(np.abs(self.ints).max()) if self.ints.size else 0
+        self._floats: dict = {}
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.ints.shape
+
+    def xnor_stack(self) -> np.ndarray:
+        """``[w; 1 - w]`` in float32, for :func:`xnor_popcount`."""
+        if "xnor" not in self._floats:
+            self._floats["xnor"] = np.concatenate([self.ints, 1 - self.ints]).astype(np.float32)
+        return self._floats["xnor"]
+
+    def as_float(self, dtype) -> np.ndarray:
+        if dtype not in self._floats:
+            self._floats[dtype] = self.ints.astype(dtype)
+        return self._floats[dtype]
+
+
+def const_matrix(values, what: str = "weights") -> ConstMatrix:
+    """``values`` as a :class:`ConstMatrix` (one already is returned as it is)."""
+    return values if isinstance(values, ConstMatrix) else ConstMatrix(values, what)
+
+
+def exact_int_matmul(a: np.ndarray, b) -> np.ndarray:
+    """``a @ b`` of integer matrices (``b`` an array or a :class:`ConstMatrix`), computed by BLAS in floating point
+    where that is exact, else by NumPy's integer product (no BLAS, many times slower).
+
+    Exact because every product and every partial sum is an integer below ``max|a| * max|b| * K``: when that bound
+    is below 2**24 (float32) or 2**53 (float64), every intermediate is representable, so the result is the same
+    integer whatever order or thread count the BLAS sums in (no machine-dependent rounding).
+
+    >>> exact_int_matmul(np.array([[3, -1]]), np.array([[2], [5]]))
+    array([[1]])
+    >>> exact_int_matmul(np.array([[2 ** 40]]), np.array([[2 ** 20]]))      # past 2**53: NumPy's integer product
+    array([[1152921504606846976]])
+    """
+    b = const_matrix(b)
+    if a.size == 0 or b.ints.size == 0:
+        return np.zeros((a.shape[0], b.shape[1]), dtype=np.int64)
+    bound = int(np.abs(a).max()) * b.max_abs * a.shape[1]
+    for dtype, limit in _EXACT_FLOAT:
+        if bound < limit:
+            return (a.astype(dtype) @ b.as_float(dtype)).astype(np.int64)
+    return a @ b.ints
+
+
 def xnor_popcount(x, w) -> np.ndarray:
-    """Binary MVAU (``binaryXnorMode``): ``out[n, j] = #{i : x[n, i] == w[i, j]}`` for bits x (N, MW), w (MW, MH)."""
-    x, w = _ints(x, "xnor input"), _ints(w, "xnor weights")
-    return (x[:, :, None] == w[None, :, :]).sum(axis=1).astype(np.int64)
+    """Binary MVAU (``binaryXnorMode``): ``out[n, j] = #{i : x[n, i] == w[i, j]}`` for bits x (N, MW), w (MW, MH).
+
+    For bits, ``[x == w] = x w + (1 - x)(1 - w)``, so the count is the product of ``[x, 1 - x]`` (N, 2 MW) with
+    ``[w; 1 - w]`` (2 MW, MH): one matrix product instead of an (N, MW, MH) comparison, the same integers (values
+    other than bits take the comparison).
+    """
+    x, w = _ints(x, "xnor input"), const_matrix(w, "xnor weights")
+    if not (w.bits and _is_bits(x)):
+        return (x[:, :, None] == w.ints[None, :, :]).sum(axis=1).astype(np.int64)
+    # one product of [x, 1 - x] with [w; 1 - w]: 0/1 terms summing to at most MW, exact in float32 below 2**24
+    if x.shape[1] >= _EXACT_FLOAT[0][1]:
+        return x.shape[1] - x.sum(axis=1)[:, None] - w.col_sums[None, :] + 2 * exact_int_matmul(x, w)
+    stacked = np.concatenate([x, 1 - x], axis=1).astype(np.float32)
+    return (stacked @ w.xnor_stack()).astype(np.int64)
 
 
 def matmul(x, w) -> np.ndarray:
     """Quantized MVAU: the integer product ``x @ w`` for x (N, MW), w (MW, MH)."""
-    return _ints(x, "MVAU input") @ _ints(w, "MVAU weights")
+    return exact_int_matmul(_ints(x, "MVAU input"), const_matrix(w, "MVAU weights"))
 
 
 def weight_planes(x, planes, basis) -> np.ndarray:
@@ -70,7 +153,7 @@ def weight_planes(x, planes, basis) -> np.ndarray:
     x = _ints(x, "MVAU input")
     signs = 2 * _ints(planes, "weight planes") - 1
     basis = _ints(basis, "plane basis")
-    return sum(basis[:, k] * (x @ signs[k]) for k in range(len(signs)))
+    return sum(basis[:, k] * exact_int_matmul(x, signs[k]) for k in range(len(signs)))
 
 
 def adder_distance(x, w) -> np.ndarray:
@@ -86,7 +169,10 @@ def integer_thresholds(thr) -> np.ndarray:
     >>> integer_thresholds(np.array([[0.5, 2.0]]))
     array([[1, 2]])
     """
-    return np.ceil(np.asarray(thr, dtype=np.float64)).astype(np.int64)
+    thr = np.asarray(thr)
+    if thr.dtype.kind in "iu":
+        return thr.astype(np.int64, copy=False)
+    return np.ceil(thr.astype(np.float64)).astype(np.int64)
 
 
 def thresholds(acc, thr, act_val: int = 0) -> np.ndarray:
