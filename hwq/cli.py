@@ -539,6 +539,10 @@ def _add_emulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reset-at", dest="reset_at_command", type=int, default=0,
                    help="fault: reboot on the Nth command, >= 0 (default: %(default)s, never)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random faults, >= 0 (default: %(default)s)")
+    p.add_argument("--rtl", action="store_true",
+                   help="the accelerator is the open build's generated Verilog, compiled by Verilator and run cycle "
+                        "by cycle: classes and timestamps come from the circuit (default: the HW graph, timed by "
+                        "the build's cycle counts)")
     p.add_argument("--realtime", action="store_true",
                    help="answer each 'infer' when its device time has passed on the wall clock, as a real board "
                         "does (default: as soon as it is computed; the timestamps are the same either way)")
@@ -553,7 +557,7 @@ def _emulate(args: argparse.Namespace) -> int:
     faults = FaultConfig(drop_rate=args.drop_rate, garble_rate=args.garble_rate, reply_delay_s=args.reply_delay_s,
                          reset_at_command=args.reset_at_command, seed=args.seed)
     emu = Emulator.from_build_dir(args.build_dir, force=args.force, name=args.name, faults=faults,
-                                  realtime=args.realtime)
+                                  realtime=args.realtime, rtl=args.rtl)
     print(emu.port, flush=True)
     if emu.forced_problems:
         print(f"warning: emulating {args.build_dir} although it did not pass ({'; '.join(emu.forced_problems)}), "

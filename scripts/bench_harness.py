@@ -108,6 +108,24 @@ def _session_costs(model: BuildModel, inputs: list[bytes]) -> dict:
             None if cached is None else cached * 1e6}
 
 
+def _rtl_board(build: str, samples: int) -> dict:
+    """The RTL board (``hwq emulate --rtl``) of ``build``: the seconds to start it (Verilator compile, unless
+    cached), accuracy mode's rate against it (pipelined) and performance mode's measured / estimated."""
+    model = BuildModel.from_build_dir(build)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, Emulator(model, rtl=True) as emulator:
+        start_s = time.perf_counter() - started
+        rate = _accuracy_rate(emulator.port, build, samples, True)
+        perf = run_measure(MeasureConfig(port=emulator.port, mode="performance", out_dir=tmp, build_dir=build,
+                                         min_window_s=1.0))
+        simulated, origin = emulator.accelerator.simulated, emulator.accelerator.origin
+    s = perf["summary"]
+    return {"build": build, "circuit": origin, "start_seconds": round(start_s, 2), "accuracy_mode": rate,
+            "measured_median_per_s": s["throughput_median_per_s"], "estimated_fps_per_s": s["estimated_fps_per_s"],
+            "measured_over_estimated": s["measured_over_estimated"], "latency_median_us": s["latency_median_us"],
+            "estimated_latency_us": s["estimated_latency_us"], "inferences_simulated": simulated}
+
+
 def standard_onnx(path: Path) -> bytes:
     """The exported QONNX model as standard ONNX for onnxruntime: each BipolarQuant of a constant folded into the
     constant, each other one written ``Where(x >= 0, scale, -scale)``, Quant nodes as QuantizeLinear /
@@ -190,6 +208,8 @@ def main() -> None:
     parser.add_argument("--build", default="runs/demo-digits-tfc-w1a1/build-pynq-z2")
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--samples", type=int, default=360, help="images for the accuracy-mode inference rate")
+    parser.add_argument("--rtl-build", dest="rtl_builds", action="append", default=[],
+                        help="also measure the RTL board (hwq emulate --rtl) of this build (repeatable)")
     parser.add_argument("--qonnx-images", dest="qonnx_images", type=int, default=50,
                         help="images for qonnx's (slow) execution of the HW graph")
     parser.add_argument("--results", default="benchmarks/harness.json")
@@ -209,11 +229,13 @@ def main() -> None:
     _, images, _ = load_test_set(MeasureConfig(port="-", build_dir=args.build), model, samples=args.samples)
     session = _session_costs(model, [model.to_device_bytes(im) for im in images[:64]])
     reference = _reference_speed(model, args.build, images, args.qonnx_images)
+    rtl = [_rtl_board(build, args.samples) for build in args.rtl_builds]
     s = perf["summary"]
     result = {
         "benchmark": "harness against the emulated board (real pty, pyserial)",
         "command": f"python scripts/bench_harness.py --build {args.build} --repeats {args.repeats} "
-                   f"--samples {args.samples} --qonnx-images {args.qonnx_images}",
+                   f"--samples {args.samples} --qonnx-images {args.qonnx_images}"
+                   + "".join(f" --rtl-build {b}" for b in args.rtl_builds),
         "build": args.build,
         "timing": {"estimated_fps_per_s": s["estimated_fps_per_s"],
                    "measured_median_per_s": s["throughput_median_per_s"],
@@ -230,6 +252,7 @@ def main() -> None:
         "accuracy_mode_rate": {"emulator_in_this_process": in_process, "emulator_in_its_own_process": own_process},
         "emulator_session_costs": session,
         "functional_model": reference,
+        "rtl_board": rtl,
         "machine": {"cpu_count": os.cpu_count(), "load_average": os.getloadavg()},
     }
     write_json(args.results, result)
@@ -250,6 +273,10 @@ def main() -> None:
           f"{f['onnxruntime_exported_model']['batched_per_image_us']:.2f}; classes agree numpy-qonnx "
           f"{f['classes_agree_numpy_qonnx']:.3f}, numpy-onnxruntime {f['classes_agree_numpy_onnxruntime']:.3f} "
           f"-> {args.results}")
+    for row in rtl:
+        print(f"RTL board {row['build']} ({row['circuit']}): started in {row['start_seconds']} s, accuracy mode "
+              f"{row['accuracy_mode']['images_per_s']:,.0f} images/s, measured/estimated "
+              f"{row['measured_over_estimated']:.4f}")
 
 
 if __name__ == "__main__":

@@ -94,6 +94,20 @@ RTL_UP5K_FOLDING = {**RTL_SMALL_FOLDING, **{f"MVAU_hls_{i}": {**RTL_SMALL_FOLDIN
 RTL_UP5K_CYCLES = 256
 
 
+def unsynthesised_open_build(run_dir, out, board: str, folding: dict):
+    """``run_dir``'s open build for ``board`` at ``folding`` into ``out``, generated and simulated (cocotb, 5 test
+    images) but not synthesised: its accelerator section holds the bench's cycles at the board clock."""
+    import json
+
+    from hwq.rtl.build import OpenBuildConfig, run_open_build
+
+    folding_file = out.parent / f"{out.name}_folding.json"
+    folding_file.write_text(json.dumps(folding))
+    run_open_build(run_dir, OpenBuildConfig(board=board, folding_file=str(folding_file), out_dir=str(out),
+                                            verify_samples=5, synthesise=False))
+    return out
+
+
 @pytest.fixture(scope="session")
 def open_build_tfc_up5k(exported_tfc_w1a1, tmp_path_factory):
     """``hwq build --backend open --board icebreaker`` of ``exported_tfc_w1a1`` with ``RTL_UP5K_FOLDING``

@@ -30,7 +30,7 @@ from hwq.device.clock import VirtualClock
 from hwq.errors import HwqError
 from hwq.harness.measure import MeasureConfig, run_measure
 from hwq.power_model import PowerModel
-from tests.conftest import RTL_UP5K_CYCLES, RTL_UP5K_FOLDING
+from tests.conftest import RTL_UP5K_CYCLES, RTL_UP5K_FOLDING, unsynthesised_open_build
 
 
 def _manifest(build: Path) -> dict:
@@ -45,14 +45,8 @@ def _bound(fill: float, ii: float, window: dict) -> float:
 @pytest.fixture(scope="module")
 def unsynthesised_open_build(exported_tfc_w1a1, tmp_path_factory):
     """The UP5K open build of ``open_build_tfc_up5k`` with ``synthesise: false`` (generated and simulated only)."""
-    from hwq.rtl.build import OpenBuildConfig, run_open_build
-
-    out = tmp_path_factory.mktemp("builds") / "build-icebreaker-unsynthesised"
-    folding = out.parent / "up5k_folding.json"
-    folding.write_text(json.dumps(RTL_UP5K_FOLDING))
-    run_open_build(exported_tfc_w1a1, OpenBuildConfig(board="icebreaker", folding_file=str(folding), out_dir=str(out),
-                                                      verify_samples=5, synthesise=False))
-    return out
+    return unsynthesised_open_build(exported_tfc_w1a1, tmp_path_factory.mktemp("builds") /
+                                    "build-icebreaker-unsynthesised", "icebreaker", RTL_UP5K_FOLDING)
 
 
 # --- what each backend writes --------------------------------------------------------------------------------------

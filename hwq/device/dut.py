@@ -43,6 +43,7 @@ class Window:
     t1_us: int
     scores: list[float]
     rails_mw: dict[str, float] | None = None
+    extra: list[str] | None = None      # extension lines after the results (the RTL board's ``m-rtl-[...]``)
 
 
 class Accelerator(Protocol):
@@ -143,7 +144,8 @@ class DutSession:
         self._results = list(window.scores)
         power = [] if window.rails_mw is None else [format_rails_line("window", window.rails_mw)]
         return [f"m-warmup-start-{w}", "m-warmup-done", f"m-infer-start-{n}", f"m-lap-us-{window.t0_us}",
-                f"m-lap-us-{window.t1_us}", "m-infer-done", format_results(self._results)] + power
+                f"m-lap-us-{window.t1_us}", "m-infer-done", format_results(self._results)] + power + \
+            list(window.extra or [])
 
     def _results_cmd(self, args) -> list[str]:
         return [format_results(self._results)]

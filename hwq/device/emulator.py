@@ -145,11 +145,16 @@ class Emulator:
     """Serve the protocol for one build on a fresh pty; :meth:`start` runs it in a thread, :meth:`serve` here."""
 
     def __init__(self, model: BuildModel, name: str = "hwq-emulator", faults: FaultConfig = FaultConfig(),
-                 realtime: bool = False) -> None:
+                 realtime: bool = False, rtl: bool = False) -> None:
         check_device_name(name)
         self.model, self.dut_name, self.faults = model, name, faults
         self._stop = threading.Event()
-        self.accelerator = EmulatedAccelerator(model, realtime, wait=self._stop.wait)
+        if rtl:     # the generated circuit itself (hwq.device.rtl_board), else the HW graph on the build's cycles
+            from hwq.device.rtl_board import rtl_accelerator
+
+            self.accelerator: EmulatedAccelerator = rtl_accelerator(model, realtime, wait=self._stop.wait)
+        else:
+            self.accelerator = EmulatedAccelerator(model, realtime, wait=self._stop.wait)
         self.session = DutSession(self.accelerator, name)
         self._lock = threading.RLock()
         self._rng = random.Random(faults.seed)
@@ -163,7 +168,7 @@ class Emulator:
     def from_build_dir(cls, build_dir: str, force: bool = False, **settings) -> Emulator:
         """An emulator of the build in ``build_dir``; a build whose manifest is not done or whose gates failed is
         refused (one-line HwqError naming the manifest) unless ``force``. ``settings``: ``name``, ``faults``,
-        ``realtime``."""
+        ``realtime``, ``rtl``."""
         from hwq.build_check import check_build
 
         if "name" in settings:
@@ -204,6 +209,8 @@ class Emulator:
         if self._thread:
             self._thread.join(timeout=5)
         close_quietly(self._master, self._slave)
+        if hasattr(self.accelerator, "cycle_model"):      # the RTL board's Verilator process
+            self.accelerator.cycle_model.close()
 
     def __enter__(self) -> Emulator:
         return self.start()
