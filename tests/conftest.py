@@ -94,7 +94,7 @@ RTL_UP5K_FOLDING = {**RTL_SMALL_FOLDING, **{f"MVAU_hls_{i}": {**RTL_SMALL_FOLDIN
 RTL_UP5K_CYCLES = 256
 
 
-def unsynthesised_open_build(run_dir, out, board: str, folding: dict):
+def make_unsynthesised_open_build(run_dir, out, board: str, folding: dict):
     """``run_dir``'s open build for ``board`` at ``folding`` into ``out``, generated and simulated (cocotb, 5 test
     images) but not synthesised: its accelerator section holds the bench's cycles at the board clock."""
     import json

@@ -30,7 +30,7 @@ from hwq.device.clock import VirtualClock
 from hwq.errors import HwqError
 from hwq.harness.measure import MeasureConfig, run_measure
 from hwq.power_model import PowerModel
-from tests.conftest import RTL_UP5K_CYCLES, RTL_UP5K_FOLDING, unsynthesised_open_build
+from tests.conftest import RTL_UP5K_CYCLES, RTL_UP5K_FOLDING, make_unsynthesised_open_build
 
 
 def _manifest(build: Path) -> dict:
@@ -45,7 +45,7 @@ def _bound(fill: float, ii: float, window: dict) -> float:
 @pytest.fixture(scope="module")
 def unsynthesised_open_build(exported_tfc_w1a1, tmp_path_factory):
     """The UP5K open build of ``open_build_tfc_up5k`` with ``synthesise: false`` (generated and simulated only)."""
-    return unsynthesised_open_build(exported_tfc_w1a1, tmp_path_factory.mktemp("builds") /
+    return make_unsynthesised_open_build(exported_tfc_w1a1, tmp_path_factory.mktemp("builds") /
                                     "build-icebreaker-unsynthesised", "icebreaker", RTL_UP5K_FOLDING)
 
 

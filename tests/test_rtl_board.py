@@ -16,14 +16,14 @@ from hwq.harness import Device
 from hwq.harness.errors import DeviceError
 from hwq.harness.measure import MeasureConfig, run_measure
 from hwq.rtl.cycle_model import CycleModel, DesignHang
-from tests.conftest import RTL_SMALL_FOLDING, unsynthesised_open_build
+from tests.conftest import RTL_SMALL_FOLDING, make_unsynthesised_open_build
 
 
 @pytest.fixture(scope="module")
 def open_build(exported_tfc_w1a1, tmp_path_factory):
     """An open build of the digits TFC (the small folding: 128 cycles per image), generated and simulated by cocotb,
     not synthesised: its accelerator section holds the cocotb bench's cycles at the board clock."""
-    return unsynthesised_open_build(exported_tfc_w1a1, tmp_path_factory.mktemp("builds") / "build-ulx3s",
+    return make_unsynthesised_open_build(exported_tfc_w1a1, tmp_path_factory.mktemp("builds") / "build-ulx3s",
                                     "ulx3s-85f", RTL_SMALL_FOLDING)
 
 
