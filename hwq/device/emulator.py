@@ -29,6 +29,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 
 from hwq.accelerator_model import BuildModel
 from hwq.checks import check_int, check_number
@@ -121,24 +122,33 @@ class EmulatedAccelerator:
 
     def infer(self, data: bytes, n: int, warmup: int) -> Window:
         started = time.monotonic()
-        if data not in self._cache:         # same input, same output: compute once per distinct input
-            if len(self._cache) > 64:
-                self._cache.clear()
-            self._cache[data] = self.model.scores(data)
+        warm_cycles, cycles, scores, extra = self.compute(data, n, warmup)
         begin_s = self.now_s()
-        self._run(self.model.window_cycles(warmup), busy=True)
+        self._run(warm_cycles, busy=True)
         t0 = self.clock.us()
         self.timeline.mark(self.now_s())              # the GPIO edge an external monitor sees
-        self._run(self.model.window_cycles(n), busy=True)
+        self._run(cycles, busy=True)
         t1 = self.clock.us()
         self.timeline.mark(self.now_s())
         if self.realtime:   # reply when a real board would: the warm-ups and the window have passed on the wall
             self._wait(max(0.0, self.now_s() - begin_s - (time.monotonic() - started)))
             self._wall = time.monotonic()   # that wall time is the window's, not idle time to add again
-        return Window(t0, t1, self._cache[data], self.rails_mw(True))
+        return Window(t0, t1, scores, self.rails_mw(True), extra)
+
+    def compute(self, data: bytes, n: int, warmup: int) -> tuple[Fraction, Fraction, list[float], list[str] | None]:
+        """What ``infer n warmup`` on ``data`` does: (cycles of the warm-ups, cycles of the window, the output
+        vector, extension lines for the reply). Here: the HW graph's class, the section's cycle counts."""
+        if data not in self._cache:         # same input, same output: compute once per distinct input
+            if len(self._cache) > 64:
+                self._cache.clear()
+            self._cache[data] = self.model.scores(data)
+        return self.model.window_cycles(warmup), self.model.window_cycles(n), self._cache[data], None
 
     def rails_mw(self, busy: bool = False) -> dict[str, float] | None:
         return self.power.rails_mw(busy) if self.power else None
+
+    def close(self) -> None:
+        """Release what the accelerator holds (nothing here; the RTL board's Verilator process)."""
 
 
 class Emulator:
@@ -209,8 +219,7 @@ class Emulator:
         if self._thread:
             self._thread.join(timeout=5)
         close_quietly(self._master, self._slave)
-        if hasattr(self.accelerator, "cycle_model"):      # the RTL board's Verilator process
-            self.accelerator.cycle_model.close()
+        self.accelerator.close()
 
     def __enter__(self) -> Emulator:
         return self.start()

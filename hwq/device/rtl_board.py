@@ -23,7 +23,7 @@ import numpy as np
 
 from hwq.accelerator import CLASS_INDEX
 from hwq.classes import top_class
-from hwq.device.dut import AcceleratorError, Window
+from hwq.device.dut import AcceleratorError
 from hwq.device.emulator import EmulatedAccelerator
 from hwq.errors import HwqError
 
@@ -67,6 +67,9 @@ class RTLAccelerator(EmulatedAccelerator):
         spec = self.model.accelerator
         return f"hwq RTL board (Verilator) {spec.board} {spec.clock_mhz:g}MHz", spec.model_id
 
+    def close(self) -> None:
+        self.cycle_model.close()
+
     def _ends(self, data: bytes, n: int) -> tuple[list[int], list[int]]:
         """At least min(n, periodic) simulated results for ``data`` (cached per input: the circuit is
         deterministic)."""
@@ -102,10 +105,9 @@ class RTLAccelerator(EmulatedAccelerator):
         q, cycles = period
         return ends[-1] + Fraction(cycles, q) * (n - len(ends)), outputs, len(ends)
 
-    def infer(self, data: bytes, n: int, warmup: int) -> Window:
-        import time
-
-        started = time.monotonic()
+    def compute(self, data: bytes, n: int, warmup: int) -> tuple[Fraction, Fraction, list[float], list[str]]:
+        """The circuit's cycles for the warm-ups and the window (each from an idle circuit), its class, and the
+        ``m-rtl-[...]`` line saying how many inferences were simulated."""
         warm_cycles, _, warm_simulated = self.window(data, warmup)
         cycles, outputs, simulated = self.window(data, n)
         scores = [0.0] * self.model.num_classes
@@ -116,18 +118,8 @@ class RTLAccelerator(EmulatedAccelerator):
         else:
             label = top_class(np.asarray(outputs))
         scores[label] = 1.0
-        begin_s = self.now_s()
-        self._run(warm_cycles, busy=True)
-        t0 = self.clock.us()
-        self.timeline.mark(self.now_s())
-        self._run(cycles, busy=True)
-        t1 = self.clock.us()
-        self.timeline.mark(self.now_s())
-        if self.realtime:
-            self._wait(max(0.0, self.now_s() - begin_s - (time.monotonic() - started)))
-            self._wall = time.monotonic()
         note = f"m-rtl-[simulated {simulated} of {n} timed, {warm_simulated} of {warmup} warm-up inferences]"
-        return Window(t0, t1, scores, self.rails_mw(True), extra=[note])
+        return warm_cycles, cycles, scores, [note]
 
 
 #: The step of a FINN build whose checkpoint is the folded graph the open backend reads (as its own build does).
