@@ -16,7 +16,10 @@ build, with its bipolar quantizers written as standard ONNX ops and its Quant no
 DequantizeLinear), per image and batched, on the build's test images, with the classes each gives.
 Writes ``benchmarks/harness.json``.
 
-    .venv/bin/python scripts/bench_harness.py --build runs/demo-digits-tfc-w1a1/build-pynq-z2
+    .venv/bin/python scripts/bench_harness.py --build runs/demo-digits-tfc-w1a1/build-pynq-z2 \
+        [--rtl-build runs/demo-digits-tfc-w1a1/build-open-unsynth --rtl-build runs/demo-digits-tfc-w1a1/build-pynq-z2]
+
+(the open build of the docs' table: ``docs/harness.md``, "Benchmark").
 """
 
 from __future__ import annotations
