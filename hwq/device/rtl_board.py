@@ -16,6 +16,7 @@ the virtual clock, power, pacing, faults) is the emulated board's (:mod:`hwq.dev
 
 from __future__ import annotations
 
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -52,8 +53,8 @@ def periodic_cycles(ends: list[int]) -> tuple[int, int] | None:
 class RTLAccelerator(EmulatedAccelerator):
     """The emulated board with the circuit as its accelerator (see the module doc)."""
 
-    def __init__(self, model, cycle_model, realtime: bool = False, wait=None) -> None:
-        super().__init__(model, realtime, **({"wait": wait} if wait else {}))
+    def __init__(self, model, cycle_model, realtime: bool = False, wait=time.sleep) -> None:
+        super().__init__(model, realtime, wait)
         self.cycle_model = cycle_model
         design = cycle_model.design
         if design.in_beats * design.in_beat != model.input_bytes:
@@ -163,7 +164,7 @@ def rtl_design(model):
     return design, f"hwq's Verilog generator at the FINN build's folding ({folded})"
 
 
-def rtl_accelerator(model, realtime: bool = False, wait=None) -> RTLAccelerator:
+def rtl_accelerator(model, realtime: bool = False, wait=time.sleep) -> RTLAccelerator:
     """The RTL board of the build ``model`` was read from (:func:`rtl_design`), compiled under ``BUILD/rtl_board``."""
     from hwq.rtl.cycle_model import CycleModel
 

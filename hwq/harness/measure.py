@@ -222,11 +222,14 @@ def _accuracy(dut: Device, run: Run) -> None:
     disagreements = report["disagreements"]
     device_ok = host_ok = agree = done = 0
     state = new_load_state()
-    host: list[int] = []                # the host reference's classes, computed a chunk of images ahead
-    for i, (image, label) in enumerate(zip(images, labels)):
-        data = model.to_device_bytes(image)
-        if i == len(host):
-            host += model.classify_many([model.to_device_bytes(im) for im in images[i:i + HOST_CHUNK]])
+    inputs: list[bytes] = []            # the images as device bytes, a chunk ahead ...
+    host: list[int] = []                # ... and the host reference's classes for them, computed at once
+    for i, label in enumerate(labels):
+        if i == len(inputs):
+            chunk = [model.to_device_bytes(image) for image in images[i:i + HOST_CHUNK]]
+            inputs += chunk
+            host += model.classify_many(chunk)
+        data = inputs[i]
         if config.pipeline:                         # load + infer in one round trip (reloaded after a reboot)
             state["loaded"] = True
             got = reloading(dut, data, config, state, lambda: dut.load_and_infer(data, 1, 0)).results.top1

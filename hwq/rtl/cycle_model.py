@@ -45,11 +45,6 @@ class CycleRun:
     outputs: list[int]
 
 
-def _port_type(bits: int) -> str:
-    return "CData" if bits <= 8 else "SData" if bits <= 16 else "IData" if bits <= 32 else "QData" if bits <= 64 \
-        else "VlWide"
-
-
 def _ports_header(design: Design) -> str:
     """``hwq_ports.h``: the design's beat geometry and how a beat's 32-bit words go into and out of its ports
     (Verilator holds a port of up to 64 bits as an integer, a wider one as an array of 32-bit words)."""
@@ -104,8 +99,9 @@ class CycleModel:
             (work / "hwq_ports.h").write_text(header)
             log = work / "build.log"
             command = [str(_verilator_bin() / "verilator"), "--cc", "--exe", "--build", "-j", "2", "-O3",
-                       "--top-module", design.top, *VERILATOR_WAIVERS, "-CFLAGS", f"-O2 -I{work}", "--Mdir", str(work / "obj"),
-                       "-o", "rtl_board", *(str(Path(f).resolve()) for f in design.files), str(DRIVER)]
+                       "--top-module", design.top, *VERILATOR_WAIVERS, "-CFLAGS", f"-O2 -I{work}",
+                       "--Mdir", str(work / "obj"), "-o", "rtl_board",
+                       *(str(Path(f).resolve()) for f in design.files), str(DRIVER)]
             env = {**os.environ, **_environment("verilator")}
             with open(log, "w") as out:
                 done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=work)
