@@ -24,7 +24,12 @@ A section as written (``to_dict``; digits TFC on the Pynq-Z2)::
      "cycles_per_image": 8, "latency_cycles": 33, "clock_mhz": 100.0, "fps": 12500000.0, "latency_us": 0.33,
      "resources": {"lut": 37553, "ff": null, "bram": 64, "bram_kbit": 18, "dsp": 0, "uram": 0},
      "power_model": {"ps_mw": 1400, ...}, "hw_graph": "intermediate/create_dataflow_partition.onnx",
-     "dataset": {"name": "digits", "data_dir": null}, "source": "FINN analytical estimate"}
+     "dataset": {"name": "digits", "data_dir": null}, "source": "FINN analytical estimate",
+     "sample_input": "sample_input.bin"}
+
+``sample_input`` (optional: builds made before it have none) is the first image the build's gates checked, as the
+accelerator's input bytes: what a performance measurement streams, so that it need not load the dataset (and
+torch) to send one image.
 
 >>> spec = AcceleratorSpec.from_manifest(manifest, "runs/x/build-pynq-z2/manifest.json")    # doctest: +SKIP
 >>> spec.fps, spec.input_bytes                                                              # doctest: +SKIP
@@ -41,6 +46,8 @@ from typing import Any
 from hwq.errors import HwqError
 
 SECTION = "accelerator"
+#: The file (in the build folder) holding :attr:`AcceleratorSpec.sample_input`.
+SAMPLE_INPUT_FILE = "sample_input.bin"
 #: Build steps whose checkpoint is the abstract HW-layer graph (every layer executes in Python, bit-exact with the
 #: hardware), best first: the dataflow partition's, which the bit-exactness gate executes (``verify_bit_exact``'s
 #: checkpoint is the folded model it passes on).
@@ -82,6 +89,8 @@ class AcceleratorSpec:
     #: How the pixels relate to the float input of the model the build was made from (``x = pixels / 255``, ...;
     #: :mod:`hwq.dataflow.input_convention`): what a host must send is always the uint8 pixels themselves.
     input_convention: dict[str, Any] | None = None
+    #: The first image the gates checked, as input bytes (a file relative to the build directory), or None.
+    sample_input: str | None = None
 
     @property
     def input_bytes(self) -> int:
@@ -98,6 +107,18 @@ class AcceleratorSpec:
     def latency_us(self) -> float:
         return self.latency_cycles / self.clock_mhz
 
+    def device_bytes(self, image) -> bytes:
+        """One ``uint8`` image (C, H, W) or flat vector as the accelerator's input bytes (NHWC for images: an NCHW
+        image is transposed)."""
+        import numpy as np
+
+        x = np.asarray(image, dtype=np.uint8)
+        if x.ndim == 3 and self.input_layout == "NHWC" and tuple(self.input_shape[1:]) == x.shape[1:] + x.shape[:1]:
+            x = x.transpose(1, 2, 0)
+        if x.size != self.input_bytes:
+            raise HwqError(f"{self.hw_graph}: input has {x.size} values, the accelerator takes {self.input_bytes}")
+        return np.ascontiguousarray(x).tobytes()
+
     def to_dict(self) -> dict[str, Any]:
         """The section as it goes into ``manifest.json`` (``fps`` and ``latency_us`` derived, for readers)."""
         return {"board": self.board, "model_id": self.model_id,
@@ -107,7 +128,8 @@ class AcceleratorSpec:
                 "cycles_per_image": self.cycles_per_image, "latency_cycles": self.latency_cycles,
                 "clock_mhz": self.clock_mhz, "fps": self.fps, "latency_us": self.latency_us,
                 "resources": dict(self.resources), "power_model": self.power_model, "hw_graph": self.hw_graph,
-                "dataset": {"name": self.dataset, "data_dir": self.data_dir}, "source": self.source}
+                "dataset": {"name": self.dataset, "data_dir": self.data_dir}, "source": self.source,
+                "sample_input": self.sample_input}
 
     @classmethod
     def from_dict(cls, d: Any, where: str = SECTION) -> AcceleratorSpec:
@@ -139,7 +161,9 @@ class AcceleratorSpec:
                    dataset=get("dataset.name", str), source=get("source", str),
                    data_dir=d.get("dataset", {}).get("data_dir"),
                    resources=get("resources", dict), power_model=d.get("power_model"),
-                   input_convention=d["input"].get("convention"))
+                   input_convention=d["input"].get("convention"),
+                   sample_input=get("sample_input", str, lambda v: v and not os.path.isabs(v),
+                                    "a path relative to the build directory") if d.get("sample_input") else None)
         if spec.input_bytes != d["input"].get("bytes", spec.input_bytes):
             raise HwqError(f"{where}: accelerator.input.bytes is {d['input']['bytes']!r}, its shape "
                            f"{list(spec.input_shape)} holds {spec.input_bytes}")
@@ -211,7 +235,21 @@ def open_accelerator(manifest: dict, fold_section: dict | None, fold_dir: str) -
         input_dtype=fold.input_dtype, output_kind=fold.output_kind, num_classes=fold.num_classes,
         cycles_per_image=_whole(sim["cycles_per_image"]), latency_cycles=int(sim["latency_cycles"]),
         clock_mhz=clock, hw_graph=hw_graph, dataset=fold.dataset, data_dir=fold.data_dir, source=source,
-        resources=resources, power_model=board.get("power_model"), input_convention=fold.input_convention).to_dict()
+        resources=resources, power_model=board.get("power_model"), input_convention=fold.input_convention,
+        sample_input=(f"{fold_dir}/{fold.sample_input}" if fold_dir else fold.sample_input)
+        if fold.sample_input else None).to_dict()
+
+
+def with_sample_input(section: dict | None, build_dir: str | Path, image) -> dict | None:
+    """``section`` with its ``sample_input``: ``image`` (the first the gates checked; None: no sample) written to
+    :data:`SAMPLE_INPUT_FILE` in ``build_dir`` as the accelerator's input bytes."""
+    if section is None or image is None:
+        return section
+    from hwq._io import write_atomic
+
+    data = AcceleratorSpec.from_dict(section).device_bytes(image)
+    write_atomic(Path(build_dir) / SAMPLE_INPUT_FILE, lambda path: path.write_bytes(data))
+    return {**section, "sample_input": SAMPLE_INPUT_FILE}
 
 
 def _model_id(manifest: dict) -> str:

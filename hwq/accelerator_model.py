@@ -41,17 +41,18 @@ class BuildModel:
     accelerator: AcceleratorSpec
     manifest: dict                  # the whole manifest as read (for reports); the model uses only ``accelerator``
     onnx_path: Path
-    model: object                   # qonnx ModelWrapper of the HW graph
+    model: object | None            # qonnx ModelWrapper of the HW graph (None until :meth:`load_graph`)
     #: what computes :meth:`classify_many`: ``numpy`` (hwq.rtl.reference, batched) or ``qonnx`` (execute_onnx)
     executor: str = "qonnx"
     executor_note: str = "not read from a build"
     reference_checked: int = 0      # inputs the NumPy reference was compared with qonnx on (up to REFERENCE_CHECKS)
 
     @classmethod
-    def from_build_dir(cls, build_dir: str | Path) -> BuildModel:
-        """Load ``build_dir`` (written by ``hwq build``, either backend); raises HwqError naming what is wrong."""
-        from qonnx.core.modelwrapper import ModelWrapper
+    def from_build_dir(cls, build_dir: str | Path, load_graph: bool = True) -> BuildModel:
+        """Load ``build_dir`` (written by ``hwq build``, either backend); raises HwqError naming what is wrong.
 
+        ``load_graph=False`` reads the section only (what a performance measurement needs: timing and the sample
+        input, without importing FINN); the graph is then loaded by the first call that executes it."""
         build_dir = Path(build_dir)
         where = build_dir / "manifest.json"
         manifest = read_json(where, "build manifest")
@@ -62,6 +63,17 @@ class BuildModel:
         if spec.input_dtype != "uint8":
             raise HwqError(f"{where}: accelerator.input.dtype is {spec.input_dtype!r}; the harness sends uint8 "
                            "pixels only")
+        built = cls(build_dir, spec, manifest, onnx, None)
+        if load_graph:
+            built.load_graph()
+        return built
+
+    def load_graph(self) -> None:
+        """Read the HW graph file (once): qonnx's model of it, checked against the section, and hwq's layers."""
+        if self.model is not None:
+            return
+        from qonnx.core.modelwrapper import ModelWrapper
+
         from hwq.dataflow.finn_compat import import_finn_layers
 
         import_finn_layers()  # FINN's HW layers, executable (finn_compat workaround 8)
@@ -72,14 +84,30 @@ class BuildModel:
         # check_domains: an untrusted graph file, no node may name a module for qonnx to import. The saved HW
         # graph predates the build's datatype correction (finn-plus declares INT7 for a 0..64 popcount): apply
         # it, so the emulated board is the corrected hardware and no tensor exceeds its type.
+        onnx = self.onnx_path
         model = ModelWrapper(check_domains(onnx, source=onnx)).transform(CorrectPopcountDatatypes())
         shape = tuple(int(d) for d in model.get_tensor_shape(model.graph.input[0].name))
-        if shape != spec.input_shape:
+        if shape != self.accelerator.input_shape:
             raise HwqError(f"{onnx}: input shape {list(shape)}, accelerator.input.shape says "
-                           f"{list(spec.input_shape)} (the file changed after the build: rebuild)")
-        built = cls(build_dir, spec, manifest, onnx, model)
-        built._read_reference()
-        return built
+                           f"{list(self.accelerator.input_shape)} (the file changed after the build: rebuild)")
+        self.model = model
+        self._read_reference()
+
+    def sample_input(self) -> bytes | None:
+        """The section's ``sample_input`` (the first image the gates checked, as input bytes), or None where the
+        build has none; a file that is missing or of the wrong size is a one-line HwqError."""
+        name = self.accelerator.sample_input
+        if name is None:
+            return None
+        path = self.build_dir / name
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise HwqError(f"{path}: accelerator.sample_input cannot be read ({err.strerror or err}): rebuild")
+        if len(data) != self.input_bytes:
+            raise HwqError(f"{path}: accelerator.sample_input has {len(data)} bytes, the accelerator takes "
+                           f"{self.input_bytes} (the file changed after the build: rebuild)")
+        return data
 
     def _read_reference(self) -> None:
         """The HW graph as hwq's layers (:mod:`hwq.rtl.layers`), for the NumPy reference; qonnx where it has a
@@ -134,14 +162,7 @@ class BuildModel:
     # --- the function ------------------------------------------------------------------------------------------
     def to_device_bytes(self, image: np.ndarray) -> bytes:
         """One ``uint8`` image (C, H, W) or flat vector as the accelerator's input bytes (NHWC for images)."""
-        x = np.asarray(image, dtype=np.uint8)
-        if x.ndim == 3 and self.accelerator.input_layout == "NHWC" \
-                and tuple(self.in_shape[1:]) == x.shape[1:] + x.shape[:1]:
-            x = x.transpose(1, 2, 0)
-        if x.size != self.input_bytes:
-            raise HwqError(f"{self.onnx_path.name}: input has {x.size} values, the accelerator takes "
-                           f"{self.input_bytes}")
-        return np.ascontiguousarray(x).tobytes()
+        return self.accelerator.device_bytes(image)
 
     def classify(self, data: bytes) -> int:
         """The class the accelerator outputs for one input (accelerator layout); see :meth:`classify_many`."""
@@ -158,6 +179,7 @@ class BuildModel:
         for data in inputs:
             if len(data) != self.input_bytes:
                 raise HwqError(f"{self.onnx_path.name}: got {len(data)} input bytes, expected {self.input_bytes}")
+        self.load_graph()
         if self.executor != "numpy" or not inputs:
             return [self._classify_qonnx(data) for data in inputs]
         from hwq.rtl.graph import run_graph
@@ -182,6 +204,7 @@ class BuildModel:
         rule, so the emulated board, the host reference and every other stage decide a tie alike."""
         from qonnx.core.onnx_exec import execute_onnx
 
+        self.load_graph()
         x = np.frombuffer(data, dtype=np.uint8).astype(np.float32).reshape(self.in_shape)
         name = self.model.graph.input[0].name
         context = execute_onnx(self.model, {name: x}, return_full_exec_context=True)

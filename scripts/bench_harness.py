@@ -9,7 +9,10 @@ includes one bit-exact inference), (3) the wall time to load one input image (``
 (4) the emulated board's real inference rate in accuracy mode: with the emulator in this process (a thread, as
 ``hwq run`` serves it) and in its own process (``hwq emulate``, as a user runs it), each one command at a time
 and pipelined (``--pipeline``), (5) where the emulated board's time per image goes (the protocol session with no
-pty: the commands of one image, with and without computing its class), and (6) the functional model's speed: the
+pty: the commands of one image, with and without computing its class), (6) performance mode's start-up in its own
+process (launch to the first input byte sent, and the whole command), with the build's sample input and without
+it (the test set loaded for one image), (7) with ``--test-set-build``, accuracy mode over a build's whole test
+split on the graph board and on the RTL board, each end in its own process, and (8) the functional model's speed: the
 NumPy reference of the build's HW graph (:class:`hwq.accelerator_model.BuildModel`, executor ``numpy``) against
 qonnx's execution of the same graph and against onnxruntime on the exported model (``model.onnx`` beside the
 build, with its bipolar quantizers written as standard ONNX ops and its Quant nodes as QuantizeLinear /
@@ -79,6 +82,68 @@ def _own_process_rates(build: str, samples: int) -> dict:
     finally:
         emulator.terminate()
         emulator.wait()
+
+
+def _startup_once(port: str, build: str, tmp: str) -> dict:
+    """``hwq measure --mode performance`` in its own process: seconds from its launch to the first input byte
+    sent (``db load`` in its transcript: imports, the build's check, the input) and to its exit."""
+    out = tempfile.mkdtemp(dir=tmp)               # a fresh transcript (an existing one is appended to)
+    launched = time.time()
+    subprocess.run([sys.executable, "-m", "hwq", "measure", "--port", port, "--build", build, "--mode", "performance",
+                    "--windows", "1", "--latency-windows", "1", "--out", out], check=True, capture_output=True)
+    ended = time.time()
+    with open(os.path.join(out, "transcript.log"), "rb") as transcript:
+        first = next(float(line.split()[0]) for line in transcript if b" tx b'db load" in line)
+    return {"to_first_input_s": first - launched, "whole_command_s": ended - launched}
+
+
+def _performance_startup(port: str, build: str, repeats: int = 3) -> dict:
+    """Start-up of performance mode on ``build`` (its ``sample_input``) and on a copy without one (the test set is
+    then loaded for the first image: how every build was measured before the section had it); medians."""
+    import json
+    import shutil
+
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        without = os.path.join(tmp, "build-without-sample")
+        shutil.copytree(build, without, ignore=shutil.ignore_patterns("rtl_board", "measure*"))
+        manifest_path = os.path.join(without, "manifest.json")
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        manifest["accelerator"]["sample_input"] = None
+        with open(manifest_path, "w") as f:
+            json.dump(manifest, f)
+        for name, path in (("with_sample_input", build), ("without_sample_input", without)):
+            runs = [_startup_once(port, path, tmp) for _ in range(repeats)]
+            rows[name] = {key: statistics.median(r[key] for r in runs) for key in runs[0]} | {"runs": repeats}
+    return rows
+
+
+def _whole_test_set(build: str, rtl: bool) -> dict:
+    """``hwq measure --mode accuracy --pipeline`` over the build's whole test split, both ends in their own
+    processes as a user runs them, against ``hwq emulate BUILD`` (``--rtl``: the generated circuit): the rate
+    of the images' exchanges (the report's ``answered``) and the whole command's seconds."""
+    import json
+
+    emulator = subprocess.Popen([sys.executable, "-m", "hwq", "emulate", build] + (["--rtl"] if rtl else []),
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = emulator.stdout.readline().strip()      # printed once the board is up (the circuit compiled)
+        with tempfile.TemporaryDirectory() as tmp:
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "hwq", "measure", "--port", port, "--build", build, "--mode",
+                            "accuracy", "--pipeline", "--out", tmp], check=True, capture_output=True)
+            seconds = time.perf_counter() - started
+            with open(os.path.join(tmp, "measure-accuracy.json")) as f:
+                report = json.load(f)
+    finally:
+        emulator.terminate()
+        emulator.wait()
+    s = report["summary"]
+    return {"build": build, "board": "RTL (hwq emulate --rtl)" if rtl else "graph (hwq emulate)",
+            "dataset": report["dataset"], "images": s["samples"], "answered": report["answered"],
+            "whole_command_s": round(seconds, 2), "device_accuracy": s["device_accuracy"],
+            "agreement_with_host": s["agreement"]}
 
 
 def _session_costs(model: BuildModel, inputs: list[bytes]) -> dict:
@@ -212,6 +277,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=360, help="images for the accuracy-mode inference rate")
     parser.add_argument("--rtl-build", dest="rtl_builds", action="append", default=[],
                         help="also measure the RTL board (hwq emulate --rtl) of this build (repeatable)")
+    parser.add_argument("--test-set-build", dest="test_set_builds", action="append", default=[],
+                        help="also run accuracy mode over this build's whole test split, on the graph board and "
+                             "the RTL board, each end in its own process (repeatable)")
     parser.add_argument("--qonnx-images", dest="qonnx_images", type=int, default=50,
                         help="images for qonnx's (slow) execution of the HW graph")
     parser.add_argument("--results", default="benchmarks/harness.json")
@@ -225,6 +293,7 @@ def main() -> None:
             load = _timed(lambda: dut.load(image), max(10, args.repeats // 10))
             infer_rtt = _timed(lambda: dut.infer(1, 0), args.repeats)
         perf = run_measure(MeasureConfig(port=emulator.port, mode="performance", out_dir=tmp, build_dir=args.build))
+        startup = _performance_startup(emulator.port, args.build)
         in_process = {name: _accuracy_rate(emulator.port, args.build, args.samples, pipeline)
                       for name, pipeline in (("one_command_at_a_time", False), ("pipelined", True))}
     own_process = _own_process_rates(args.build, args.samples)
@@ -232,12 +301,14 @@ def main() -> None:
     session = _session_costs(model, [model.to_device_bytes(im) for im in images[:64]])
     reference = _reference_speed(model, args.build, images, args.qonnx_images)
     rtl = [_rtl_board(build, args.samples) for build in args.rtl_builds]
+    test_sets = [_whole_test_set(build, rtl) for build in args.test_set_builds for rtl in (False, True)]
     s = perf["summary"]
     result = {
         "benchmark": "harness against the emulated board (real pty, pyserial)",
         "command": f"python scripts/bench_harness.py --build {args.build} --repeats {args.repeats} "
                    f"--samples {args.samples} --qonnx-images {args.qonnx_images}"
-                   + "".join(f" --rtl-build {b}" for b in args.rtl_builds),
+                   + "".join(f" --rtl-build {b}" for b in args.rtl_builds)
+                   + "".join(f" --test-set-build {b}" for b in args.test_set_builds),
         "build": args.build,
         "timing": {"estimated_fps_per_s": s["estimated_fps_per_s"],
                    "measured_median_per_s": s["throughput_median_per_s"],
@@ -252,9 +323,11 @@ def main() -> None:
         "round_trip": {"name": name_rtt, "infer_1_0": infer_rtt, "load_one_image": load,
                        "input_bytes": model.input_bytes},
         "accuracy_mode_rate": {"emulator_in_this_process": in_process, "emulator_in_its_own_process": own_process},
+        "performance_mode_startup": startup,
         "emulator_session_costs": session,
         "functional_model": reference,
         "rtl_board": rtl,
+        "whole_test_set": test_sets,
         "machine": {"cpu_count": os.cpu_count(), "load_average": os.getloadavg()},
     }
     write_json(args.results, result)
@@ -266,6 +339,8 @@ def main() -> None:
     for where, rates in result["accuracy_mode_rate"].items():
         print(f"accuracy mode, {where}: " + ", ".join(f"{k} {v['images_per_s']:,.0f} images/s"
                                                       for k, v in rates.items()))
+    print("performance mode, launch to first input / whole command (s): " + ", ".join(
+        f"{k} {v['to_first_input_s']:.2f} / {v['whole_command_s']:.2f}" for k, v in startup.items()))
     print(f"emulated board per image: {session['session_per_image_us']:.0f} us "
           f"(class {session['classify_per_image_us']:.0f} us, protocol {session['protocol_per_image_us']:.0f} us)")
     print(f"functional model per image / batched (us): numpy {f['numpy_reference']['per_image_us']:.1f} / "
@@ -275,6 +350,10 @@ def main() -> None:
           f"{f['onnxruntime_exported_model']['batched_per_image_us']:.2f}; classes agree numpy-qonnx "
           f"{f['classes_agree_numpy_qonnx']:.3f}, numpy-onnxruntime {f['classes_agree_numpy_onnxruntime']:.3f} "
           f"-> {args.results}")
+    for row in test_sets:
+        print(f"{row['dataset']} test split ({row['images']} images) on the {row['board']} board: "
+              f"{row['answered']['images_per_s']:,.0f} images/s answered, {row['whole_command_s']} s the whole "
+              f"command, agreement {row['agreement_with_host']:.4f}")
     for row in rtl:
         print(f"RTL board {row['build']} ({row['circuit']}): started in {row['start_seconds']} s, accuracy mode "
               f"{row['accuracy_mode']['images_per_s']:,.0f} images/s, measured/estimated "

@@ -173,6 +173,51 @@ def test_an_unsynthesised_open_build_is_measured_at_the_board_clock(unsynthesise
     assert report["summary"]["estimate_source"] == UNSYNTHESISED_SOURCE
 
 
+# --- the sample input: what performance mode sends ----------------------------------------------------------------
+def test_both_backends_record_the_first_gate_image_as_the_sample_input(digits_tfc_build, unsynthesised_open_build):
+    from hwq.data import load_dataset
+
+    first = load_dataset("digits").test_x[0].numpy()
+    for build in (digits_tfc_build, unsynthesised_open_build):
+        spec = AcceleratorSpec.from_manifest(_manifest(build))
+        assert spec.sample_input == "sample_input.bin"
+        assert (build / spec.sample_input).read_bytes() == spec.device_bytes(first) == first.astype("uint8").tobytes()
+
+
+_PERF_WITHOUT_GRAPH = """
+import json, sys
+from hwq.harness.measure import MeasureConfig, run_measure
+report = run_measure(MeasureConfig(port=sys.argv[1], mode="performance", out_dir=sys.argv[3], build_dir=sys.argv[2],
+                                   windows=1, latency_windows=1, min_window_s=0.01))
+heavy = sorted(m for m in ("torch", "finn", "qonnx", "sklearn", "onnx") if m in sys.modules)
+print(json.dumps({"top1": report["windows"][0]["top1"], "imported": heavy}))
+"""
+
+
+def test_performance_mode_sends_the_sample_without_loading_the_graph_or_the_dataset(digits_tfc_build, tmp_path):
+    """What makes ``hwq measure --mode performance`` start in well under 2 s (docs/harness.md): nothing that
+    executes the graph or reads the dataset is imported to send the build's one sample image."""
+    model = BuildModel.from_build_dir(digits_tfc_build)
+    with Emulator(model) as emu:
+        out = subprocess.run([sys.executable, "-c", _PERF_WITHOUT_GRAPH, emu.port, str(digits_tfc_build),
+                              str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["imported"] == []
+    assert result["top1"] == model.classify(model.sample_input())      # the class of the sample, on the device
+
+
+def test_a_sample_input_of_the_wrong_size_is_refused_in_one_line(digits_tfc_build, tmp_path):
+    copy = tmp_path / "build"
+    shutil.copytree(digits_tfc_build, copy, ignore=shutil.ignore_patterns("rtl_board"))
+    (copy / "sample_input.bin").write_bytes(bytes(10))
+    with Emulator(BuildModel.from_build_dir(digits_tfc_build)) as emu, pytest.raises(HwqError) as err:
+        run_measure(MeasureConfig(port=emu.port, mode="performance", out_dir=str(tmp_path / "m"),
+                                  build_dir=str(copy)))
+    assert str(err.value) == (f"{copy}/sample_input.bin: accelerator.sample_input has 10 bytes, the accelerator "
+                              "takes 64 (the file changed after the build: rebuild)")
+
+
 # --- reading a section --------------------------------------------------------------------------------------------
 def test_a_build_made_before_the_section_is_refused_in_one_line(digits_tfc_build, tmp_path, capsys):
     old = tmp_path / "build-old"

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hwq.device import BuildModel, Emulator, FaultConfig
@@ -95,6 +96,26 @@ def test_pipelined_accuracy_equals_one_command_at_a_time(build_model, digits_tfc
     assert "db load 64%db " in transcript and "%infer 1 0%" in transcript      # one write per image
     if faults.garble_rate or faults.reset_at_command:
         assert any("pipelined" in r for r in reports[True]["recoveries"]), reports[True]["recoveries"]
+
+
+@pytest.mark.parametrize("reply_limit", [2048, 1], ids=["default", "one-at-a-time"])
+def test_pipelined_images_are_in_flight_while_earlier_replies_are_read(build_model, tmp_path, reply_limit):
+    """After the first reply, the next images' commands go out before the earlier replies are read, as many as
+    keep the replies owed within the limit (a digits image's replies are about 250 bytes: 7-8 in 2 KiB); the
+    classes are those of one image at a time."""
+    images = [build_model.to_device_bytes(np.full(64, k, dtype=np.uint8)) for k in range(20)]
+    log = tmp_path / "t.log"
+    with Emulator(build_model) as emu, Device.open(emu.port, timeout_s=2.0, transcript=log) as dut:
+        results = [r.results.top1 for r in dut.load_and_infer_each(images, in_flight_reply_bytes=reply_limit)]
+    with Emulator(build_model) as emu, Device.open(emu.port, timeout_s=2.0) as dut:
+        expected = [dut.load_and_infer(data).results.top1 for data in images]
+    assert results == expected == [build_model.classify(d) for d in images]
+    directions = [line.split(" ", 2)[1] for line in log.read_text().splitlines()]
+    longest = run = 0
+    for direction in directions:            # images written one after another, no reply read in between
+        run = run + 1 if direction == "tx" else 0 if direction == "rx" else run
+        longest = max(longest, run)
+    assert longest >= 6 if reply_limit == 2048 else longest == 1
 
 
 @pytest.mark.parametrize("realtime", [False, True])

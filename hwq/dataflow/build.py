@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable
@@ -28,7 +29,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 
 from hwq import manifest as records
 from hwq._io import read_json
-from hwq.accelerator import finn_accelerator
+from hwq.accelerator import finn_accelerator, with_sample_input
 from hwq.dataflow.adder import refuse_adder_layers
 from hwq.dataflow.config import BuildConfig
 from hwq.dataflow.driver import check_resumable, restore, run_steps, step_range
@@ -287,17 +288,24 @@ def run_build(
                             input_convention=inputs["input_convention"])
 
     build_with_steps(config.build_dir(run_dir), steps, (first, last), inputs["qonnx_model"], context, manifest,
-                     shown, start_step=start_step, complete=_complete, started=started)
+                     shown, start_step=start_step, complete=partial(_complete, sample=first_image(inputs)),
+                     started=started)
     for vendor_step, state in manifest.get("vendor", {}).items():  # reported even without progress output
         if state["status"] == "skipped":
             shown.print(f"  {vendor_step:<28} skipped: {state['reason']}", always=True)
     return manifest
 
 
-def _complete(manifest: dict[str, Any], out_dir: Path) -> None:
+def first_image(inputs: dict[str, Any]):
+    """The first image the gates check (the build's ``sample_input``), or None without one."""
+    images = inputs.get("images")
+    return images[0] if images is not None and len(images) else None
+
+
+def _complete(manifest: dict[str, Any], out_dir: Path, sample=None) -> None:
     """The end of a successful FINN build in ``out_dir`` (also one stopped by ``--stop-step``): every step's
-    section is in ``manifest``; add what is derived from them (``outputs``, ``results``, ``accelerator``) before it
-    is written as done."""
+    section is in ``manifest``; add what is derived from them (``outputs``, ``results``, ``accelerator`` with
+    ``sample`` as its sample input) before it is written as done."""
     manifest["outputs"].update(build_outputs(manifest))
     total = records.estimate_totals(manifest) if "estimates" in manifest else {}
     manifest["results"] = {key: value for key, value in {
@@ -308,7 +316,8 @@ def _complete(manifest: dict[str, Any], out_dir: Path) -> None:
         "dsp": total.get("DSP"), "uram": total.get("URAM"),
         "bit_exact": manifest.get("bit_exact", {}).get("passed"),
         "integer_range": manifest.get("integer_range", {}).get("passed")}.items() if value is not None}
-    manifest["accelerator"] = finn_accelerator(manifest, out_dir)  # what emulate/measure read
+    # what emulate/measure read
+    manifest["accelerator"] = with_sample_input(finn_accelerator(manifest, out_dir), out_dir, sample)
 
 
 def build_outputs(manifest: dict[str, Any]) -> dict[str, str]:

@@ -157,9 +157,11 @@ class DutSession:
         return [format_rails_line("mw", rails)]
 
 
-def serve_link(read: Callable[[], bytes | None], handle: Callable[[str], None], stop: threading.Event) -> None:
+def serve_link(read: Callable[[], bytes | None], handle: Callable[[str], None], stop: threading.Event,
+               flush: Callable[[], None] | None = None) -> None:
     """Feed every command arriving on a link to ``handle`` until ``stop`` is set or ``read`` returns None (the
-    link closed). ``read`` waits a short while and returns what arrived (possibly nothing)."""
+    link closed). ``read`` waits a short while and returns what arrived (possibly nothing); ``flush``, if given,
+    is called after the commands of each read (a link that holds its replies writes them then)."""
     framer = CommandFramer()
     while not stop.is_set():
         data = read()
@@ -167,3 +169,5 @@ def serve_link(read: Callable[[], bytes | None], handle: Callable[[str], None], 
             return
         for command in framer.feed(data):
             handle(command)
+        if flush is not None:
+            flush()

@@ -172,7 +172,9 @@ class Emulator:
         self._thread: threading.Thread | None = None
         self.commands = 0
         self.forced_problems: tuple[str, ...] = ()    # what --force overrode (from_build_dir)
+        self._pending = bytearray()                  # replies not yet written (see _flush)
         self._boot()
+        self._flush()
 
     @classmethod
     def from_build_dir(cls, build_dir: str, force: bool = False, **settings) -> Emulator:
@@ -229,7 +231,16 @@ class Emulator:
 
     def serve(self) -> None:
         """Answer commands until :meth:`stop` (or the pty closes)."""
-        serve_link(lambda: read_available(self._master, 0.1), self._handle, self._stop)
+        serve_link(self._read, self._handle, self._stop, self._flush)
+
+    def _read(self) -> bytes | None:
+        """What arrived (after a short wait), the virtual clock caught up with the wall once for all of it: the
+        commands of one read arrived together (one catch-up per command cost the board a third of its time on
+        an MNIST image's 28 commands)."""
+        data = read_available(self._master, 0.1)
+        if data:
+            self.sync_idle()
+        return data
 
     # --- output ----------------------------------------------------------------------------------------------------
     def _boot(self) -> None:
@@ -249,11 +260,18 @@ class Emulator:
             data = bytes(out)
         if faults and self.faults.reply_delay_s:
             time.sleep(self.faults.reply_delay_s)
-        write_all(self._master, data)
+        self._pending += data
+
+    def _flush(self) -> None:
+        """Write the replies to the commands of one read at once: a host that sent several commands together
+        reads their replies in one go (one write and one wake-up instead of one per command), in order."""
+        with self._lock:
+            data, self._pending = bytes(self._pending), bytearray()
+        if data:
+            write_all(self._master, data)
 
     def _handle(self, command: str) -> None:
         with self._lock:
-            self.accelerator.sync_idle()
             self.commands += 1
             if self.faults.reset_at_command and self.commands == self.faults.reset_at_command:
                 self._boot()

@@ -12,8 +12,9 @@ raises :class:`DeviceResetError`: the device has lost its input buffer, so the c
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from hwq.harness import protocol as P
 from hwq.harness.errors import DeviceError, DeviceResetError, DeviceTimeout, ProtocolError
@@ -24,6 +25,9 @@ from hwq.wire import frame_command
 T = TypeVar("T")
 #: The reference host allows 30 s for ``infer``; a window is sized to last about 10 s of device time.
 INFER_TIMEOUT_S = 30.0
+#: Reply bytes a pipelined run lets the device owe at most: half a pty's 4 KiB buffer (serial drivers hold as much),
+#: so that the device never blocks writing replies the host has not read yet while the host blocks writing commands.
+IN_FLIGHT_REPLY_BYTES = 2048
 
 
 class Device:
@@ -123,32 +127,69 @@ class Device:
 
     def load_and_infer(self, data: bytes, n: int = 1, warmup: int = 0, chunk: int = P.DB_CHUNK_BYTES,
                        timeout_s: float = INFER_TIMEOUT_S) -> P.InferResult:
-        """:meth:`load` then :meth:`infer`, pipelined: every command is sent at once and the replies are read after,
-        in order, each checked as :meth:`load` and :meth:`infer` check them. One round trip instead of one per
-        command, for a device whose input buffer holds them all (``hwq emulate``, the PYNQ agent; a
-        microcontroller's UART may drop what arrives while it is busy). A fault re-synchronises and repeats the
-        exchange command by command (``load``, ``infer``, with their retries); a reboot raises
-        :class:`DeviceResetError` as they do."""
+        """:meth:`load` then :meth:`infer`, pipelined: every command is sent at once and the replies are read after
+        (one input of :meth:`load_and_infer_each`)."""
+        return next(self.load_and_infer_each([data], n, warmup, chunk, timeout_s))
+
+    def load_and_infer_each(self, inputs: Iterable[bytes], n: int = 1, warmup: int = 0,
+                            chunk: int = P.DB_CHUNK_BYTES, timeout_s: float = INFER_TIMEOUT_S,
+                            in_flight_reply_bytes: int = IN_FLIGHT_REPLY_BYTES) -> Iterator[P.InferResult]:
+        """:meth:`load` then :meth:`infer` for each input in turn, pipelined: an input's commands go out in one
+        write, and the next inputs' are sent before the replies to the earlier ones are read, so that host and
+        device work at the same time. Each reply is checked as :meth:`load` and :meth:`infer` check it; the
+        results come in input order.
+
+        How many inputs are in flight: one until a reply has been read, then as many as keep their replies (at
+        the largest size seen so far) within ``in_flight_reply_bytes``. That bound, not the commands' size, is
+        what keeps the link from locking up: the device always has room to write its replies (so it goes on
+        reading commands) while the host is still writing.
+
+        For a device whose input buffer holds what is in flight (``hwq emulate``, the PYNQ agent; a
+        microcontroller's UART may drop what arrives while it is busy). A fault re-synchronises (dropping every
+        reply in flight) and repeats each input in flight command by command (``load``, ``infer``, with their
+        retries), then goes on pipelined; a reboot re-synchronises and raises :class:`DeviceResetError` after the
+        results already yielded (the caller goes on from the first input not answered)."""
         if n < 1 or warmup < 0:
             raise ProtocolError(f"infer {n} {warmup}: need n >= 1 and warmup >= 0")
-        commands = _load_commands(data, chunk) + [f"infer {n} {warmup}"]
-        try:
-            self.link.write(b"".join(frame_command(cmd) for cmd in commands))
-            replies = [self.link.read_reply(timeout_s if cmd.startswith("infer") else None, cmd)
-                       for cmd in commands]
-            for i, reply in enumerate(replies[:-1]):
-                self._check_load_reply(data, chunk, i, reply)
-            self.last_reply = replies[-1]
-            return P.parse_infer(replies[-1], n, warmup)
-        except DeviceResetError as err:
-            self.recoveries.append(f"pipelined load + infer: {err}")
-            self.link.resync()
-            raise
-        except (DeviceTimeout, ProtocolError, DeviceError) as err:
-            self.recoveries.append(f"pipelined load + infer: {err} (repeated command by command)")
-            self.link.resync()
-        self.load(data, chunk)
-        return self.infer(n, warmup, timeout_s)
+        source = iter(inputs)
+        upcoming = next(source, None)
+        flight: deque[tuple[bytes, list[str]]] = deque()       # inputs sent, replies not read yet
+        reply_bytes = 0                                         # the largest reply of one input so far
+        while flight or upcoming is not None:
+            while upcoming is not None and (not flight or reply_bytes and
+                                            (len(flight) + 1) * reply_bytes <= in_flight_reply_bytes):
+                commands = _load_commands(upcoming, chunk) + [f"infer {n} {warmup}"]
+                self.link.write(b"".join(frame_command(cmd) for cmd in commands))
+                flight.append((upcoming, commands))
+                upcoming = next(source, None)
+            data, commands = flight.popleft()
+            try:
+                result, size = self._read_pipelined(data, chunk, commands, n, warmup, timeout_s)
+            except DeviceResetError as err:
+                self.recoveries.append(f"pipelined load + infer: {err}")
+                self.link.resync()
+                raise
+            except (DeviceTimeout, ProtocolError, DeviceError) as err:
+                self.recoveries.append(f"pipelined load + infer: {err} (repeated command by command)")
+                self.link.resync()                   # the replies of every input in flight are dropped with it
+                redo = [data] + [item[0] for item in flight]
+                flight.clear()
+                for again in redo:
+                    self.load(again, chunk)
+                    yield self.infer(n, warmup, timeout_s)
+                continue
+            reply_bytes = max(reply_bytes, size)
+            yield result
+
+    def _read_pipelined(self, data: bytes, chunk: int, commands: list[str], n: int, warmup: int,
+                        timeout_s: float) -> tuple[P.InferResult, int]:
+        """The replies to one input's commands, checked: the infer result and the replies' size on the wire."""
+        replies = [self.link.read_reply(timeout_s if cmd.startswith("infer") else None, cmd) for cmd in commands]
+        for i, reply in enumerate(replies[:-1]):
+            self._check_load_reply(data, chunk, i, reply)
+        self.last_reply = replies[-1]
+        size = sum(len(line) + 2 for reply in replies for line in reply)       # each line ends in \r\n
+        return P.parse_infer(replies[-1], n, warmup), size
 
     def infer(self, n: int, warmup: int = 0, timeout_s: float = INFER_TIMEOUT_S) -> P.InferResult:
         """Run ``warmup`` untimed and ``n`` timed inferences on the loaded input."""

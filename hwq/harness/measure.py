@@ -7,7 +7,9 @@ time (:mod:`hwq.harness.windows`); ``latency_windows`` x ``infer 1 W`` time one 
 latency), then ``windows`` x ``infer N W`` give the throughput ``N / (t1 - t0)`` (and its inverse,
 ``time_per_inference_us``); medians and spreads are reported. Accuracy: each test image is loaded and run with
 ``infer 1 0``; the device's top-1 is compared with the host's reference (the build's HW graph executed here) and
-with the label. A device reboot mid-run reloads the input and repeats the window/image.
+with the label (``pipeline``: the next images' commands are sent before the earlier replies are read,
+:meth:`~hwq.harness.device.Device.load_and_infer_each`); ``answered`` says how fast the images were answered
+(the exchanges only). A device reboot mid-run reloads the input and repeats the window/image.
 
 The report (``measure-<mode>.json``, :mod:`hwq.harness.report`) says ``running`` from the start, holds the windows
 completed so far, and ends ``done``, ``failed`` (with the one-line error) or ``interrupted`` (Ctrl-C, SIGTERM: the
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from hwq.errors import ConfigError, Interrupted
+from hwq.harness.errors import DeviceResetError
 from hwq.harness.config import MODES, POWER_SOURCES, MeasureConfig
 from hwq.harness.device import Device
 from hwq.harness.energy import run_energy
@@ -156,7 +159,8 @@ def _load_model(config: MeasureConfig):
         return None
     from hwq.accelerator_model import BuildModel
 
-    return BuildModel.from_build_dir(config.build_dir)
+    # performance and energy send one image (the build's sample input): no graph, no FINN import
+    return BuildModel.from_build_dir(config.build_dir, load_graph=config.mode == "accuracy")
 
 
 # --- performance ---------------------------------------------------------------------------------------------------
@@ -219,33 +223,62 @@ def _accuracy(dut: Device, run: Run) -> None:
     config, model, report = run.config, run.model, run.report
     name, images, labels = load_test_set(config, model)
     report.update(dataset=name, samples_planned=len(labels), disagreements=[])
-    disagreements = report["disagreements"]
-    device_ok = host_ok = agree = done = 0
+    tally = AccuracyTally(report, labels)
     state = new_load_state()
     inputs: list[bytes] = []            # the images as device bytes, a chunk ahead ...
     host: list[int] = []                # ... and the host reference's classes for them, computed at once
-    for i, label in enumerate(labels):
+
+    def prepared(i: int) -> bytes:
         if i == len(inputs):
             chunk = [model.to_device_bytes(image) for image in images[i:i + HOST_CHUNK]]
-            inputs += chunk
-            host += model.classify_many(chunk)
-        data = inputs[i]
-        if config.pipeline:                         # load + infer in one round trip (reloaded after a reboot)
-            state["loaded"] = True
-            got = reloading(dut, data, config, state, lambda: dut.load_and_infer(data, 1, 0)).results.top1
-        else:
-            state["loaded"] = False
-            got = reloading(dut, data, config, state, lambda: dut.infer(1, 0)).results.top1
-        ref = host[i]
-        done += 1
-        device_ok += got == int(label)
-        host_ok += ref == int(label)
-        agree += got == ref
-        if got != ref:
-            disagreements.append({"index": i, "label": int(label), "device": got, "host": ref})
-        report["summary"] = {"samples": done, "device_accuracy": device_ok / done, "host_accuracy": host_ok / done,
-                             "agreement": agree / done, "disagreements": len(disagreements)}
-        if done % 50 == 0 or done == len(labels):
-            run.say(f"{done}/{len(labels)} images: device top-1 {100 * device_ok / done:.2f}%, "
-                    f"agreement with host {100 * agree / done:.2f}%")
+            inputs.extend(chunk)
+            host.extend(model.classify_many(chunk))
+        return inputs[i]
+
+    def answered(got: int) -> None:
+        tally.add(got, host[tally.done])
+        if tally.done % 50 == 0 or tally.done == len(labels):
+            run.say(tally.progress())
         run.file.checkpoint()
+
+    started = time.monotonic()
+    while tally.done < len(labels):
+        if not config.pipeline:                     # one command at a time (the input reloaded after a reboot)
+            data = prepared(tally.done)
+            state["loaded"] = False
+            answered(reloading(dut, data, config, state, lambda: dut.infer(1, 0)).results.top1)
+            continue
+        try:                                        # images in flight, in order; after a reboot go on from the
+            for result in dut.load_and_infer_each(prepared(i) for i in range(tally.done, len(labels))):
+                answered(result.results.top1)       # first image not answered
+        except DeviceResetError:
+            state["resets"] += 1
+            if state["resets"] > config.resets_allowed:
+                raise
+    seconds = time.monotonic() - started            # the images' exchanges only: no start-up, no port opening
+    report["answered"] = {"images": tally.done, "seconds": round(seconds, 4),
+                          "images_per_s": round(tally.done / seconds, 1) if seconds > 0 else None}
+
+
+class AccuracyTally:
+    """Accuracy mode's counts, kept in the report's ``summary`` and ``disagreements`` as each image is answered."""
+
+    def __init__(self, report: dict, labels) -> None:
+        self.report, self.labels = report, labels
+        self.done = self.device_ok = self.host_ok = self.agree = 0
+
+    def add(self, got: int, ref: int) -> None:
+        label = int(self.labels[self.done])
+        if got != ref:
+            self.report["disagreements"].append({"index": self.done, "label": label, "device": got, "host": ref})
+        self.done += 1
+        self.device_ok += got == label
+        self.host_ok += ref == label
+        self.agree += got == ref
+        self.report["summary"] = {"samples": self.done, "device_accuracy": self.device_ok / self.done,
+                                  "host_accuracy": self.host_ok / self.done, "agreement": self.agree / self.done,
+                                  "disagreements": len(self.report["disagreements"])}
+
+    def progress(self) -> str:
+        return (f"{self.done}/{len(self.labels)} images: device top-1 {100 * self.device_ok / self.done:.2f}%, "
+                f"agreement with host {100 * self.agree / self.done:.2f}%")

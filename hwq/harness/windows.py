@@ -34,9 +34,13 @@ SIZING_MARGIN = 1e-3
 
 
 def device_input(config: MeasureConfig, model) -> bytes:
-    """The input the timed windows run on: the build's first test image, or ``input_bytes`` zeros."""
+    """The input the timed windows run on: the build's first test image (its ``sample_input``, else read from the
+    test set), or ``input_bytes`` zeros."""
     if model is None:
         return bytes(config.input_bytes)
+    sample = model.sample_input() if config.data_dir is None else None   # --data-dir: that folder's first image
+    if sample is not None:
+        return sample
     _, images, _ = load_test_set(config, model, samples=1)
     return model.to_device_bytes(images[0])
 

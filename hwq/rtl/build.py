@@ -18,13 +18,14 @@ True
 from __future__ import annotations
 
 import time
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from hwq.accelerator import finn_accelerator, open_accelerator
+from hwq.accelerator import finn_accelerator, open_accelerator, with_sample_input
 from hwq.dataflow.adder import adder_layers
-from hwq.dataflow.build import build_outputs, build_with_steps, check_inputs, finn_config, new_manifest
+from hwq.dataflow.build import build_outputs, build_with_steps, check_inputs, finn_config, first_image, new_manifest
 from hwq.dataflow.driver import step_range
 from hwq.dataflow.progress import StepProgress
 from hwq.manifest import estimate_totals
@@ -71,10 +72,11 @@ def run_open_build(run_dir: str | Path, config: OpenBuildConfig = OpenBuildConfi
                                 input_convention=inputs["input_convention"])
 
     return build_with_steps(config.build_dir(run_dir), steps, (first, last), inputs["qonnx_model"], context,
-                            manifest, shown, start_step=start_step, complete=_complete, started=started)
+                            manifest, shown, start_step=start_step,
+                            complete=partial(_complete, sample=first_image(inputs)), started=started)
 
 
-def _complete(manifest: dict[str, Any], out_dir: Path) -> None:
+def _complete(manifest: dict[str, Any], out_dir: Path, sample=None) -> None:
     """The end of a successful open build in ``out_dir`` (also one stopped by ``--stop-step``): every step's
     section is in ``manifest``; add what is derived from them (``finn_estimate``, ``outputs``, ``results``,
     ``accelerator``) before it is written as done."""
@@ -90,7 +92,8 @@ def _complete(manifest: dict[str, Any], out_dir: Path) -> None:
     manifest["results"] = _results(manifest)
     # what emulate/measure read: the simulated cycles, FINN's steps' HW graph (an adder network's build has none)
     if "simulation" in manifest and not manifest.get("adder_network"):
-        manifest["accelerator"] = open_accelerator(manifest, finn_accelerator(manifest, out_dir), "")
+        manifest["accelerator"] = with_sample_input(open_accelerator(manifest, finn_accelerator(manifest, out_dir), ""),
+                                                    out_dir, sample)
 
 
 def _results(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -216,11 +216,16 @@ class MVAULayer:
         """The weights checked and prepared once, for :meth:`run` (the layer is immutable)."""
         return reference.ConstMatrix(self.weights, f"{self.name} weights")
 
+    @functools.cached_property
+    def int_thresholds(self) -> np.ndarray | None:
+        """The thresholds as the integers an integer accumulator is compared with, made once (see :meth:`run`)."""
+        return None if self.thresholds is None else reference.integer_thresholds(self.thresholds)
+
     def run(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x).reshape(-1, self.mw)
         if self.in_type.bipolar:  # the stream's bits stand for -1/+1
             x = 2 * x - 1
-        out = reference.mvau(x, self.const_weights, self.thresholds, xnor=self.xnor, act_val=self.act_val,
+        out = reference.mvau(x, self.const_weights, self.int_thresholds, xnor=self.xnor, act_val=self.act_val,
                              adder=self.adder, planes=self.planes, plane_basis=self.plane_basis)
         return out.reshape(-1, self.out_elems)
 
