@@ -391,13 +391,16 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                    help="open backend: integer MVAUs as their integer weights (default) or as K binary weight "
                         "planes scaled by a per-channel basis where the weights decompose, e.g. an lqnet run's "
                         "(docs/rtl.md, 'Plane MVAUs')")
-    p.add_argument("--simulator", choices=("icarus", "verilator"),
-                   help="open backend: RTL simulator (default icarus; verilator compiles for seconds, then runs "
-                        "faster: for many images)")
+    p.add_argument("--simulator", choices=("auto", "icarus", "verilator"),
+                   help="open backend: RTL simulator (default auto: icarus up to 200,000 simulated cycles, "
+                        "verilator above, which compiles for seconds to minutes, then runs faster)")
     p.add_argument("--xilinx-estimate", dest="xilinx_estimate", action="store_true", default=None,
                    help="open backend, open board: also estimate Xilinx resources for the folding board with "
                         "Yosys synth_xilinx (default off; always done for a Xilinx board, which is not placed "
                         "and routed)")
+    p.add_argument("--no-synth", dest="synthesise", action="store_false", default=None,
+                   help="open backend: stop after generating and simulating the Verilog (no Yosys, no nextpnr: "
+                        "the build runs at the board clock, with no resources; default: synthesise)")
     p.add_argument("--start-step", dest="start_step", metavar="STEP",
                    help="resume at STEP from the checkpoint of the step before it in the existing build of the "
                         "same model and settings (default: none, the first step; an unknown name lists them)")
@@ -408,7 +411,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
 
 #: Flags that only the open backend reads, named as on the command line.
 _OPEN_ONLY_FLAGS = {"tree_levels_per_stage": "--tree-levels-per-stage", "simulator": "--simulator",
-                    "xilinx_estimate": "--xilinx-estimate", "mvau_form": "--mvau-form"}
+                    "xilinx_estimate": "--xilinx-estimate", "mvau_form": "--mvau-form", "synthesise": "--no-synth"}
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -463,7 +466,7 @@ def _build_open(args: argparse.Namespace) -> int:
 
     settings = {k: getattr(args, k) for k in ("target_fps", "folding_file", "max_lut", "out_dir", "verify_samples",
                                            "data_dir", "tree_levels_per_stage", "simulator", "mvau_form",
-                                           "xilinx_estimate", "boards_dir")
+                                           "xilinx_estimate", "boards_dir", "synthesise")
                 if getattr(args, k) is not None}
     settings.update(_source_settings(args))
     m = run_open_build(args.run, OpenBuildConfig(board=args.board, force=args.force, **settings),

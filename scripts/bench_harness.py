@@ -58,7 +58,8 @@ def _timed(call, repeats: int) -> dict:
 
 
 def _accuracy_rate(port: str, build: str, samples: int, pipeline: bool) -> dict:
-    """Accuracy mode over ``samples`` images against the device at ``port`` (after a short warm-up run)."""
+    """Accuracy mode over ``samples`` images against the device at ``port`` (after a short warm-up run): the rate
+    of the whole run (opening the port included) and of the images' exchanges (the report's ``answered``)."""
     with tempfile.TemporaryDirectory() as tmp:
         run_measure(MeasureConfig(port=port, mode="accuracy", out_dir=tmp, build_dir=build, samples=10,
                                   pipeline=pipeline))
@@ -68,7 +69,7 @@ def _accuracy_rate(port: str, build: str, samples: int, pipeline: bool) -> dict:
         seconds = time.perf_counter() - started
     s = report["summary"]
     return {"images": s["samples"], "seconds": round(seconds, 3), "images_per_s": s["samples"] / seconds,
-            "device_accuracy": s["device_accuracy"], "agreement_with_host": s["agreement"]}
+            "answered": report["answered"], "device_accuracy": s["device_accuracy"], "agreement_with_host": s["agreement"]}
 
 
 def _own_process_rates(build: str, samples: int) -> dict:
@@ -337,8 +338,9 @@ def main() -> None:
           f"round trips: name {r['name']['median_us']:.0f} us, infer 1 0 {r['infer_1_0']['median_us']:.0f} us, "
           f"load {r['input_bytes']} B {r['load_one_image']['median_us']:.0f} us")
     for where, rates in result["accuracy_mode_rate"].items():
-        print(f"accuracy mode, {where}: " + ", ".join(f"{k} {v['images_per_s']:,.0f} images/s"
-                                                      for k, v in rates.items()))
+        print(f"accuracy mode, {where}: " + ", ".join(
+            f"{k} {v['images_per_s']:,.0f} images/s ({v['answered']['images_per_s']:,.0f} answered)"
+            for k, v in rates.items()))
     print("performance mode, launch to first input / whole command (s): " + ", ".join(
         f"{k} {v['to_first_input_s']:.2f} / {v['whole_command_s']:.2f}" for k, v in startup.items()))
     print(f"emulated board per image: {session['session_per_image_us']:.0f} us "

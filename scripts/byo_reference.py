@@ -77,16 +77,17 @@ def _hw_nodes(build: Path) -> list[dict]:
     return [{"name": n.name, "op_type": n.op_type} for n in model.graph.node]
 
 
-def finn_builder(build: Path, out: Path) -> dict:
+def finn_builder(build: Path, out: Path, board_name: str = "pynq-z2") -> dict:
     """FINN's own builder on hwq's graph after its input step (UINT8 pixels, as FINN's flows prepare a model),
-    folded with hwq's folding file: FINN's estimate of the same design."""
+    folded with hwq's folding file, estimate reports only: FINN's estimate of the same design, and its seconds
+    (FINN's ``time_per_step.json`` as ``steps`` when it finished)."""
     from finn.builder.build_dataflow import build_dataflow_cfg
     from finn.builder.build_dataflow_config import DataflowBuildConfig, DataflowOutputType
 
     from hwq.boards import load_board
     from hwq.dataflow.finn_compat import finn_session, keeping_process_output
 
-    board = load_board("pynq-z2")
+    board = load_board(board_name)
     steps = ["step_qonnx_to_finn", "step_tidy_up", "step_streamline", "step_convert_to_hw",
              "step_create_dataflow_partition", "step_specialize_layers", "step_apply_folding_config",
              "step_minimize_bit_width", "step_generate_estimate_reports"]
@@ -95,12 +96,18 @@ def finn_builder(build: Path, out: Path) -> dict:
                               generate_outputs=[DataflowOutputType.ESTIMATE_REPORTS], steps=steps,
                               auto_fifo_depths=False)
     model = build / "intermediate" / "insert_topk.onnx"  # hwq's UINT8 input and the TopK FINN's flows append
+    started = time.perf_counter()
     with keeping_process_output(), finn_session(out / "codegen"):
         code = build_dataflow_cfg(str(model), cfg)
+    seconds = round(time.perf_counter() - started, 2)
     if code != 0:
-        return {"status": "failed", "log": str(out / "build_dataflow.log")}
+        return {"status": "failed", "log": str(out / "build_dataflow.log"), "seconds": seconds}
     layers = json.loads((out / "report" / "estimate_layer_resources.json").read_text())
-    return {"status": "done", "lut": round(layers["total"]["LUT"]), "bram18": layers["total"]["BRAM_18K"]}
+    row = {"status": "done", "lut": round(layers["total"]["LUT"]), "bram18": layers["total"]["BRAM_18K"],
+           "seconds": seconds}
+    if (out / "time_per_step.json").is_file():
+        row["steps"] = json.loads((out / "time_per_step.json").read_text())
+    return row
 
 
 def open_backend(path: Path, dataset: str, build: Path, samples: int, synthesise: bool) -> dict:

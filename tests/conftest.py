@@ -96,15 +96,16 @@ RTL_UP5K_CYCLES = 256
 
 def make_unsynthesised_open_build(run_dir, out, board: str, folding: dict):
     """``run_dir``'s open build for ``board`` at ``folding`` into ``out``, generated and simulated (cocotb, 5 test
-    images) but not synthesised: its accelerator section holds the bench's cycles at the board clock."""
+    images) but not synthesised (``hwq build --backend open --no-synth``): its accelerator section holds the
+    bench's cycles at the board clock."""
     import json
 
-    from hwq.rtl.build import OpenBuildConfig, run_open_build
+    from hwq.cli import main
 
     folding_file = out.parent / f"{out.name}_folding.json"
     folding_file.write_text(json.dumps(folding))
-    run_open_build(run_dir, OpenBuildConfig(board=board, folding_file=str(folding_file), out_dir=str(out),
-                                            verify_samples=5, synthesise=False))
+    assert main(["build", str(run_dir), "--backend", "open", "--board", board, "--folding", str(folding_file),
+                 "--out", str(out), "--verify-samples", "5", "--no-synth", "--no-progress"]) == 0
     return out
 
 

@@ -89,6 +89,9 @@ def test_an_unsynthesised_open_build_runs_at_the_board_clock(unsynthesised_open_
     m = _manifest(unsynthesised_open_build)
     spec = AcceleratorSpec.from_manifest(m)
     assert "synthesis" not in m and spec.source == UNSYNTHESISED_SOURCE and spec.resources == {}
+    # the default simulator, auto: 5 images x 2 passes x 128 cycles is a short run, for Icarus
+    assert m["simulation"]["simulator"] == "icarus" and m["simulation"]["simulator_choice"].startswith("auto: ")
+    assert {"icarus", "verilator"} <= set(m["tool_versions"])
     assert spec.clock_mhz == m["board"]["clock_mhz"] == 12.0 and spec.cycles_per_image == RTL_UP5K_CYCLES
     with pytest.raises(HwqError, match=r"^accelerator\.resources: no LUT count \(RTL simulation"):
         PowerModel.from_accelerator(spec)                   # no resources, no power model: said, not made up

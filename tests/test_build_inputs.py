@@ -89,6 +89,7 @@ def test_a_model_that_does_not_fit_stops_before_the_gate(run):
     (["--backend", "open", "--verify-samples", "0"],
      "verify_samples (--verify-samples): expected an integer >= 1, got 0"),
     (["--simulator", "verilator"], "--simulator: only for --backend open"),
+    (["--no-synth"], "--no-synth: only for --backend open"),
     (["--folding", "no-such-folding.json"], "folding_file (--folding) no-such-folding.json: file not found"),
     (["--board", "icebreaker"], "board 'icebreaker' is built by the open backend (shell: open): add --backend open"),
 ])

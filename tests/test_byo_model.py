@@ -134,7 +134,7 @@ def test_a_build_with_a_reshape_layer_executes_outside_the_build(exports, bare):
     from qonnx.core.modelwrapper import ModelWrapper
 
     hw = ModelWrapper(str(build / "intermediate" / "create_dataflow_partition.onnx"))
-    expected, _ = run_hw_graph(hw, images.astype(np.float32), [hw.graph.output[0].name])
+    expected, _, _ = run_hw_graph(hw, images.astype(np.float32), [hw.graph.output[0].name])
     assert out.stdout.strip() == str([int(c) for c in expected[hw.graph.output[0].name].reshape(-1)])
 
 

@@ -139,6 +139,41 @@ def test_bit_exact_gate_passes_and_names_planted_fault(builds, trained_tfc_digit
         gates.check_bit_exact(qonnx, hw, _images())
 
 
+def _hw_graph_and_inputs(builds):
+    out, manifest = builds["pynq-z2"]
+    hw = ModelWrapper(str(out / manifest["bit_exact"]["hw_graph"]))
+    keep = [n.output[0] for n in gates.hw_layer_outputs(hw)] + [hw.graph.output[0].name]
+    return manifest, hw, _images(20).reshape(20, -1).astype(np.float32), keep
+
+
+def test_the_gate_runs_the_hw_graph_by_the_numpy_reference_checked_against_qonnx(builds):
+    """The same tensors and observed ranges as qonnx's execution image by image, batched (what makes the gate of
+    a large network take seconds rather than minutes: docs/dataflow.md)."""
+    manifest, hw, images, keep = _hw_graph_and_inputs(builds)
+    assert manifest["bit_exact"]["hw_graph_executor"].startswith("hwq.rtl.reference (NumPy, batched)")
+    kept, ranges, executor = gates.run_hw_graph(hw, images, keep)
+    expected, expected_ranges = gates.run_hw_graph_qonnx(hw, images, keep)
+    assert executor.startswith("hwq.rtl.reference") and ranges == expected_ranges
+    for name in keep:
+        np.testing.assert_array_equal(kept[name], expected[name])
+    assert len({int(c) for c in kept[hw.graph.output[0].name].ravel()}) > 1     # more than one class: it means something
+
+
+def test_the_gate_falls_back_to_qonnx_where_the_reference_differs(builds, monkeypatch):
+    """A planted error in the reference (every threshold count one higher) differs from qonnx on the first images:
+    qonnx computes every image, and the report says why."""
+    from hwq.rtl import reference
+
+    _, hw, images, keep = _hw_graph_and_inputs(builds)
+    expected, _ = gates.run_hw_graph_qonnx(hw, images, keep)
+    correct = reference.thresholds
+    monkeypatch.setattr(reference, "thresholds", lambda acc, thr, act_val=0: correct(acc, thr, act_val) + 1)
+    kept, _, executor = gates.run_hw_graph(hw, images, keep)
+    assert executor.startswith("qonnx (the NumPy reference differs from it on tensor '"), executor
+    for name in keep:
+        np.testing.assert_array_equal(kept[name], expected[name])
+
+
 # --- integer-range gate ----------------------------------------------------------------------------------------
 def test_finn_declares_int7_and_the_correction_fixes_it(builds):
     out, manifest = builds["pynq-z2"]

@@ -192,7 +192,7 @@ def test_the_recipes_in_flows_are_valid(path, monkeypatch):
     ({"run_dir": "x", "train": {}, "build": {"backend": "open", "synthesise": "no"}},
      r"build: synthesise: expected true or false, got 'no'$"),
     ({"run_dir": "x", "train": {}, "build": {"backend": "open", "simulator": "vcs"}},
-     r"build: simulator 'vcs': expected one of icarus, verilator$"),
+     r"build: simulator 'vcs': expected one of auto, icarus, verilator$"),
     ({"run_dir": "x", "train": {}, "build": {"backend": "open", "tree_levels_per_stage": 99}},
      r"build: tree_levels_per_stage \(--tree-levels-per-stage\): expected an integer >= 0 and <= 32, got 99$"),
     ({"run_dir": "x", "train": {}, "build": {"backend": "open", "board": "ulx3s-99f"}},

@@ -372,7 +372,7 @@ def test_finn_maps_n2uq_to_the_same_hw_layers_as_uniform_bit_exactly(tmp_path):
     mt = [n.output[0] for n in qonnx.graph.node if n.op_type == "MultiThreshold"]
     ref = run_qonnx_graph(qonnx, images.reshape(len(images), -1) / 255.0, mt + [qonnx.graph.output[0].name])
     layers = hw_layer_outputs(hw)
-    got, _ = run_hw_graph(hw, images.astype(np.float32), [n.output[0] for n in layers] + [hw.graph.output[0].name])
+    got, _, _ = run_hw_graph(hw, images.astype(np.float32), [n.output[0] for n in layers] + [hw.graph.output[0].name])
     assert len(layers) == len(mt) + 1
     for tensor, node in zip(mt, layers):
         np.testing.assert_array_equal(got[node.output[0]].reshape(ref[tensor].shape), ref[tensor])

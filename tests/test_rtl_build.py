@@ -42,7 +42,7 @@ def test_open_build_on_up5k_is_bit_exact_and_measured(open_build_tfc_up5k):
 def test_open_build_config_names_a_wrong_simulator():
     from hwq.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="^simulator 'vcs': expected one of icarus, verilator$"):
+    with pytest.raises(ConfigError, match="^simulator 'vcs': expected one of auto, icarus, verilator$"):
         OpenBuildConfig(simulator="vcs")
 
 

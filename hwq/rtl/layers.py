@@ -384,7 +384,9 @@ def layers_from_model(model):
     out = graph.output[0].name
     if out not in sources or sources[out] == GRAPH_INPUT:
         raise UnsupportedLayerError(f"{out}: the graph output comes from no node")
-    return LayerGraph(layers, feeds, sources[out])
+    result = LayerGraph(layers, feeds, sources[out])
+    result.tensors = sources
+    return result
 
 
 def run_layers(layers, x) -> np.ndarray:

@@ -28,6 +28,11 @@ from hwq.errors import ConfigError, HwqError, VerificationError
 from hwq.rtl.generate import Design
 
 SIMULATORS = ("icarus", "verilator")
+#: ``auto`` (the default): Icarus up to this many simulated cycles (images x 2 passes x the folding bound), Verilator
+#: above. Icarus starts at once and runs about 10k cycles/s on a TFC (350 on a CNV); Verilator's C++ compile takes
+#: 15-45 s on a TFC and 250-350 s on a CNV, then runs faster (docs/rtl.md, "Simulators").
+AUTO = "auto"
+AUTO_VERILATOR_CYCLES = 200_000
 
 #: Verilator's default lint warnings (fatal unless waived) that the generated Verilog triggers on purpose: an
 #: assignment sign- or zero-extends or cuts a value (Verilog-2005 semantics; the testbench checks every bit).
@@ -41,9 +46,28 @@ def check_simulator(simulator: str) -> str:
     >>> check_simulator("verilator")
     'verilator'
     """
-    if simulator not in SIMULATORS:
-        raise ConfigError(f"simulator '{simulator}': expected one of {', '.join(SIMULATORS)}")
+    if simulator not in (AUTO, *SIMULATORS):
+        raise ConfigError(f"simulator '{simulator}': expected one of {', '.join((AUTO, *SIMULATORS))}")
     return simulator
+
+
+def simulators_of(setting: str) -> tuple[str, ...]:
+    """The simulators ``setting`` may run (both for ``auto``), whose versions a build records."""
+    return SIMULATORS if check_simulator(setting) == AUTO else (setting,)
+
+
+def choose_simulator(setting: str, cycles: int) -> tuple[str, str]:
+    """The simulator for ``setting`` (``auto``, ``icarus``, ``verilator``) on a run of about ``cycles`` simulated
+    cycles, and why.
+
+    >>> choose_simulator("auto", 1_000_000)
+    ('verilator', 'auto: about 1,000,000 cycles to simulate, over 200,000')
+    """
+    if check_simulator(setting) != AUTO:
+        return setting, "asked for"
+    if cycles > AUTO_VERILATOR_CYCLES:
+        return "verilator", f"auto: about {cycles:,} cycles to simulate, over {AUTO_VERILATOR_CYCLES:,}"
+    return "icarus", f"auto: about {cycles:,} cycles to simulate, up to {AUTO_VERILATOR_CYCLES:,}"
 
 
 def _verilator_bin() -> Path:

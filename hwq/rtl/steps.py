@@ -190,15 +190,17 @@ def simulate_against_reference(model: ModelWrapper, ctx: OpenBuildContext, refer
     """Simulate the generated design on ``reference(model, ctx)``'s inputs, every output beat equal to its outputs;
     the report says what the reference itself was ``compared`` with (the open backend's and the adder build's
     ``simulate`` differ only there)."""
-    from hwq.rtl.simulate import simulate, simulator_version
+    from hwq.rtl.simulate import choose_simulator, simulate, simulator_version
 
     config = ctx.open_config
     design = design_from_record(ctx.reports["design"], ctx.out_dir)
     _, x, expected = reference(model, ctx)
-    sim = simulate(design, x, expected, ctx.out_dir / "sim", simulator=config.simulator, p_gap=config.p_gap,
+    passes = 2 if config.p_gap or config.p_stall else 1     # free-running, then with back-pressure
+    simulator, why = choose_simulator(config.simulator, int(len(x) * passes * design.cycles_bound))
+    sim = simulate(design, x, expected, ctx.out_dir / "sim", simulator=simulator, p_gap=config.p_gap,
                    p_stall=config.p_stall)
-    return model, {"simulation": {"simulator": config.simulator,
-                                  "simulator_version": simulator_version(config.simulator),
+    return model, {"simulation": {"simulator": simulator, "simulator_choice": why,
+                                  "simulator_version": simulator_version(simulator),
                                   "dataset": ctx.reports.get("source", {}).get("dataset"), "n": int(len(x)),
                                   "bit_exact": True, "reference": compared,
                                   "folding_bound_cycles": design.cycles_bound, **sim}}
