@@ -23,7 +23,7 @@ class VirtualClock:
     def advance(self, cycles: int | Fraction) -> None:
         # whole counts stay Python ints (a Fraction per command cost the emulated board a fifth of its time);
         # a fractional interval makes the count a Fraction, exact, until it is whole again
-        total = self.cycles + cycles
+        total = self.cycles + (cycles if isinstance(cycles, (int, Fraction)) else Fraction(cycles))
         self.cycles = total.numerator if type(total) is Fraction and total.denominator == 1 else total
 
     def us(self) -> int:
