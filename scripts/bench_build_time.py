@@ -52,7 +52,8 @@ def main() -> None:
     result = {"benchmark": "hwq build vs FINN's estimate-only builder (same graph, same folding)",
               "command": f"python scripts/bench_build_time.py --run {args.run} --board {args.board} "
                          f"--verify-samples {args.samples}",
-              "run": args.run, "board": args.board, "hwq_estimate_only": estimate_only, "hwq_with_codegen": with_codegen,
+              "run": args.run, "board": args.board, "hwq_estimate_only": estimate_only,
+              "hwq_with_codegen": with_codegen,
               "finn_builder_estimate_only": finn,
               "hwq_estimate_only_minus_finn_s": round(estimate_only["seconds"] - finn["seconds"], 2),
               "machine": {"cpu_count": os.cpu_count(), "load_average": os.getloadavg()}}

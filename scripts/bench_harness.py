@@ -69,7 +69,8 @@ def _accuracy_rate(port: str, build: str, samples: int, pipeline: bool) -> dict:
         seconds = time.perf_counter() - started
     s = report["summary"]
     return {"images": s["samples"], "seconds": round(seconds, 3), "images_per_s": s["samples"] / seconds,
-            "answered": report["answered"], "device_accuracy": s["device_accuracy"], "agreement_with_host": s["agreement"]}
+            "answered": report["answered"], "device_accuracy": s["device_accuracy"],
+            "agreement_with_host": s["agreement"]}
 
 
 def _own_process_rates(build: str, samples: int) -> dict:

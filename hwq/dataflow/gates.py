@@ -43,11 +43,6 @@ COMPUTE_OPS = ("MVAU", "VVAU", "Thresholding")
 
 
 # --- running the graphs ------------------------------------------------------------------------------------------
-#: Images on which the HW graph is also executed by qonnx, every tensor compared with the NumPy reference, before
-#: the reference's values stand for all images (as the emulated board's functional model does).
-REFERENCE_CHECKS = 2
-
-
 def run_hw_graph(model: ModelWrapper, images: np.ndarray, keep: list[str]) -> tuple[dict, dict, str]:
     """Execute a FINN HW graph on ``images``: (``keep`` tensors stacked, observed (min, max) of every tensor, which
     executor computed them).
@@ -55,10 +50,12 @@ def run_hw_graph(model: ModelWrapper, images: np.ndarray, keep: list[str]) -> tu
     The NumPy reference of hwq's layers (:mod:`hwq.rtl.reference`, batched; the functional model of the emulated
     board and of the open backend's RTL checks) computes every tensor for all images, once qonnx's execution of
     the graph (image by image, FINN's own layer code) gave the same values for every tensor on the first
-    :data:`REFERENCE_CHECKS` images. A graph with a node the reference does not model, or a tensor on which the
-    two differ, is executed by qonnx for every image (the third value says which, and why)."""
-    from hwq.rtl.layers import UnsupportedLayerError, layers_from_model
+    :data:`hwq.accelerator_model.REFERENCE_CHECKS` images (as many as the emulated board's model checks). A graph
+    with a node the reference does not model, or a tensor on which the two differ, is executed by qonnx for every
+    image (the third value says which, and why)."""
+    from hwq.accelerator_model import REFERENCE_CHECKS
     from hwq.rtl.graph import run_graph_streams
+    from hwq.rtl.layers import UnsupportedLayerError, layers_from_model
 
     try:
         graph = layers_from_model(model)
